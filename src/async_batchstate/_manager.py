@@ -1,0 +1,704 @@
+"""``AsyncBatchStateManager``: the facade tying layout, writer, lanes, retry and limits together."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from google.api_core import exceptions as gexc
+from google.cloud.firestore_v1 import SERVER_TIMESTAMP
+from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from . import _layout as f
+from ._clock import SYSTEM_CLOCK, Clock
+from ._coalesce import Lane, Pending
+from ._config import MigrationMode
+from ._errors import (
+    BatchExistsError,
+    BatchNotFoundError,
+    BatchStateError,
+    CompletionTimeoutError,
+    ConfigurationError,
+    DuplicatePlayerError,
+    InvalidCountError,
+    LegacyArrayLimitError,
+    ManagerClosedError,
+    WriteFailedError,
+)
+from ._layout import Layout, validate_count, validate_id, validate_legacy_key
+from ._limits import AdaptiveLimit, make_rate_limiter
+from ._metrics import (
+    AttemptFailed,
+    BatchFinalised,
+    GroupCommitted,
+    GroupFailed,
+    Hook,
+    Recorder,
+    Stats,
+)
+from ._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
+from ._types import BatchProgress, CompletionResult, CompletionStatus
+from ._writer import Completion, FaultInjector, GroupOutcome, GroupWriter
+
+logger = logging.getLogger("async_batchstate")
+
+OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
+"""``on_complete(batch_id, progress)``: sync or async, called once per finalised batch."""
+
+_CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
+
+
+class AsyncBatchStateManager:
+    """Records worker completions of batches in Firestore: atomic, idempotent, concurrent.
+
+    Use it as an async context manager; leaving the block drains writes in flight::
+
+        async with AsyncBatchStateManager(client, collection="prediction_batches") as manager:
+            await manager.create_batch("b1", expected_players=["p1", "p2"])
+            result = await manager.record_completion("b1", "p1", predictions_count=3)
+
+    Args:
+        client: A ``google.cloud.firestore.AsyncClient`` (bound to the running event loop).
+        collection: Collection path of the batch documents.
+        completions_subcollection: Name of each batch's completions subcollection.
+        mode: Migration mode; ``None`` reads it from the environment flags
+            (``MigrationMode.from_env``).
+        coalesce: Group concurrent completions of one batch into one transaction.
+            ``False`` runs one transaction per completion (for comparison).
+        max_group_size: Most completions per transaction (default 250: well under
+            Firestore's 10 MiB request even with 1,500-byte ids).
+        max_in_flight_per_batch: Most transactions per batch in flight in this
+            process; the adaptive limit moves below it under contention. Default
+            2 with coalescing, 32 without.
+        linger: Seconds a lane waits before taking a group, to let more completions
+            join it. 0 (default) adds no latency: groups form from what queued
+            while the previous write was in flight.
+        retry: Backoff, attempts, deadline and per-attempt timeout.
+        rate_limit: Most transaction attempts per second for the whole manager
+            (aiolimiter leaky bucket: an idle limiter admits a burst of
+            ``rate_limit`` attempts, then ``rate_limit`` per second). None: unlimited.
+        on_complete: Called exactly once per batch this process finalises.
+        hooks: Receive every ``Event`` (attempts failed, groups committed, finalisations).
+        legacy_array_limit: Most players a batch may hold in a mode that writes
+            the legacy array (each player costs 3 of a document's 40,000 index
+            entries and ~50 bytes of its 1 MiB). Larger batches are refused with
+            ``LegacyArrayLimitError``: use ``SUBCOLLECTION_ONLY`` for them.
+        legacy_array_warn_ratio: Fraction of ``legacy_array_limit`` at which
+            ``create_batch`` logs a warning.
+        clock: Time source for retries and deadlines (inject a fake one in tests).
+        rng: Randomness for backoff jitter.
+        fault_injector: Test seam called at each ``FaultPoint`` of a write attempt.
+
+    Raises:
+        ConfigurationError: Contradictory flags or invalid knobs.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        collection: str = "prediction_batches",
+        completions_subcollection: str = "completions",
+        mode: MigrationMode | None = None,
+        coalesce: bool = True,
+        max_group_size: int = 250,
+        max_in_flight_per_batch: int | None = None,
+        linger: float = 0.0,
+        retry: RetryPolicy | None = None,
+        rate_limit: float | None = None,
+        on_complete: OnComplete | None = None,
+        hooks: Iterable[Hook] = (),
+        legacy_array_limit: int = 12_000,
+        legacy_array_warn_ratio: float = 0.8,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        fault_injector: FaultInjector | None = None,
+    ) -> None:
+        self._client = client
+        self._layout = Layout(collection, completions_subcollection)
+        self.mode = MigrationMode.from_env() if mode is None else mode
+        if max_group_size < 1:
+            raise ConfigurationError("max_group_size must be >= 1")
+        if linger < 0:
+            raise ConfigurationError("linger must be >= 0 seconds")
+        if legacy_array_limit < 1 or not 0.0 < legacy_array_warn_ratio <= 1.0:
+            raise ConfigurationError("need legacy_array_limit >= 1 and 0 < warn ratio <= 1")
+        self._group_size = max_group_size if coalesce else 1
+        self._max_in_flight = max_in_flight_per_batch or (2 if coalesce else 32)
+        if self._max_in_flight < 1:
+            raise ConfigurationError("max_in_flight_per_batch must be >= 1")
+        self._linger = linger
+        self._retry = retry or RetryPolicy()
+        self._rate = make_rate_limiter(rate_limit)
+        self._on_complete = on_complete
+        self._legacy_limit = legacy_array_limit
+        self._legacy_warn = int(legacy_array_limit * legacy_array_warn_ratio)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._writer = GroupWriter(client, self._layout, self.mode, fault_injector)
+        self._recorder = Recorder(tuple(hooks))
+        self._lanes: dict[str, Lane] = {}
+        self._finalised_events: dict[str, asyncio.Event] = {}
+        self._expected: dict[str, int] = {}
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, *, drain_timeout: float | None = None) -> None:
+        """Stop accepting completions, drain writes in flight, then fail what is left.
+
+        Args:
+            drain_timeout: Seconds to wait for queued and in-flight groups to finish
+                (default: the retry deadline). After it, queued callers and groups
+                still in flight get ``ManagerClosedError``; a transaction cut short
+                either committed whole or not at all, so recording again is safe.
+        """
+        self._closed = True
+        lanes = list(self._lanes.values())
+        timeout = self._retry.deadline if drain_timeout is None else drain_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                for lane in lanes:
+                    await lane.drain()
+        except TimeoutError:
+            logger.warning("closing with writes still in flight; failing them")
+        error = ManagerClosedError(
+            "the manager closed before this completion was confirmed; it was recorded "
+            "whole or not at all: record it again to be sure"
+        )
+        for lane in lanes:
+            lane.cancel_all(error)
+        for lane in lanes:
+            await lane.drain()
+
+    def __repr__(self) -> str:
+        s = self._recorder
+        queued = sum(len(lane.queue) for lane in self._lanes.values())
+        in_flight = sum(lane.in_flight for lane in self._lanes.values())
+        return (
+            f"<AsyncBatchStateManager collection={self._layout.collection!r} "
+            f"mode={self.mode.name} {'closed' if self._closed else 'open'} "
+            f"lanes={len(self._lanes)} queued={queued} in_flight={in_flight} recorded={s.recorded} "
+            f"duplicates={s.duplicates} failed={s.failed}>"
+        )
+
+    def stats(self) -> Stats:
+        """A frozen snapshot of this manager's counters and latency percentiles."""
+        return self._recorder.snapshot()
+
+    @property
+    def layout(self) -> Layout:
+        """Where batches and completions live."""
+        return self._layout
+
+    # -- public operations -----------------------------------------------------------
+
+    async def create_batch(
+        self,
+        batch_id: str,
+        *,
+        expected_players: Sequence[str] | None = None,
+        expected_count: int | None = None,
+    ) -> bool:
+        """Create the batch document with its expected number of completions.
+
+        Give exactly one of ``expected_players`` or ``expected_count``. Creating a
+        batch that exists with the same expected count is a no-op (so a restarted
+        coordinator may call it again).
+
+        Returns:
+            True if this call created the batch, False if it already existed.
+
+        Raises:
+            InvalidIdError: A batch or player id Firestore cannot store.
+            DuplicatePlayerError: ``expected_players`` repeats a player.
+            InvalidCountError: ``expected_count`` not a positive int.
+            LegacyArrayLimitError: Too many players for the legacy array in this mode.
+            BatchExistsError: The batch exists with another expected count.
+        """
+        self._check_open()
+        validate_id("batch id", batch_id)
+        if (expected_players is None) == (expected_count is None):
+            raise ConfigurationError("give exactly one of expected_players or expected_count")
+        if expected_players is not None:
+            if isinstance(expected_players, str):
+                raise InvalidCountError("expected_players must be a sequence of ids, not a str")
+            seen: set[str] = set()
+            for player in expected_players:
+                self._validate_player(player)
+                if player in seen:
+                    raise DuplicatePlayerError(
+                        f"player {player!r} appears twice in expected_players"
+                    )
+                seen.add(player)
+            expected_count = len(seen)
+        count = validate_count("expected_count", expected_count, minimum=1)
+        if self.mode.writes_legacy:
+            if count > self._legacy_limit:
+                raise LegacyArrayLimitError(
+                    f"batch {batch_id!r} expects {count} players; the legacy array is limited to "
+                    f"{self._legacy_limit} by Firestore's 1 MiB / 40,000 index-entry document "
+                    "limits. Record it in MigrationMode.SUBCOLLECTION_ONLY instead"
+                )
+            if count >= self._legacy_warn:
+                logger.warning(
+                    "batch %r expects %d players, near the legacy array limit of %d",
+                    batch_id,
+                    count,
+                    self._legacy_limit,
+                    extra={"batch_id": batch_id, "expected_count": count},
+                )
+        data: dict[str, Any] = {
+            f.EXPECTED_COUNT: count,
+            f.STATUS: f.STATUS_IN_PROGRESS,
+            f.CREATED_AT: SERVER_TIMESTAMP,
+            f.UPDATED_AT: SERVER_TIMESTAMP,
+        }
+        if self.mode.writes_legacy:
+            data |= {f.COMPLETED_PLAYERS: [], f.PREDICTIONS_BY_PLAYER: {}, f.TOTAL_PREDICTIONS: 0}
+        if self.mode.writes_subcollection:
+            data |= {f.COMPLETED_COUNT: 0, f.TOTAL_PREDICTIONS_SUBCOLL: 0}
+        ref = self._writer.batch_ref(batch_id)
+        try:
+            await self._retrying(lambda: ref.create(data), f"creating batch {batch_id!r}")
+            self._remember_expected(batch_id, count)
+            return True
+        except gexc.Conflict:
+            pass
+        snap = await self._retrying(
+            lambda: ref.get(field_paths=[f.EXPECTED_COUNT]), f"reading batch {batch_id!r}"
+        )
+        existing = (snap.to_dict() or {}).get(f.EXPECTED_COUNT)
+        if existing != count:
+            raise BatchExistsError(
+                f"batch {batch_id!r} already exists with expected_count={existing}, not {count}"
+            )
+        return False
+
+    async def record_completion(
+        self,
+        batch_id: str,
+        player: str,
+        predictions_count: int,
+        *,
+        timeout: float | None = None,
+    ) -> CompletionResult:
+        """Record that ``player`` of ``batch_id`` finished with ``predictions_count`` predictions.
+
+        Atomic (every structure of the mode or none), idempotent (a redelivery is
+        a ``DUPLICATE`` and counts nothing; the first count wins) and safe under
+        any concurrency: concurrent completions of one batch share transactions.
+
+        Args:
+            batch_id: The batch, created by ``create_batch``.
+            player: The player id (a Firestore document id).
+            predictions_count: A non-negative int.
+            timeout: Seconds to wait for the result (default: the retry deadline).
+
+        Returns:
+            This completion's outcome; ``batch_completed`` is True for the one call
+            that finalised the batch.
+
+        Raises:
+            InvalidIdError: Bad batch or player id; nothing written.
+            InvalidCountError: Bad count; nothing written.
+            BatchNotFoundError: The batch was never created; nothing written.
+            RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
+            CompletionTimeoutError: ``timeout`` passed first (recorded whole or not at all).
+            ManagerClosedError: The manager is closed, or closed before confirming it.
+            WriteFailedError: Firestore refused the write; nothing written.
+        """
+        started = self._clock.monotonic()
+        self._check_open()
+        validate_id("batch id", batch_id)
+        self._validate_player(player)
+        count = validate_count("predictions_count", predictions_count)
+        wait = self._retry.deadline if timeout is None else timeout
+        lane = self._lane(batch_id)
+        pending = Pending(Completion(player, count), deadline=started + wait)
+        lane.submit(pending)
+        try:
+            async with asyncio.timeout(wait):
+                result = await asyncio.shield(pending.future)
+        except TimeoutError:
+            lane.withdraw(pending)
+            pending.future.cancel()
+            self._recorder.failed += 1
+            raise CompletionTimeoutError(
+                f"no confirmation for player {player!r} of batch {batch_id!r} within {wait}s; "
+                "it was recorded whole or not at all: record it again to be sure"
+            ) from None
+        except asyncio.CancelledError:
+            lane.withdraw(pending)
+            pending.future.cancel()
+            raise
+        self._recorder.latencies.append(self._clock.monotonic() - started)
+        return result
+
+    async def get_progress(self, batch_id: str, *, include_players: bool = True) -> BatchProgress:
+        """Read a batch's progress from the structure this mode reads.
+
+        Args:
+            batch_id: The batch.
+            include_players: Also list the recorded players (streams the
+                subcollection in subcollection-read modes).
+
+        Raises:
+            BatchNotFoundError: No such batch.
+        """
+        validate_id("batch id", batch_id)
+        ref = self._writer.batch_ref(batch_id)
+        snap = await self._retrying(lambda: ref.get(), f"reading batch {batch_id!r}")
+        if not snap.exists:
+            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
+        progress = self._progress(batch_id, snap.to_dict() or {})
+        if include_players and self.mode.reads_subcollection:
+            players = await self._retrying(
+                lambda: self._subcollection_players(batch_id), f"listing batch {batch_id!r}"
+            )
+            progress = dataclasses.replace(progress, completed_players=players)
+        elif not include_players:
+            progress = dataclasses.replace(progress, completed_players=())
+        return progress
+
+    async def wait_until_complete(
+        self, batch_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
+    ) -> BatchProgress:
+        """Wait until the batch is finalised and return its final progress.
+
+        Wakes at once when this process finalises the batch, and polls otherwise
+        (another process may finalise it). If every completion is recorded but
+        nobody finalised (the finaliser crashed), this call finalises it.
+
+        Raises:
+            BatchNotFoundError: No such batch.
+            CompletionTimeoutError: ``timeout`` seconds passed first.
+        """
+        event = self._finalised_events.setdefault(batch_id, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    progress = await self.get_progress(batch_id, include_players=False)
+                    if progress.is_complete and not progress.is_finalised:
+                        await self.finalize(batch_id)
+                        progress = await self.get_progress(batch_id, include_players=False)
+                    if progress.is_finalised:
+                        return await self.get_progress(batch_id)
+                    try:
+                        async with asyncio.timeout(poll_interval):
+                            await event.wait()
+                    except TimeoutError:
+                        pass
+        except TimeoutError:
+            raise CompletionTimeoutError(
+                f"batch {batch_id!r} was not complete within {timeout}s"
+            ) from None
+
+    async def finalize(self, batch_id: str) -> bool:
+        """Finalise the batch if every completion is recorded and nobody has yet.
+
+        Runs automatically after completions; call it to recover a batch whose
+        finaliser crashed. Exactly one call across all processes returns True
+        (and runs ``on_complete``).
+        """
+        return await self._finalize(batch_id) is not None
+
+    # -- internals -------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosedError("the manager is closed")
+
+    def _validate_player(self, player: object) -> None:
+        validate_id("player id", player)
+        if self.mode.writes_legacy:
+            assert isinstance(player, str)
+            validate_legacy_key(player)
+
+    def _lane(self, batch_id: str) -> Lane:
+        lane = self._lanes.get(batch_id)
+        if lane is None:
+            lane = Lane(
+                batch_id,
+                self._run_group,
+                max_group_size=self._group_size,
+                limit=AdaptiveLimit(self._max_in_flight),
+                linger=self._linger,
+                on_idle=self._drop_lane,
+            )
+            self._lanes[batch_id] = lane
+        return lane
+
+    def _drop_lane(self, lane: Lane) -> None:
+        if self._lanes.get(lane.batch_id) is lane:
+            del self._lanes[lane.batch_id]
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        result, _ = await run_with_retry(
+            call, self._retry, what=what, clock=self._clock, rng=self._rng
+        )
+        return result
+
+    async def _run_group(self, batch_id: str, group: list[Pending], limit: AdaptiveLimit) -> None:
+        """Write one group with retries and give every member its own outcome."""
+        completions = [p.completion for p in group]
+        started = self._clock.monotonic()
+        budget = max(p.deadline for p in group) - started
+
+        async def attempt() -> Any:
+            self._recorder.attempts += 1
+            if self._rate is not None:
+                await self._rate.acquire()
+            return await self._writer.write(batch_id, completions)
+
+        def on_failure(failure: AttemptFailure) -> None:
+            if failure.kind in _CONTENTION:
+                limit.on_contention()
+            logger.debug(
+                "attempt %d for %d completion(s) of batch %r failed: %s",
+                failure.attempt,
+                len(group),
+                batch_id,
+                failure.kind.value,
+                extra={
+                    "batch_id": batch_id,
+                    "attempt": failure.attempt,
+                    "kind": failure.kind.value,
+                    "delay": failure.delay,
+                },
+            )
+            self._recorder.emit(
+                AttemptFailed(
+                    batch_id,
+                    len(group),
+                    failure.attempt,
+                    failure.kind,
+                    failure.error,
+                    failure.delay,
+                )
+            )
+
+        try:
+            outcome, attempts = await run_with_retry(
+                attempt,
+                self._retry,
+                what=f"recording {len(group)} completion(s) of batch {batch_id!r}",
+                deadline=max(budget, 0.001),
+                clock=self._clock,
+                rng=self._rng,
+                on_failure=on_failure,
+            )
+        except asyncio.CancelledError:
+            error = ManagerClosedError(
+                "the manager closed while this completion was being written; it was "
+                "recorded whole or not at all: record it again to be sure"
+            )
+            self._fail(batch_id, group, error)
+            raise
+        except (BatchNotFoundError, BatchStateError) as exc:
+            if isinstance(exc, WriteFailedError) and len(group) > 1:
+                await self._split(batch_id, group, limit)
+            else:
+                self._fail(batch_id, group, exc)
+            return
+        except Exception as exc:  # an unexpected error must still reach every caller
+            if len(group) > 1:
+                await self._split(batch_id, group, limit)
+            else:
+                wrapped = WriteFailedError(f"writing to batch {batch_id!r} failed: {exc!r}")
+                wrapped.__cause__ = exc
+                self._fail(batch_id, group, wrapped)
+            return
+
+        limit.on_success()
+        recorded = outcome.new_count
+        self._recorder.emit(
+            GroupCommitted(
+                batch_id,
+                len(group),
+                recorded,
+                len(group) - recorded,
+                attempts,
+                self._clock.monotonic() - started,
+            )
+        )
+        completer = await self._after_commit(batch_id, outcome)
+        for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
+            if is_new:
+                self._recorder.recorded += 1
+            else:
+                self._recorder.duplicates += 1
+            pending.resolve(
+                CompletionResult(
+                    batch_id,
+                    pending.completion.player,
+                    CompletionStatus.RECORDED if is_new else CompletionStatus.DUPLICATE,
+                    batch_completed=index == completer,
+                    attempts=attempts,
+                    group_size=len(group),
+                )
+            )
+
+    async def _split(self, batch_id: str, group: list[Pending], limit: AdaptiveLimit) -> None:
+        """Retry each member alone, so one bad completion fails only its own caller."""
+        logger.warning(
+            "a group of %d completions of batch %r failed; retrying each alone",
+            len(group),
+            batch_id,
+            extra={"batch_id": batch_id, "group_size": len(group)},
+        )
+        for pending in group:
+            await self._run_group(batch_id, [pending], limit)
+
+    def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
+        self._recorder.failed += len(group)
+        self._recorder.emit(GroupFailed(batch_id, len(group), error))
+        for pending in group:
+            pending.fail(error)
+
+    async def _after_commit(self, batch_id: str, outcome: GroupOutcome) -> int | None:
+        """Finalise the batch if this write completed it; the index of the caller to tell.
+
+        A commit that counted something reports the new count, so only the commit
+        that reaches ``expected_count`` reads the batch document. A group of
+        duplicates only (a redelivery) checks by reading: that is how a batch
+        whose finaliser crashed gets finalised by a later redelivery.
+        """
+        try:
+            if outcome.completed_count is not None:
+                expected = await self._expected_count(batch_id)
+                if outcome.completed_count < expected:
+                    return None
+            progress = await self._finalize(batch_id)
+        except Exception:
+            # The completions are committed; a later completion, redelivery,
+            # wait_until_complete() or finalize() finalises the batch.
+            logger.exception(
+                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
+            )
+            return None
+        if progress is None:
+            return None
+        return max((i for i, new in enumerate(outcome.recorded) if new), default=0)
+
+    async def _expected_count(self, batch_id: str) -> int:
+        expected = self._expected.get(batch_id)
+        if expected is None:
+            ref = self._writer.batch_ref(batch_id)
+            snap = await self._retrying(
+                lambda: ref.get(field_paths=[f.EXPECTED_COUNT]), f"reading batch {batch_id!r}"
+            )
+            expected = int((snap.to_dict() or {}).get(f.EXPECTED_COUNT, 0))
+            self._remember_expected(batch_id, expected)
+        return expected
+
+    def _remember_expected(self, batch_id: str, expected: int) -> None:
+        if len(self._expected) >= 10_000:  # bounded: a long-lived coordinator sees many batches
+            self._expected.clear()
+        self._expected[batch_id] = expected
+
+    async def _finalize(self, batch_id: str) -> BatchProgress | None:
+        """Flip ``status`` to complete once; the final progress if this call flipped it."""
+        ref = self._writer.batch_ref(batch_id)
+        snap = await self._retrying(
+            lambda: ref.get(field_paths=self._count_fields()), f"reading batch {batch_id!r}"
+        )
+        if not snap.exists:
+            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
+        progress = self._progress(batch_id, snap.to_dict() or {}, counter_only=True)
+        if progress.is_finalised or not progress.is_complete:
+            return None
+
+        async def flip(transaction: AsyncTransaction) -> BatchProgress | None:
+            async for current in self._client.get_all([ref], transaction=transaction, retry=None):
+                now = self._progress(batch_id, current.to_dict() or {}, counter_only=True)
+                if now.is_finalised or not now.is_complete:
+                    return None
+                transaction.update(
+                    ref, {f.STATUS: f.STATUS_COMPLETE, f.COMPLETED_AT: SERVER_TIMESTAMP}
+                )
+                return dataclasses.replace(now, status=f.STATUS_COMPLETE)
+            return None
+
+        flipped: BatchProgress | None = await self._retrying(
+            lambda: async_transactional(flip)(self._client.transaction(max_attempts=1)),
+            f"finalising batch {batch_id!r}",
+        )
+        if flipped is None:
+            return None
+        logger.info(
+            "batch %r complete",
+            batch_id,
+            extra={"batch_id": batch_id, "completed_count": flipped.completed_count},
+        )
+        self._recorder.emit(BatchFinalised(batch_id, flipped))
+        self._finalised_events.setdefault(batch_id, asyncio.Event()).set()
+        if self._on_complete is not None:
+            try:
+                maybe = self._on_complete(batch_id, flipped)
+                if inspect.isawaitable(maybe):
+                    await maybe
+            except Exception:
+                logger.exception(
+                    "on_complete callback failed for batch %r",
+                    batch_id,
+                    extra={"batch_id": batch_id},
+                )
+        return flipped
+
+    def _count_fields(self) -> list[str]:
+        """The fields the completion check needs: the counter, not the whole array."""
+        fields = [f.EXPECTED_COUNT, f.STATUS]
+        if self.mode.writes_subcollection:
+            return [*fields, f.COMPLETED_COUNT, f.TOTAL_PREDICTIONS_SUBCOLL]
+        return [*fields, f.COMPLETED_PLAYERS, f.TOTAL_PREDICTIONS]
+
+    def _progress(
+        self, batch_id: str, data: dict[str, Any], *, counter_only: bool = False
+    ) -> BatchProgress:
+        from_subcollection = (
+            self.mode.writes_subcollection if counter_only else self.mode.reads_subcollection
+        )
+        players: tuple[str, ...] = ()
+        if from_subcollection:
+            completed = int(data.get(f.COMPLETED_COUNT, 0))
+            total = int(data.get(f.TOTAL_PREDICTIONS_SUBCOLL, 0))
+        else:
+            players = tuple(sorted(data.get(f.COMPLETED_PLAYERS, ())))
+            completed = len(players)
+            total = int(data.get(f.TOTAL_PREDICTIONS, 0))
+        return BatchProgress(
+            batch_id=batch_id,
+            expected_count=int(data.get(f.EXPECTED_COUNT, 0)),
+            completed_count=completed,
+            total_predictions=total,
+            status=str(data.get(f.STATUS, f.STATUS_IN_PROGRESS)),
+            completed_players=players,
+        )
+
+    async def _subcollection_players(self, batch_id: str) -> tuple[str, ...]:
+        query = (
+            self._writer.batch_ref(batch_id)
+            .collection(self._layout.completions)
+            .select([FieldPath.document_id()])
+        )
+        return tuple(sorted([snap.id async for snap in query.stream()]))

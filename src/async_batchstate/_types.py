@@ -1,0 +1,76 @@
+"""Small frozen result types."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class CompletionStatus(enum.Enum):
+    """What ``record_completion`` did with one completion."""
+
+    RECORDED = "recorded"
+    """The completion was new and is now counted in every structure the mode writes."""
+    DUPLICATE = "duplicate"
+    """The player was already recorded in this batch; nothing was counted again.
+
+    The first write wins: a redelivery with a different count keeps the first count.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionResult:
+    """The outcome of one ``record_completion`` call.
+
+    Attributes:
+        batch_id: The batch.
+        player: The player.
+        status: ``RECORDED`` or ``DUPLICATE``.
+        batch_completed: True for exactly one call per batch: the one whose
+            write finalised the batch (flipped ``status`` to ``complete``).
+        attempts: Transaction attempts the write took (shared by its group).
+        group_size: How many completions shared the transaction.
+    """
+
+    batch_id: str
+    player: str
+    status: CompletionStatus
+    batch_completed: bool = False
+    attempts: int = 1
+    group_size: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """A batch's progress, read from the structure the mode reads.
+
+    Attributes:
+        batch_id: The batch.
+        expected_count: Completions that complete the batch.
+        completed_count: Distinct players recorded.
+        total_predictions: Sum of the recorded players' prediction counts.
+        status: ``in_progress`` or ``complete`` (set once, by finalisation).
+        completed_players: Recorded player ids, sorted; empty when not requested.
+    """
+
+    batch_id: str
+    expected_count: int
+    completed_count: int
+    total_predictions: int
+    status: str
+    completed_players: tuple[str, ...] = ()
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether every expected completion is recorded."""
+        return self.completed_count >= self.expected_count
+
+    @property
+    def is_finalised(self) -> bool:
+        """Whether finalisation has flipped ``status`` to ``complete``."""
+        return self.status == "complete"
+
+    @property
+    def remaining(self) -> int:
+        """Completions still missing (never negative)."""
+        return max(0, self.expected_count - self.completed_count)

@@ -1,0 +1,215 @@
+"""One transaction that records a group of completions of one batch.
+
+The transaction never reads the hot batch document in the modes that write
+the subcollection: it reads only the group's completion documents (to skip
+the ones that exist: idempotency), creates the new ones and applies ONE
+batch-document update made of transforms (``Increment``, ``ArrayUnion``,
+server timestamps), which needs no read. Concurrent transactions on the same
+batch then contend only on the completion documents they share. In LEGACY
+mode there are no completion documents, so the batch document's
+``completed_players`` array is the only record of what was counted and is
+read in the transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud.firestore_v1 import SERVER_TIMESTAMP, ArrayUnion, Increment
+from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from . import _layout as f
+from ._config import MigrationMode
+from ._errors import BatchNotFoundError, WriteFailedError
+from ._layout import Layout
+
+
+class FaultPoint(enum.Enum):
+    """Steps of one write attempt at which a ``fault_injector`` is called."""
+
+    BEFORE_BEGIN = "before_begin"
+    AFTER_READS = "after_reads"
+    BEFORE_COMMIT = "before_commit"
+    """All writes are staged in the transaction; nothing is committed."""
+    AFTER_COMMIT = "after_commit"
+    """The commit succeeded; no caller has been told yet."""
+
+
+FaultInjector = Callable[[FaultPoint, str, Sequence[str]], Awaitable[None]]
+"""``async (point, batch_id, players) -> None``; raise to inject a fault."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One worker's report: ``player`` finished with ``predictions_count`` predictions."""
+
+    player: str
+    predictions_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOutcome:
+    """What one committed transaction did.
+
+    Attributes:
+        recorded: Per input completion, True if this transaction counted it.
+        completed_count: The batch's count of distinct completions right after
+            this commit, when the commit reports it (None if nothing was written).
+    """
+
+    recorded: tuple[bool, ...]
+    completed_count: int | None = None
+
+    @property
+    def new_count(self) -> int:
+        """Completions counted by this transaction."""
+        return sum(self.recorded)
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    recorded: tuple[bool, ...]
+    counter_index: int | None
+    legacy_count: int | None
+
+
+def _is_transform(value: object) -> bool:
+    return value is SERVER_TIMESTAMP or isinstance(value, ArrayUnion | Increment)
+
+
+class GroupWriter:
+    """Builds and runs the one-transaction write of a group of completions."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        layout: Layout,
+        mode: MigrationMode,
+        fault_injector: FaultInjector | None = None,
+    ) -> None:
+        self._client = client
+        self._layout = layout
+        self._mode = mode
+        self._inject = fault_injector
+
+    def batch_ref(self, batch_id: str) -> Any:
+        """The batch document."""
+        return self._client.collection(self._layout.collection).document(batch_id)
+
+    def completion_ref(self, batch_id: str, player: str) -> Any:
+        """The completion document of ``player`` in ``batch_id``."""
+        return self.batch_ref(batch_id).collection(self._layout.completions).document(player)
+
+    async def _fault(self, point: FaultPoint, batch_id: str, group: Sequence[Completion]) -> None:
+        if self._inject is not None:
+            await self._inject(point, batch_id, [c.player for c in group])
+
+    async def write(self, batch_id: str, group: Sequence[Completion]) -> GroupOutcome:
+        """Run ONE transaction attempt that records ``group`` (retries are the caller's).
+
+        Within the group the first completion of a player wins; later ones
+        with the same player are duplicates.
+
+        Raises:
+            BatchNotFoundError: The batch document does not exist; nothing was written.
+            WriteFailedError: A non-retryable Firestore error; nothing was written.
+            google.api_core.exceptions.GoogleAPICallError: Retryable errors, unchanged.
+        """
+        await self._fault(FaultPoint.BEFORE_BEGIN, batch_id, group)
+        transaction = self._client.transaction(max_attempts=1)
+        try:
+            staged: _Staged = await async_transactional(self._stage)(transaction, batch_id, group)
+        except gexc.NotFound as exc:
+            raise BatchNotFoundError(
+                f"batch {batch_id!r} does not exist in {self._layout.collection!r}; "
+                "call create_batch first"
+            ) from exc
+        except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
+            raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
+        await self._fault(FaultPoint.AFTER_COMMIT, batch_id, group)
+        count = staged.legacy_count
+        if staged.counter_index is not None:
+            # Increment's transform result is the counter's value after this commit:
+            # the completion check needs no extra read of the hot document.
+            batch_result = (transaction.write_results or [])[-1]
+            count = int(batch_result.transform_results[staged.counter_index].integer_value)
+        return GroupOutcome(staged.recorded, count)
+
+    async def _stage(
+        self, transaction: AsyncTransaction, batch_id: str, group: Sequence[Completion]
+    ) -> _Staged:
+        batch_ref = self.batch_ref(batch_id)
+        first_index: dict[str, int] = {}
+        for index, completion in enumerate(group):
+            first_index.setdefault(completion.player, index)
+
+        if self._mode.writes_subcollection:
+            refs = [self.completion_ref(batch_id, p) for p in first_index]
+            existing = {
+                snap.reference.id
+                async for snap in self._client.get_all(refs, transaction=transaction, retry=None)
+                if snap.exists
+            }
+        else:
+            existing = await self._legacy_players(transaction, batch_ref, batch_id)
+        await self._fault(FaultPoint.AFTER_READS, batch_id, group)
+
+        new = [group[i] for p, i in first_index.items() if p not in existing]
+        counter_index: int | None = None
+        if new:
+            for completion in new:
+                if self._mode.writes_subcollection:
+                    transaction.create(
+                        self.completion_ref(batch_id, completion.player),
+                        {
+                            f.PLAYER_LOOKUP: completion.player,
+                            f.PREDICTIONS_COUNT: completion.predictions_count,
+                            f.COMPLETED_AT: SERVER_TIMESTAMP,
+                        },
+                    )
+            update = self._batch_update(new)
+            transaction.update(batch_ref, update)
+            if self._mode.writes_subcollection:
+                # The client sends a write's field transforms sorted by field path.
+                transforms = sorted(
+                    FieldPath.from_string(k) for k, v in update.items() if _is_transform(v)
+                )
+                counter_index = transforms.index(FieldPath(f.COMPLETED_COUNT))
+        await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, group)
+        new_indexes = {first_index[c.player] for c in new}
+        return _Staged(
+            recorded=tuple(i in new_indexes for i in range(len(group))),
+            counter_index=counter_index,
+            legacy_count=None
+            if self._mode.writes_subcollection or not new
+            else len(existing) + len(new),
+        )
+
+    async def _legacy_players(
+        self, transaction: AsyncTransaction, batch_ref: Any, batch_id: str
+    ) -> set[str]:
+        async for snap in self._client.get_all([batch_ref], transaction=transaction, retry=None):
+            if snap.exists:
+                return set((snap.to_dict() or {}).get(f.COMPLETED_PLAYERS, ()))
+        raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
+
+    def _batch_update(self, new: Sequence[Completion]) -> dict[str, Any]:
+        total = sum(c.predictions_count for c in new)
+        data: dict[str, Any] = {}
+        if self._mode.writes_legacy:
+            data[f.COMPLETED_PLAYERS] = ArrayUnion([c.player for c in new])
+            for c in new:
+                data[f.player_field(c.player)] = c.predictions_count
+            data[f.TOTAL_PREDICTIONS] = Increment(total)
+            data[f.UPDATED_AT] = SERVER_TIMESTAMP
+        if self._mode.writes_subcollection:
+            data[f.COMPLETED_COUNT] = Increment(len(new))
+            data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)
+            data[f.LAST_UPDATED] = SERVER_TIMESTAMP
+        return data

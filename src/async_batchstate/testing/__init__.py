@@ -1,0 +1,25 @@
+"""Testing helpers: the Firestore emulator, its pytest fixtures, and fault injection.
+
+The pytest plugin loads automatically when async-batchstate is installed (entry
+point ``pytest11``); see ``async_batchstate.testing._plugin`` for the fixtures.
+"""
+
+from .._emulator import (
+    EmulatorNotFoundError,
+    EmulatorStartError,
+    FirestoreEmulator,
+    find_emulator_jar,
+    free_port,
+)
+from ._plugin import EmulatorInfo, aclose_client, make_client
+
+__all__ = [
+    "EmulatorInfo",
+    "EmulatorNotFoundError",
+    "EmulatorStartError",
+    "FirestoreEmulator",
+    "aclose_client",
+    "find_emulator_jar",
+    "free_port",
+    "make_client",
+]

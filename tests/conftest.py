@@ -1,0 +1,44 @@
+"""Shared fixtures. The emulator fixtures come from the async_batchstate plugin itself."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest_asyncio
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from async_batchstate import AsyncBatchStateManager, MigrationMode
+
+ManagerFactory = Callable[..., AsyncBatchStateManager]
+
+
+@pytest_asyncio.fixture
+async def make_manager(
+    firestore_client: AsyncClient, batch_collection: str
+) -> AsyncIterator[ManagerFactory]:
+    """Build managers on this test's collection; all are closed after the test."""
+    made: list[AsyncBatchStateManager] = []
+
+    def factory(**kwargs: Any) -> AsyncBatchStateManager:
+        kwargs.setdefault("collection", batch_collection)
+        kwargs.setdefault("mode", MigrationMode.DUAL_WRITE)
+        manager = AsyncBatchStateManager(firestore_client, **kwargs)
+        made.append(manager)
+        return manager
+
+    yield factory
+    for manager in made:
+        await manager.aclose()
+
+
+async def read_batch(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
+    """The batch document's fields, read directly (not through the manager)."""
+    snap = await client.collection(collection).document(batch_id).get()
+    return snap.to_dict() or {}
+
+
+async def read_completions(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
+    """Completion documents by id, read directly."""
+    docs = client.collection(collection).document(batch_id).collection("completions").stream()
+    return {d.id: d.to_dict() async for d in docs}
