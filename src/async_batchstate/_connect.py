@@ -1,0 +1,34 @@
+"""Connection settings for the command line: an emulator or a real project, from the environment."""
+
+from __future__ import annotations
+
+import os
+
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from ._errors import ConfigurationError
+
+EMULATOR_ENV = "FIRESTORE_EMULATOR_HOST"
+PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
+DEFAULT_EMULATOR_PROJECT = "demo-async-batchstate"
+
+
+def client_from_env(project: str | None = None) -> AsyncClient:
+    """An ``AsyncClient`` configured like the Google client: emulator host or project from env.
+
+    With ``FIRESTORE_EMULATOR_HOST`` set, talks to that emulator (project from
+    ``project``, ``GOOGLE_CLOUD_PROJECT`` or ``demo-async-batchstate``). Otherwise
+    needs a project and Application Default Credentials.
+
+    Raises:
+        ConfigurationError: Neither an emulator nor a project is configured.
+    """
+    project = project or os.environ.get(PROJECT_ENV)
+    if os.environ.get(EMULATOR_ENV):
+        return AsyncClient(project=project or DEFAULT_EMULATOR_PROJECT)
+    if not project:
+        raise ConfigurationError(
+            f"no Firestore configured: set {EMULATOR_ENV}=host:port for an emulator, or "
+            f"{PROJECT_ENV} (with Application Default Credentials) for a real project"
+        )
+    return AsyncClient(project=project)
