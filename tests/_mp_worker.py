@@ -1,0 +1,59 @@
+"""A worker process for the multi-process test: records players and prints its results as JSON.
+
+Usage: python -m tests._mp_worker COLLECTION BATCH_ID FIRST COUNT REDELIVER_FIRST START_AT
+(FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the environment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+from async_batchstate import AsyncBatchStateManager, MigrationMode
+from async_batchstate._connect import client_from_env
+from async_batchstate.testing import aclose_client
+
+
+async def main(
+    collection: str, batch_id: str, first: int, count: int, redeliver: int, start_at: float
+) -> None:
+    client = client_from_env()
+    finalised: list[str] = []
+    players = [f"p{i}" for i in range(first, first + count)]
+    players += [f"p{i}" for i in range(redeliver, redeliver + count)]  # another process's share
+    async with AsyncBatchStateManager(
+        client,
+        collection=collection,
+        mode=MigrationMode.DUAL_WRITE,
+        on_complete=lambda b, p: finalised.append(b),
+    ) as manager:
+        await asyncio.sleep(max(0.0, start_at - time.time()))  # start together
+        sem = asyncio.Semaphore(100)
+
+        async def one(player: str) -> dict[str, object]:
+            async with sem:
+                r = await manager.record_completion(
+                    batch_id, player, predictions_count=int(player[1:]) % 5
+                )
+                return {"player": player, "status": r.status.value, "completed": r.batch_completed}
+
+        results = await asyncio.gather(*[one(p) for p in players])
+        stats = manager.stats()
+    await aclose_client(client)
+    print(
+        json.dumps(
+            {
+                "results": results,
+                "finalised": finalised,
+                "failed": stats.failed,
+                "attempts": stats.attempts,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    c, b, f, n, r, s = sys.argv[1:7]
+    asyncio.run(main(c, b, int(f), int(n), int(r), float(s)))

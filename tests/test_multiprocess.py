@@ -1,0 +1,74 @@
+"""Several OS processes recording into one batch, each also redelivering another's share."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from async_batchstate.testing import EmulatorInfo
+
+from .conftest import ManagerFactory, read_batch, read_completions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def test_four_processes_with_redelivery_count_exactly_and_finalise_once(
+    firestore_emulator: EmulatorInfo,
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """4 x 250 completions plus a redelivery of each by another process: exact, one finaliser."""
+    await make_manager().create_batch("b", expected_count=1000)
+    env = {
+        **os.environ,
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
+        "GOOGLE_CLOUD_PROJECT": firestore_emulator.project,
+    }
+    start_at = time.time() + 4.0
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests._mp_worker",
+                batch_collection,
+                "b",
+                str(k * 250),
+                "250",
+                str(((k + 1) % 4) * 250),
+                str(start_at),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(4)
+    ]
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=100)
+        assert 0 == proc.returncode, err
+        reports.append(json.loads(out))
+
+    results = [r for report in reports for r in report["results"]]
+    assert 2000 == len(results)
+    assert 1000 == sum(r["status"] == "recorded" for r in results)
+    assert 1000 == sum(r["status"] == "duplicate" for r in results)
+    assert 1 == sum(r["completed"] for r in results)
+    assert 1 == sum(len(report["finalised"]) for report in reports)
+    assert 0 == sum(report["failed"] for report in reports)
+    doc = await read_batch(firestore_client, batch_collection, "b")
+    completions = await read_completions(firestore_client, batch_collection, "b")
+    total = sum(i % 5 for i in range(1000))
+    assert 1000 == len(completions) == doc["completed_count"] == len(doc["completed_players"])
+    assert total == doc["total_predictions"] == doc["total_predictions_subcoll"]
+    assert "complete" == doc["status"]

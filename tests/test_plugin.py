@@ -1,0 +1,87 @@
+"""The pytest plugin, exercised as a user would with pytester (each run is a separate pytest)."""
+
+from __future__ import annotations
+
+import pytest
+
+from async_batchstate.testing import EmulatorInfo
+
+USER_TESTS = """
+import pytest
+from async_batchstate import AsyncBatchStateManager
+
+SEEN = {}
+
+@pytest.mark.asyncio
+async def test_one(firestore_client, batch_collection, firestore_emulator):
+    SEEN["one"] = batch_collection
+    m = AsyncBatchStateManager(firestore_client, collection=batch_collection)
+    await m.create_batch("b", expected_count=1)
+    assert (await m.record_completion("b", "p", predictions_count=2)).batch_completed
+    docs = [d.id async for d in firestore_client.collection(batch_collection).stream()]
+    assert docs == ["b"]
+    print("PROCESS", firestore_emulator.process is not None)
+
+@pytest.mark.asyncio
+async def test_two_sees_only_its_own_data(firestore_client, batch_collection):
+    assert batch_collection != SEEN["one"]
+    docs = [d.id async for d in firestore_client.collection(batch_collection).stream()]
+    assert docs == []
+"""
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No emulator named in the environment and no requirement, unless a test sets them."""
+    monkeypatch.delenv("FIRESTORE_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("ASYNC_BATCHSTATE_REQUIRE_EMULATOR", raising=False)
+    return monkeypatch
+
+
+def test_plugin_starts_an_emulator_and_isolates_tests(
+    pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch
+) -> None:
+    """With no FIRESTORE_EMULATOR_HOST the plugin starts one; each test gets its own collection."""
+    pytester.makepyfile(USER_TESTS)
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*PROCESS True*"])
+
+
+def test_plugin_reuses_the_emulator_named_in_the_environment(
+    pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch, firestore_emulator: EmulatorInfo
+) -> None:
+    """FIRESTORE_EMULATOR_HOST set: the plugin starts nothing and uses that emulator."""
+    clean_env.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
+    pytester.makepyfile(USER_TESTS)
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*PROCESS False*"])
+
+
+def test_plugin_skips_with_a_reason_when_no_emulator(
+    pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch
+) -> None:
+    """No emulator installed (jar path points nowhere): tests skip and say why."""
+    clean_env.setenv("ASYNC_BATCHSTATE_EMULATOR_JAR", "/nonexistent/emulator.jar")
+    pytester.makepyfile(USER_TESTS)
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*Firestore emulator unavailable*/nonexistent/emulator.jar*"])
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_plugin_errors_when_the_emulator_is_required_and_absent(
+    how: str, pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch
+) -> None:
+    """--require-firestore-emulator or ASYNC_BATCHSTATE_REQUIRE_EMULATOR=1 turns the skip into an error."""
+    clean_env.setenv("ASYNC_BATCHSTATE_EMULATOR_JAR", "/nonexistent/emulator.jar")
+    args = ["-p", "no:cacheprovider"]
+    if how == "option":
+        args.append("--require-firestore-emulator")
+    else:
+        clean_env.setenv("ASYNC_BATCHSTATE_REQUIRE_EMULATOR", "1")
+    pytester.makepyfile(USER_TESTS)
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*required by --require-firestore-emulator*"])
