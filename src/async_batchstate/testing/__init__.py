@@ -11,14 +11,19 @@ from .._emulator import (
     find_emulator_jar,
     free_port,
 )
+from ._invariants import batch_violations
 from ._plugin import EmulatorInfo, aclose_client, make_client
+from ._proxy import FaultyProxy, ProxyState
 
 __all__ = [
     "EmulatorInfo",
     "EmulatorNotFoundError",
     "EmulatorStartError",
+    "FaultyProxy",
     "FirestoreEmulator",
+    "ProxyState",
     "aclose_client",
+    "batch_violations",
     "find_emulator_jar",
     "free_port",
     "make_client",
