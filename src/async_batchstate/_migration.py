@@ -1,0 +1,883 @@
+"""Migration from the legacy array to the completions subcollection: backfill, verify, cleanup.
+
+The five steps, each safe to run while completions keep arriving:
+
+1. Deploy every writer in ``DUAL_WRITE`` (both structures, reads from the array).
+2. ``backfill``: create the completion documents (and counters) of players
+   recorded only in the array. Idempotent: each batch is one transaction (or
+   a few, for arrays over ``CHUNK`` players) that reads the completion
+   documents it would create and skips existing ones.
+3. ``verify``, then deploy ``DUAL_WRITE_SUBCOLLECTION_READS``.
+4. Deploy ``SUBCOLLECTION_ONLY``.
+5. ``cleanup_legacy``: delete the array, map and legacy total, only from
+   batches that verify clean, each in a transaction that re-validates it.
+
+Backfill marks each batch it finished with ``completions_backfilled: true``,
+meaning "every player in ``completed_players`` has a completion document",
+set in the transaction that read the array and saw it true. A write path in
+``DUAL_WRITE`` can then tell which batches may still hold array-only players
+(see ``COMPLETIONS_BACKFILLED``).
+
+The checkpoint (resume after interruption) is a document in
+``<collection>_migration`` by default: it survives the machine running the
+backfill (a restarted job on another host resumes) and needs no access beyond
+the Firestore one the tool already has. ``FileCheckpoint`` is the local
+alternative. Backfill walks batches in document-id order and saves the id
+below which every batch is done, at most once per ``checkpoint_interval``
+(the checkpoint is one document: Firestore sustains about one write per
+second on it). It only saves work: correctness comes from idempotency, so a
+batch redone after a crash is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, Increment
+from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from . import _layout as f
+from ._config import MigrationMode
+from ._consistency import (
+    ConsistencyReport,
+    batch_ref,
+    completions_ref,
+    read_report,
+    validate,
+)
+from ._errors import BatchStateError
+from ._layout import Layout, validate_id
+from ._retry import RetryPolicy, run_with_retry
+
+__all__ = [
+    "COMPLETIONS_BACKFILLED",
+    "BackfillSummary",
+    "BatchBackfill",
+    "BatchState",
+    "Checkpoint",
+    "CleanupSummary",
+    "FileCheckpoint",
+    "FirestoreCheckpoint",
+    "MigrationProgress",
+    "StatusSummary",
+    "VerifySummary",
+    "backfill",
+    "backfill_batch",
+    "cleanup_legacy",
+    "status",
+    "verify",
+]
+
+logger = logging.getLogger("async_batchstate.migration")
+
+T = TypeVar("T")
+
+COMPLETIONS_BACKFILLED = "completions_backfilled"
+"""Batch field: True when every player in ``completed_players`` has a completion document."""
+CHUNK = 400
+"""Completion documents one backfill transaction creates (Firestore: <= 500 writes/commit)."""
+_PAGE = 500
+_LEGACY_FIELDS = (f.COMPLETED_PLAYERS, f.PREDICTIONS_BY_PLAYER, f.TOTAL_PREDICTIONS)
+
+
+class MigrationError(BatchStateError):
+    """A migration step refused to run (wrong mode, or nothing to run on)."""
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """Passed to a progress callback after each batch.
+
+    Attributes:
+        batch_id: The batch just handled.
+        done: Batches handled so far in this run (failures included).
+        total: Batches this run will handle, when known.
+        failed: Batches that failed so far.
+    """
+
+    batch_id: str
+    done: int
+    total: int | None
+    failed: int
+
+
+ProgressCallback = Callable[[MigrationProgress], None]
+
+
+# -- batch iteration ---------------------------------------------------------------------
+
+
+async def iter_batch_ids(
+    client: AsyncClient, layout: Layout, *, start_after: str | None = None, page_size: int = _PAGE
+) -> AsyncIterator[str]:
+    """Every batch id in ``layout.collection`` in document-id order, after ``start_after``.
+
+    Pages with cursors (projection on the id only) rather than one long stream,
+    so a huge collection never holds one query open for minutes.
+    """
+    cursor = start_after
+    while True:
+        query = (
+            client.collection(layout.collection)
+            .select([FieldPath.document_id()])
+            .order_by(FieldPath.document_id())
+            .limit(page_size)
+        )
+        if cursor is not None:
+            query = query.start_after({FieldPath.document_id(): cursor})
+        ids = [snap.id async for snap in query.stream()]
+        for batch_id in ids:
+            yield batch_id
+        if len(ids) < page_size:
+            return
+        cursor = ids[-1]
+
+
+async def count_batches(client: AsyncClient, layout: Layout, start_after: str | None) -> int:
+    """Batches after ``start_after`` (aggregation ``count()``: no document reads)."""
+    query: Any = client.collection(layout.collection)
+    if start_after is not None:
+        query = query.order_by(FieldPath.document_id()).start_after(
+            {FieldPath.document_id(): start_after}
+        )
+    rows = await query.count(alias="n").get()
+    return int(rows[0][0].value) if rows else 0
+
+
+async def _listed(batch_ids: Sequence[str]) -> AsyncIterator[str]:
+    for batch_id in dict.fromkeys(batch_ids):
+        yield validate_id("batch id", batch_id)
+
+
+async def for_each_batch(
+    ids: AsyncIterator[str],
+    work: Callable[[str], Awaitable[T]],
+    *,
+    concurrency: int,
+    on_done: Callable[[str, T | Exception], Awaitable[None]],
+) -> None:
+    """Run ``work`` on every id with at most ``concurrency`` at a time.
+
+    ``on_done`` gets each result or exception (a failed batch never stops the others).
+    """
+    if concurrency < 1:
+        raise MigrationError("concurrency must be >= 1")
+    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=concurrency * 2)
+
+    async def produce() -> None:
+        try:
+            async for batch_id in ids:
+                await queue.put(batch_id)
+        finally:
+            for _ in range(concurrency):
+                await queue.put(None)
+
+    async def consume() -> None:
+        while (batch_id := await queue.get()) is not None:
+            try:
+                result: T | Exception = await work(batch_id)
+            except Exception as exc:
+                result = exc
+            await on_done(batch_id, result)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(produce())
+        for _ in range(concurrency):
+            group.create_task(consume())
+
+
+def _ids(
+    client: AsyncClient,
+    layout: Layout,
+    batch_ids: Sequence[str] | None,
+    start_after: str | None = None,
+) -> AsyncIterator[str]:
+    if batch_ids is not None:
+        return _listed(batch_ids)
+    return iter_batch_ids(client, layout, start_after=start_after)
+
+
+async def _total(
+    client: AsyncClient, layout: Layout, batch_ids: Sequence[str] | None, start_after: str | None
+) -> int | None:
+    if batch_ids is not None:
+        return len(set(batch_ids))
+    try:
+        return await count_batches(client, layout, start_after)
+    except Exception:  # the total only feeds a progress bar
+        logger.debug("counting batches failed", exc_info=True)
+        return None
+
+
+class _Tally:
+    """Progress counting shared by every command."""
+
+    def __init__(self, total: int | None, progress: ProgressCallback | None) -> None:
+        self.total = total
+        self.progress = progress
+        self.done = 0
+        self.failed = 0
+        self.failures: list[tuple[str, str]] = []
+
+    def record(self, batch_id: str, result: object) -> bool:
+        """Count one batch; True if it succeeded."""
+        self.done += 1
+        ok = not isinstance(result, Exception)
+        if not ok:
+            self.failed += 1
+            self.failures.append((batch_id, f"{type(result).__name__}: {result}"))
+            logger.warning(
+                "migration step failed for batch %r: %r",
+                batch_id,
+                result,
+                extra={"batch_id": batch_id},
+            )
+        if self.progress is not None:
+            self.progress(MigrationProgress(batch_id, self.done, self.total, self.failed))
+        return ok
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+
+class Checkpoint(Protocol):
+    """Where backfill remembers how far it got."""
+
+    async def load(self) -> dict[str, Any] | None:
+        """The saved state, or None."""
+        ...
+
+    async def save(self, state: Mapping[str, Any]) -> None:
+        """Replace the saved state."""
+        ...
+
+
+class FirestoreCheckpoint:
+    """A checkpoint document ``<collection>_migration/<name>`` next to the batches.
+
+    Args:
+        client: The Firestore client.
+        layout: Where the batches live.
+        name: Document id (one per independent backfill run).
+    """
+
+    def __init__(self, client: AsyncClient, layout: Layout, name: str = "backfill") -> None:
+        self._ref = client.collection(f"{layout.collection}_migration").document(
+            validate_id("checkpoint name", name)
+        )
+
+    def __repr__(self) -> str:
+        return f"<FirestoreCheckpoint {self._ref.path!r}>"
+
+    async def load(self) -> dict[str, Any] | None:
+        """The saved state, or None."""
+        snap = await self._ref.get()
+        return (snap.to_dict() or {}) if snap.exists else None
+
+    async def save(self, state: Mapping[str, Any]) -> None:
+        """Replace the saved state."""
+        await self._ref.set({**state, "saved_at": SERVER_TIMESTAMP})
+
+
+class FileCheckpoint:
+    """A local JSON checkpoint file, replaced atomically on each save.
+
+    Args:
+        path: The file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"<FileCheckpoint {str(self.path)!r}>"
+
+    async def load(self) -> dict[str, Any] | None:
+        """The saved state, or None."""
+        try:
+            text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        loaded: dict[str, Any] = json.loads(text)
+        return loaded
+
+    async def save(self, state: Mapping[str, Any]) -> None:
+        """Replace the saved state."""
+        await asyncio.to_thread(self._write, json.dumps(dict(state), sort_keys=True))
+
+    def _write(self, text: str) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(self.path)
+
+
+# -- backfill ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchBackfill:
+    """What backfill did to one batch (or would do, in a dry run).
+
+    Attributes:
+        batch_id: The batch.
+        created: Players whose completion document was created.
+        predictions: Sum of their counts (added to ``total_predictions_subcoll``).
+        marked: ``completions_backfilled`` was set by this run.
+        unknown_counts: Array players without a usable count in
+            ``predictions_by_player``: left alone (no count is invented), to reconcile.
+        skipped: Why nothing was considered (no such batch, no legacy array), else None.
+        transactions: Transactions committed.
+    """
+
+    batch_id: str
+    created: tuple[str, ...] = ()
+    predictions: int = 0
+    marked: bool = False
+    unknown_counts: tuple[str, ...] = ()
+    skipped: str | None = None
+    transactions: int = 0
+
+
+@dataclass(frozen=True)
+class _Step:
+    created: tuple[str, ...]
+    predictions: int
+    final: bool
+    marked: bool
+    unknown: tuple[str, ...]
+    skipped: str | None
+
+
+def _count_of(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+async def _backfill_step(
+    transaction: AsyncTransaction | None,
+    client: AsyncClient,
+    layout: Layout,
+    batch_id: str,
+    limit: int | None,
+) -> _Step:
+    """Read a batch, and (given a transaction) create up to ``limit`` missing docs."""
+    ref = batch_ref(client, layout, batch_id)
+    data: dict[str, Any] | None = None
+    fields = [f.COMPLETED_PLAYERS, f.PREDICTIONS_BY_PLAYER, COMPLETIONS_BACKFILLED]
+    async for snap in client.get_all([ref], field_paths=fields, transaction=transaction):
+        if snap.exists:
+            data = snap.to_dict() or {}
+    if data is None:
+        return _Step((), 0, True, False, (), "no such batch")
+    array = data.get(f.COMPLETED_PLAYERS)
+    if not isinstance(array, list):
+        return _Step((), 0, True, False, (), "no legacy array")
+    completions = completions_ref(client, layout, batch_id)
+    have = {
+        s.id
+        async for s in completions.select([FieldPath.document_id()]).stream(transaction=transaction)
+    }
+    raw_map = data.get(f.PREDICTIONS_BY_PLAYER)
+    legacy_map = raw_map if isinstance(raw_map, dict) else {}
+    missing: dict[str, int] = {}
+    unknown: list[str] = []
+    for player in dict.fromkeys(p for p in array if isinstance(p, str) and p not in have):
+        count = _count_of(legacy_map.get(player))
+        if count is None:
+            unknown.append(player)
+        else:
+            missing[player] = count
+    chunk = dict(list(missing.items())[:limit]) if limit is not None else missing
+    final = len(chunk) == len(missing)
+    mark = final and not unknown and data.get(COMPLETIONS_BACKFILLED) is not True
+    if transaction is not None:
+        for player, count in chunk.items():
+            transaction.create(
+                completions.document(player),
+                {
+                    f.PLAYER_LOOKUP: player,
+                    f.PREDICTIONS_COUNT: count,
+                    f.COMPLETED_AT: SERVER_TIMESTAMP,
+                },
+            )
+        update: dict[str, Any] = {}
+        if chunk:
+            # The legacy total already counts these players: only the subcollection's grow.
+            update[f.COMPLETED_COUNT] = Increment(len(chunk))
+            update[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(sum(chunk.values()))
+            update[f.LAST_UPDATED] = SERVER_TIMESTAMP
+        if mark:
+            update[COMPLETIONS_BACKFILLED] = True
+        if update:
+            transaction.update(ref, update)
+    return _Step(tuple(chunk), sum(chunk.values()), final, mark, tuple(unknown), None)
+
+
+async def backfill_batch(
+    client: AsyncClient,
+    layout: Layout,
+    batch_id: str,
+    *,
+    dry_run: bool = False,
+    retry: RetryPolicy | None = None,
+) -> BatchBackfill:
+    """Create the missing completion documents of one batch from its legacy array.
+
+    Each transaction reads the batch's array and its completion ids, creates
+    up to ``CHUNK`` missing documents (count from ``predictions_by_player``)
+    and increments ``completed_count`` and ``total_predictions_subcoll`` by what
+    it created; the one that finds nothing left also sets
+    ``completions_backfilled``. Running it again creates nothing.
+    """
+    validate_id("batch id", batch_id)
+    if dry_run:
+        step = await _backfill_step(None, client, layout, batch_id, None)
+        return BatchBackfill(
+            batch_id, step.created, step.predictions, step.marked, step.unknown, step.skipped
+        )
+    policy = retry or RetryPolicy()
+    created: list[str] = []
+    predictions = 0
+    transactions = 0
+    while True:
+
+        async def attempt() -> _Step:
+            transaction = client.transaction(max_attempts=1)
+            done: _Step = await async_transactional(_backfill_step)(
+                transaction, client, layout, batch_id, CHUNK
+            )
+            return done
+
+        step, _ = await run_with_retry(attempt, policy, what=f"backfilling batch {batch_id!r}")
+        transactions += 1
+        created += step.created
+        predictions += step.predictions
+        if step.final:
+            return BatchBackfill(
+                batch_id,
+                tuple(created),
+                predictions,
+                step.marked,
+                step.unknown,
+                step.skipped,
+                transactions,
+            )
+
+
+@dataclass(frozen=True)
+class BackfillSummary:
+    """The outcome of a backfill run.
+
+    Attributes:
+        batches: Batches handled in this run.
+        changed: Batches that got completion documents or the backfilled mark.
+        completions_created: Completion documents created.
+        predictions_backfilled: Sum of their counts.
+        unknown_counts: ``(batch_id, player)`` left alone for lack of a count.
+        failures: ``(batch_id, error)`` of batches that failed (re-run to retry them).
+        resumed_after: The checkpoint's batch id this run started after, if any.
+        dry_run: Nothing was written.
+    """
+
+    batches: int
+    changed: int
+    completions_created: int
+    predictions_backfilled: int
+    unknown_counts: tuple[tuple[str, str], ...] = ()
+    failures: tuple[tuple[str, str], ...] = ()
+    resumed_after: str | None = None
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """No batch failed and no count was missing."""
+        return not self.failures and not self.unknown_counts
+
+
+async def backfill(
+    client: AsyncClient,
+    layout: Layout,
+    mode: MigrationMode,
+    *,
+    batch_ids: Sequence[str] | None = None,
+    dry_run: bool = False,
+    concurrency: int = 8,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_interval: float = 1.0,
+    progress: ProgressCallback | None = None,
+    retry: RetryPolicy | None = None,
+) -> BackfillSummary:
+    """Backfill every batch with a legacy array (or only ``batch_ids``).
+
+    Args:
+        client: The Firestore client.
+        layout: Where the batches live.
+        mode: The mode every writer runs in now. ``LEGACY`` is refused: writers
+            that do not create completion documents would undo the backfill.
+        batch_ids: Only these batches (the checkpoint is then not used).
+        dry_run: Report what would be created; write nothing (no checkpoint either).
+        concurrency: Batches in flight at once.
+        checkpoint: Where to resume from and save progress; None: always from the start.
+            A finished run's checkpoint makes the next run start over (cheap:
+            backfilled batches need no write).
+        checkpoint_interval: Least seconds between checkpoint saves.
+        progress: Called after each batch.
+        retry: Retry policy of each transaction.
+
+    Raises:
+        MigrationError: ``mode`` is ``LEGACY`` or ``concurrency < 1``.
+    """
+    if not mode.writes_subcollection:
+        raise MigrationError(
+            "backfill needs every writer in a mode that writes the subcollection (DUAL_WRITE "
+            "first): a LEGACY writer records players without completion documents"
+        )
+    use_checkpoint = checkpoint is not None and batch_ids is None and not dry_run
+    start_after: str | None = None
+    if use_checkpoint and checkpoint is not None:
+        state = await checkpoint.load()
+        if state and not state.get("finished"):
+            start_after = state.get("last_done")
+    tally = _Tally(await _total(client, layout, batch_ids, start_after), progress)
+    changed = created = predictions = 0
+    unknown: list[tuple[str, str]] = []
+    dispatched: deque[str] = deque()
+    finished_ids: set[str] = set()
+    watermark = start_after
+    saved = watermark
+    last_save = time.monotonic()
+    save_lock = asyncio.Lock()
+
+    async def save(*, finished: bool = False) -> None:
+        nonlocal saved, last_save
+        if not use_checkpoint or checkpoint is None:
+            return
+        async with save_lock:
+            if not finished and watermark == saved:
+                return
+            await checkpoint.save(
+                {"last_done": watermark, "finished": finished, "mode": mode.value}
+            )
+            saved, last_save = watermark, time.monotonic()
+
+    async def tracked() -> AsyncIterator[str]:
+        async for batch_id in _ids(client, layout, batch_ids, start_after):
+            dispatched.append(batch_id)
+            yield batch_id
+
+    async def work(batch_id: str) -> BatchBackfill:
+        return await backfill_batch(client, layout, batch_id, dry_run=dry_run, retry=retry)
+
+    async def on_done(batch_id: str, result: BatchBackfill | Exception) -> None:
+        nonlocal changed, created, predictions, watermark
+        if tally.record(batch_id, result) and isinstance(result, BatchBackfill):
+            finished_ids.add(batch_id)
+            if result.created or result.marked:
+                changed += 1
+            created += len(result.created)
+            predictions += result.predictions
+            unknown.extend((batch_id, p) for p in result.unknown_counts)
+        # Advance past the longest prefix of dispatched batches that all succeeded.
+        while dispatched and dispatched[0] in finished_ids:
+            watermark = dispatched.popleft()
+            finished_ids.discard(watermark)
+        if time.monotonic() - last_save >= checkpoint_interval:
+            await save()
+
+    await for_each_batch(tracked(), work, concurrency=concurrency, on_done=on_done)
+    if tally.failures:
+        await save()
+    else:
+        await save(finished=True)
+    summary = BackfillSummary(
+        batches=tally.done,
+        changed=changed,
+        completions_created=created,
+        predictions_backfilled=predictions,
+        unknown_counts=tuple(unknown),
+        failures=tuple(tally.failures),
+        resumed_after=start_after,
+        dry_run=dry_run,
+    )
+    logger.info(
+        "backfill %s: %d batches, %d changed, %d completion docs",
+        "dry run" if dry_run else "done",
+        summary.batches,
+        summary.changed,
+        summary.completions_created,
+        extra={"batches": summary.batches, "completions_created": created},
+    )
+    return summary
+
+
+# -- verify, status ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifySummary:
+    """The outcome of validating many batches.
+
+    Attributes:
+        checked: Batches validated.
+        inconsistent: Reports of the batches that broke a rule, by batch id.
+        failures: ``(batch_id, error)`` of batches that could not be validated.
+    """
+
+    checked: int
+    inconsistent: tuple[ConsistencyReport, ...] = ()
+    failures: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Every batch was validated and is consistent."""
+        return not self.inconsistent and not self.failures
+
+
+async def _validate_all(
+    client: AsyncClient,
+    layout: Layout,
+    mode: MigrationMode,
+    batch_ids: Sequence[str] | None,
+    concurrency: int,
+    progress: ProgressCallback | None,
+    retry: RetryPolicy | None,
+    sink: Callable[[ConsistencyReport], None],
+) -> _Tally:
+    tally = _Tally(await _total(client, layout, batch_ids, None), progress)
+
+    async def work(batch_id: str) -> ConsistencyReport:
+        return await validate(client, layout, mode, batch_id, retry=retry)
+
+    async def on_done(batch_id: str, result: ConsistencyReport | Exception) -> None:
+        if tally.record(batch_id, result) and isinstance(result, ConsistencyReport):
+            sink(result)
+
+    await for_each_batch(
+        _ids(client, layout, batch_ids), work, concurrency=concurrency, on_done=on_done
+    )
+    return tally
+
+
+async def verify(
+    client: AsyncClient,
+    layout: Layout,
+    mode: MigrationMode,
+    *,
+    batch_ids: Sequence[str] | None = None,
+    concurrency: int = 16,
+    progress: ProgressCallback | None = None,
+    retry: RetryPolicy | None = None,
+) -> VerifySummary:
+    """Validate every batch (or ``batch_ids``) under ``mode``'s rules."""
+    bad: list[ConsistencyReport] = []
+
+    def sink(report: ConsistencyReport) -> None:
+        if not report.is_consistent:
+            bad.append(report)
+
+    tally = await _validate_all(client, layout, mode, batch_ids, concurrency, progress, retry, sink)
+    bad.sort(key=lambda r: r.batch_id)
+    return VerifySummary(tally.done - tally.failed, tuple(bad), tuple(sorted(tally.failures)))
+
+
+class BatchState(enum.Enum):
+    """Where a batch is in the migration."""
+
+    LEGACY_ONLY = "legacy_only"
+    """Only legacy fields (consistent among themselves): backfill has work to do."""
+    DUAL = "dual"
+    """Both structures, consistent under the mode's rules."""
+    SUBCOLLECTION_ONLY = "subcollection_only"
+    """No legacy fields left, subcollection consistent."""
+    INCONSISTENT = "inconsistent"
+    """A rule is broken (see ``verify``)."""
+
+
+def classify(report: ConsistencyReport) -> BatchState:
+    """The migration state of the batch ``report`` describes.
+
+    A batch with legacy fields only is judged by the legacy structure alone:
+    missing completion documents are backfill's job, not an inconsistency.
+    """
+    if report.has_legacy and not report.has_subcollection:
+        legacy_problem = (
+            report.legacy_map_mismatch
+            or report.legacy_duplicates
+            or (report.total_predictions or 0) != (report.legacy_map_total or 0)
+        )
+        return BatchState.INCONSISTENT if legacy_problem else BatchState.LEGACY_ONLY
+    if not report.is_consistent:
+        return BatchState.INCONSISTENT
+    return BatchState.DUAL if report.has_legacy else BatchState.SUBCOLLECTION_ONLY
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    """Batches per migration state.
+
+    Attributes:
+        counts: Batches in each state (every state present, maybe 0).
+        failures: ``(batch_id, error)`` of batches that could not be read.
+    """
+
+    counts: Mapping[BatchState, int]
+    failures: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def total(self) -> int:
+        """Batches classified."""
+        return sum(self.counts.values())
+
+
+async def status(
+    client: AsyncClient,
+    layout: Layout,
+    mode: MigrationMode,
+    *,
+    batch_ids: Sequence[str] | None = None,
+    concurrency: int = 16,
+    progress: ProgressCallback | None = None,
+    retry: RetryPolicy | None = None,
+) -> StatusSummary:
+    """Count batches per ``BatchState`` (consistency judged under ``mode``'s rules)."""
+    counts = dict.fromkeys(BatchState, 0)
+
+    def sink(report: ConsistencyReport) -> None:
+        counts[classify(report)] += 1
+
+    tally = await _validate_all(client, layout, mode, batch_ids, concurrency, progress, retry, sink)
+    return StatusSummary(counts, tuple(sorted(tally.failures)))
+
+
+# -- cleanup -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CleanupSummary:
+    """The outcome of ``cleanup_legacy``.
+
+    Attributes:
+        refused: Nothing was removed because of ``reasons``.
+        reasons: ``(batch_id, problem)``; batch id ``"*"`` for run-wide reasons.
+        cleaned: Batches whose legacy fields were removed (or would be, in a dry run).
+        skipped: Batches that changed between the check and the removal and were left.
+        dry_run: Nothing was written.
+    """
+
+    refused: bool
+    reasons: tuple[tuple[str, str], ...] = ()
+    cleaned: tuple[str, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Not refused and nothing skipped."""
+        return not self.refused and not self.skipped
+
+
+async def cleanup_legacy(
+    client: AsyncClient,
+    layout: Layout,
+    mode: MigrationMode,
+    *,
+    batch_ids: Sequence[str] | None = None,
+    dry_run: bool = False,
+    concurrency: int = 8,
+    progress: ProgressCallback | None = None,
+    retry: RetryPolicy | None = None,
+) -> CleanupSummary:
+    """Delete ``completed_players``, ``predictions_by_player`` and ``total_predictions``.
+
+    All or nothing up front: every batch is verified under ``SUBCOLLECTION_ONLY``
+    rules first, and any inconsistent or unreadable batch refuses the whole run
+    (listing the reasons). Then each batch's fields go in a transaction that
+    validates it again, so a batch that changed in between is skipped, not lost.
+
+    Args:
+        client: The Firestore client.
+        layout: Where the batches live.
+        mode: The writers' mode; must be ``SUBCOLLECTION_ONLY`` (every other mode
+            still writes or reads the legacy fields).
+        batch_ids: Only these batches.
+        dry_run: Verify and list what would be cleaned; write nothing.
+        concurrency: Batches in flight at once.
+        progress: Called after each batch of the removal pass.
+        retry: Retry policy of each read and transaction.
+    """
+    if mode is not MigrationMode.SUBCOLLECTION_ONLY:
+        reason = (
+            f"writers run in {mode.name}, which still uses the legacy array; deploy "
+            "SUBCOLLECTION_ONLY everywhere first"
+        )
+        return CleanupSummary(True, (("*", reason),), dry_run=dry_run)
+    checked = await verify(
+        client, layout, mode, batch_ids=batch_ids, concurrency=concurrency, retry=retry
+    )
+    if not checked.ok:
+        reasons = [(r.batch_id, problem) for r in checked.inconsistent for problem in r.problems]
+        reasons += checked.failures
+        return CleanupSummary(True, tuple(reasons), dry_run=dry_run)
+
+    tally = _Tally(await _total(client, layout, batch_ids, None), progress)
+    cleaned: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    policy = retry or RetryPolicy()
+
+    async def remove(transaction: AsyncTransaction, batch_id: str) -> tuple[bool, str]:
+        report = await read_report(transaction, client, layout, mode, batch_id)
+        if not report.has_legacy:
+            return False, ""
+        if not report.is_consistent:
+            return False, "; ".join(report.problems)
+        if not dry_run:
+            transaction.update(
+                batch_ref(client, layout, batch_id), dict.fromkeys(_LEGACY_FIELDS, DELETE_FIELD)
+            )
+        return True, ""
+
+    async def work(batch_id: str) -> tuple[bool, str]:
+        async def attempt() -> tuple[bool, str]:
+            transaction = client.transaction(max_attempts=1, read_only=dry_run)
+            outcome: tuple[bool, str] = await async_transactional(remove)(transaction, batch_id)
+            return outcome
+
+        outcome, _ = await run_with_retry(
+            attempt, policy, what=f"removing legacy fields of {batch_id!r}"
+        )
+        return outcome
+
+    async def on_done(batch_id: str, result: tuple[bool, str] | Exception) -> None:
+        if tally.record(batch_id, result) and isinstance(result, tuple):
+            removed, problem = result
+            if removed:
+                cleaned.append(batch_id)
+            elif problem:
+                skipped.append((batch_id, problem))
+
+    await for_each_batch(
+        _ids(client, layout, batch_ids), work, concurrency=concurrency, on_done=on_done
+    )
+    skipped += tally.failures
+    return CleanupSummary(False, (), tuple(sorted(cleaned)), tuple(sorted(skipped)), dry_run)
+
+
+def reasons_text(reasons: Iterable[tuple[str, str]], limit: int = 50) -> list[str]:
+    """``batch: reason`` lines, at most ``limit`` plus a count of the rest."""
+    items = list(reasons)
+    lines = [f"{batch}: {reason}" for batch, reason in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"... and {len(items) - limit} more")
+    return lines
