@@ -1,0 +1,312 @@
+"""``async-batchstate migrate``: backfill, verify, cleanup-legacy and status from the shell.
+
+Exit status: 0 success; 1 mismatches, refusals or failed batches; 2 bad
+configuration (no emulator nor project, contradictory mode flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from google.cloud.firestore_v1.async_client import AsyncClient
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import _migration as m
+from ._config import MigrationMode
+from ._connect import client_from_env
+from ._errors import BatchStateError, ConfigurationError
+from ._layout import Layout
+
+Command = Callable[[AsyncClient, argparse.Namespace, Console], Awaitable[int]]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``migrate`` subcommand and its ``backfill/verify/cleanup-legacy/status``."""
+    parser = sub.add_parser(
+        "migrate",
+        help="move batches from the legacy array to the completions subcollection",
+        description="Steps: DUAL_WRITE everywhere -> backfill -> verify -> "
+        "DUAL_WRITE_SUBCOLLECTION_READS -> SUBCOLLECTION_ONLY -> cleanup-legacy. "
+        "Connection: FIRESTORE_EMULATOR_HOST or GOOGLE_CLOUD_PROJECT.",
+    )
+    steps = parser.add_subparsers(dest="migrate_command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--collection", default="prediction_batches", help="batch collection")
+    common.add_argument(
+        "--completions-subcollection", default="completions", help="completions subcollection"
+    )
+    common.add_argument("--project", default=None, help="GCP project (else GOOGLE_CLOUD_PROJECT)")
+    common.add_argument(
+        "--mode",
+        choices=[mode.value for mode in MigrationMode],
+        default=None,
+        help="the mode the writers run in (default: from the environment flags)",
+    )
+    common.add_argument(
+        "--batch-id",
+        action="append",
+        dest="batch_ids",
+        metavar="ID",
+        help="only this batch (repeatable)",
+    )
+    common.add_argument("--concurrency", type=_positive, default=8, help="batches in flight")
+    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    backfill = steps.add_parser(
+        "backfill", parents=[common], help="create missing completion docs from legacy arrays"
+    )
+    backfill.add_argument("--dry-run", action="store_true", help="report only; write nothing")
+    backfill.add_argument(
+        "--checkpoint",
+        default="firestore",
+        metavar="WHERE",
+        help="'firestore' (a doc in <collection>_migration, default), a file path, or 'none'",
+    )
+    backfill.add_argument(
+        "--restart", action="store_true", help="ignore a saved checkpoint and start over"
+    )
+    backfill.set_defaults(handler=lambda args: _main(args, _backfill))
+
+    verify = steps.add_parser("verify", parents=[common], help="validate every batch")
+    verify.set_defaults(handler=lambda args: _main(args, _verify))
+
+    cleanup = steps.add_parser(
+        "cleanup-legacy",
+        parents=[common],
+        help="remove legacy fields from batches that verify clean (SUBCOLLECTION_ONLY only)",
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="report only; write nothing")
+    cleanup.set_defaults(handler=lambda args: _main(args, _cleanup))
+
+    state = steps.add_parser("status", parents=[common], help="count batches per migration state")
+    state.set_defaults(handler=lambda args: _main(args, _status))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _main(args: argparse.Namespace, command: Command) -> int:
+    """Connect, run ``command`` on a fresh event loop, report configuration errors."""
+    console = Console()
+    errors = Console(stderr=True)
+    try:
+        mode = MigrationMode(args.mode) if args.mode else MigrationMode.from_env()
+        args.layout = Layout(args.collection, args.completions_subcollection)
+        args.migration_mode = mode
+        client_from_env(args.project)  # fail fast, before any event loop
+    except ConfigurationError as exc:
+        errors.print(f"[bold red]error:[/] {exc}")
+        return 2
+
+    async def run() -> int:
+        client = client_from_env(args.project)  # an AsyncClient is bound to this loop
+        try:
+            return await command(client, args, console)
+        finally:
+            await _close(client)
+
+    try:
+        return asyncio.run(run())
+    except m.MigrationError as exc:
+        errors.print(f"[bold red]refused:[/] {exc}")
+        return 1
+    except BatchStateError as exc:
+        errors.print(f"[bold red]error:[/] {exc}")
+        return 1
+
+
+async def _close(client: AsyncClient) -> None:
+    # The client has no public close; its transport's gRPC channel must be
+    # closed on the loop that opened it.
+    api: Any = getattr(client, "_firestore_api_internal", None)
+    if api is not None:
+        await api.transport.close()
+
+
+@contextmanager
+def _progress(
+    args: argparse.Namespace, console: Console, what: str
+) -> Iterator[m.ProgressCallback | None]:
+    if args.no_progress:
+        yield None
+        return
+    bar = Progress(
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(what, total=None, failed=0)
+
+    def update(p: m.MigrationProgress) -> None:
+        bar.update(task, completed=p.done, total=p.total, failed=p.failed)
+
+    with bar:
+        yield update
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _print_reasons(console: Console, title: str, reasons: list[tuple[str, str]]) -> None:
+    if reasons:
+        console.print(f"[bold red]{title}[/]")
+        for line in m.reasons_text(reasons):
+            console.print(f"  {line}", markup=False, highlight=False)
+
+
+async def _backfill(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+    checkpoint: m.Checkpoint | None
+    if args.checkpoint == "none":
+        checkpoint = None
+    elif args.checkpoint == "firestore":
+        checkpoint = m.FirestoreCheckpoint(client, args.layout)
+    else:
+        checkpoint = m.FileCheckpoint(args.checkpoint)
+    if checkpoint is not None and args.restart and not args.dry_run:
+        await checkpoint.save({"last_done": None, "finished": True})
+    with _progress(args, console, "backfill") as progress:
+        summary = await m.backfill(
+            client,
+            args.layout,
+            args.migration_mode,
+            batch_ids=args.batch_ids,
+            dry_run=args.dry_run,
+            concurrency=args.concurrency,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+    verb = "would create" if args.dry_run else "created"
+    console.print(
+        _table(
+            "backfill" + (" (dry run)" if args.dry_run else ""),
+            [
+                ("batches", str(summary.batches)),
+                ("resumed after", summary.resumed_after or "-"),
+                ("batches changed", str(summary.changed)),
+                (f"completion docs {verb}", str(summary.completions_created)),
+                ("predictions backfilled", str(summary.predictions_backfilled)),
+                ("players without a count", str(len(summary.unknown_counts))),
+                ("failed batches", str(len(summary.failures))),
+            ],
+        )
+    )
+    _print_reasons(
+        console,
+        "players left alone (no count in predictions_by_player; reconcile them):",
+        list(summary.unknown_counts),
+    )
+    _print_reasons(console, "failed batches (run again to retry):", list(summary.failures))
+    return 0 if summary.ok else 1
+
+
+async def _verify(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+    with _progress(args, console, "verify") as progress:
+        summary = await m.verify(
+            client,
+            args.layout,
+            args.migration_mode,
+            batch_ids=args.batch_ids,
+            concurrency=args.concurrency,
+            progress=progress,
+        )
+    console.print(
+        _table(
+            f"verify ({args.migration_mode.name} rules)",
+            [
+                ("batches checked", str(summary.checked)),
+                ("consistent", str(summary.checked - len(summary.inconsistent))),
+                ("inconsistent", str(len(summary.inconsistent))),
+                ("unreadable", str(len(summary.failures))),
+            ],
+        )
+    )
+    if summary.inconsistent:
+        table = Table(title="inconsistent batches")
+        for column in ("batch", "array", "completed_count", "docs", "problems"):
+            table.add_column(column)
+        for report in summary.inconsistent[:50]:
+            table.add_row(
+                report.batch_id,
+                str(report.legacy_array_length),
+                str(report.completed_count),
+                str(report.completion_docs),
+                "; ".join(report.problems),
+            )
+        console.print(table)
+    _print_reasons(console, "unreadable batches:", list(summary.failures))
+    return 0 if summary.ok else 1
+
+
+async def _cleanup(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+    with _progress(args, console, "cleanup-legacy") as progress:
+        summary = await m.cleanup_legacy(
+            client,
+            args.layout,
+            args.migration_mode,
+            batch_ids=args.batch_ids,
+            dry_run=args.dry_run,
+            concurrency=args.concurrency,
+            progress=progress,
+        )
+    if summary.refused:
+        _print_reasons(
+            console, "cleanup-legacy refused; nothing was removed:", list(summary.reasons)
+        )
+        return 1
+    verb = "would clean" if args.dry_run else "cleaned"
+    console.print(
+        _table(
+            "cleanup-legacy" + (" (dry run)" if args.dry_run else ""),
+            [
+                (f"batches {verb}", str(len(summary.cleaned))),
+                ("skipped", str(len(summary.skipped))),
+            ],
+        )
+    )
+    _print_reasons(console, "skipped (changed meanwhile; run again):", list(summary.skipped))
+    return 0 if summary.ok else 1
+
+
+async def _status(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+    with _progress(args, console, "status") as progress:
+        summary = await m.status(
+            client,
+            args.layout,
+            args.migration_mode,
+            batch_ids=args.batch_ids,
+            concurrency=args.concurrency,
+            progress=progress,
+        )
+    rows = [(state.value, str(count)) for state, count in summary.counts.items()]
+    rows += [("total", str(summary.total)), ("unreadable", str(len(summary.failures)))]
+    console.print(_table(f"status ({args.migration_mode.name} rules)", rows))
+    _print_reasons(console, "unreadable batches:", list(summary.failures))
+    return 0 if not summary.failures and not summary.counts[m.BatchState.INCONSISTENT] else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .cli import main
+
+    sys.exit(main(["migrate", *sys.argv[1:]]))
