@@ -1,0 +1,364 @@
+"""validate, reconcile and sampled validation on the emulator, with batches corrupted on purpose."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+from google.cloud.firestore_v1 import ArrayUnion, Increment
+from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from async_batchstate import Layout, MigrationMode
+from async_batchstate._consistency import (
+    MISMATCH_PREFIX,
+    ConsistencyReport,
+    SampledValidator,
+    Source,
+    reconcile,
+    validate,
+)
+
+from .conftest import ManagerFactory, read_batch, read_completions
+
+DUAL = MigrationMode.DUAL_WRITE
+
+
+async def _healthy_batch(make_manager: ManagerFactory) -> None:
+    manager = make_manager(mode=DUAL)
+    await manager.create_batch("b", expected_count=10)
+    await manager.record_completion("b", "p1", predictions_count=3)
+    await manager.record_completion("b", "p2", predictions_count=4)
+
+
+async def _corrupt(client: AsyncClient, collection: str) -> None:
+    """The old torn dual-write: the array gets ``ghost`` but no completion doc; a counter +1."""
+    await (
+        client.collection(collection)
+        .document("b")
+        .update(
+            {
+                "completed_players": ArrayUnion(["ghost"]),
+                FieldPath("predictions_by_player", "ghost").to_api_repr(): 5,
+                "total_predictions": Increment(5),
+                "completed_count": Increment(1),
+            }
+        )
+    )
+
+
+async def test_validate_healthy_batch_is_consistent(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A batch written only through the manager has equal structures and no problem."""
+    await _healthy_batch(make_manager)
+
+    report = await validate(firestore_client, Layout(batch_collection), DUAL, "b")
+
+    assert () == report.problems
+    assert report.is_consistent
+    assert (2, 2, 2) == (report.legacy_array_length, report.completed_count, report.completion_docs)
+    assert (7, 7, 7) == (
+        report.total_predictions,
+        report.total_predictions_subcoll,
+        report.completion_predictions_sum,
+    )
+
+
+async def test_validate_catches_corrupted_batch(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """Array-only player and off-by-one counter show up as the exact numbers and names."""
+    await _healthy_batch(make_manager)
+    await _corrupt(firestore_client, batch_collection)
+
+    report = await validate(firestore_client, Layout(batch_collection), DUAL, "b")
+
+    assert not report.is_consistent
+    assert ("ghost",) == report.players_only_in_array
+    assert () == report.players_only_in_subcollection
+    assert (3, 3, 2) == (report.legacy_array_length, report.completed_count, report.completion_docs)
+    assert (12, 7, 7) == (
+        report.total_predictions,
+        report.total_predictions_subcoll,
+        report.completion_predictions_sum,
+    )
+    assert 3 == len(report.problems)  # array-only player, count vs docs, legacy vs subcoll total
+
+
+async def test_validate_names_players_only_in_subcollection(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A completion doc whose player is missing from the array is listed by name."""
+    await _healthy_batch(make_manager)
+    ref = firestore_client.collection(batch_collection).document("b")
+    await (
+        ref.collection("completions")
+        .document("orphan")
+        .set({"player_lookup": "orphan", "predictions_count": 0})
+    )
+
+    report = await validate(firestore_client, Layout(batch_collection), DUAL, "b")
+
+    assert ("orphan",) == report.players_only_in_subcollection
+
+
+async def test_legacy_only_batch_is_inconsistent_under_dual_write(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A LEGACY-recorded batch has players only in the array until backfilled."""
+    legacy = make_manager(mode=MigrationMode.LEGACY)
+    await legacy.create_batch("b", expected_count=3)
+    await legacy.record_completion("b", "p1", predictions_count=2)
+
+    report = await validate(firestore_client, Layout(batch_collection), DUAL, "b")
+    as_legacy = await validate(
+        firestore_client, Layout(batch_collection), MigrationMode.LEGACY, "b"
+    )
+
+    assert ("p1",) == report.players_only_in_array
+    assert not report.is_consistent
+    assert as_legacy.is_consistent
+
+
+async def test_stale_legacy_subset_is_consistent_in_subcollection_only(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """In SUBCOLLECTION_ONLY the array stops growing: players only in the subcollection are fine."""
+    await _healthy_batch(make_manager)
+    sub_only = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY)
+    await sub_only.record_completion("b", "p3", predictions_count=1)
+
+    report = await validate(
+        firestore_client, Layout(batch_collection), MigrationMode.SUBCOLLECTION_ONLY, "b"
+    )
+
+    assert ("p3",) == report.players_only_in_subcollection
+    assert report.is_consistent
+
+
+async def test_sampled_validator_logs_one_mismatch_and_alerts_once(
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One sampled mismatch: one CONSISTENCY MISMATCH record, one hook call, the right report."""
+    await _healthy_batch(make_manager)
+    await _corrupt(firestore_client, batch_collection)
+    seen: list[ConsistencyReport] = []
+
+    async def hook(report: ConsistencyReport) -> None:
+        seen.append(report)
+
+    validator = SampledValidator(
+        firestore_client, Layout(batch_collection), DUAL, rate=1.0, alert_hooks=[hook]
+    )
+    caplog.set_level(logging.ERROR, logger="async_batchstate.consistency")
+
+    scheduled = validator.maybe_validate("b")
+    await validator.aclose()
+
+    records = [r for r in caplog.records if r.getMessage().startswith(MISMATCH_PREFIX)]
+    assert scheduled
+    assert 1 == len(records)
+    assert 1 == len(seen)
+    assert ("ghost",) == seen[0].players_only_in_array
+    assert "b" == records[0].batch_id  # type: ignore[attr-defined]
+    assert ["ghost"] == records[0].players_only_in_array  # type: ignore[attr-defined]
+    assert 2 == records[0].completion_docs  # type: ignore[attr-defined]
+
+
+async def test_sampled_validator_calls_sync_hooks_too(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A plain function is a valid alert hook."""
+    await _healthy_batch(make_manager)
+    await _corrupt(firestore_client, batch_collection)
+    seen: list[str] = []
+    validator = SampledValidator(
+        firestore_client,
+        Layout(batch_collection),
+        DUAL,
+        rate=1.0,
+        alert_hooks=[lambda report: seen.append(report.batch_id)],
+    )
+
+    validator.maybe_validate("b")
+    await validator.aclose()
+
+    assert ["b"] == seen
+
+
+async def test_sampled_validator_stays_silent_on_consistent_batch(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """No mismatch, no alert."""
+    await _healthy_batch(make_manager)
+    seen: list[ConsistencyReport] = []
+    validator = SampledValidator(
+        firestore_client, Layout(batch_collection), DUAL, rate=1.0, alert_hooks=[seen.append]
+    )
+
+    validator.maybe_validate("b")
+    await validator.aclose()
+
+    assert [] == seen
+    assert 1 == validator.validated
+
+
+async def test_sampling_follows_the_injected_random_source(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """With rate r, exactly the calls whose rng draw is below r are scheduled."""
+    draws = random.Random(7)
+    expected = [draws.random() < 0.3 for _ in range(40)]
+    validator = SampledValidator(
+        firestore_client,
+        Layout(batch_collection),
+        DUAL,
+        rate=0.3,
+        rng=random.Random(7),
+        max_outstanding=100,
+    )
+
+    scheduled = [validator.maybe_validate(f"b{i}") for i in range(40)]
+    await validator.aclose()
+
+    assert expected == scheduled
+
+
+async def test_sampled_validation_failure_never_reaches_caller(
+    firestore_client: AsyncClient, batch_collection: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Validating a batch that does not exist is logged as a warning, never raised."""
+    validator = SampledValidator(firestore_client, Layout(batch_collection), DUAL, rate=1.0)
+    caplog.set_level(logging.WARNING, logger="async_batchstate.consistency")
+
+    validator.maybe_validate("missing")
+    await validator.aclose()
+
+    assert any("sampled validation" in r.getMessage() for r in caplog.records)
+
+
+async def test_failing_alert_hook_is_logged_not_raised(
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hook that raises does not stop the validation nor the hooks after it."""
+    await _healthy_batch(make_manager)
+    await _corrupt(firestore_client, batch_collection)
+    seen: list[str] = []
+
+    def broken(report: ConsistencyReport) -> None:
+        raise RuntimeError("webhook down")
+
+    validator = SampledValidator(
+        firestore_client,
+        Layout(batch_collection),
+        DUAL,
+        rate=1.0,
+        alert_hooks=[broken, lambda r: seen.append(r.batch_id)],
+    )
+
+    report = await validator.check("b")
+
+    assert not report.is_consistent
+    assert ["b"] == seen
+    assert any("alert hook" in r.getMessage() for r in caplog.records)
+
+
+async def test_reconcile_repairs_corrupted_batch_from_subcollection(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """The subcollection wins: the ghost leaves the array and map, counters match the docs."""
+    await _healthy_batch(make_manager)
+    await _corrupt(firestore_client, batch_collection)
+    layout = Layout(batch_collection)
+
+    result = await reconcile(firestore_client, layout, DUAL, "b")
+
+    doc = await read_batch(firestore_client, batch_collection, "b")
+    assert ("ghost",) == result.legacy_removed
+    assert {"completed_count": (3, 2), "total_predictions": (12, 7)} == dict(result.counters)
+    assert ["p1", "p2"] == sorted(doc["completed_players"])
+    assert {"p1": 3, "p2": 4} == doc["predictions_by_player"]
+    assert (await validate(firestore_client, layout, DUAL, "b")).is_consistent
+
+
+async def test_second_reconcile_changes_nothing(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """Reconciling a repaired (consistent) batch reports and writes no change."""
+    await _healthy_batch(make_manager)
+    await _corrupt(firestore_client, batch_collection)
+    layout = Layout(batch_collection)
+    await reconcile(firestore_client, layout, DUAL, "b")
+    before = await read_batch(firestore_client, batch_collection, "b")
+
+    again = await reconcile(firestore_client, layout, DUAL, "b")
+
+    assert not again.changed
+    assert before == await read_batch(firestore_client, batch_collection, "b")
+
+
+async def test_reconcile_from_legacy_creates_missing_completion_doc(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """The array wins: the ghost gets a completion doc with its map count; counters follow."""
+    await _healthy_batch(make_manager)
+    await _corrupt(firestore_client, batch_collection)
+    layout = Layout(batch_collection)
+
+    result = await reconcile(firestore_client, layout, DUAL, "b", source=Source.LEGACY)
+
+    completions = await read_completions(firestore_client, batch_collection, "b")
+    doc = await read_batch(firestore_client, batch_collection, "b")
+    assert ("ghost",) == result.completions_created
+    assert 5 == completions["ghost"]["predictions_count"]
+    assert (3, 12) == (doc["completed_count"], doc["total_predictions_subcoll"])
+    assert (await validate(firestore_client, layout, DUAL, "b")).is_consistent
+
+
+async def test_reconcile_dry_run_writes_nothing(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A dry run reports the repair and leaves the batch as it was."""
+    await _healthy_batch(make_manager)
+    await _corrupt(firestore_client, batch_collection)
+    before = await read_batch(firestore_client, batch_collection, "b")
+
+    result = await reconcile(firestore_client, Layout(batch_collection), DUAL, "b", dry_run=True)
+
+    assert ("ghost",) == result.legacy_removed
+    assert before == await read_batch(firestore_client, batch_collection, "b")
+
+
+async def test_reconcile_over_transaction_write_limit_uses_several_transactions(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """450 missing completion docs (> 400 per transaction) are created in 2 transactions."""
+    legacy = make_manager(mode=MigrationMode.LEGACY)
+    await legacy.create_batch("b", expected_count=450)
+    players = [f"p{i:03d}" for i in range(450)]
+    await (
+        firestore_client.collection(batch_collection)
+        .document("b")
+        .update(
+            {
+                "completed_players": players,
+                "predictions_by_player": dict.fromkeys(players, 2),
+                "total_predictions": 900,
+            }
+        )
+    )
+    layout = Layout(batch_collection)
+
+    result = await reconcile(firestore_client, layout, DUAL, "b", source=Source.LEGACY)
+
+    assert 450 == len(result.completions_created)
+    assert 2 == result.transactions
+    assert (await validate(firestore_client, layout, DUAL, "b")).is_consistent
