@@ -271,6 +271,11 @@ async def read_report(
     mode: MigrationMode,
     batch_id: str,
 ) -> ConsistencyReport:
+    """Read one batch's report inside ``transaction`` (or without one, when None).
+
+    Raises:
+        BatchNotFoundError: No such batch.
+    """
     snap = await batch_ref(client, layout, batch_id).get(
         field_paths=[*_LEGACY_FIELDS, f.COMPLETED_COUNT, f.TOTAL_PREDICTIONS_SUBCOLL],
         transaction=transaction,
