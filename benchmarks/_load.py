@@ -1,0 +1,182 @@
+"""Drive one strategy at a fixed concurrency, check the documents, and the raw-write ceiling."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from async_batchstate import AsyncBatchStateManager
+
+from ._strategies import (
+    BY_PLAYER,
+    COMPLETIONS,
+    COUNT,
+    MODE,
+    PLAYERS,
+    STRATEGIES,
+    TOTAL,
+    TOTAL_SUB,
+    completion_doc,
+    counters_update,
+    legacy_update,
+)
+
+Advance = Callable[[int], None]
+Player = tuple[str, int]
+
+
+def players(ops: int, prefix: str = "p") -> list[Player]:
+    """``ops`` distinct players with 1-5 predictions each."""
+    return [(f"{prefix}{i:06d}", i % 5 + 1) for i in range(ops)]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (0.0 when empty)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(len(ordered) * q / 100) - 1))]
+
+
+@dataclass
+class Load:
+    """What one process saw while driving one strategy (picklable, mergeable)."""
+
+    started: float  # wall clock, to merge processes
+    elapsed: float
+    stalled: bool
+    latencies: list[float] = field(default_factory=list)
+    attempts_each: list[int] = field(default_factory=list)
+    succeeded: dict[str, int] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
+    error_examples: dict[str, str] = field(default_factory=dict)
+    attempts: int = 0
+    commits: int = 0
+    aborts: dict[str, int] = field(default_factory=dict)
+
+
+async def create_batch(client: AsyncClient, collection: str, batch_id: str, expected: int) -> None:
+    """Create the batch document through the library, so every strategy starts alike."""
+    async with AsyncBatchStateManager(client, collection=collection, mode=MODE) as manager:
+        await manager.create_batch(batch_id, expected_count=expected)
+
+
+async def drive(
+    client: AsyncClient,
+    collection: str,
+    strategy: str,
+    batch_id: str,
+    work: Sequence[Player],
+    *,
+    concurrency: int,
+    budget: float,
+    advance: Advance = lambda n: None,
+) -> Load:
+    """``concurrency`` callers record ``work`` in a closed loop; stop them after ``budget`` s."""
+    recorder = STRATEGIES[strategy].open(client, collection)
+    load = Load(started=time.time(), elapsed=0.0, stalled=False)
+    queue = iter(work)  # shared: each completion is taken by exactly one caller
+
+    async def caller() -> None:
+        for player, count in queue:
+            t0 = time.perf_counter()
+            try:
+                attempts = await recorder.record(batch_id, player, count)
+            except Exception as exc:
+                name = type(exc).__name__
+                load.errors[name] += 1
+                load.error_examples.setdefault(name, str(exc)[:300])
+            else:
+                load.latencies.append(time.perf_counter() - t0)
+                load.attempts_each.append(attempts)
+                load.succeeded[player] = count
+            advance(1)
+
+    t0 = time.perf_counter()
+    tasks = [asyncio.create_task(caller()) for _ in range(min(concurrency, len(work)))]
+    try:
+        done, pending = await asyncio.wait(tasks, timeout=budget)
+        load.elapsed = time.perf_counter() - t0
+        load.stalled = bool(pending)
+        for task in pending:  # a stalled strategy is reported, not waited for
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            task.result()  # a bug in the harness must not pass silently
+    finally:
+        await recorder.aclose()
+    load.attempts, load.commits, load.aborts = recorder.counters()
+    return load
+
+
+async def check_batch(
+    client: AsyncClient, collection: str, batch_id: str, succeeded: dict[str, int]
+) -> dict[str, Any]:
+    """Every structure agrees, exactly, and no confirmed completion is missing."""
+    ref = client.collection(collection).document(batch_id)
+    doc = (await ref.get()).to_dict() or {}
+    docs = {
+        snap.id: int((snap.to_dict() or {}).get("predictions_count", -1))
+        async for snap in ref.collection(COMPLETIONS).stream()
+    }
+    array = list(doc.get(PLAYERS, []))
+    total = sum(docs.values())
+    checks = {
+        "completed_count == completion docs": doc.get(COUNT) == len(docs),
+        "completed_players == completion docs": sorted(array) == sorted(docs),
+        "predictions_by_player == completion docs": doc.get(BY_PLAYER, {}) == docs,
+        "total_predictions exact": doc.get(TOTAL) == total,
+        "total_predictions_subcoll exact": doc.get(TOTAL_SUB) == total,
+        "no confirmed completion lost": all(docs.get(p) == n for p, n in succeeded.items()),
+    }
+    return {
+        "ok": all(checks.values()),
+        "failed_checks": [name for name, ok in checks.items() if not ok],
+        "recorded": len(docs),
+        "confirmed": len(succeeded),
+    }
+
+
+async def ceiling(
+    client: AsyncClient,
+    collection: str,
+    batch_id: str,
+    docs: int,
+    *,
+    group: int = 250,
+    in_flight: int = 4,
+    advance: Advance = lambda n: None,
+) -> dict[str, Any]:
+    """Raw ``WriteBatch``es of ``group`` completion docs + one transform update of the batch."""
+    await create_batch(client, collection, batch_id, docs)
+    ref = client.collection(collection).document(batch_id)
+    work = players(docs)
+    chunks = iter([dict(work[i : i + group]) for i in range(0, docs, group)])
+
+    async def writer() -> None:
+        for chunk in chunks:
+            wb = client.batch()
+            for player, count in chunk.items():
+                wb.set(ref.collection(COMPLETIONS).document(player), completion_doc(player, count))
+            wb.update(ref, {**legacy_update(chunk), **counters_update(chunk)})
+            await wb.commit()
+            advance(len(chunk))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(writer() for _ in range(in_flight)))
+    elapsed = time.perf_counter() - t0
+    return {
+        "docs": docs,
+        "group": group,
+        "in_flight": in_flight,
+        "elapsed_s": elapsed,
+        "docs_per_s": docs / elapsed,
+        "consistency": await check_batch(client, collection, batch_id, dict(work)),
+    }

@@ -1,0 +1,273 @@
+"""The write strategies compared, as one table: plain-client baselines and the manager.
+
+Every strategy records one completion per call into the DUAL_WRITE layout of
+DESIGN.md section 2 (legacy array + map + total, completion document +
+counters), so a cell's final documents can be checked the same way for all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from google.cloud.firestore_v1 import SERVER_TIMESTAMP, ArrayUnion, Increment
+from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from async_batchstate import AsyncBatchStateManager, MigrationMode, classify
+
+MODE = MigrationMode.DUAL_WRITE
+COMPLETIONS = "completions"
+# Field names of the data layout (DESIGN.md section 2).
+PLAYERS, BY_PLAYER, TOTAL = "completed_players", "predictions_by_player", "total_predictions"
+COUNT, TOTAL_SUB = "completed_count", "total_predictions_subcoll"
+
+
+def player_field(player: str) -> str:
+    """``predictions_by_player.<player>`` built safely (never by string formatting)."""
+    return FieldPath(BY_PLAYER, player).to_api_repr()
+
+
+def completion_doc(player: str, count: int) -> dict[str, Any]:
+    """The completion document of one player."""
+    return {"player_lookup": player, "predictions_count": count, "completed_at": SERVER_TIMESTAMP}
+
+
+def legacy_update(players: dict[str, int]) -> dict[str, Any]:
+    """Legacy-structure transforms for ``players`` (player -> predictions)."""
+    update: dict[str, Any] = {
+        PLAYERS: ArrayUnion(list(players)),
+        TOTAL: Increment(sum(players.values())),
+        "updated_at": SERVER_TIMESTAMP,
+    }
+    update.update({player_field(p): n for p, n in players.items()})
+    return update
+
+
+def counters_update(players: dict[str, int]) -> dict[str, Any]:
+    """New-structure counter transforms for ``players``."""
+    return {
+        COUNT: Increment(len(players)),
+        TOTAL_SUB: Increment(sum(players.values())),
+        "last_updated": SERVER_TIMESTAMP,
+    }
+
+
+# -- plain-client writes: one completion, no retry of our own ------------------------
+
+Tick = Callable[[], None]
+"""Called once per transaction attempt, to count attempts."""
+PlainWrite = Callable[[AsyncClient, Any, Any, str, int, Tick], Awaitable[int]]
+"""``(client, batch_ref, completion_ref, player, count, tick) -> commits``."""
+
+
+async def two_writes(client: AsyncClient, batch: Any, comp: Any, p: str, n: int, tick: Tick) -> int:
+    """The old bug: the legacy update, then the subcollection write; not atomic."""
+    tick()
+    await batch.update(legacy_update({p: n}))
+    wb = client.batch()
+    wb.set(comp, completion_doc(p, n))
+    wb.update(batch, counters_update({p: n}))
+    await wb.commit()
+    return 2
+
+
+async def batched_write(
+    client: AsyncClient, batch: Any, comp: Any, p: str, n: int, tick: Tick
+) -> int:
+    """One ``WriteBatch``: atomic, one round trip, not idempotent."""
+    tick()
+    wb = client.batch()
+    wb.set(comp, completion_doc(p, n))
+    wb.update(batch, {**legacy_update({p: n}), **counters_update({p: n})})
+    await wb.commit()
+    return 1
+
+
+async def create_batch_write(
+    client: AsyncClient, batch: Any, comp: Any, p: str, n: int, tick: Tick
+) -> int:
+    """One ``WriteBatch`` that ``create``s the completion: a redelivery fails whole
+    (ALREADY_EXISTS), so it is idempotent in one round trip, without a transaction."""
+    tick()
+    wb = client.batch()
+    wb.create(comp, completion_doc(p, n))
+    wb.update(batch, {**legacy_update({p: n}), **counters_update({p: n})})
+    await wb.commit()
+    return 1
+
+
+async def blind_txn(client: AsyncClient, batch: Any, comp: Any, p: str, n: int, tick: Tick) -> int:
+    """(b) The old fix (seed file): ``async_transactional`` dual-write, reads nothing."""
+
+    async def body(tx: AsyncTransaction) -> None:
+        tick()
+        tx.update(batch, legacy_update({p: n}))
+        tx.set(comp, completion_doc(p, n))
+        tx.update(batch, counters_update({p: n}))
+
+    await async_transactional(body)(client.transaction())
+    return 1
+
+
+async def idempotent_txn(
+    client: AsyncClient, batch: Any, comp: Any, p: str, n: int, tick: Tick
+) -> int:
+    """Reads the completion document, writes only if absent: the manager's write, by hand."""
+
+    async def body(tx: AsyncTransaction) -> None:
+        tick()
+        if (await comp.get(transaction=tx)).exists:
+            return
+        tx.create(comp, completion_doc(p, n))
+        tx.update(batch, {**legacy_update({p: n}), **counters_update({p: n})})
+
+    await async_transactional(body)(client.transaction())
+    return 1
+
+
+async def rmw_txn(client: AsyncClient, batch: Any, comp: Any, p: str, n: int, tick: Tick) -> int:
+    """(a) The natural naive code: read the batch document, compute, write it back."""
+
+    async def body(tx: AsyncTransaction) -> None:
+        tick()
+        data = (await batch.get(transaction=tx)).to_dict() or {}
+        players = list(data.get(PLAYERS, []))
+        if p in players:
+            return
+        tx.update(
+            batch,
+            {
+                PLAYERS: [*players, p],
+                player_field(p): n,
+                TOTAL: data.get(TOTAL, 0) + n,
+                COUNT: data.get(COUNT, 0) + 1,
+                TOTAL_SUB: data.get(TOTAL_SUB, 0) + n,
+                "updated_at": SERVER_TIMESTAMP,
+                "last_updated": SERVER_TIMESTAMP,
+            },
+        )
+        tx.set(comp, completion_doc(p, n))
+
+    await async_transactional(body)(client.transaction())
+    return 1
+
+
+# -- recorders: what the load driver calls --------------------------------------------
+
+
+class Recorder(Protocol):
+    """Records completions into one collection and counts what it cost."""
+
+    async def record(self, batch_id: str, player: str, count: int) -> int:
+        """Record one completion; returns the transaction attempts it took."""
+        ...
+
+    def counters(self) -> tuple[int, int, dict[str, int]]:
+        """``(attempts, commits, failed attempts by cause)`` since creation."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources (drain the manager)."""
+        ...
+
+
+class PlainRecorder:
+    """A plain-client write with the client's own retry (5 attempts, no backoff)."""
+
+    def __init__(self, client: AsyncClient, collection: str, write: PlainWrite) -> None:
+        self._client, self._collection, self._write = client, collection, write
+        self.attempts = self.commits = 0
+        self.aborts: Counter[str] = Counter()
+
+    async def record(self, batch_id: str, player: str, count: int) -> int:
+        batch = self._client.collection(self._collection).document(batch_id)
+        completion = batch.collection(COMPLETIONS).document(player)
+        tries = 0
+
+        def tick() -> None:
+            nonlocal tries
+            tries += 1
+
+        try:
+            commits = await self._write(self._client, batch, completion, player, count, tick)
+        except Exception as exc:
+            self.aborts["aborted"] += tries - 1  # the client retries only ABORTED commits
+            self.aborts[classify(exc).value] += 1
+            raise
+        finally:
+            self.attempts += tries
+        self.commits += commits  # not ``+= await``: concurrent callers would lose counts
+        self.aborts["aborted"] += tries - 1
+        return tries
+
+    def counters(self) -> tuple[int, int, dict[str, int]]:
+        return self.attempts, self.commits, {k: v for k, v in self.aborts.items() if v}
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ManagerRecorder:
+    """``AsyncBatchStateManager`` with the given knobs; costs come from ``stats()``."""
+
+    def __init__(self, client: AsyncClient, collection: str, **knobs: Any) -> None:
+        self.manager = AsyncBatchStateManager(client, collection=collection, mode=MODE, **knobs)
+
+    async def record(self, batch_id: str, player: str, count: int) -> int:
+        return (await self.manager.record_completion(batch_id, player, count)).attempts
+
+    def counters(self) -> tuple[int, int, dict[str, int]]:
+        s = self.manager.stats()
+        return s.attempts, s.transactions, dict(s.aborts_by_cause)
+
+    async def aclose(self) -> None:
+        await self.manager.aclose(drain_timeout=10.0)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One row of the comparison."""
+
+    key: str
+    label: str
+    open: Callable[[AsyncClient, str], Recorder]
+
+
+def _plain(write: PlainWrite) -> Callable[[AsyncClient, str], Recorder]:
+    return lambda client, collection: PlainRecorder(client, collection, write)
+
+
+def _managed(**knobs: Any) -> Callable[[AsyncClient, str], Recorder]:
+    return lambda client, collection: ManagerRecorder(client, collection, **knobs)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.key: s
+    for s in (
+        Strategy("two_writes", "two separate writes (old bug)", _plain(two_writes)),
+        Strategy("batched_write", "one batched write", _plain(batched_write)),
+        Strategy(
+            "create_batch_write", "batched write, create precondition", _plain(create_batch_write)
+        ),
+        Strategy("rmw_txn", "(a) plain read-modify-write txn", _plain(rmw_txn)),
+        Strategy("blind_txn", "(b) plain blind txn (old fix)", _plain(blind_txn)),
+        Strategy("idempotent_txn", "plain idempotent txn", _plain(idempotent_txn)),
+        Strategy("manager_no_coalesce", "(c) manager, coalesce=False", _managed(coalesce=False)),
+        Strategy("manager", "(d) manager, defaults", _managed()),
+    )
+}
+OVERHEAD = (
+    "two_writes",
+    "batched_write",
+    "create_batch_write",
+    "blind_txn",
+    "idempotent_txn",
+    "manager_no_coalesce",
+    "manager",
+)
+SWEEP = ("rmw_txn", "blind_txn", "manager_no_coalesce", "manager")
+MULTIPROCESS = ("blind_txn", "manager")
