@@ -14,7 +14,7 @@ from typing import Any, Self
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from . import _layout as f
@@ -189,6 +189,7 @@ class AsyncBatchStateManager:
             lane.cancel_all(error)
         for lane in lanes:
             await lane.drain()
+        await self._writer.aclose()
 
     def __repr__(self) -> str:
         s = self._recorder
@@ -542,6 +543,10 @@ class AsyncBatchStateManager:
             )
         )
         completer = await self._after_commit(batch_id, outcome)
+        if completer is not None and group[completer].future.done():
+            # That caller stopped waiting (cancelled or timed out): tell one still waiting.
+            waiting = [i for i, p in enumerate(group) if not p.future.done()]
+            completer = waiting[-1] if waiting else None
         for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
             if is_new:
                 self._recorder.recorded += 1
@@ -639,9 +644,11 @@ class AsyncBatchStateManager:
                 return dataclasses.replace(now, status=f.STATUS_COMPLETE)
             return None
 
+        async def flip_once() -> BatchProgress | None:
+            return (await self._writer.transact(flip))[0]
+
         flipped: BatchProgress | None = await self._retrying(
-            lambda: async_transactional(flip)(self._client.transaction(max_attempts=1)),
-            f"finalising batch {batch_id!r}",
+            flip_once, f"finalising batch {batch_id!r}"
         )
         if flipped is None:
             return None

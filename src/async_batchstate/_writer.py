@@ -13,10 +13,11 @@ read in the transaction.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP, ArrayUnion, Increment
@@ -79,6 +80,46 @@ class _Staged:
     legacy_count: int | None
 
 
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+async def run_transactional(
+    fn: Callable[Concatenate[AsyncTransaction, P], Awaitable[T]],
+    transaction: AsyncTransaction,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """``async_transactional(fn)(transaction, ...)``, without hiding why an attempt failed.
+
+    When ``begin_transaction`` itself fails (connection reset, server down) or is
+    cancelled (our attempt timeout, a cancelled task), the plain client's
+    clean-up tries to roll back a transaction that never began and raises
+    ``ValueError("... cannot be rolled back")`` in place of the real error. That
+    turned a retryable UNAVAILABLE into a fatal error, and swallowed the
+    ``CancelledError`` of a timeout or a task cancellation. Re-raise the real one.
+    """
+    try:
+        return await async_transactional(fn)(transaction, *args, **kwargs)
+    except ValueError as exc:
+        hidden = exc.__context__
+        if exc.__cause__ is None and isinstance(
+            hidden, gexc.GoogleAPICallError | asyncio.CancelledError | TimeoutError
+        ):
+            raise hidden from None
+        raise
+
+
+_CUT_OFF = (
+    asyncio.CancelledError,
+    TimeoutError,
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+)
+"""Errors after which a begun transaction's rollback may not have reached the server."""
+
+
 def _is_transform(value: object) -> bool:
     return value is SERVER_TIMESTAMP or isinstance(value, ArrayUnion | Increment)
 
@@ -97,6 +138,7 @@ class GroupWriter:
         self._layout = layout
         self._mode = mode
         self._inject = fault_injector
+        self._releases: set[asyncio.Task[None]] = set()
 
     def batch_ref(self, batch_id: str) -> Any:
         """The batch document."""
@@ -105,6 +147,67 @@ class GroupWriter:
     def completion_ref(self, batch_id: str, player: str) -> Any:
         """The completion document of ``player`` in ``batch_id``."""
         return self.batch_ref(batch_id).collection(self._layout.completions).document(player)
+
+    async def transact(
+        self,
+        fn: Callable[Concatenate[AsyncTransaction, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> tuple[T, AsyncTransaction]:
+        """Run ``fn`` in ONE transaction attempt; the result and the committed transaction.
+
+        If the attempt is cut off (timeout, cancellation, connection lost) after
+        the transaction began, the plain client's rollback may have been lost
+        with the connection. The server then keeps the abandoned transaction's
+        locks until it expires (60 s idle), and every later attempt that reads
+        the same document waits behind it: one network blip would block a
+        player (or, for the batch document, a whole batch) for a minute. So the
+        transaction is rolled back again in the background until that succeeds.
+        """
+        transaction = self._client.transaction(max_attempts=1)
+        began: list[bytes] = []
+
+        async def body(txn: AsyncTransaction, /, *a: P.args, **kw: P.kwargs) -> T:
+            began.append(txn.id)
+            return await fn(txn, *a, **kw)
+
+        try:
+            result = await run_transactional(body, transaction, *args, **kwargs)
+        except _CUT_OFF:
+            if began:
+                self._release_later(began[-1])
+            raise
+        return result, transaction
+
+    def _release_later(self, transaction_id: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._release(transaction_id), name="async-batchstate rollback"
+        )
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, transaction_id: bytes) -> None:
+        """Best-effort rollback of an abandoned transaction, bounded (~40 s in all)."""
+        for attempt in range(8):
+            orphan = self._client.transaction()
+            # No public API rolls back by id; the server's answer is all that matters.
+            orphan._id = transaction_id  # type: ignore[assignment]
+            try:
+                async with asyncio.timeout(2.0):
+                    await orphan._rollback()
+                return
+            except (TimeoutError, gexc.ServiceUnavailable, gexc.DeadlineExceeded):
+                await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+            except Exception:  # already rolled back or expired: nothing holds a lock
+                return
+
+    async def aclose(self) -> None:
+        """Stop background rollbacks (the server expires what they did not release)."""
+        tasks = list(self._releases)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _fault(self, point: FaultPoint, batch_id: str, group: Sequence[Completion]) -> None:
         if self._inject is not None:
@@ -122,9 +225,8 @@ class GroupWriter:
             google.api_core.exceptions.GoogleAPICallError: Retryable errors, unchanged.
         """
         await self._fault(FaultPoint.BEFORE_BEGIN, batch_id, group)
-        transaction = self._client.transaction(max_attempts=1)
         try:
-            staged: _Staged = await async_transactional(self._stage)(transaction, batch_id, group)
+            staged, transaction = await self.transact(self._stage, batch_id, group)
         except gexc.NotFound as exc:
             raise BatchNotFoundError(
                 f"batch {batch_id!r} does not exist in {self._layout.collection!r}; "
