@@ -68,7 +68,9 @@ class Lane:
         self._linger = linger
         self._on_idle = on_idle
         self.queue: deque[Pending] = deque()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[bool]] = set()
+        self._writing: set[str] = set()
+        """Players in groups now in flight."""
 
     @property
     def in_flight(self) -> int:
@@ -100,23 +102,45 @@ class Lane:
             self.tasks.add(task)
             task.add_done_callback(self._done)
 
-    async def _write_next(self) -> None:
+    async def _write_next(self) -> bool:
+        """Write one group; False if every queued completion had to wait."""
         if self._linger > 0:
             await asyncio.sleep(self._linger)
         group: list[Pending] = []
+        deferred: list[Pending] = []
         while self.queue and len(group) < self._max_group_size:
             pending = self.queue.popleft()
+            if pending.completion.player in self._writing:
+                # A redelivery of a player in flight would make two of our own transactions
+                # lock the same completion doc (the emulator resolves that with a ~2 s lock
+                # timeout). It waits for the next group and comes back as a DUPLICATE.
+                deferred.append(pending)
+                continue
             pending.taken = True
             group.append(pending)
-        if group:
+        self.queue.extendleft(reversed(deferred))
+        if not group:
+            return False
+        players = {p.completion.player for p in group}
+        self._writing |= players
+        try:
             await self._run_group(self.batch_id, group, self.limit)
+        finally:
+            self._writing -= players
+        return True
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[bool]) -> None:
         self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        wrote = True
+        if task.cancelled():
+            pass
+        elif task.exception() is not None:
             # The group runner resolves every member itself; reaching here is a bug.
             logger.error("lane writer of batch %r failed", self.batch_id, exc_info=task.exception())
-        self._pump()
+        else:
+            wrote = task.result()
+        if wrote:  # a writer that found only deferred work waits for the one in flight
+            self._pump()
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:

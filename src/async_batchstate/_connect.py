@@ -32,3 +32,10 @@ def client_from_env(project: str | None = None) -> AsyncClient:
             f"{PROJECT_ENV} (with Application Default Credentials) for a real project"
         )
     return AsyncClient(project=project)
+
+
+async def aclose_client(client: AsyncClient) -> None:
+    """Close the client's gRPC channel (``AsyncClient`` has no public ``close``)."""
+    api = getattr(client, "_firestore_api_internal", None)
+    if api is not None:
+        await api.transport.close()

@@ -1,16 +1,287 @@
-"""``async-batchstate demo``: a simulated coordinator run on the local emulator."""
+"""``async-batchstate demo``: a simulated prediction coordinator run.
+
+A coordinator creates a batch, "publishes" one message per player, and a pool
+of concurrent workers consume the messages (an anyio memory stream stands in
+for Pub/Sub). Like Pub/Sub, delivery is at least once: a share of messages is
+delivered twice, and a share of workers fail before acknowledging, so their
+message comes back. Every completion goes through ``record_completion``; at
+the end the demo checks that every structure agrees and that exactly one
+caller finalised the batch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+from google.cloud.firestore_v1.async_client import AsyncClient
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ._config import MigrationMode
+from ._connect import EMULATOR_ENV, PROJECT_ENV, aclose_client, client_from_env
+from ._emulator import EmulatorNotFoundError, EmulatorStartError, FirestoreEmulator
+from ._manager import AsyncBatchStateManager
+from ._metrics import AttemptFailed, Event
+from ._types import CompletionStatus
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``demo`` subcommand."""
-    parser = sub.add_parser("demo", help="simulate a coordinator run on the local emulator")
+    parser = sub.add_parser(
+        "demo",
+        help="simulate a coordinator run (starts a local Firestore emulator)",
+        description=(
+            "Simulate a prediction coordinator: one batch, one message per player, many "
+            "concurrent workers, at-least-once delivery. Uses the Firestore emulator named by "
+            f"{EMULATOR_ENV}, else the project in {PROJECT_ENV}, else starts a local emulator."
+        ),
+    )
+    parser.add_argument("--players", type=int, default=500, help="players in the batch (500)")
+    parser.add_argument("--workers", type=int, default=100, help="concurrent workers (100)")
+    parser.add_argument(
+        "--redeliver",
+        type=float,
+        default=0.1,
+        help="share of messages delivered twice, as Pub/Sub may (0.1)",
+    )
+    parser.add_argument(
+        "--fail",
+        type=float,
+        default=0.05,
+        help="share of deliveries whose worker fails before recording; redelivered (0.05)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=[m.name for m in MigrationMode],
+        default=None,
+        help="migration mode (default: from ENABLE_SUBCOLLECTION_COMPLETIONS, DUAL_WRITE_MODE, "
+        "USE_SUBCOLLECTION_READS; DUAL_WRITE when unset)",
+    )
+    parser.add_argument("--collection", default="demo_batches", help="batch collection")
+    parser.add_argument("--batch-id", default=None, help="batch id (default: a new random one)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.set_defaults(handler=run)
 
 
+@dataclass
+class _Tally:
+    recorded: int = 0
+    duplicates: int = 0
+    worker_failures: int = 0
+    retries: int = 0
+    completers: list[str] = field(default_factory=list)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; returns the exit status."""
-    raise NotImplementedError("demo: work in progress")
+    """Run the demo; 0 when the batch ends consistent and finalised exactly once."""
+    for name in ("players", "workers"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be >= 1")
+    for name in ("redeliver", "fail"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise SystemExit(f"--{name} must be in [0, 1)")
+    console = Console()
+    # Turn SIGTERM into an exception so the emulator we started is stopped on the way out.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    with _firestore(console) as describe:
+        console.print(f"[bold]Firestore:[/] {describe}")
+        return anyio.run(_main, args, console)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _firestore(console: Console) -> Iterator[str]:
+    """Use the configured emulator or project; otherwise run a local emulator for the demo."""
+    if os.environ.get(EMULATOR_ENV):
+        yield f"emulator at {os.environ[EMULATOR_ENV]}"
+        return
+    if os.environ.get(PROJECT_ENV):
+        yield f"project {os.environ[PROJECT_ENV]}"
+        return
+    with console.status("starting the local Firestore emulator..."):
+        try:
+            emulator = FirestoreEmulator().start()
+        except (EmulatorNotFoundError, EmulatorStartError) as exc:
+            raise SystemExit(f"cannot start the Firestore emulator: {exc}") from None
+    os.environ[EMULATOR_ENV] = emulator.host
+    try:
+        yield f"local emulator at {emulator.host} (pid {emulator.pid}), stopped at exit"
+    finally:
+        os.environ.pop(EMULATOR_ENV, None)
+        emulator.stop()
+
+
+async def _main(args: argparse.Namespace, console: Console) -> int:
+    rng = random.Random(args.seed)
+    client = client_from_env()
+    batch_id = args.batch_id or f"demo-{uuid.uuid4().hex[:8]}"
+    players = [f"player-{i:05d}" for i in range(args.players)]
+    tally = _Tally()
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, AttemptFailed) and event.delay is not None:
+            tally.retries += 1
+
+    mode = MigrationMode[args.mode] if args.mode else None
+    try:
+        async with AsyncBatchStateManager(
+            client, collection=args.collection, mode=mode, hooks=[on_event]
+        ) as manager:
+            await manager.create_batch(batch_id, expected_players=players)
+            console.print(
+                f"[bold]Batch[/] {batch_id!r}: {len(players)} players, {args.workers} workers, "
+                f"mode {manager.mode.name}, {args.redeliver:.0%} redelivered, "
+                f"{args.fail:.0%} worker failures"
+            )
+            started = time.perf_counter()
+            await _run_workers(manager, batch_id, players, args, rng, tally, console)
+            elapsed = time.perf_counter() - started
+            final = await manager.wait_until_complete(batch_id, timeout=60)
+            stats = manager.stats()
+            report = await _consistency(client, args.collection, batch_id, manager)
+    finally:
+        await aclose_client(client)
+
+    ok = (
+        report.consistent
+        and final.is_finalised
+        and len(tally.completers) == 1
+        and tally.recorded == len(players)
+    )
+    table = Table(title=f"batch {batch_id}", show_header=False)
+    table.add_row("completions recorded", str(tally.recorded))
+    table.add_row("duplicates (redeliveries)", str(tally.duplicates))
+    table.add_row("worker failures, redelivered", str(tally.worker_failures))
+    table.add_row(
+        "throughput", f"{(tally.recorded + tally.duplicates) / elapsed:,.0f} completions/s"
+    )
+    table.add_row("transactions / attempts", f"{stats.transactions} / {stats.attempts}")
+    table.add_row("retries (aborts by cause)", f"{stats.retries} {dict(stats.aborts_by_cause)}")
+    table.add_row(
+        "completions per transaction", f"{1 / max(stats.commits_per_completion, 1e-9):.1f}"
+    )
+    table.add_row(
+        "latency p50 / p99", f"{stats.latency_p50 * 1e3:.0f} ms / {stats.latency_p99 * 1e3:.0f} ms"
+    )
+    table.add_row("finalised", f"{final.status}, by {tally.completers}")
+    table.add_row(
+        "progress",
+        f"{final.completed_count}/{final.expected_count}, {final.total_predictions} predictions",
+    )
+    table.add_row("consistency check", report.describe())
+    console.print(table)
+    console.print("[bold green]OK[/]" if ok else "[bold red]INCONSISTENT[/]")
+    return 0 if ok else 1
+
+
+async def _run_workers(
+    manager: AsyncBatchStateManager,
+    batch_id: str,
+    players: list[str],
+    args: argparse.Namespace,
+    rng: random.Random,
+    tally: _Tally,
+    console: Console,
+) -> None:
+    """Workers consume player messages; failed deliveries go back on the queue."""
+    send, receive = anyio.create_memory_object_stream[str](max_buffer_size=len(players) * 3)
+    outstanding = len(players)
+    for player in players:
+        send.send_nowait(player)
+        if rng.random() < args.redeliver:
+            send.send_nowait(player)
+            outstanding += 1
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[detail]}"),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("deliveries", total=outstanding, detail="")
+
+        async def worker(inbox: MemoryObjectReceiveStream[str], scope: anyio.CancelScope) -> None:
+            nonlocal outstanding
+            async for player in inbox:
+                await anyio.sleep(rng.random() * 0.005)  # the "prediction work"
+                if rng.random() < args.fail:
+                    tally.worker_failures += 1
+                    send.send_nowait(player)  # not acknowledged: Pub/Sub redelivers it
+                    continue
+                count = sum(map(ord, player)) % 20
+                result = await manager.record_completion(batch_id, player, count)
+                if result.status is CompletionStatus.RECORDED:
+                    tally.recorded += 1
+                else:
+                    tally.duplicates += 1
+                if result.batch_completed:
+                    tally.completers.append(player)
+                outstanding -= 1
+                progress.update(
+                    task,
+                    advance=1,
+                    detail=f"dup {tally.duplicates} retry {tally.retries} "
+                    f"fail {tally.worker_failures}",
+                )
+                if outstanding == 0:
+                    scope.cancel()  # every delivery is acknowledged: stop the workers
+
+        async with send, receive, anyio.create_task_group() as tg:
+            for _ in range(args.workers):
+                tg.start_soon(worker, receive, tg.cancel_scope)
+
+
+@dataclass(frozen=True)
+class _Report:
+    consistent: bool
+    details: str
+
+    def describe(self) -> str:
+        return (
+            "[green]consistent[/]: " if self.consistent else "[red]MISMATCH[/]: "
+        ) + self.details
+
+
+async def _consistency(
+    client: AsyncClient, collection: str, batch_id: str, manager: AsyncBatchStateManager
+) -> _Report:
+    """Compare every structure the mode writes."""
+    validate = getattr(manager, "validate", None)
+    if validate is not None:
+        report = await validate(batch_id)
+        return _Report(bool(report.is_consistent), str(report.summary()))
+    ref = client.collection(collection).document(batch_id)
+    doc = (await ref.get()).to_dict() or {}
+    docs = [d.to_dict() or {} async for d in ref.collection(manager.layout.completions).stream()]
+    parts: dict[str, int] = {}
+    if manager.mode.writes_legacy:
+        parts["array"] = len(doc.get("completed_players", []))
+        parts["map"] = len(doc.get("predictions_by_player", {}))
+        parts["total_predictions"] = int(doc.get("total_predictions", 0))
+    if manager.mode.writes_subcollection:
+        parts["completed_count"] = int(doc.get("completed_count", 0))
+        parts["completion docs"] = len(docs)
+        parts["total_predictions_subcoll"] = int(doc.get("total_predictions_subcoll", 0))
+        parts["sum of docs"] = sum(int(d.get("predictions_count", 0)) for d in docs)
+    counts = {
+        v for k, v in parts.items() if k in ("array", "map", "completed_count", "completion docs")
+    }
+    totals = {v for k, v in parts.items() if "total" in k or k == "sum of docs"}
+    text = ", ".join(f"{k}={v}" for k, v in parts.items())
+    return _Report(len(counts) == 1 and len(totals) == 1, text)

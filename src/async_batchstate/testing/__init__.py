@@ -4,6 +4,7 @@ The pytest plugin loads automatically when async-batchstate is installed (entry
 point ``pytest11``); see ``async_batchstate.testing._plugin`` for the fixtures.
 """
 
+from .._connect import aclose_client
 from .._emulator import (
     EmulatorNotFoundError,
     EmulatorStartError,
@@ -12,7 +13,7 @@ from .._emulator import (
     free_port,
 )
 from ._invariants import batch_violations
-from ._plugin import EmulatorInfo, aclose_client, make_client
+from ._plugin import EmulatorInfo, make_client
 from ._proxy import FaultyProxy, ProxyState
 
 __all__ = [

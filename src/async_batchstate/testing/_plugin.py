@@ -25,6 +25,7 @@ import pytest
 import pytest_asyncio
 from google.cloud.firestore_v1.async_client import AsyncClient
 
+from .._connect import aclose_client
 from .._emulator import EmulatorNotFoundError, EmulatorStartError, FirestoreEmulator
 
 REQUIRE_ENV = "ASYNC_BATCHSTATE_REQUIRE_EMULATOR"
@@ -104,13 +105,6 @@ def make_client(emulator: EmulatorInfo) -> AsyncClient:
             os.environ.pop(HOST_ENV, None)
         else:
             os.environ[HOST_ENV] = previous
-
-
-async def aclose_client(client: AsyncClient) -> None:
-    """Close the client's gRPC channel (the client has no public ``close``)."""
-    api = getattr(client, "_firestore_api_internal", None)
-    if api is not None:
-        await api.transport.close()
 
 
 @pytest_asyncio.fixture
