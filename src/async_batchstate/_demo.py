@@ -93,10 +93,13 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--{name} must be in [0, 1)")
     console = Console()
     # Turn SIGTERM into an exception so the emulator we started is stopped on the way out.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    with _firestore(console) as describe:
-        console.print(f"[bold]Firestore:[/] {describe}")
-        return anyio.run(_main, args, console)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with _firestore(console) as describe:
+            console.print(f"[bold]Firestore:[/] {describe}")
+            return anyio.run(_main, args, console)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
