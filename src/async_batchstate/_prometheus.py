@@ -26,7 +26,7 @@ class StatsSource(Protocol):
 class PrometheusCollector:
     """A Prometheus collector reading a manager's ``stats()`` at every scrape.
 
-    Register it on a registry you choose::
+    Register it on a registry you choose:
 
         registry = prometheus_client.CollectorRegistry()
         PrometheusCollector(manager).register(registry)
