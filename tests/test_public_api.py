@@ -26,6 +26,8 @@ def test_core_names_are_exported() -> None:
         "InvalidIdError",
         "InvalidCountError",
         "MigrationMode",
+        "OpenTelemetryHook",
+        "PrometheusCollector",
         "RetryPolicy",
         "RetryExhaustedError",
         "Stats",

@@ -31,6 +31,8 @@ from ._metrics import (
     Hook,
     Stats,
 )
+from ._otel import OpenTelemetryHook
+from ._prometheus import PrometheusCollector
 from ._retry import ErrorKind, RetryPolicy, classify
 from ._types import BatchProgress, CompletionResult, CompletionStatus
 from ._writer import FaultInjector, FaultPoint
@@ -70,6 +72,8 @@ __all__ = [
     "ManagerClosedError",
     "MigrationMode",
     "OnComplete",
+    "OpenTelemetryHook",
+    "PrometheusCollector",
     "RetryExhaustedError",
     "RetryPolicy",
     "Stats",

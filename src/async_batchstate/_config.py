@@ -35,14 +35,12 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 class MigrationMode(enum.Enum):
     """Which completion structures are written and which one is read.
 
-    ====================================  ===============================  =============
-    mode                                  writes                           reads
-    ====================================  ===============================  =============
-    ``LEGACY``                            array + map + total              array
-    ``DUAL_WRITE`` (default)              both, in one transaction         array
-    ``DUAL_WRITE_SUBCOLLECTION_READS``    both, in one transaction         subcollection
-    ``SUBCOLLECTION_ONLY``                subcollection + counters         subcollection
-    ====================================  ===============================  =============
+    | mode | writes | reads |
+    |---|---|---|
+    | ``LEGACY`` | array + map + total | array |
+    | ``DUAL_WRITE`` (default) | both, in one transaction | array |
+    | ``DUAL_WRITE_SUBCOLLECTION_READS`` | both, in one transaction | subcollection |
+    | ``SUBCOLLECTION_ONLY`` | subcollection + counters | subcollection |
     """
 
     LEGACY = "legacy"

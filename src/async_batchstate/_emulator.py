@@ -84,7 +84,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class FirestoreEmulator:
     """One emulator process of our own, on loopback.
 
-    Use as a context manager, or call ``start()``/``stop()``::
+    Use as a context manager, or call ``start()``/``stop()``:
 
         with FirestoreEmulator() as emulator:
             os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host

@@ -9,7 +9,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP
@@ -44,9 +44,13 @@ from ._metrics import (
     Recorder,
     Stats,
 )
+from ._otel import completion_span
 from ._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
 from ._types import BatchProgress, CompletionResult, CompletionStatus
 from ._writer import Completion, FaultInjector, GroupOutcome, GroupWriter
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 logger = logging.getLogger("async_batchstate")
 
@@ -59,7 +63,7 @@ _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
 class AsyncBatchStateManager:
     """Records worker completions of batches in Firestore: atomic, idempotent, concurrent.
 
-    Use it as an async context manager; leaving the block drains writes in flight::
+    Use it as an async context manager; leaving the block drains writes in flight:
 
         async with AsyncBatchStateManager(client, collection="prediction_batches") as manager:
             await manager.create_batch("b1", expected_players=["p1", "p2"])
@@ -96,6 +100,8 @@ class AsyncBatchStateManager:
         clock: Time source for retries and deadlines (inject a fake one in tests).
         rng: Randomness for backoff jitter.
         fault_injector: Test seam called at each ``FaultPoint`` of a write attempt.
+        tracer: OpenTelemetry ``Tracer`` for the ``record_completion`` spans; None:
+            the global tracer provider's when one is set, else no spans.
 
     Raises:
         ConfigurationError: Contradictory flags or invalid knobs.
@@ -121,6 +127,7 @@ class AsyncBatchStateManager:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         fault_injector: FaultInjector | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._client = client
         self._layout = Layout(collection, completions_subcollection)
@@ -149,6 +156,7 @@ class AsyncBatchStateManager:
         self._finalised_events: dict[str, asyncio.Event] = {}
         self._expected: dict[str, int] = {}
         self._closed = False
+        self._tracer = tracer
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -328,31 +336,9 @@ class AsyncBatchStateManager:
             ManagerClosedError: The manager is closed, or closed before confirming it.
             WriteFailedError: Firestore refused the write; nothing written.
         """
-        started = self._clock.monotonic()
-        self._check_open()
-        validate_id("batch id", batch_id)
-        self._validate_player(player)
-        count = validate_count("predictions_count", predictions_count)
-        wait = self._retry.deadline if timeout is None else timeout
-        lane = self._lane(batch_id)
-        pending = Pending(Completion(player, count), deadline=started + wait)
-        lane.submit(pending)
-        try:
-            async with asyncio.timeout(wait):
-                result = await asyncio.shield(pending.future)
-        except TimeoutError:
-            lane.withdraw(pending)
-            pending.future.cancel()
-            self._recorder.failed += 1
-            raise CompletionTimeoutError(
-                f"no confirmation for player {player!r} of batch {batch_id!r} within {wait}s; "
-                "it was recorded whole or not at all: record it again to be sure"
-            ) from None
-        except asyncio.CancelledError:
-            lane.withdraw(pending)
-            pending.future.cancel()
-            raise
-        self._recorder.latencies.append(self._clock.monotonic() - started)
+        async with completion_span(self._tracer, batch_id, player) as span:
+            result = await self._record(batch_id, player, predictions_count, timeout)
+            span.set_result(result)
         return result
 
     async def get_progress(self, batch_id: str, *, include_players: bool = True) -> BatchProgress:
@@ -424,6 +410,36 @@ class AsyncBatchStateManager:
         return await self._finalize(batch_id) is not None
 
     # -- internals -------------------------------------------------------------------
+
+    async def _record(
+        self, batch_id: str, player: str, predictions_count: int, timeout: float | None
+    ) -> CompletionResult:
+        started = self._clock.monotonic()
+        self._check_open()
+        validate_id("batch id", batch_id)
+        self._validate_player(player)
+        count = validate_count("predictions_count", predictions_count)
+        wait = self._retry.deadline if timeout is None else timeout
+        lane = self._lane(batch_id)
+        pending = Pending(Completion(player, count), deadline=started + wait)
+        lane.submit(pending)
+        try:
+            async with asyncio.timeout(wait):
+                result = await asyncio.shield(pending.future)
+        except TimeoutError:
+            lane.withdraw(pending)
+            pending.future.cancel()
+            self._recorder.failed += 1
+            raise CompletionTimeoutError(
+                f"no confirmation for player {player!r} of batch {batch_id!r} within {wait}s; "
+                "it was recorded whole or not at all: record it again to be sure"
+            ) from None
+        except asyncio.CancelledError:
+            lane.withdraw(pending)
+            pending.future.cancel()
+            raise
+        self._recorder.latencies.append(self._clock.monotonic() - started)
+        return result
 
     def _check_open(self) -> None:
         if self._closed:
