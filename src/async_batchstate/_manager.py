@@ -81,7 +81,7 @@ class AsyncBatchStateManager:
             Firestore's 10 MiB request even with 1,500-byte ids).
         max_in_flight_per_batch: Most transactions per batch in flight in this
             process; the adaptive limit moves below it under contention. Default
-            2 with coalescing, 32 without.
+            2 with coalescing, 32 without, 1 in LEGACY mode.
         linger: Seconds a lane waits before taking a group, to let more completions
             join it. 0 (default) adds no latency: groups form from what queued
             while the previous write was in flight.
@@ -139,7 +139,10 @@ class AsyncBatchStateManager:
         if legacy_array_limit < 1 or not 0.0 < legacy_array_warn_ratio <= 1.0:
             raise ConfigurationError("need legacy_array_limit >= 1 and 0 < warn ratio <= 1")
         self._group_size = max_group_size if coalesce else 1
-        self._max_in_flight = max_in_flight_per_batch or (2 if coalesce else 32)
+        # LEGACY transactions read the hot batch document, so two of ours in flight
+        # would wait on each other's locks.
+        default_in_flight = 1 if self.mode is MigrationMode.LEGACY else 2 if coalesce else 32
+        self._max_in_flight = max_in_flight_per_batch or default_in_flight
         if self._max_in_flight < 1:
             raise ConfigurationError("max_in_flight_per_batch must be >= 1")
         self._linger = linger
@@ -531,7 +534,7 @@ class AsyncBatchStateManager:
             )
             self._fail(batch_id, group, error)
             raise
-        except (BatchNotFoundError, BatchStateError) as exc:
+        except BatchStateError as exc:
             if isinstance(exc, WriteFailedError) and len(group) > 1:
                 await self._split(batch_id, group, limit)
             else:
