@@ -274,15 +274,21 @@ def plot(results: dict[str, Any], out: Path, name: str) -> dict[str, str]:
     plt.close(fig)
 
     # Attempts per completion: share of completions that took 1, 2, ... attempts.
-    panels = [(f"{n} callers", [c for c in sweep if c["concurrency"] == n]) for n in levels]
-    panels += [
-        (f"{n} processes", [c for c in results["multiprocess"] if c["processes"] == n])
-        for n in procs
+    mp = results["multiprocess"]
+    rows = [
+        [(f"{n} callers, 1 process", [c for c in sweep if c["concurrency"] == n]) for n in levels],
+        [(f"{n} process(es)", [c for c in mp if c["processes"] == n]) for n in procs],
     ]
+    cols = max(map(len, rows))
+    fig, grid = plt.subplots(2, cols, figsize=(3.3 * cols, 7), sharey=True, squeeze=False)
+    placed: list[tuple[Any, str, list[Cell]]] = []
+    for axes_row, row in zip(grid, rows, strict=True):
+        placed += [(ax, *panel) for ax, panel in zip(axes_row, row, strict=False)]
+        for ax in axes_row[len(row) :]:
+            ax.set_visible(False)
     buckets = ["1", "2", "3", "4", "5", "6+"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4), sharey=True)
     width = 0.8 / len(SWEEP)
-    for ax, (title, cells) in zip(axes, panels, strict=True):
+    for ax, title, cells in placed:
         for cell in cells:
             i = SWEEP.index(cell["strategy"])
             hist = {int(k): v for k, v in cell["attempts_histogram"].items()}
@@ -296,8 +302,9 @@ def plot(results: dict[str, Any], out: Path, name: str) -> dict[str, str]:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(buckets))], buckets)
         ax.set_title(title)
         ax.set_xlabel("attempts")
-    axes[0].set_ylabel("share of confirmed completions (log)")
-    axes[0].legend(fontsize=7, loc="upper right")
+    for row in grid:
+        row[0].set_ylabel("share of confirmed completions (log)")
+    grid[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle("Attempts per confirmed completion (manager: attempts of its group's transaction)")
     fig.tight_layout()
     files["attempts"] = f"{name}-attempts.png"

@@ -60,15 +60,15 @@ class Config:
 
 FULL = Config(
     name="full",
-    overhead_ops=300,
+    overhead_ops=600,
     overhead_rounds=3,
-    sweep=((1, 200), (10, 1000), (50, 2000), (200, 4000), (500, 5000)),
-    cell_budget=30.0,
+    sweep=((1, 300), (10, 2000), (50, 3000), (200, 5000), (500, 6000)),
+    cell_budget=60.0,
     processes=(1, 2, 4),
     process_ops=1500,
     process_concurrency=200,
-    process_budget=60.0,
-    ceiling_docs=5000,
+    process_budget=90.0,
+    ceiling_docs=6000,
     warmup_min_s=40.0,
     warmup_max_s=90.0,
     warmup_min_rounds=3,
@@ -291,6 +291,7 @@ class Bench:
         results["ceiling"] = {"runs": [first, last], "docs_per_s": best}
         for cell in results["overhead"] + results["sweep"] + results["multiprocess"]:
             cell["fraction_of_ceiling"] = cell["completions_per_s"] / best
+        results["machine"]["load_average_at_end"] = os.getloadavg()
         results["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
         results["duration_s"] = time.perf_counter() - t0
         return results
