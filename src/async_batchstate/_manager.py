@@ -157,6 +157,8 @@ class AsyncBatchStateManager:
         self._recorder = Recorder(tuple(hooks))
         self._lanes: dict[str, Lane] = {}
         self._finalised_events: dict[str, asyncio.Event] = {}
+        self._untold: set[str] = set()
+        """Batches this process finalised while the finalising caller had stopped waiting."""
         self._expected: dict[str, int] = {}
         self._closed = False
         self._tracer = tracer
@@ -562,10 +564,18 @@ class AsyncBatchStateManager:
             )
         )
         completer = await self._after_commit(batch_id, outcome)
+        waiting = [i for i, p in enumerate(group) if not p.future.done()]
         if completer is not None and group[completer].future.done():
-            # That caller stopped waiting (cancelled or timed out): tell one still waiting.
-            waiting = [i for i, p in enumerate(group) if not p.future.done()]
+            # That caller stopped waiting (cancelled or timed out): tell one still
+            # waiting, else the next caller of this batch (e.g. its redelivery).
             completer = waiting[-1] if waiting else None
+            if completer is None:
+                if len(self._untold) >= 10_000:
+                    self._untold.clear()
+                self._untold.add(batch_id)
+        elif completer is None and waiting and batch_id in self._untold:
+            self._untold.discard(batch_id)
+            completer = waiting[-1]
         for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
             if is_new:
                 self._recorder.recorded += 1

@@ -29,7 +29,7 @@ class ErrorKind(enum.Enum):
     CONTENTION = "aborted"
     """ABORTED: another transaction won; back off and retry."""
     UNAVAILABLE = "unavailable"
-    """UNAVAILABLE: the connection or server is down; retry."""
+    """UNAVAILABLE or INTERNAL: the connection or server is down, or the outcome unknown; retry."""
     TIMEOUT = "deadline_exceeded"
     """DEADLINE_EXCEEDED or our per-attempt timeout; retry."""
     OVERLOADED = "resource_exhausted"
@@ -46,6 +46,9 @@ class ErrorKind(enum.Enum):
 _KINDS: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     (gexc.Aborted, ErrorKind.CONTENTION),
     (gexc.ServiceUnavailable, ErrorKind.UNAVAILABLE),
+    # INTERNAL: Firestore documents it as retryable; after a dropped connection the
+    # plain client's own commit retry gets "Can't swap from CLOSED to ACTIVE".
+    (gexc.InternalServerError, ErrorKind.UNAVAILABLE),
     (gexc.DeadlineExceeded, ErrorKind.TIMEOUT),
     (TimeoutError, ErrorKind.TIMEOUT),
     (gexc.ResourceExhausted, ErrorKind.OVERLOADED),

@@ -92,22 +92,32 @@ async def run_transactional(
 ) -> T:
     """``async_transactional(fn)(transaction, ...)``, without hiding why an attempt failed.
 
-    When ``begin_transaction`` itself fails (connection reset, server down) or is
-    cancelled (our attempt timeout, a cancelled task), the plain client's
-    clean-up tries to roll back a transaction that never began and raises
-    ``ValueError("... cannot be rolled back")`` in place of the real error. That
-    turned a retryable UNAVAILABLE into a fatal error, and swallowed the
-    ``CancelledError`` of a timeout or a task cancellation. Re-raise the real one.
+    On any failure the plain client rolls back, and an error of that rollback
+    replaces the real one (which survives only as ``__context__``): when
+    ``begin_transaction`` itself failed or was cancelled it raises
+    ``ValueError("... cannot be rolled back")``; after a connection reset its
+    own retry may find the transaction already closed (``INTERNAL: Can't swap
+    from CLOSED to ACTIVE``, ``INVALID_ARGUMENT: Transaction is invalid or
+    closed``). That turned a retryable UNAVAILABLE into a fatal error and
+    swallowed the ``CancelledError`` of a timeout or a task cancellation.
+    Re-raise the real one.
     """
     try:
         return await async_transactional(fn)(transaction, *args, **kwargs)
-    except ValueError as exc:
+    except Exception as exc:
         hidden = exc.__context__
-        if exc.__cause__ is None and isinstance(
-            hidden, gexc.GoogleAPICallError | asyncio.CancelledError | TimeoutError
-        ):
+        if exc.__cause__ is None and hidden is not None and _raised_by_rollback(exc):
             raise hidden from None
         raise
+
+
+def _raised_by_rollback(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_rollback":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 _CUT_OFF = (
@@ -232,7 +242,14 @@ class GroupWriter:
                 f"batch {batch_id!r} does not exist in {self._layout.collection!r}; "
                 "call create_batch first"
             ) from exc
-        except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
+        except gexc.InvalidArgument as exc:
+            if "invalid or closed" in str(exc):
+                # The plain client retried a commit whose answer a dropped connection
+                # lost, and the server had already committed (or expired) it: the
+                # outcome is unknown, not refused. Retrying is safe (idempotent).
+                raise gexc.ServiceUnavailable(f"transaction outcome unknown: {exc}") from exc
+            raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
+        except (gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
             raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
         await self._fault(FaultPoint.AFTER_COMMIT, batch_id, group)
         count = staged.legacy_count
