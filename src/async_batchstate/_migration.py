@@ -53,7 +53,6 @@ from ._consistency import (
     ConsistencyReport,
     batch_ref,
     completions_ref,
-    read_report,
     validate,
 )
 from ._errors import BatchStateError
@@ -359,6 +358,27 @@ class _Step:
     skipped: str | None
 
 
+async def existing_completions(
+    client: AsyncClient, completions: Any, players: Iterable[object], transaction: Any
+) -> set[str]:
+    """Which of ``players`` have a completion document, by point reads.
+
+    Point reads (``get_all``) lock only those documents inside a transaction.
+    A query would lock a range, and on the emulator concurrent transactions
+    that query sibling subcollections abort each other until they time out.
+    """
+    names = list(dict.fromkeys(p for p in players if isinstance(p, str)))
+    have: set[str] = set()
+    for start in range(0, len(names), _PAGE):
+        refs = [completions.document(p) for p in names[start : start + _PAGE]]
+        async for snap in client.get_all(
+            refs, field_paths=[f.PREDICTIONS_COUNT], transaction=transaction
+        ):
+            if snap.exists:
+                have.add(snap.id)
+    return have
+
+
 def _count_of(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
@@ -385,10 +405,7 @@ async def _backfill_step(
     if not isinstance(array, list):
         return _Step((), 0, True, False, (), "no legacy array")
     completions = completions_ref(client, layout, batch_id)
-    have = {
-        s.id
-        async for s in completions.select([FieldPath.document_id()]).stream(transaction=transaction)
-    }
+    have = await existing_completions(client, completions, array, transaction)
     raw_map = data.get(f.PREDICTIONS_BY_PLAYER)
     legacy_map = raw_map if isinstance(raw_map, dict) else {}
     missing: dict[str, int] = {}
@@ -435,7 +452,9 @@ async def backfill_batch(
 ) -> BatchBackfill:
     """Create the missing completion documents of one batch from its legacy array.
 
-    Each transaction reads the batch's array and its completion ids, creates
+    Each transaction reads the batch's array and its players' completion
+    documents (point reads: an array of ``n`` players costs ``n`` reads per
+    transaction, and ``ceil(n / CHUNK)`` transactions at worst), creates
     up to ``CHUNK`` missing documents (count from ``predictions_by_player``)
     and increments ``completed_count`` and ``total_predictions_subcoll`` by what
     it created; the one that finds nothing left also sets
@@ -804,7 +823,8 @@ async def cleanup_legacy(
     All or nothing up front: every batch is verified under ``SUBCOLLECTION_ONLY``
     rules first, and any inconsistent or unreadable batch refuses the whole run
     (listing the reasons). Then each batch's fields go in a transaction that
-    validates it again, so a batch that changed in between is skipped, not lost.
+    re-checks that every array player has a completion document, so a batch
+    a straggling writer changed in between is skipped, not lost.
 
     Args:
         client: The Firestore client.
@@ -837,15 +857,26 @@ async def cleanup_legacy(
     policy = retry or RetryPolicy()
 
     async def remove(transaction: AsyncTransaction, batch_id: str) -> tuple[bool, str]:
-        report = await read_report(transaction, client, layout, mode, batch_id)
-        if not report.has_legacy:
+        # Re-check in the transaction what removal could lose: an array player
+        # without a completion document (a straggling LEGACY writer since verify).
+        ref = batch_ref(client, layout, batch_id)
+        data: dict[str, Any] = {}
+        async for snap in client.get_all(
+            [ref], field_paths=list(_LEGACY_FIELDS), transaction=transaction
+        ):
+            data = (snap.to_dict() or {}) if snap.exists else {}
+        if not any(name in data for name in _LEGACY_FIELDS):
             return False, ""
-        if not report.is_consistent:
-            return False, "; ".join(report.problems)
+        array = data.get(f.COMPLETED_PLAYERS)
+        players = [p for p in array if isinstance(p, str)] if isinstance(array, list) else []
+        completions = completions_ref(client, layout, batch_id)
+        missing = set(players) - await existing_completions(
+            client, completions, players, transaction
+        )
+        if missing:
+            return False, f"{len(missing)} player(s) only in the legacy array"
         if not dry_run:
-            transaction.update(
-                batch_ref(client, layout, batch_id), dict.fromkeys(_LEGACY_FIELDS, DELETE_FIELD)
-            )
+            transaction.update(ref, dict.fromkeys(_LEGACY_FIELDS, DELETE_FIELD))
         return True, ""
 
     async def work(batch_id: str) -> tuple[bool, str]:
