@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"run took {results['duration_s']:.0f} s; wrote:")
     for path in paths.values():
         console.print(f"  {path}")
-    for line in target_lines(results):
+    for line in [*results["warnings"], *target_lines(results)]:
         console.print(line, style="green" if line.startswith("PASS") else "yellow", markup=False)
     return 0
 

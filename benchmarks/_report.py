@@ -89,6 +89,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def noise(results: dict[str, Any]) -> list[str]:
+    """Signs that other load on the machine skewed this run (it is shared, and has 2 cores)."""
+    notes = []
+    m = results["machine"]
+    busiest = max(m["load_average_at_start"][0], m.get("load_average_at_end", [0.0])[0])
+    if busiest > m["cores"]:
+        notes.append(f"load average reached {busiest:.1f} on {m['cores']} cores")
+    start, end = (r["docs_per_s"] for r in results["ceiling"]["runs"])
+    if abs(start - end) > 0.25 * max(start, end):
+        notes.append(f"the ceiling moved from {start:,.0f} to {end:,.0f} docs/s during the run")
+    return [f"WARNING: {n}: other work competed for the machine; re-run to confirm" for n in notes]
+
+
 def target_lines(results: dict[str, Any]) -> list[str]:
     """``PASS target: figure`` lines, as printed at the end of a run."""
     return [f"{t['status']} {t['target']}: {t['measured']}" for t in results["targets"]]
@@ -167,6 +180,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"Python {m['python']}, emulator {m.get('emulator_version', '?')} "
         f"({m.get('java', '?')}), google-cloud-firestore {m['google_cloud_firestore']}, "
         f"async-batchstate {m['async_batchstate']}. Mode DUAL_WRITE.",
+        "\n".join(f"**{w}**" for w in results["warnings"]),
         "## Targets",
         "\n".join(f"- **{t['status']}** {t['target']}: {t['measured']}" for t in tgts),
         "## Ceiling",
@@ -200,7 +214,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     )
     parts.append("## Plots")
     parts += [f"![{title}]({path})" for title, path in plots.items()]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 # -- plots ---------------------------------------------------------------------------
@@ -322,6 +336,7 @@ def write(results: dict[str, Any], out: Path, *, plots: bool = True) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     name = results["name"]
     results["targets"] = targets(results)
+    results["warnings"] = noise(results)
     pngs = plot(results, out, name) if plots else {}
     paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md"}
     paths["json"].write_text(json.dumps(results, indent=1) + "\n")

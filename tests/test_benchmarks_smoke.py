@@ -65,6 +65,7 @@ def test_json_has_the_documented_schema(run: tuple[dict[str, Any], dict[str, Pat
     results, _ = run
     assert {"cores", "python", "emulator_jar", "emulator_version"} <= results["machine"].keys()
     assert {"started_at", "finished_at", "duration_s", "config", "warmup"} <= results.keys()
+    assert all(w.startswith("WARNING: ") for w in results["warnings"])
     assert results["ceiling"]["docs_per_s"] > 0
     for cell in results["overhead"] + results["sweep"] + results["multiprocess"]:
         for key, kind in CELL_KEYS.items():
