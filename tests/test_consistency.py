@@ -208,6 +208,24 @@ async def test_sampled_validator_stays_silent_on_consistent_batch(
     assert 1 == validator.validated
 
 
+async def test_sampled_validator_does_not_alert_on_batch_awaiting_backfill(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A legacy-only batch under DUAL_WRITE rules is backfill's work, not an alert."""
+    legacy = make_manager(mode=MigrationMode.LEGACY)
+    await legacy.create_batch("b", expected_count=3)
+    await legacy.record_completion("b", "p1", predictions_count=2)
+    seen: list[ConsistencyReport] = []
+    validator = SampledValidator(
+        firestore_client, Layout(batch_collection), DUAL, rate=1.0, alert_hooks=[seen.append]
+    )
+
+    report = await validator.check("b")
+
+    assert report.awaiting_backfill
+    assert [] == seen
+
+
 async def test_sampling_follows_the_injected_random_source(
     firestore_client: AsyncClient, batch_collection: str
 ) -> None:

@@ -158,6 +158,20 @@ class ConsistencyReport:
             or self.completion_docs > 0
         )
 
+    @property
+    def legacy_self_consistent(self) -> bool:
+        """Whether the array, the map and ``total_predictions`` agree (True if absent)."""
+        return not (
+            self.legacy_map_mismatch
+            or self.legacy_duplicates
+            or (self.total_predictions or 0) != (self.legacy_map_total or 0)
+        )
+
+    @property
+    def awaiting_backfill(self) -> bool:
+        """Only a self-consistent legacy structure exists: backfill's work, not a fault."""
+        return self.has_legacy and not self.has_subcollection and self.legacy_self_consistent
+
     def log_fields(self) -> dict[str, Any]:
         """The report as flat ``extra=`` fields for a log record (player lists capped)."""
         data = asdict(self)
@@ -677,6 +691,9 @@ def log_mismatch(report: ConsistencyReport) -> None:
 class SampledValidator:
     """Validates a random sample of batches in the background after their completions.
 
+    A batch with only legacy fields (recorded before the dual-write rollout,
+    not yet backfilled) is not reported: that is the backfill's work.
+
     ``maybe_validate`` never blocks, never raises and never delays the caller:
     a sampled validation runs in a task this object owns, at most one per batch
     at a time and at most ``max_outstanding`` in all (beyond that, samples are
@@ -758,7 +775,10 @@ class SampledValidator:
         """
         report = await validate(self._client, self._layout, self._mode, batch_id, retry=self._retry)
         self.validated += 1
-        if not report.is_consistent:
+        if report.awaiting_backfill:
+            # A batch recorded before the dual-write rollout: expected until backfill.
+            logger.debug("batch %r awaits backfill", batch_id, extra={"batch_id": batch_id})
+        elif not report.is_consistent:
             self.mismatches += 1
             log_mismatch(report)
             await run_alert_hooks(self._hooks, report)

@@ -731,12 +731,9 @@ def classify(report: ConsistencyReport) -> BatchState:
     missing completion documents are backfill's job, not an inconsistency.
     """
     if report.has_legacy and not report.has_subcollection:
-        legacy_problem = (
-            report.legacy_map_mismatch
-            or report.legacy_duplicates
-            or (report.total_predictions or 0) != (report.legacy_map_total or 0)
-        )
-        return BatchState.INCONSISTENT if legacy_problem else BatchState.LEGACY_ONLY
+        if report.legacy_self_consistent:
+            return BatchState.LEGACY_ONLY
+        return BatchState.INCONSISTENT
     if not report.is_consistent:
         return BatchState.INCONSISTENT
     return BatchState.DUAL if report.has_legacy else BatchState.SUBCOLLECTION_ONLY
