@@ -87,6 +87,20 @@ async def test_validate_catches_corrupted_batch(
     assert 3 == len(report.problems)  # array-only player, count vs docs, legacy vs subcoll total
 
 
+async def test_report_summary_is_one_line_with_the_problems(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """summary() names the compared numbers and, for a mismatch, the problems."""
+    await _healthy_batch(make_manager)
+    await _corrupt(firestore_client, batch_collection)
+
+    report = await validate(firestore_client, Layout(batch_collection), DUAL, "b")
+
+    assert "\n" not in report.summary()
+    assert "completed_count=3 docs=2" in report.summary()
+    assert report.problems[0] in report.summary()
+
+
 async def test_validate_names_players_only_in_subcollection(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:

@@ -172,6 +172,16 @@ class ConsistencyReport:
         """Only a self-consistent legacy structure exists: backfill's work, not a fault."""
         return self.has_legacy and not self.has_subcollection and self.legacy_self_consistent
 
+    def summary(self) -> str:
+        """One line: the numbers compared, then the problems if any."""
+        numbers = (
+            f"array={self.legacy_array_length} completed_count={self.completed_count} "
+            f"docs={self.completion_docs} total_predictions={self.total_predictions} "
+            f"total_predictions_subcoll={self.total_predictions_subcoll} "
+            f"docs_sum={self.completion_predictions_sum}"
+        )
+        return f"{numbers}: {'; '.join(self.problems)}" if self.problems else numbers
+
     def log_fields(self) -> dict[str, Any]:
         """The report as flat ``extra=`` fields for a log record (player lists capped)."""
         data = asdict(self)
