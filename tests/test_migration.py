@@ -379,17 +379,7 @@ class _Ledger:
 
 @pytest.mark.parametrize(
     "redeliver_legacy_before_backfill",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="KNOWN GAP until the writer fix lands: in DUAL_WRITE a redelivery of a "
-                "player recorded in LEGACY (array only, not yet backfilled) is counted again",
-            ),
-        ),
-    ],
+    [False, True],
 )
 async def test_five_step_migration_loses_and_doubles_nothing(
     redeliver_legacy_before_backfill: bool,
@@ -429,7 +419,8 @@ async def test_five_step_migration_loses_and_doubles_nothing(
     await asyncio.gather(record_all(dual, players[3:5]), record_all(legacy, players[5:6]))
     await record_all(dual, players[3:4], bump=100)  # redeliveries: duplicates
     if redeliver_legacy_before_backfill:
-        await record_all(dual, players[0:1], bump=100)  # THE KNOWN GAP (xfail until fixed)
+        # A player recorded in LEGACY (array only, not yet backfilled) redelivered in DUAL_WRITE.
+        await record_all(dual, players[0:1], bump=100)
     await ledger.check(dual)
 
     # 3. backfill while completions and redeliveries keep arriving.

@@ -2,8 +2,10 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._alerts import SlackWebhookAlerter
 from ._clock import Clock, SystemClock
 from ._config import MigrationMode
+from ._consistency import AlertHook, ConsistencyReport, ReconcileResult, SampledValidator, Source
 from ._errors import (
     BatchExistsError,
     BatchNotFoundError,
@@ -31,6 +33,17 @@ from ._metrics import (
     Hook,
     Stats,
 )
+from ._migration import (
+    BackfillSummary,
+    BatchState,
+    CleanupSummary,
+    FileCheckpoint,
+    FirestoreCheckpoint,
+    MigrationError,
+    MigrationProgress,
+    StatusSummary,
+    VerifySummary,
+)
 from ._otel import OpenTelemetryHook
 from ._prometheus import PrometheusCollector
 from ._retry import ErrorKind, RetryPolicy, classify
@@ -44,23 +57,30 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "AdaptiveLimit",
+    "AlertHook",
     "AsyncBatchStateManager",
     "AttemptFailed",
+    "BackfillSummary",
     "BatchExistsError",
     "BatchFinalised",
     "BatchNotFoundError",
     "BatchProgress",
+    "BatchState",
     "BatchStateError",
+    "CleanupSummary",
     "Clock",
     "CompletionResult",
     "CompletionStatus",
     "CompletionTimeoutError",
     "ConfigurationError",
+    "ConsistencyReport",
     "DuplicatePlayerError",
     "ErrorKind",
     "Event",
     "FaultInjector",
     "FaultPoint",
+    "FileCheckpoint",
+    "FirestoreCheckpoint",
     "GroupCommitted",
     "GroupFailed",
     "Hook",
@@ -70,14 +90,22 @@ __all__ = [
     "Layout",
     "LegacyArrayLimitError",
     "ManagerClosedError",
+    "MigrationError",
     "MigrationMode",
+    "MigrationProgress",
     "OnComplete",
     "OpenTelemetryHook",
     "PrometheusCollector",
+    "ReconcileResult",
     "RetryExhaustedError",
     "RetryPolicy",
+    "SampledValidator",
+    "SlackWebhookAlerter",
+    "Source",
     "Stats",
+    "StatusSummary",
     "SystemClock",
+    "VerifySummary",
     "WriteFailedError",
     "__version__",
     "classify",

@@ -26,6 +26,11 @@ PREDICTIONS_BY_PLAYER = "predictions_by_player"
 TOTAL_PREDICTIONS = "total_predictions"
 COMPLETED_COUNT = "completed_count"
 TOTAL_PREDICTIONS_SUBCOLL = "total_predictions_subcoll"
+# True when every player in completed_players has a completion document: set by
+# create_batch in the modes that write both structures and by migrate backfill,
+# deleted by every LEGACY-mode write. Writers in the dual modes trust it to skip
+# reading the array in their transaction.
+COMPLETIONS_BACKFILLED = "completions_backfilled"
 # Fields of a completion document.
 PLAYER_LOOKUP = "player_lookup"
 PREDICTIONS_COUNT = "predictions_count"

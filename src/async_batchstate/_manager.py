@@ -21,6 +21,15 @@ from . import _layout as f
 from ._clock import SYSTEM_CLOCK, Clock
 from ._coalesce import Lane, Pending
 from ._config import MigrationMode
+from ._consistency import (
+    AlertHook,
+    ConsistencyReport,
+    ReconcileResult,
+    SampledValidator,
+    Source,
+    reconcile,
+    validate,
+)
 from ._errors import (
     BatchExistsError,
     BatchNotFoundError,
@@ -100,6 +109,11 @@ class AsyncBatchStateManager:
         clock: Time source for retries and deadlines (inject a fake one in tests).
         rng: Randomness for backoff jitter.
         fault_injector: Test seam called at each ``FaultPoint`` of a write attempt.
+        validation_rate: Probability that a recorded completion schedules a background
+            consistency check of its batch (at most one per batch at a time; 0 disables).
+        alert_hooks: Called with the ``ConsistencyReport`` of each mismatch found
+            (sync or async), e.g. ``SlackWebhookAlerter(url)``.
+        validation_rng: Random source for the sampling (inject a seeded one in tests).
         tracer: OpenTelemetry ``Tracer`` for the ``record_completion`` spans; None:
             the global tracer provider's when one is set, else no spans.
 
@@ -128,6 +142,9 @@ class AsyncBatchStateManager:
         rng: random.Random | None = None,
         fault_injector: FaultInjector | None = None,
         tracer: Tracer | None = None,
+        validation_rate: float = 0.1,
+        alert_hooks: Iterable[AlertHook] = (),
+        validation_rng: random.Random | None = None,
     ) -> None:
         self._client = client
         self._layout = Layout(collection, completions_subcollection)
@@ -161,6 +178,15 @@ class AsyncBatchStateManager:
         """Batches this process finalised while the finalising caller had stopped waiting."""
         self._expected: dict[str, int] = {}
         self._closed = False
+        self._validator = SampledValidator(
+            client,
+            self._layout,
+            self.mode,
+            rate=validation_rate,
+            rng=validation_rng,
+            alert_hooks=alert_hooks,
+            retry=self._retry,
+        )
         self._tracer = tracer
 
     # -- lifecycle -------------------------------------------------------------------
@@ -291,6 +317,8 @@ class AsyncBatchStateManager:
             data |= {f.COMPLETED_PLAYERS: [], f.PREDICTIONS_BY_PLAYER: {}, f.TOTAL_PREDICTIONS: 0}
         if self.mode.writes_subcollection:
             data |= {f.COMPLETED_COUNT: 0, f.TOTAL_PREDICTIONS_SUBCOLL: 0}
+            if self.mode.writes_legacy:  # born with both structures: nothing to backfill
+                data[f.COMPLETIONS_BACKFILLED] = True
         ref = self._writer.batch_ref(batch_id)
         try:
             await self._retrying(lambda: ref.create(data), f"creating batch {batch_id!r}")
@@ -371,6 +399,48 @@ class AsyncBatchStateManager:
         elif not include_players:
             progress = dataclasses.replace(progress, completed_players=())
         return progress
+
+    async def validate(self, batch_id: str) -> ConsistencyReport:
+        """Compare the batch's legacy array with its completions subcollection.
+
+        One consistent snapshot (a read-only transaction): the batch document,
+        ``count()``/``sum()`` aggregations over the completion documents and, when
+        both structures exist, the completion ids. Judged under this manager's mode.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        return await validate(self._client, self._layout, self.mode, batch_id, retry=self._retry)
+
+    async def reconcile(
+        self, batch_id: str, *, source: Source | None = None, dry_run: bool = False
+    ) -> ReconcileResult:
+        """Rewrite counters, array, map and completion docs from one source of truth.
+
+        Args:
+            batch_id: The batch.
+            source: ``Source.SUBCOLLECTION`` (default) or ``Source.LEGACY`` (the
+                default in ``LEGACY`` mode). With the subcollection as the truth a
+                player only in the array is dropped: backfill legacy batches first.
+            dry_run: Report the changes without writing.
+
+        Returns:
+            What changed; nothing for a consistent batch.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        return await reconcile(
+            self._client,
+            self._layout,
+            self.mode,
+            batch_id,
+            source,
+            dry_run=dry_run,
+            retry=self._retry,
+        )
 
     async def wait_until_complete(
         self, batch_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
@@ -579,6 +649,7 @@ class AsyncBatchStateManager:
         for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
             if is_new:
                 self._recorder.recorded += 1
+                self._validator.maybe_validate(batch_id)
             else:
                 self._recorder.duplicates += 1
             pending.resolve(

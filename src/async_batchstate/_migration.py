@@ -82,8 +82,7 @@ logger = logging.getLogger("async_batchstate.migration")
 
 T = TypeVar("T")
 
-COMPLETIONS_BACKFILLED = "completions_backfilled"
-"""Batch field: True when every player in ``completed_players`` has a completion document."""
+COMPLETIONS_BACKFILLED = f.COMPLETIONS_BACKFILLED
 CHUNK = 400
 """Completion documents one backfill transaction creates (Firestore: <= 500 writes/commit)."""
 _PAGE = 500

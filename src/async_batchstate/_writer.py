@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from google.api_core import exceptions as gexc
-from google.cloud.firestore_v1 import SERVER_TIMESTAMP, ArrayUnion, Increment
+from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, ArrayUnion, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.field_path import FieldPath
@@ -275,6 +275,10 @@ class GroupWriter:
                 async for snap in self._client.get_all(refs, transaction=transaction, retry=None)
                 if snap.exists
             }
+            if self._mode.writes_legacy and not await self._backfilled(batch_id):
+                # Players recorded in LEGACY mode are in the array without a completion
+                # doc: they are duplicates too, or Increment counts them twice.
+                existing |= await self._legacy_players(transaction, batch_ref, batch_id)
         else:
             existing = await self._legacy_players(transaction, batch_ref, batch_id)
         await self._fault(FaultPoint.AFTER_READS, batch_id, group)
@@ -310,10 +314,23 @@ class GroupWriter:
             else len(existing) + len(new),
         )
 
+    async def _backfilled(self, batch_id: str) -> bool:
+        """Whether every player in the batch's legacy array has a completion document.
+
+        A plain read outside the transaction: it takes no lock on the hot batch
+        document, so the usual (flagged) batch keeps the read-free fast path.
+        """
+        snap = await self.batch_ref(batch_id).get(
+            field_paths=[f.COMPLETIONS_BACKFILLED], retry=None
+        )
+        return bool(snap.exists and (snap.to_dict() or {}).get(f.COMPLETIONS_BACKFILLED) is True)
+
     async def _legacy_players(
         self, transaction: AsyncTransaction, batch_ref: Any, batch_id: str
     ) -> set[str]:
-        async for snap in self._client.get_all([batch_ref], transaction=transaction, retry=None):
+        async for snap in self._client.get_all(
+            [batch_ref], field_paths=[f.COMPLETED_PLAYERS], transaction=transaction, retry=None
+        ):
             if snap.exists:
                 return set((snap.to_dict() or {}).get(f.COMPLETED_PLAYERS, ()))
         raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
@@ -327,6 +344,9 @@ class GroupWriter:
                 data[f.player_field(c.player)] = c.predictions_count
             data[f.TOTAL_PREDICTIONS] = Increment(total)
             data[f.UPDATED_AT] = SERVER_TIMESTAMP
+            if not self._mode.writes_subcollection:
+                # This write adds players without completion documents.
+                data[f.COMPLETIONS_BACKFILLED] = DELETE_FIELD
         if self._mode.writes_subcollection:
             data[f.COMPLETED_COUNT] = Increment(len(new))
             data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)
