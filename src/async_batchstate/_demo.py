@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--mode",
-        choices=[m.name for m in MigrationMode],
+        choices=[m.value for m in MigrationMode],
         default=None,
         help="migration mode (default: from ENABLE_SUBCOLLECTION_COMPLETIONS, DUAL_WRITE_MODE, "
         "USE_SUBCOLLECTION_READS; DUAL_WRITE when unset)",
@@ -139,7 +139,7 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
         if isinstance(event, AttemptFailed) and event.delay is not None:
             tally.retries += 1
 
-    mode = MigrationMode[args.mode] if args.mode else None
+    mode = MigrationMode(args.mode) if args.mode else None
     try:
         async with AsyncBatchStateManager(
             client, collection=args.collection, mode=mode, hooks=[on_event]
