@@ -67,6 +67,8 @@ OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
 """``on_complete(batch_id, progress)``: sync or async, called once per finalised batch."""
 
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
+_LEGACY_MAX_BYTES = 1_048_576 - 48_576
+"""Bytes of a batch document the legacy array and map may take (the rest: other fields)."""
 
 
 class AsyncBatchStateManager:
@@ -168,6 +170,7 @@ class AsyncBatchStateManager:
         self._on_complete = on_complete
         self._legacy_limit = legacy_array_limit
         self._legacy_warn = int(legacy_array_limit * legacy_array_warn_ratio)
+        self._legacy_warn_ratio = legacy_array_warn_ratio
         self._clock = clock
         self._rng = rng or random.Random()
         self._writer = GroupWriter(client, self._layout, self.mode, fault_injector)
@@ -299,7 +302,16 @@ class AsyncBatchStateManager:
                     f"{self._legacy_limit} by Firestore's 1 MiB / 40,000 index-entry document "
                     "limits. Record it in MigrationMode.SUBCOLLECTION_ONLY instead"
                 )
-            if count >= self._legacy_warn:
+            # Bytes too, when the ids are known: each player is stored twice in the
+            # document (array entry and map key, +1 byte each) plus an 8-byte int.
+            size = sum(2 * len(p.encode("utf-8")) + 10 for p in expected_players or ())
+            if size > _LEGACY_MAX_BYTES:
+                raise LegacyArrayLimitError(
+                    f"batch {batch_id!r}: its {count} player ids would take ~{size:,} bytes of "
+                    f"the legacy array and map, over Firestore's 1 MiB document limit. Record it "
+                    "in MigrationMode.SUBCOLLECTION_ONLY instead"
+                )
+            if count >= self._legacy_warn or size >= self._legacy_warn_ratio * _LEGACY_MAX_BYTES:
                 logger.warning(
                     "batch %r expects %d players, near the legacy array limit of %d",
                     batch_id,
