@@ -217,8 +217,8 @@ def test_random_sequences_match_the_model(firestore_emulator: EmulatorInfo) -> N
         run_state_machine_as_test(
             BatchModel,
             settings=settings(
-                max_examples=12,
-                stateful_step_count=14,
+                max_examples=20,
+                stateful_step_count=20,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
