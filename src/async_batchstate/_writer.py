@@ -247,7 +247,8 @@ class GroupWriter:
                 # The plain client retried a commit whose answer a dropped connection
                 # lost, and the server had already committed (or expired) it: the
                 # outcome is unknown, not refused. Retrying is safe (idempotent).
-                raise gexc.ServiceUnavailable(f"transaction outcome unknown: {exc}") from exc
+                unknown = f"transaction outcome unknown: {exc}"
+                raise gexc.ServiceUnavailable(unknown) from exc  # type: ignore[no-untyped-call]
             raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
         except (gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
             raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
