@@ -193,7 +193,7 @@ class BatchModel(RuleBasedStateMachine):
     @rule(batch_id=batches)
     def validate(self, batch_id: str) -> None:
         batch = self.model[batch_id]
-        report = self.run(self.managers[batch.mode].validate(batch_id))  # type: ignore[attr-defined]
+        report = self.run(self.managers[batch.mode].validate(batch_id))
         for flag in ("ok", "consistent", "is_consistent"):
             if hasattr(report, flag):
                 assert getattr(report, flag), report
@@ -204,7 +204,8 @@ class BatchModel(RuleBasedStateMachine):
     def reconcile(self, batch_id: str) -> None:
         """Reconciling a consistent batch changes nothing."""
         batch = self.model[batch_id]
-        self.run(self.managers[batch.mode].reconcile(batch_id))  # type: ignore[attr-defined]
+        result = self.run(self.managers[batch.mode].reconcile(batch_id))
+        assert not getattr(result, "changed", False), result
         self.check(batch_id)
 
 
