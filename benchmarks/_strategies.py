@@ -258,6 +258,11 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("idempotent_txn", "plain idempotent txn", _plain(idempotent_txn)),
         Strategy("manager_no_coalesce", "(c) manager, coalesce=False", _managed(coalesce=False)),
         Strategy("manager", "(d) manager, defaults", _managed()),
+        # The defaults include sampled validation (10 % of completions start a background
+        # scan of the batch); this variant shows what it costs.
+        Strategy(
+            "manager_no_validation", "(d) manager, validation_rate=0", _managed(validation_rate=0.0)
+        ),
     )
 }
 OVERHEAD = (
@@ -268,6 +273,7 @@ OVERHEAD = (
     "idempotent_txn",
     "manager_no_coalesce",
     "manager",
+    "manager_no_validation",
 )
-SWEEP = ("rmw_txn", "blind_txn", "manager_no_coalesce", "manager")
+SWEEP = ("rmw_txn", "blind_txn", "manager_no_coalesce", "manager", "manager_no_validation")
 MULTIPROCESS = ("blind_txn", "manager")
