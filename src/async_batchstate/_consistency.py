@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from . import _layout as f
@@ -33,6 +33,7 @@ from ._config import MigrationMode
 from ._errors import BatchNotFoundError, ConfigurationError
 from ._layout import Layout, validate_id
 from ._retry import RetryPolicy, run_with_retry
+from ._writer import run_transactional
 
 __all__ = [
     "AlertHook",
@@ -352,8 +353,8 @@ async def validate(
 
     async def attempt() -> ConsistencyReport:
         transaction = client.transaction(max_attempts=1, read_only=True)
-        report: ConsistencyReport = await async_transactional(read_report)(
-            transaction, client, layout, mode, batch_id
+        report: ConsistencyReport = await run_transactional(
+            read_report, transaction, client, layout, mode, batch_id
         )
         return report
 
@@ -576,7 +577,7 @@ async def reconcile(
 
         async def attempt() -> tuple[_Plan, bool]:
             transaction = client.transaction(max_attempts=1)
-            outcome: tuple[_Plan, bool] = await async_transactional(step)(transaction)
+            outcome: tuple[_Plan, bool] = await run_transactional(step, transaction)
             return outcome
 
         (plan, final), _ = await run_with_retry(

@@ -44,7 +44,7 @@ from typing import Any, Protocol, TypeVar
 
 from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from . import _layout as f
@@ -58,6 +58,7 @@ from ._consistency import (
 from ._errors import BatchStateError
 from ._layout import Layout, validate_id
 from ._retry import RetryPolicy, run_with_retry
+from ._writer import run_transactional
 
 __all__ = [
     "COMPLETIONS_BACKFILLED",
@@ -473,8 +474,8 @@ async def backfill_batch(
 
         async def attempt() -> _Step:
             transaction = client.transaction(max_attempts=1)
-            done: _Step = await async_transactional(_backfill_step)(
-                transaction, client, layout, batch_id, CHUNK
+            done: _Step = await run_transactional(
+                _backfill_step, transaction, client, layout, batch_id, CHUNK
             )
             return done
 
@@ -878,7 +879,7 @@ async def cleanup_legacy(
     async def work(batch_id: str) -> tuple[bool, str]:
         async def attempt() -> tuple[bool, str]:
             transaction = client.transaction(max_attempts=1, read_only=dry_run)
-            outcome: tuple[bool, str] = await async_transactional(remove)(transaction, batch_id)
+            outcome: tuple[bool, str] = await run_transactional(remove, transaction, batch_id)
             return outcome
 
         outcome, _ = await run_with_retry(
