@@ -111,8 +111,9 @@ class AsyncBatchStateManager:
         clock: Time source for retries and deadlines (inject a fake one in tests).
         rng: Randomness for backoff jitter.
         fault_injector: Test seam called at each ``FaultPoint`` of a write attempt.
-        validation_rate: Probability that a recorded completion schedules a background
-            consistency check of its batch (at most one per batch at a time; 0 disables).
+        validation_rate: Probability that a commit which recorded completions schedules
+            a background consistency check of its batch (at most one per batch at a
+            time; 0 disables).
         alert_hooks: Called with the ``ConsistencyReport`` of each mismatch found
             (sync or async), e.g. ``SlackWebhookAlerter(url)``.
         validation_rng: Random source for the sampling (inject a seeded one in tests).
@@ -231,6 +232,7 @@ class AsyncBatchStateManager:
             lane.cancel_all(error)
         for lane in lanes:
             await lane.drain()
+        await self._validator.aclose()
         await self._writer.aclose()
 
     def __repr__(self) -> str:
@@ -335,6 +337,8 @@ class AsyncBatchStateManager:
         try:
             await self._retrying(lambda: ref.create(data), f"creating batch {batch_id!r}")
             self._remember_expected(batch_id, count)
+            if data.get(f.COMPLETIONS_BACKFILLED):
+                self._writer.remember_backfilled(batch_id)
             return True
         except gexc.Conflict:
             pass
@@ -658,10 +662,13 @@ class AsyncBatchStateManager:
         elif completer is None and waiting and batch_id in self._untold:
             self._untold.discard(batch_id)
             completer = waiting[-1]
+        if outcome.new_count:
+            # Sampled per commit, not per completion: a hot batch commits groups of
+            # hundreds, and a check per completion would rescan it continuously.
+            self._validator.maybe_validate(batch_id)
         for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
             if is_new:
                 self._recorder.recorded += 1
-                self._validator.maybe_validate(batch_id)
             else:
                 self._recorder.duplicates += 1
             pending.resolve(

@@ -149,6 +149,7 @@ class GroupWriter:
         self._mode = mode
         self._inject = fault_injector
         self._releases: set[asyncio.Task[None]] = set()
+        self._backfilled_batches: set[str] = set()
 
     def batch_ref(self, batch_id: str) -> Any:
         """The batch document."""
@@ -315,16 +316,30 @@ class GroupWriter:
             else len(existing) + len(new),
         )
 
+    def remember_backfilled(self, batch_id: str) -> None:
+        """Note that ``batch_id`` has a completion doc for every legacy player."""
+        if len(self._backfilled_batches) >= 10_000:  # bounded for long-lived coordinators
+            self._backfilled_batches.clear()
+        self._backfilled_batches.add(batch_id)
+
     async def _backfilled(self, batch_id: str) -> bool:
         """Whether every player in the batch's legacy array has a completion document.
 
         A plain read outside the transaction: it takes no lock on the hot batch
         document, so the usual (flagged) batch keeps the read-free fast path.
+        Once true it is remembered (batches this manager created are known
+        without a read): the flag is only cleared by a LEGACY writer, which
+        during a rollout may race with dual writers anyway (see README).
         """
+        if batch_id in self._backfilled_batches:
+            return True
         snap = await self.batch_ref(batch_id).get(
             field_paths=[f.COMPLETIONS_BACKFILLED], retry=None
         )
-        return bool(snap.exists and (snap.to_dict() or {}).get(f.COMPLETIONS_BACKFILLED) is True)
+        done = bool(snap.exists and (snap.to_dict() or {}).get(f.COMPLETIONS_BACKFILLED) is True)
+        if done:
+            self.remember_backfilled(batch_id)
+        return done
 
     async def _legacy_players(
         self, transaction: AsyncTransaction, batch_ref: Any, batch_id: str
