@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,6 +12,22 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from async_batchstate import AsyncBatchStateManager, MigrationMode
 
 ManagerFactory = Callable[..., AsyncBatchStateManager]
+
+
+class FakeClock:
+    """Monotonic time that only the code under test's sleeps advance (each yields once)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
 
 
 @pytest_asyncio.fixture

@@ -10,20 +10,7 @@ from google.api_core import exceptions as gexc
 from async_batchstate import AdaptiveLimit, ErrorKind, RetryExhaustedError, RetryPolicy, classify
 from async_batchstate._retry import AttemptFailure, run_with_retry
 
-
-class FakeClock:
-    """Time advances only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from .conftest import FakeClock
 
 
 class MaxRandom(random.Random):

@@ -29,25 +29,9 @@ from async_batchstate import (
 )
 from async_batchstate.testing import batch_violations
 
-from .conftest import ManagerFactory
+from .conftest import FakeClock, ManagerFactory
 
 pytestmark = pytest.mark.emulator
-
-
-class VirtualClock:
-    """Monotonic time that only backoff sleeps advance (each also yields to the loop)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class ServerError:
@@ -72,7 +56,7 @@ async def test_resource_exhausted_backs_off_max_delay_until_deadline(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """Overload: every retry waits max_delay, attempts = deadline/max_delay, typed error, no write."""
-    clock = VirtualClock()
+    clock = FakeClock()
     events: list[Event] = []
     policy = RetryPolicy(base_delay=0.01, max_delay=0.25, max_attempts=100, deadline=2.0)
     manager = make_manager(
@@ -82,7 +66,7 @@ async def test_resource_exhausted_backs_off_max_delay_until_deadline(
         fault_injector=ServerError(gexc.ResourceExhausted("quota")),
     )
     await manager.create_batch("b", expected_count=1)
-    clock.slept.clear()
+    clock.sleeps.clear()
 
     with pytest.raises(RetryExhaustedError) as caught:
         await manager.record_completion("b", "p", 3, timeout=2.0)
@@ -91,7 +75,7 @@ async def test_resource_exhausted_backs_off_max_delay_until_deadline(
     assert isinstance(error.last_cause, gexc.ResourceExhausted)
     assert 2.0 / 0.25 == error.attempts  # one attempt per max_delay of the budget, no storm
     assert error.elapsed <= 2.0
-    assert [0.25] * (error.attempts - 1) == clock.slept
+    assert [0.25] * (error.attempts - 1) == clock.sleeps
     assert {ErrorKind.OVERLOADED} == {f.kind for f in failures(events)}
     assert None is failures(events)[-1].delay  # the last failure gave up instead of sleeping
     progress = await manager.get_progress("b")
@@ -105,21 +89,21 @@ async def test_deadline_exceeded_full_jitter_bounded_by_max_attempts(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """DEADLINE_EXCEEDED: full-jitter delays under the doubling ceiling, exactly max_attempts."""
-    clock = VirtualClock()
+    clock = FakeClock()
     policy = RetryPolicy(base_delay=0.1, max_delay=1.0, max_attempts=6, deadline=60.0)
     manager = make_manager(
         retry=policy, clock=clock, fault_injector=ServerError(gexc.DeadlineExceeded("slow"))
     )
     await manager.create_batch("b", expected_count=1)
-    clock.slept.clear()
+    clock.sleeps.clear()
 
     with pytest.raises(RetryExhaustedError) as caught:
         await manager.record_completion("b", "p", 3)
 
     assert 6 == caught.value.attempts
     assert isinstance(caught.value.last_cause, gexc.DeadlineExceeded)
-    assert 5 == len(clock.slept)
-    for n, delay in enumerate(clock.slept):
+    assert 5 == len(clock.sleeps)
+    for n, delay in enumerate(clock.sleeps):
         assert 0.0 <= delay <= min(1.0, 0.1 * 2**n)
     assert 0 == (await manager.get_progress("b")).completed_count
 
@@ -128,13 +112,13 @@ async def test_transient_overload_then_success_reports_attempts(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """Three RESOURCE_EXHAUSTED then success: recorded once, attempts=4, three max_delay waits."""
-    clock = VirtualClock()
+    clock = FakeClock()
     policy = RetryPolicy(base_delay=0.01, max_delay=0.5, deadline=30.0)
     manager = make_manager(
         retry=policy, clock=clock, fault_injector=ServerError(gexc.ResourceExhausted("q"), 3)
     )
     await manager.create_batch("b", expected_count=1)
-    clock.slept.clear()
+    clock.sleeps.clear()
 
     result = await manager.record_completion("b", "p", 3)
 
@@ -143,7 +127,7 @@ async def test_transient_overload_then_success_reports_attempts(
         result.attempts,
         result.batch_completed,
     )
-    assert [0.5, 0.5, 0.5] == clock.slept
+    assert [0.5, 0.5, 0.5] == clock.sleeps
     assert [] == await batch_violations(
         firestore_client,
         batch_collection,
@@ -158,7 +142,7 @@ async def test_many_callers_under_overload_cause_no_retry_storm(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """100 callers, server always RESOURCE_EXHAUSTED: attempts per group, not per caller."""
-    clock = VirtualClock()
+    clock = FakeClock()
     policy = RetryPolicy(base_delay=0.01, max_delay=0.5, max_attempts=100, deadline=3.0)
     injector = ServerError(gexc.ResourceExhausted("quota"))
     events: list[Event] = []
