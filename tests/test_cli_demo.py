@@ -43,3 +43,34 @@ def test_demo_rejects_bad_flags() -> None:
     """Nonsense sizes exit with a message, before touching Firestore."""
     with pytest.raises(SystemExit, match="--workers must be >= 1"):
         main(["demo", "--workers", "0"])
+
+
+def test_demo_with_several_processes_finalises_once(
+    firestore_emulator: EmulatorInfo,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    batch_collection: str,
+) -> None:
+    """Two worker processes share the deliveries (redeliveries cross processes): consistent, one finaliser."""
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
+    status = main(
+        [
+            "demo",
+            "--players",
+            "80",
+            "--workers",
+            "10",
+            "--processes",
+            "2",
+            "--redeliver",
+            "0.3",
+            "--collection",
+            batch_collection,
+            "--seed",
+            "5",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert 0 == status, out
+    assert "2 process(es)" in out
+    assert "consistent" in out

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import multiprocessing
+import multiprocessing.process
+import multiprocessing.queues
 import os
 import random
 import signal
@@ -20,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -32,7 +37,6 @@ from ._config import MigrationMode
 from ._connect import EMULATOR_ENV, PROJECT_ENV, aclose_client, client_from_env
 from ._emulator import EmulatorNotFoundError, EmulatorStartError, FirestoreEmulator
 from ._manager import AsyncBatchStateManager
-from ._metrics import AttemptFailed, Event
 from ._types import CompletionStatus
 
 
@@ -48,7 +52,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     parser.add_argument("--players", type=int, default=500, help="players in the batch (500)")
-    parser.add_argument("--workers", type=int, default=100, help="concurrent workers (100)")
+    parser.add_argument(
+        "--workers", type=int, default=100, help="concurrent workers per process (100)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes, each with its own client, sharing the messages (1)",
+    )
     parser.add_argument(
         "--redeliver",
         type=float,
@@ -79,13 +91,26 @@ class _Tally:
     recorded: int = 0
     duplicates: int = 0
     worker_failures: int = 0
+    transactions: int = 0
+    attempts: int = 0
     retries: int = 0
+    latency: str = ""
     completers: list[str] = field(default_factory=list)
+
+    def merge(self, other: _Tally) -> None:
+        """Add another process's counts (latency stays this process's)."""
+        self.recorded += other.recorded
+        self.duplicates += other.duplicates
+        self.worker_failures += other.worker_failures
+        self.transactions += other.transactions
+        self.attempts += other.attempts
+        self.retries += other.retries
+        self.completers += other.completers
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when the batch ends consistent and finalised exactly once."""
-    for name in ("players", "workers"):
+    for name in ("players", "workers", "processes"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1")
     for name in ("redeliver", "fail"):
@@ -133,28 +158,31 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
     client = client_from_env()
     batch_id = args.batch_id or f"demo-{uuid.uuid4().hex[:8]}"
     players = [f"player-{i:05d}" for i in range(args.players)]
-    tally = _Tally()
-
-    def on_event(event: Event) -> None:
-        if isinstance(event, AttemptFailed) and event.delay is not None:
-            tally.retries += 1
-
+    # At-least-once delivery: some messages twice, spread over the processes.
+    messages = [p for p in players for _ in range(2 if rng.random() < args.redeliver else 1)]
+    rng.shuffle(messages)
     mode = MigrationMode(args.mode) if args.mode else None
     try:
-        async with AsyncBatchStateManager(
-            client, collection=args.collection, mode=mode, hooks=[on_event]
-        ) as manager:
+        async with AsyncBatchStateManager(client, collection=args.collection, mode=mode) as manager:
             await manager.create_batch(batch_id, expected_players=players)
             console.print(
-                f"[bold]Batch[/] {batch_id!r}: {len(players)} players, {args.workers} workers, "
-                f"mode {manager.mode.name}, {args.redeliver:.0%} redelivered, "
-                f"{args.fail:.0%} worker failures"
+                f"[bold]Batch[/] {batch_id!r}: {len(players)} players, "
+                f"{args.processes} process(es) x {args.workers} workers, mode {manager.mode.name}, "
+                f"{len(messages) - len(players)} redeliveries, {args.fail:.0%} worker failures"
             )
             started = time.perf_counter()
-            await _run_workers(manager, batch_id, players, args, rng, tally, console)
+            children = [
+                _spawn(args, batch_id, messages[k :: args.processes], args.seed, k)
+                for k in range(1, args.processes)
+            ]
+            tally = await _record(
+                args, batch_id, messages[:: args.processes], rng, console, manager
+            )
+            for process, results in children:
+                await anyio.to_thread.run_sync(process.join)
+                tally.merge(_Tally(**results.get(timeout=5)))
             elapsed = time.perf_counter() - started
             final = await manager.wait_until_complete(batch_id, timeout=60)
-            stats = manager.stats()
             report = await _consistency(client, args.collection, batch_id, manager)
     finally:
         await aclose_client(client)
@@ -172,14 +200,13 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
     table.add_row(
         "throughput", f"{(tally.recorded + tally.duplicates) / elapsed:,.0f} completions/s"
     )
-    table.add_row("transactions / attempts", f"{stats.transactions} / {stats.attempts}")
-    table.add_row("retries (aborts by cause)", f"{stats.retries} {dict(stats.aborts_by_cause)}")
+    table.add_row("transactions / attempts", f"{tally.transactions} / {tally.attempts}")
+    table.add_row("retries", str(tally.retries))
     table.add_row(
-        "completions per transaction", f"{1 / max(stats.commits_per_completion, 1e-9):.1f}"
+        "completions per transaction",
+        f"{(tally.recorded + tally.duplicates) / max(tally.transactions, 1):.1f}",
     )
-    table.add_row(
-        "latency p50 / p99", f"{stats.latency_p50 * 1e3:.0f} ms / {stats.latency_p99 * 1e3:.0f} ms"
-    )
+    table.add_row("latency p50 / p99 (first process)", tally.latency)
     table.add_row("finalised", f"{final.status}, by {tally.completers}")
     table.add_row(
         "progress",
@@ -191,24 +218,60 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
     return 0 if ok else 1
 
 
-async def _run_workers(
-    manager: AsyncBatchStateManager,
-    batch_id: str,
-    players: list[str],
-    args: argparse.Namespace,
-    rng: random.Random,
-    tally: _Tally,
-    console: Console,
-) -> None:
-    """Workers consume player messages; failed deliveries go back on the queue."""
-    send, receive = anyio.create_memory_object_stream[str](max_buffer_size=len(players) * 3)
-    outstanding = len(players)
-    for player in players:
-        send.send_nowait(player)
-        if rng.random() < args.redeliver:
-            send.send_nowait(player)
-            outstanding += 1
+def _spawn(
+    args: argparse.Namespace, batch_id: str, messages: list[str], seed: int | None, index: int
+) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.queues.Queue[dict[str, Any]]]:
+    """Start a worker process (its own client and manager) on a share of the messages."""
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.queues.Queue[dict[str, Any]] = context.Queue()
+    child_seed = None if seed is None else seed + index
+    process = context.Process(
+        target=_child,
+        args=(vars(args) | {"handler": None}, batch_id, messages, child_seed, results),
+        name=f"async-batchstate demo worker {index}",
+    )
+    process.start()
+    return process, results
 
+
+def _child(
+    arguments: dict[str, Any],
+    batch_id: str,
+    messages: list[str],
+    seed: int | None,
+    results: multiprocessing.queues.Queue[dict[str, Any]],
+) -> None:
+    """A worker process: record its messages, then report its tally."""
+    args = argparse.Namespace(**arguments)
+
+    async def main() -> _Tally:
+        client = client_from_env()
+        try:
+            mode = MigrationMode(args.mode) if args.mode else None
+            async with AsyncBatchStateManager(
+                client, collection=args.collection, mode=mode
+            ) as manager:
+                return await _record(args, batch_id, messages, random.Random(seed), None, manager)
+        finally:
+            await aclose_client(client)
+
+    results.put(dataclasses.asdict(anyio.run(main)))
+
+
+async def _record(
+    args: argparse.Namespace,
+    batch_id: str,
+    messages: list[str],
+    rng: random.Random,
+    console: Console | None,
+    manager: AsyncBatchStateManager,
+) -> _Tally:
+    """Workers consume ``messages``; a failed delivery goes back on the queue."""
+    tally = _Tally()
+    send, receive = anyio.create_memory_object_stream[str](max_buffer_size=len(messages) * 2)
+    for message in messages:
+        send.send_nowait(message)
+    outstanding = len(messages)
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -216,8 +279,9 @@ async def _run_workers(
         TimeElapsedColumn(),
         TextColumn("{task.fields[detail]}"),
     )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("deliveries", total=outstanding, detail="")
+    started = time.perf_counter()
+    with Progress(*columns, console=console, disable=console is None) as progress:
+        task = progress.add_task("deliveries (this process)", total=outstanding, detail="")
 
         async def worker(inbox: MemoryObjectReceiveStream[str], scope: anyio.CancelScope) -> None:
             nonlocal outstanding
@@ -236,11 +300,13 @@ async def _run_workers(
                 if result.batch_completed:
                     tally.completers.append(player)
                 outstanding -= 1
+                stats = manager.stats()
+                rate = (tally.recorded + tally.duplicates) / (time.perf_counter() - started)
                 progress.update(
                     task,
                     advance=1,
-                    detail=f"dup {tally.duplicates} retry {tally.retries} "
-                    f"fail {tally.worker_failures}",
+                    detail=f"{rate:,.0f}/s dup {tally.duplicates} retries {stats.retries} "
+                    f"failed workers {tally.worker_failures}",
                 )
                 if outstanding == 0:
                     scope.cancel()  # every delivery is acknowledged: stop the workers
@@ -248,6 +314,14 @@ async def _run_workers(
         async with send, receive, anyio.create_task_group() as tg:
             for _ in range(args.workers):
                 tg.start_soon(worker, receive, tg.cancel_scope)
+    stats = manager.stats()
+    tally.transactions, tally.attempts, tally.retries = (
+        stats.transactions,
+        stats.attempts,
+        stats.retries,
+    )
+    tally.latency = f"{stats.latency_p50 * 1e3:.0f} ms / {stats.latency_p99 * 1e3:.0f} ms"
+    return tally
 
 
 @dataclass(frozen=True)
