@@ -270,11 +270,14 @@ class GroupWriter:
         for index, completion in enumerate(group):
             first_index.setdefault(completion.player, index)
 
+        completions = batch_ref.collection(self._layout.completions)
+        refs = {p: completions.document(p) for p in first_index}
         if self._mode.writes_subcollection:
-            refs = [self.completion_ref(batch_id, p) for p in first_index]
             existing = {
                 snap.reference.id
-                async for snap in self._client.get_all(refs, transaction=transaction, retry=None)
+                async for snap in self._client.get_all(
+                    list(refs.values()), transaction=transaction, retry=None
+                )
                 if snap.exists
             }
             if self._mode.writes_legacy and not await self._backfilled(batch_id):
@@ -291,7 +294,7 @@ class GroupWriter:
             for completion in new:
                 if self._mode.writes_subcollection:
                     transaction.create(
-                        self.completion_ref(batch_id, completion.player),
+                        refs[completion.player],
                         {
                             f.PLAYER_LOOKUP: completion.player,
                             f.PREDICTIONS_COUNT: completion.predictions_count,
