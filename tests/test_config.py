@@ -95,3 +95,16 @@ def test_mode_properties(
         mode.writes_subcollection,
         mode.reads_subcollection,
     )
+
+
+@pytest.mark.parametrize("size", [0, 1501])
+def test_group_size_is_bounded_by_the_request_limit(size: int, firestore_client: object) -> None:
+    """A group is one request: sizes that could outgrow 10 MiB are refused at construction."""
+    from async_batchstate import AsyncBatchStateManager
+
+    with pytest.raises(ConfigurationError, match="10 MiB"):
+        AsyncBatchStateManager(
+            firestore_client,  # type: ignore[arg-type]
+            mode=MigrationMode.DUAL_WRITE,
+            max_group_size=size,
+        )

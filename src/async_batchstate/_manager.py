@@ -67,6 +67,8 @@ OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
 """``on_complete(batch_id, progress)``: sync or async, called once per finalised batch."""
 
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
+MAX_GROUP_SIZE = 1500
+"""Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
 _LEGACY_MAX_BYTES = 1_048_576 - 48_576
 """Bytes of a batch document the legacy array and map may take (the rest: other fields)."""
 
@@ -88,8 +90,8 @@ class AsyncBatchStateManager:
             (``MigrationMode.from_env``).
         coalesce: Group concurrent completions of one batch into one transaction.
             ``False`` runs one transaction per completion (for comparison).
-        max_group_size: Most completions per transaction (default 250: well under
-            Firestore's 10 MiB request even with 1,500-byte ids).
+        max_group_size: Most completions per transaction (default 250, at most 1,500:
+            a group is one request, under Firestore's 10 MiB even with 1,500-byte ids).
         max_in_flight_per_batch: Most transactions per batch in flight in this
             process; the adaptive limit moves below it under contention. Default
             2 with coalescing, 32 without, 1 in LEGACY mode.
@@ -152,8 +154,11 @@ class AsyncBatchStateManager:
         self._client = client
         self._layout = Layout(collection, completions_subcollection)
         self.mode = MigrationMode.from_env() if mode is None else mode
-        if max_group_size < 1:
-            raise ConfigurationError("max_group_size must be >= 1")
+        if not 1 <= max_group_size <= MAX_GROUP_SIZE:
+            raise ConfigurationError(
+                f"max_group_size must be in [1, {MAX_GROUP_SIZE}]: a group is one request, "
+                "and Firestore caps a request at 10 MiB (~6 KB per completion with 1,500-byte ids)"
+            )
         if linger < 0:
             raise ConfigurationError("linger must be >= 0 seconds")
         if legacy_array_limit < 1 or not 0.0 < legacy_array_warn_ratio <= 1.0:
