@@ -28,7 +28,6 @@ from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
-from google.cloud.firestore_v1.async_client import AsyncClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -183,12 +182,12 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
                 tally.merge(_Tally(**results.get(timeout=5)))
             elapsed = time.perf_counter() - started
             final = await manager.wait_until_complete(batch_id, timeout=60)
-            report = await _consistency(client, args.collection, batch_id, manager)
+            report = await manager.validate(batch_id)
     finally:
         await aclose_client(client)
 
     ok = (
-        report.consistent
+        report.is_consistent
         and final.is_finalised
         and len(tally.completers) == 1
         and tally.recorded == len(players)
@@ -212,7 +211,8 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
         "progress",
         f"{final.completed_count}/{final.expected_count}, {final.total_predictions} predictions",
     )
-    table.add_row("consistency check", report.describe())
+    verdict = "[green]consistent[/]" if report.is_consistent else "[red]MISMATCH[/]"
+    table.add_row("consistency check", f"{verdict}: {report.summary()}")
     console.print(table)
     console.print("[bold green]OK[/]" if ok else "[bold red]INCONSISTENT[/]")
     return 0 if ok else 1
@@ -322,43 +322,3 @@ async def _record(
     )
     tally.latency = f"{stats.latency_p50 * 1e3:.0f} ms / {stats.latency_p99 * 1e3:.0f} ms"
     return tally
-
-
-@dataclass(frozen=True)
-class _Report:
-    consistent: bool
-    details: str
-
-    def describe(self) -> str:
-        return (
-            "[green]consistent[/]: " if self.consistent else "[red]MISMATCH[/]: "
-        ) + self.details
-
-
-async def _consistency(
-    client: AsyncClient, collection: str, batch_id: str, manager: AsyncBatchStateManager
-) -> _Report:
-    """Compare every structure the mode writes."""
-    validate = getattr(manager, "validate", None)
-    if validate is not None:
-        report = await validate(batch_id)
-        return _Report(bool(report.is_consistent), str(report.summary()))
-    ref = client.collection(collection).document(batch_id)
-    doc = (await ref.get()).to_dict() or {}
-    docs = [d.to_dict() or {} async for d in ref.collection(manager.layout.completions).stream()]
-    parts: dict[str, int] = {}
-    if manager.mode.writes_legacy:
-        parts["array"] = len(doc.get("completed_players", []))
-        parts["map"] = len(doc.get("predictions_by_player", {}))
-        parts["total_predictions"] = int(doc.get("total_predictions", 0))
-    if manager.mode.writes_subcollection:
-        parts["completed_count"] = int(doc.get("completed_count", 0))
-        parts["completion docs"] = len(docs)
-        parts["total_predictions_subcoll"] = int(doc.get("total_predictions_subcoll", 0))
-        parts["sum of docs"] = sum(int(d.get("predictions_count", 0)) for d in docs)
-    counts = {
-        v for k, v in parts.items() if k in ("array", "map", "completed_count", "completion docs")
-    }
-    totals = {v for k, v in parts.items() if "total" in k or k == "sum of docs"}
-    text = ", ".join(f"{k}={v}" for k, v in parts.items())
-    return _Report(len(counts) == 1 and len(totals) == 1, text)
