@@ -782,7 +782,9 @@ class AsyncBatchStateManager:
             extra={"batch_id": batch_id, "completed_count": flipped.completed_count},
         )
         self._recorder.emit(BatchFinalised(batch_id, flipped))
-        self._finalised_events.setdefault(batch_id, asyncio.Event()).set()
+        waiters = self._finalised_events.pop(batch_id, None)  # no entry per finished batch
+        if waiters is not None:
+            waiters.set()
         if self._on_complete is not None:
             try:
                 maybe = self._on_complete(batch_id, flipped)
