@@ -15,6 +15,7 @@ from .._emulator import (
 from ._invariants import batch_violations
 from ._plugin import EmulatorInfo, make_client
 from ._proxy import FaultyProxy, ProxyState
+from ._rpcs import RpcCounter
 
 __all__ = [
     "EmulatorInfo",
@@ -23,6 +24,7 @@ __all__ = [
     "FaultyProxy",
     "FirestoreEmulator",
     "ProxyState",
+    "RpcCounter",
     "aclose_client",
     "batch_violations",
     "find_emulator_jar",
