@@ -31,9 +31,21 @@ TOTAL_PREDICTIONS_SUBCOLL = "total_predictions_subcoll"
 # deleted by every LEGACY-mode write. Writers in the dual modes trust it to skip
 # reading the array in their transaction.
 COMPLETIONS_BACKFILLED = "completions_backfilled"
+# Who wrote what, so an outcome whose answer was lost is decided by what is stored
+# (a retry finds its own id: "this call wrote it") and never by error text.
+CREATED_BY = "created_by"  # create_batch's call id
+FINALISED_BY = "finalised_by"  # the finalising call's id; the callbacks' idempotency key
+RECENT_WRITES = "recent_writes"  # LEGACY: ids of the last groups committed (no completion docs)
+RECENT_WRITES_KEPT = 100
+# The owed completion callback (durable): set with the flip, cleared when it returned.
+CALLBACK_OWED = "callback_owed"
+CALLBACK_CLAIMED_BY = "callback_claimed_by"
+CALLBACK_CLAIMED_AT = "callback_claimed_at"
+CALLBACK_DONE_AT = "callback_done_at"
 # Fields of a completion document.
 PLAYER_LOOKUP = "player_lookup"
 PREDICTIONS_COUNT = "predictions_count"
+WRITE_ID = "write_id"  # the id of the group write that created it
 
 STATUS_IN_PROGRESS = "in_progress"
 STATUS_COMPLETE = "complete"

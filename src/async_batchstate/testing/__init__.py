@@ -15,6 +15,7 @@ from .._emulator import (
 from ._invariants import batch_violations
 from ._plugin import EmulatorInfo, make_client
 from ._proxy import FaultyProxy, ProxyState
+from ._rpc import LostAnswers, RpcCounter
 
 __all__ = [
     "EmulatorInfo",
@@ -22,7 +23,9 @@ __all__ = [
     "EmulatorStartError",
     "FaultyProxy",
     "FirestoreEmulator",
+    "LostAnswers",
     "ProxyState",
+    "RpcCounter",
     "aclose_client",
     "batch_violations",
     "find_emulator_jar",
