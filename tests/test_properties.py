@@ -40,6 +40,11 @@ SETTINGS = settings(
 )
 WRITTEN_FIELDS = {
     "status",
+    "finalised_by",
+    "callback_owed",
+    "callback_claimed_by",
+    "callback_claimed_at",
+    "callback_done_at",
     "completed_at",
     "updated_at",
     "last_updated",

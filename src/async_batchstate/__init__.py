@@ -21,9 +21,10 @@ from ._errors import (
     RetryExhaustedError,
     WriteFailedError,
 )
+from ._finaliser import OnComplete
 from ._layout import Layout
 from ._limits import AdaptiveLimit
-from ._manager import AsyncBatchStateManager, OnComplete
+from ._manager import AsyncBatchStateManager
 from ._metrics import (
     AttemptFailed,
     BatchFinalised,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Self
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from . import _layout as f
@@ -42,11 +41,11 @@ from ._errors import (
     ManagerClosedError,
     WriteFailedError,
 )
+from ._finaliser import Finaliser, OnComplete, progress_from
 from ._layout import Layout, validate_count, validate_id, validate_legacy_key
 from ._limits import AdaptiveLimit, make_rate_limiter
 from ._metrics import (
     AttemptFailed,
-    BatchFinalised,
     GroupCommitted,
     GroupFailed,
     Hook,
@@ -56,15 +55,20 @@ from ._metrics import (
 from ._otel import completion_span
 from ._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
 from ._types import BatchProgress, CompletionResult, CompletionStatus
-from ._writer import Completion, FaultInjector, GroupOutcome, GroupWriter
+from ._writer import (
+    Completion,
+    FaultInjector,
+    GroupOutcome,
+    GroupState,
+    GroupWriter,
+    WritePath,
+    new_write_id,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 logger = logging.getLogger("async_batchstate")
-
-OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
-"""``on_complete(batch_id, progress)``: sync or async, called once per finalised batch."""
 
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
 MAX_GROUP_SIZE = 1500
@@ -88,21 +92,36 @@ class AsyncBatchStateManager:
         completions_subcollection: Name of each batch's completions subcollection.
         mode: Migration mode; ``None`` reads it from the environment flags
             (``MigrationMode.from_env``).
-        coalesce: Group concurrent completions of one batch into one transaction.
-            ``False`` runs one transaction per completion (for comparison).
-        max_group_size: Most completions per transaction (default 250, at most 1,500:
+        write_path: ``"auto"`` (default): each group is ONE lock-free Commit
+            wherever completion documents are the guard (every mode that writes
+            the subcollection, on batches that need no legacy read), a transaction
+            elsewhere (LEGACY; a dual-write batch not yet backfilled).
+            ``"transaction"``: every group through ``async_transactional``.
+        coalesce: Group concurrent completions of one batch into one write.
+            ``False`` writes each completion alone (for comparison).
+        max_group_size: Most completions per write (default 250, at most 1,500:
             a group is one request, under Firestore's 10 MiB even with 1,500-byte ids).
-        max_in_flight_per_batch: Most transactions per batch in flight in this
-            process; the adaptive limit moves below it under contention. Default
-            2 with coalescing, 32 without, 1 in LEGACY mode.
+        max_in_flight_per_batch: Most writes per batch in flight in this process.
+            The adaptive limit starts at 2 and moves between 1 and this bound:
+            up while commits succeed without contention and their latency stays
+            near its floor, down on ABORTED, RESOURCE_EXHAUSTED or rising latency.
+            Default 16 on the lock-free path, 2 with transactions, 32 without
+            coalescing, 1 in LEGACY mode (its transactions read the hot document).
         linger: Seconds a lane waits before taking a group, to let more completions
             join it. 0 (default) adds no latency: groups form from what queued
             while the previous write was in flight.
         retry: Backoff, attempts, deadline and per-attempt timeout.
-        rate_limit: Most transaction attempts per second for the whole manager
+        rate_limit: Most write attempts per second for the whole manager
             (aiolimiter leaky bucket: an idle limiter admits a burst of
-            ``rate_limit`` attempts, then ``rate_limit`` per second). None: unlimited.
-        on_complete: Called exactly once per batch this process finalises.
+            ``rate_limit`` attempts, then ``rate_limit`` per second; below 1, one
+            attempt every ``1 / rate_limit`` seconds). None: unlimited.
+        on_complete: Called for each batch this manager finalises, after the flip;
+            at least once per batch across processes: a callback cut short (crash,
+            shutdown, exception) stays owed in the batch document and runs again
+            in the next manager that touches the batch after ``callback_lease``.
+            Deduplicate on ``progress.finalisation_key``.
+        callback_lease: Seconds an owed callback is left to the process running it
+            before another may run it (default 60).
         hooks: Receive every ``Event`` (attempts failed, groups committed, finalisations).
         legacy_array_limit: Most players a batch may hold in a mode that writes
             the legacy array (each player costs 3 of a document's 40,000 index
@@ -133,6 +152,7 @@ class AsyncBatchStateManager:
         collection: str = "prediction_batches",
         completions_subcollection: str = "completions",
         mode: MigrationMode | None = None,
+        write_path: WritePath = "auto",
         coalesce: bool = True,
         max_group_size: int = 250,
         max_in_flight_per_batch: int | None = None,
@@ -140,6 +160,7 @@ class AsyncBatchStateManager:
         retry: RetryPolicy | None = None,
         rate_limit: float | None = None,
         on_complete: OnComplete | None = None,
+        callback_lease: float = 60.0,
         hooks: Iterable[Hook] = (),
         legacy_array_limit: int = 12_000,
         legacy_array_warn_ratio: float = 0.8,
@@ -163,26 +184,50 @@ class AsyncBatchStateManager:
             raise ConfigurationError("linger must be >= 0 seconds")
         if legacy_array_limit < 1 or not 0.0 < legacy_array_warn_ratio <= 1.0:
             raise ConfigurationError("need legacy_array_limit >= 1 and 0 < warn ratio <= 1")
+        if write_path not in ("auto", "transaction"):
+            raise ConfigurationError(
+                f"write_path must be 'auto' or 'transaction', not {write_path!r}"
+            )
+        if not (isinstance(callback_lease, int | float) and math.isfinite(callback_lease)):
+            raise ConfigurationError("callback_lease must be a finite number of seconds")
+        if callback_lease <= 0:
+            raise ConfigurationError("callback_lease must be > 0 seconds")
         self._group_size = max_group_size if coalesce else 1
-        # LEGACY transactions read the hot batch document, so two of ours in flight
-        # would wait on each other's locks.
-        default_in_flight = 1 if self.mode is MigrationMode.LEGACY else 2 if coalesce else 32
-        self._max_in_flight = max_in_flight_per_batch or default_in_flight
+        if self.mode is MigrationMode.LEGACY:
+            # LEGACY transactions read the hot batch document, so two of ours in flight
+            # would wait on each other's locks.
+            default_in_flight = 1
+        elif not coalesce:
+            default_in_flight = 32
+        else:
+            default_in_flight = 16 if write_path == "auto" else 2
+        self._max_in_flight = (
+            default_in_flight if max_in_flight_per_batch is None else max_in_flight_per_batch
+        )
         if self._max_in_flight < 1:
             raise ConfigurationError("max_in_flight_per_batch must be >= 1")
         self._linger = linger
         self._retry = retry or RetryPolicy()
         self._rate = make_rate_limiter(rate_limit)
-        self._on_complete = on_complete
         self._legacy_limit = legacy_array_limit
         self._legacy_warn = int(legacy_array_limit * legacy_array_warn_ratio)
         self._legacy_warn_ratio = legacy_array_warn_ratio
-        self._clock = clock
         self._rng = rng or random.Random()
-        self._writer = GroupWriter(client, self._layout, self.mode, fault_injector)
+        self._clock = clock
+        self._writer = GroupWriter(client, self._layout, self.mode, fault_injector, write_path)
         self._recorder = Recorder(tuple(hooks))
+        self._finaliser = Finaliser(
+            client,
+            self._writer,
+            self.mode,
+            retry=self._retry,
+            clock=clock,
+            rng=self._rng,
+            recorder=self._recorder,
+            on_complete=on_complete,
+            callback_lease=float(callback_lease),
+        )
         self._lanes: dict[str, Lane] = {}
-        self._finalised_events: dict[str, asyncio.Event] = {}
         self._untold: set[str] = set()
         """Batches this process finalised while the finalising caller had stopped waiting."""
         self._expected: dict[str, int] = {}
@@ -338,24 +383,31 @@ class AsyncBatchStateManager:
             data |= {f.COMPLETED_COUNT: 0, f.TOTAL_PREDICTIONS_SUBCOLL: 0}
             if self.mode.writes_legacy:  # born with both structures: nothing to backfill
                 data[f.COMPLETIONS_BACKFILLED] = True
+        # The call's id, stored with the batch: when the answer to the create is lost,
+        # the retry's ALREADY_EXISTS is this call's own write, not someone else's.
+        data[f.CREATED_BY] = call_id = new_write_id()
         ref = self._writer.batch_ref(batch_id)
         try:
-            await self._retrying(lambda: ref.create(data), f"creating batch {batch_id!r}")
-            self._remember_expected(batch_id, count)
-            if data.get(f.COMPLETIONS_BACKFILLED):
-                self._writer.remember_backfilled(batch_id)
-            return True
-        except gexc.Conflict:
-            pass
-        snap = await self._retrying(
-            lambda: ref.get(field_paths=[f.EXPECTED_COUNT]), f"reading batch {batch_id!r}"
-        )
-        existing = (snap.to_dict() or {}).get(f.EXPECTED_COUNT)
-        if existing != count:
-            raise BatchExistsError(
-                f"batch {batch_id!r} already exists with expected_count={existing}, not {count}"
+            await self._retrying(
+                lambda: ref.create(data, retry=None), f"creating batch {batch_id!r}"
             )
-        return False
+            created = True
+        except gexc.Conflict:
+            snap = await self._retrying(
+                lambda: ref.get(field_paths=[f.EXPECTED_COUNT, f.CREATED_BY], retry=None),
+                f"reading batch {batch_id!r}",
+            )
+            existing = snap.to_dict() or {}
+            created = existing.get(f.CREATED_BY) == call_id
+            if existing.get(f.EXPECTED_COUNT) != count:
+                raise BatchExistsError(
+                    f"batch {batch_id!r} already exists with "
+                    f"expected_count={existing.get(f.EXPECTED_COUNT)}, not {count}"
+                ) from None
+        self._remember_expected(batch_id, count)
+        if data.get(f.COMPLETIONS_BACKFILLED) and created:
+            self._writer.remember_backfilled(batch_id)
+        return created
 
     async def record_completion(
         self,
@@ -408,10 +460,10 @@ class AsyncBatchStateManager:
         """
         validate_id("batch id", batch_id)
         ref = self._writer.batch_ref(batch_id)
-        snap = await self._retrying(lambda: ref.get(), f"reading batch {batch_id!r}")
+        snap = await self._retrying(lambda: ref.get(retry=None), f"reading batch {batch_id!r}")
         if not snap.exists:
             raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
-        progress = self._progress(batch_id, snap.to_dict() or {})
+        progress = progress_from(batch_id, self.mode, snap.to_dict() or {})
         if include_players and self.mode.reads_subcollection:
             players = await self._retrying(
                 lambda: self._subcollection_players(batch_id), f"listing batch {batch_id!r}"
@@ -470,40 +522,75 @@ class AsyncBatchStateManager:
 
         Wakes at once when this process finalises the batch, and polls otherwise
         (another process may finalise it). If every completion is recorded but
-        nobody finalised (the finaliser crashed), this call finalises it.
+        nobody finalised (the finaliser crashed), this call finalises it; an owed
+        ``on_complete`` whose lease expired runs here too. Nothing about the
+        batch is kept once the call returns.
 
         Raises:
             BatchNotFoundError: No such batch.
             CompletionTimeoutError: ``timeout`` seconds passed first.
         """
-        event = self._finalised_events.setdefault(batch_id, asyncio.Event())
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    progress = await self.get_progress(batch_id, include_players=False)
-                    if progress.is_complete and not progress.is_finalised:
-                        await self.finalize(batch_id)
-                        progress = await self.get_progress(batch_id, include_players=False)
-                    if progress.is_finalised:
-                        return await self.get_progress(batch_id)
-                    try:
-                        async with asyncio.timeout(poll_interval):
-                            await event.wait()
-                    except TimeoutError:
-                        pass
-        except TimeoutError:
-            raise CompletionTimeoutError(
-                f"batch {batch_id!r} was not complete within {timeout}s"
-            ) from None
+        validate_id("batch id", batch_id)
+        with self._finaliser.waiter(batch_id) as event:
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        progress, _ = await self._retrying(
+                            lambda: self._finaliser.read(batch_id), f"reading batch {batch_id!r}"
+                        )
+                        if progress.is_complete and not progress.is_finalised:
+                            await self.finalize(batch_id)
+                            progress, _ = await self._finaliser.read(batch_id)
+                        if progress.is_finalised:
+                            await self._deliver_owed(batch_id)
+                            return await self.get_progress(batch_id)
+                        try:
+                            async with asyncio.timeout(poll_interval):
+                                await event.wait()
+                        except TimeoutError:
+                            pass
+            except TimeoutError:
+                raise CompletionTimeoutError(
+                    f"batch {batch_id!r} was not complete within {timeout}s"
+                ) from None
 
     async def finalize(self, batch_id: str) -> bool:
         """Finalise the batch if every completion is recorded and nobody has yet.
 
         Runs automatically after completions; call it to recover a batch whose
         finaliser crashed. Exactly one call across all processes returns True
-        (and runs ``on_complete``).
+        (and runs ``on_complete``). On a finalised batch it runs an owed
+        ``on_complete`` whose lease expired.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
         """
-        return await self._finalize(batch_id) is not None
+        validate_id("batch id", batch_id)
+        flipped, owed = await self._finaliser.flip(batch_id)
+        if flipped is not None:
+            await self._finaliser.notify(batch_id, flipped)
+            return True
+        if owed:
+            await self._deliver_owed(batch_id)
+        return False
+
+    async def deliver_owed_callbacks(self, batch_id: str) -> bool:
+        """Run ``on_complete`` for a finalised batch whose callback is still owed.
+
+        A callback is owed from the flip until it returns; if the process running
+        it died (or the manager closed first), the callback stays owed. Any
+        manager with an ``on_complete`` may run it once ``callback_lease`` passed.
+
+        Returns:
+            True if this call ran the callback.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        validate_id("batch id", batch_id)
+        return await self._finaliser.deliver_owed(batch_id)
 
     # -- internals -------------------------------------------------------------------
 
@@ -515,6 +602,14 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         self._validate_player(player)
         count = validate_count("predictions_count", predictions_count)
+        # Increment saturates at 2**63 - 1 instead of failing: refuse a count that
+        # could take the batch's total there (cached per batch; one read at most).
+        expected = await self._expected_count(batch_id)
+        if count > f.MAX_COUNT // max(expected, 1):
+            raise InvalidCountError(
+                f"predictions_count {count} could overflow the 64-bit total of batch "
+                f"{batch_id!r} ({expected} completions of at most {f.MAX_COUNT // expected})"
+            )
         wait = self._retry.deadline if timeout is None else timeout
         lane = self._lane(batch_id)
         pending = Pending(Completion(player, count), deadline=started + wait)
@@ -523,19 +618,36 @@ class AsyncBatchStateManager:
             async with asyncio.timeout(wait):
                 result = await asyncio.shield(pending.future)
         except TimeoutError:
-            lane.withdraw(pending)
-            pending.future.cancel()
-            self._recorder.failed += 1
-            raise CompletionTimeoutError(
-                f"no confirmation for player {player!r} of batch {batch_id!r} within {wait}s; "
-                "it was recorded whole or not at all: record it again to be sure"
-            ) from None
+            arrived = self._settle(lane, pending)
+            if arrived is None:
+                self._recorder.failed += 1
+                raise CompletionTimeoutError(
+                    f"no confirmation for player {player!r} of batch {batch_id!r} within "
+                    f"{wait}s; it was recorded whole or not at all: record it again to be sure"
+                ) from None
+            result = arrived  # the answer came in the very turn the timeout fired
         except asyncio.CancelledError:
-            lane.withdraw(pending)
-            pending.future.cancel()
+            arrived = self._settle(lane, pending)
+            if arrived is not None and arrived.batch_completed:
+                self._hand_over(batch_id)  # never lost: the batch's next caller is told
             raise
         self._recorder.latencies.append(self._clock.monotonic() - started)
         return result
+
+    @staticmethod
+    def _settle(lane: Lane, pending: Pending) -> CompletionResult | None:
+        """Stop waiting for ``pending``; its result if one arrived meanwhile."""
+        future = pending.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
+        lane.withdraw(pending)
+        future.cancel()
+        return None
+
+    def _hand_over(self, batch_id: str) -> None:
+        if len(self._untold) >= 10_000:  # bounded: a long-lived coordinator sees many batches
+            self._untold.clear()
+        self._untold.add(batch_id)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -571,8 +683,33 @@ class AsyncBatchStateManager:
         )
         return result
 
-    async def _run_group(self, batch_id: str, group: list[Pending], limit: AdaptiveLimit) -> None:
-        """Write one group with retries and give every member its own outcome."""
+    async def _run_group(
+        self,
+        batch_id: str,
+        group: list[Pending],
+        limit: AdaptiveLimit,
+        state: GroupState | None = None,
+    ) -> None:
+        """Write one group with retries and give every member its own outcome.
+
+        Whatever happens (a cancellation included), every member's caller gets
+        its result or an error before this returns.
+        """
+        try:
+            await self._write_group(batch_id, group, limit, state or GroupState())
+        finally:
+            self._fail(
+                batch_id,
+                [p for p in group if not p.future.done()],
+                ManagerClosedError(
+                    "the manager closed while this completion was being written; it was "
+                    "recorded whole or not at all: record it again to be sure"
+                ),
+            )
+
+    async def _write_group(
+        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
+    ) -> None:
         completions = [p.completion for p in group]
         started = self._clock.monotonic()
         budget = max(p.deadline for p in group) - started
@@ -581,7 +718,10 @@ class AsyncBatchStateManager:
             self._recorder.attempts += 1
             if self._rate is not None:
                 await self._rate.acquire()
-            return await self._writer.write(batch_id, completions)
+            begun = self._clock.monotonic()
+            outcome = await self._writer.write(batch_id, completions, state)
+            limit.on_success(self._clock.monotonic() - begun)
+            return outcome
 
         def on_failure(failure: AttemptFailure) -> None:
             if failure.kind in _CONTENTION:
@@ -620,29 +760,21 @@ class AsyncBatchStateManager:
                 rng=self._rng,
                 on_failure=on_failure,
             )
-        except asyncio.CancelledError:
-            error = ManagerClosedError(
-                "the manager closed while this completion was being written; it was "
-                "recorded whole or not at all: record it again to be sure"
-            )
-            self._fail(batch_id, group, error)
-            raise
         except BatchStateError as exc:
             if isinstance(exc, WriteFailedError) and len(group) > 1:
-                await self._split(batch_id, group, limit)
+                await self._split(batch_id, group, limit, state)
             else:
                 self._fail(batch_id, group, exc)
             return
         except Exception as exc:  # an unexpected error must still reach every caller
             if len(group) > 1:
-                await self._split(batch_id, group, limit)
+                await self._split(batch_id, group, limit, state)
             else:
                 wrapped = WriteFailedError(f"writing to batch {batch_id!r} failed: {exc!r}")
                 wrapped.__cause__ = exc
                 self._fail(batch_id, group, wrapped)
             return
 
-        limit.on_success()
         recorded = outcome.new_count
         self._recorder.emit(
             GroupCommitted(
@@ -654,24 +786,55 @@ class AsyncBatchStateManager:
                 self._clock.monotonic() - started,
             )
         )
-        completer = await self._after_commit(batch_id, outcome)
-        waiting = [i for i, p in enumerate(group) if not p.future.done()]
-        if completer is not None and group[completer].future.done():
-            # That caller stopped waiting (cancelled or timed out): tell one still
-            # waiting, else the next caller of this batch (e.g. its redelivery).
-            completer = waiting[-1] if waiting else None
-            if completer is None:
-                if len(self._untold) >= 10_000:
-                    self._untold.clear()
-                self._untold.add(batch_id)
-        elif completer is None and waiting and batch_id in self._untold:
-            self._untold.discard(batch_id)
-            completer = waiting[-1]
-        if outcome.new_count:
+        flipped: BatchProgress | None = None
+        owed = False
+        try:
+            flipped, owed = await self._finaliser.after_write(
+                batch_id, outcome, self._expected_count
+            )
+        except Exception:
+            # The completions are committed; a later completion, redelivery,
+            # wait_until_complete() or finalize() finalises the batch.
+            logger.exception(
+                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
+            )
+        finally:
+            # Tell every caller, even when cancelled mid-check: their writes are committed.
+            self._resolve(batch_id, group, outcome, attempts, flipped is not None)
+        if recorded:
             # Sampled per commit, not per completion: a hot batch commits groups of
             # hundreds, and a check per completion would rescan it continuously.
             self._validator.maybe_validate(batch_id)
+        # The callback runs after the callers are told (its latency is not theirs); a
+        # close cuts it after the drain timeout, and then it stays owed.
+        if flipped is not None:
+            await self._finaliser.notify(batch_id, flipped)
+        elif owed:
+            await self._deliver_owed(batch_id)
+
+    def _resolve(
+        self,
+        batch_id: str,
+        group: list[Pending],
+        outcome: GroupOutcome,
+        attempts: int,
+        flipped: bool,
+    ) -> None:
+        """Give each caller its result; ``batch_completed`` to one if this group flipped."""
+        waiting = [i for i, p in enumerate(group) if not p.future.done()]
+        completer: int | None = None
+        if flipped:
+            new = [i for i in waiting if outcome.recorded[i]]
+            candidates = new or waiting
+            completer = candidates[-1] if candidates else None
+            if completer is None:  # every caller stopped waiting: tell the batch's next one
+                self._hand_over(batch_id)
+        elif waiting and batch_id in self._untold:
+            self._untold.discard(batch_id)
+            completer = waiting[-1]
         for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
+            if pending.future.done():
+                continue
             if is_new:
                 self._recorder.recorded += 1
             else:
@@ -687,8 +850,24 @@ class AsyncBatchStateManager:
                 )
             )
 
-    async def _split(self, batch_id: str, group: list[Pending], limit: AdaptiveLimit) -> None:
-        """Retry each member alone, so one bad completion fails only its own caller."""
+    async def _deliver_owed(self, batch_id: str) -> None:
+        try:
+            await self._finaliser.deliver_owed(batch_id)
+        except Exception:
+            logger.exception(
+                "running the owed callback of batch %r failed",
+                batch_id,
+                extra={"batch_id": batch_id},
+            )
+
+    async def _split(
+        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
+    ) -> None:
+        """Retry each member alone, so one bad completion fails only its own caller.
+
+        The members keep the group's write id: one its failed write recorded after
+        all (an answer lost before the failure) is still this caller's RECORDED.
+        """
         logger.warning(
             "a group of %d completions of batch %r failed; retrying each alone",
             len(group),
@@ -696,46 +875,29 @@ class AsyncBatchStateManager:
             extra={"batch_id": batch_id, "group_size": len(group)},
         )
         for pending in group:
-            await self._run_group(batch_id, [pending], limit)
+            await self._run_group(batch_id, [pending], limit, state)
 
     def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
+        if not group:
+            return
         self._recorder.failed += len(group)
         self._recorder.emit(GroupFailed(batch_id, len(group), error))
         for pending in group:
             pending.fail(error)
-
-    async def _after_commit(self, batch_id: str, outcome: GroupOutcome) -> int | None:
-        """Finalise the batch if this write completed it; the index of the caller to tell.
-
-        A commit that counted something reports the new count, so only the commit
-        that reaches ``expected_count`` reads the batch document. A group of
-        duplicates only (a redelivery) checks by reading: that is how a batch
-        whose finaliser crashed gets finalised by a later redelivery.
-        """
-        try:
-            if outcome.completed_count is not None:
-                expected = await self._expected_count(batch_id)
-                if outcome.completed_count < expected:
-                    return None
-            progress = await self._finalize(batch_id)
-        except Exception:
-            # The completions are committed; a later completion, redelivery,
-            # wait_until_complete() or finalize() finalises the batch.
-            logger.exception(
-                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
-            )
-            return None
-        if progress is None:
-            return None
-        return max((i for i, new in enumerate(outcome.recorded) if new), default=0)
 
     async def _expected_count(self, batch_id: str) -> int:
         expected = self._expected.get(batch_id)
         if expected is None:
             ref = self._writer.batch_ref(batch_id)
             snap = await self._retrying(
-                lambda: ref.get(field_paths=[f.EXPECTED_COUNT]), f"reading batch {batch_id!r}"
+                lambda: ref.get(field_paths=[f.EXPECTED_COUNT], retry=None),
+                f"reading batch {batch_id!r}",
             )
+            if not snap.exists:
+                raise BatchNotFoundError(
+                    f"batch {batch_id!r} does not exist in {self._layout.collection!r}; "
+                    "call create_batch first"
+                )
             expected = int((snap.to_dict() or {}).get(f.EXPECTED_COUNT, 0))
             self._remember_expected(batch_id, expected)
         return expected
@@ -744,89 +906,6 @@ class AsyncBatchStateManager:
         if len(self._expected) >= 10_000:  # bounded: a long-lived coordinator sees many batches
             self._expected.clear()
         self._expected[batch_id] = expected
-
-    async def _finalize(self, batch_id: str) -> BatchProgress | None:
-        """Flip ``status`` to complete once; the final progress if this call flipped it."""
-        ref = self._writer.batch_ref(batch_id)
-        snap = await self._retrying(
-            lambda: ref.get(field_paths=self._count_fields()), f"reading batch {batch_id!r}"
-        )
-        if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
-        progress = self._progress(batch_id, snap.to_dict() or {}, counter_only=True)
-        if progress.is_finalised or not progress.is_complete:
-            return None
-
-        async def flip(transaction: AsyncTransaction) -> BatchProgress | None:
-            async for current in self._client.get_all([ref], transaction=transaction, retry=None):
-                now = self._progress(batch_id, current.to_dict() or {}, counter_only=True)
-                if now.is_finalised or not now.is_complete:
-                    return None
-                transaction.update(
-                    ref, {f.STATUS: f.STATUS_COMPLETE, f.COMPLETED_AT: SERVER_TIMESTAMP}
-                )
-                return dataclasses.replace(now, status=f.STATUS_COMPLETE)
-            return None
-
-        async def flip_once() -> BatchProgress | None:
-            return (await self._writer.transact(flip))[0]
-
-        flipped: BatchProgress | None = await self._retrying(
-            flip_once, f"finalising batch {batch_id!r}"
-        )
-        if flipped is None:
-            return None
-        logger.info(
-            "batch %r complete",
-            batch_id,
-            extra={"batch_id": batch_id, "completed_count": flipped.completed_count},
-        )
-        self._recorder.emit(BatchFinalised(batch_id, flipped))
-        waiters = self._finalised_events.pop(batch_id, None)  # no entry per finished batch
-        if waiters is not None:
-            waiters.set()
-        if self._on_complete is not None:
-            try:
-                maybe = self._on_complete(batch_id, flipped)
-                if inspect.isawaitable(maybe):
-                    await maybe
-            except Exception:
-                logger.exception(
-                    "on_complete callback failed for batch %r",
-                    batch_id,
-                    extra={"batch_id": batch_id},
-                )
-        return flipped
-
-    def _count_fields(self) -> list[str]:
-        """The fields the completion check needs: the counter, not the whole array."""
-        fields = [f.EXPECTED_COUNT, f.STATUS]
-        if self.mode.writes_subcollection:
-            return [*fields, f.COMPLETED_COUNT, f.TOTAL_PREDICTIONS_SUBCOLL]
-        return [*fields, f.COMPLETED_PLAYERS, f.TOTAL_PREDICTIONS]
-
-    def _progress(
-        self, batch_id: str, data: dict[str, Any], *, counter_only: bool = False
-    ) -> BatchProgress:
-        from_subcollection = (
-            self.mode.writes_subcollection if counter_only else self.mode.reads_subcollection
-        )
-        players: tuple[str, ...] = ()
-        if from_subcollection:
-            completed = int(data.get(f.COMPLETED_COUNT, 0))
-            total = int(data.get(f.TOTAL_PREDICTIONS_SUBCOLL, 0))
-        else:
-            players = tuple(sorted(data.get(f.COMPLETED_PLAYERS, ())))
-            completed = len(players)
-            total = int(data.get(f.TOTAL_PREDICTIONS, 0))
-        return BatchProgress(
-            batch_id=batch_id,
-            expected_count=int(data.get(f.EXPECTED_COUNT, 0)),
-            completed_count=completed,
-            total_predictions=total,
-            status=str(data.get(f.STATUS, f.STATUS_IN_PROGRESS)),
-            completed_players=players,
-        )
 
     async def _subcollection_players(self, batch_id: str) -> tuple[str, ...]:
         query = (

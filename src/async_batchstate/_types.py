@@ -51,6 +51,7 @@ class BatchProgress:
         total_predictions: Sum of the recorded players' prediction counts.
         status: ``in_progress`` or ``complete`` (set once, by finalisation).
         completed_players: Recorded player ids, sorted; empty when not requested.
+        finaliser_id: The id the finalising call stored with the flip; None before it.
     """
 
     batch_id: str
@@ -59,6 +60,16 @@ class BatchProgress:
     total_predictions: int
     status: str
     completed_players: tuple[str, ...] = ()
+    finaliser_id: str | None = None
+
+    @property
+    def finalisation_key(self) -> str | None:
+        """``"<batch_id>/<finaliser_id>"``: the same for every run of a batch's callback.
+
+        ``on_complete`` runs at least once per finalised batch (again in another
+        process if the one running it died first); deduplicate on this key.
+        """
+        return None if self.finaliser_id is None else f"{self.batch_id}/{self.finaliser_id}"
 
     @property
     def is_complete(self) -> bool:
