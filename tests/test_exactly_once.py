@@ -28,7 +28,7 @@ from async_batchstate import (
     MigrationMode,
     RetryPolicy,
 )
-from async_batchstate.testing import EmulatorInfo
+from async_batchstate.testing import EmulatorInfo, batch_violations
 
 from .conftest import ManagerFactory, read_batch
 
@@ -267,3 +267,33 @@ async def test_counts_whose_total_could_overflow_are_refused_before_writing(
     assert CompletionStatus.RECORDED == ok.status
     doc = await read_batch(firestore_client, batch_collection, "b")
     assert (["q"], limit) == (doc["completed_players"], doc["total_predictions"])
+
+
+async def test_backfill_finalises_a_rollout_batch_and_owes_its_callback(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """DUAL_WRITE_SUBCOLLECTION_READS counts completion docs: a batch whose first players were
+    recorded by LEGACY writers completes only once backfilled; backfill finalises it, and the
+    next coordinator to touch it runs the owed on_complete."""
+    from async_batchstate import Layout
+    from async_batchstate._migration import backfill
+
+    mode = MigrationMode.DUAL_WRITE_SUBCOLLECTION_READS
+    legacy = make_manager(mode=MigrationMode.LEGACY)
+    await legacy.create_batch("b", expected_count=3)
+    await legacy.record_completion("b", "p1", 1)
+    await legacy.record_completion("b", "p2", 2)
+    keys = Keys()
+    dual = make_manager(mode=mode, on_complete=keys, callback_lease=0.001)
+    last = await dual.record_completion("b", "p3", 3)
+    assert (False, []) == (last.batch_completed, keys.keys)
+
+    summary = await backfill(firestore_client, Layout(batch_collection), mode)
+    final = await dual.wait_until_complete("b", timeout=10)
+
+    assert 1 == summary.finalised
+    assert (True, 3, 6) == (final.is_finalised, final.completed_count, final.total_predictions)
+    assert [final.finalisation_key] == keys.keys
+    assert [] == await batch_violations(
+        firestore_client, batch_collection, "b", mode, require_finalised=True
+    )

@@ -209,3 +209,28 @@ async def test_two_managers_with_lost_answers_and_shared_redeliveries(
     finally:
         for client in clients:
             await aclose_client(client)
+
+
+async def test_lost_answers_to_backfill_and_reconcile_leave_exact_counts(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """Backfill's and reconcile's commits applied but unanswered: the retries redo nothing
+    twice; the batch ends consistent with exact counts."""
+    from async_batchstate import Layout, Source
+    from async_batchstate._migration import backfill
+
+    players = {f"p{i}": i for i in range(12)}
+    legacy = make_manager(mode=MigrationMode.LEGACY)
+    await legacy.create_batch("b", expected_players=list(players))
+    for player, count in players.items():
+        await legacy.record_completion("b", player, count)
+    lost = LostAnswers(times=2).attach(firestore_client)  # every kind of Commit
+
+    summary = await backfill(firestore_client, Layout(batch_collection), MigrationMode.DUAL_WRITE)
+    manager = make_manager(mode=MigrationMode.DUAL_WRITE)
+    await manager.reconcile("b", source=Source.LEGACY)
+
+    assert (2, ()) == (lost.total_lost, summary.failures)
+    assert [] == await batch_violations(
+        firestore_client, batch_collection, "b", MigrationMode.DUAL_WRITE, expected=players
+    )

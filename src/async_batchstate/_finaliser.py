@@ -102,6 +102,7 @@ class Finaliser:
         recorder: Recorder,
         on_complete: OnComplete | None,
         callback_lease: float,
+        owe_callbacks: bool | None = None,
     ) -> None:
         self._client = client
         self._writer = writer
@@ -112,6 +113,9 @@ class Finaliser:
         self._recorder = recorder
         self._on_complete = on_complete
         self._lease = callback_lease
+        # Managers owe a callback when they have one (a fleet shares its settings);
+        # backfill, which has none, owes it to the coordinators that do.
+        self._owe = on_complete is not None if owe_callbacks is None else owe_callbacks
         self._waiters: dict[str, set[asyncio.Event]] = {}
 
     # -- waiting ---------------------------------------------------------------------
@@ -212,12 +216,10 @@ class Finaliser:
                 f.COMPLETED_AT: SERVER_TIMESTAMP,
                 f.FINALISED_BY: flip_id,
             }
-            if self._on_complete is not None:
-                update |= {
-                    f.CALLBACK_OWED: True,
-                    f.CALLBACK_CLAIMED_BY: flip_id,
-                    f.CALLBACK_CLAIMED_AT: SERVER_TIMESTAMP,
-                }
+            if self._owe:
+                update[f.CALLBACK_OWED] = True
+            if self._on_complete is not None:  # this process runs it: it holds the lease
+                update |= {f.CALLBACK_CLAIMED_BY: flip_id, f.CALLBACK_CLAIMED_AT: SERVER_TIMESTAMP}
             option = self._client.write_option(last_update_time=snap.update_time)
             try:
                 await ref.update(update, option=option, retry=None)
