@@ -41,6 +41,7 @@ SETTINGS = settings(
 WRITTEN_FIELDS = {
     "status",
     "finalised_by",
+    "expired_flag",
     "callback_owed",
     "callback_claimed_by",
     "callback_claimed_at",

@@ -19,6 +19,7 @@ from ._errors import (
     LegacyArrayLimitError,
     ManagerClosedError,
     RetryExhaustedError,
+    UnexpectedPlayerError,
     WriteFailedError,
 )
 from ._finaliser import OnComplete
@@ -106,6 +107,7 @@ __all__ = [
     "Stats",
     "StatusSummary",
     "SystemClock",
+    "UnexpectedPlayerError",
     "VerifySummary",
     "WriteFailedError",
     "__version__",

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from . import _layout as f
@@ -37,8 +40,10 @@ from ._errors import (
     ConfigurationError,
     DuplicatePlayerError,
     InvalidCountError,
+    InvalidInputError,
     LegacyArrayLimitError,
     ManagerClosedError,
+    UnexpectedPlayerError,
     WriteFailedError,
 )
 from ._finaliser import Finaliser, OnComplete, progress_from
@@ -54,6 +59,7 @@ from ._metrics import (
 )
 from ._otel import completion_span
 from ._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
+from ._roster import BatchInfo, BatchInfoCache, recorded_players, roster_ref, split_roster
 from ._types import BatchProgress, CompletionResult, CompletionStatus
 from ._writer import (
     Completion,
@@ -75,6 +81,34 @@ MAX_GROUP_SIZE = 1500
 """Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
 _LEGACY_MAX_BYTES = 1_048_576 - 48_576
 """Bytes of a batch document the legacy array and map may take (the rest: other fields)."""
+
+
+def _now() -> dt.datetime:
+    """Wall-clock now, UTC: deadlines are instants shared by every process."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _retention(value: dt.timedelta | float | None) -> dt.timedelta | None:
+    if value is None:
+        return None
+    delta = value if isinstance(value, dt.timedelta) else dt.timedelta(seconds=value)
+    if delta <= dt.timedelta(0):
+        raise ConfigurationError("retain_for must be a positive duration")
+    return delta
+
+
+def _absolute(deadline: dt.datetime | dt.timedelta | None) -> dt.datetime | None:
+    if deadline is None:
+        return None
+    if isinstance(deadline, dt.timedelta):
+        return _now() + deadline
+    if isinstance(deadline, dt.datetime):
+        if deadline.tzinfo is None:
+            raise InvalidInputError("deadline must be an aware datetime (e.g. UTC) or a timedelta")
+        return deadline
+    raise InvalidInputError(
+        f"deadline must be a datetime or a timedelta, not {type(deadline).__name__}"
+    )
 
 
 class AsyncBatchStateManager:
@@ -120,8 +154,13 @@ class AsyncBatchStateManager:
             shutdown, exception) stays owed in the batch document and runs again
             in the next manager that touches the batch after ``callback_lease``.
             Deduplicate on ``progress.finalisation_key``.
+        on_expired: ``on_expired(batch_id, progress)``, run when this manager expires
+            a batch (``expire`` or a passed deadline); owed durably like ``on_complete``.
         callback_lease: Seconds an owed callback is left to the process running it
             before another may run it (default 60).
+        retain_for: Stamp finished batches (and their completion and roster
+            documents) with ``expire_at = finish time + retain_for`` for a Firestore
+            TTL policy on ``expire_at`` (see README). None (default): no stamp.
         hooks: Receive every ``Event`` (attempts failed, groups committed, finalisations).
         legacy_array_limit: Most players a batch may hold in a mode that writes
             the legacy array (each player costs 3 of a document's 40,000 index
@@ -160,7 +199,9 @@ class AsyncBatchStateManager:
         retry: RetryPolicy | None = None,
         rate_limit: float | None = None,
         on_complete: OnComplete | None = None,
+        on_expired: OnComplete | None = None,
         callback_lease: float = 60.0,
+        retain_for: dt.timedelta | float | None = None,
         hooks: Iterable[Hook] = (),
         legacy_array_limit: int = 12_000,
         legacy_array_warn_ratio: float = 0.8,
@@ -226,11 +267,13 @@ class AsyncBatchStateManager:
             recorder=self._recorder,
             on_complete=on_complete,
             callback_lease=float(callback_lease),
+            on_expired=on_expired,
+            retain_for=_retention(retain_for),
         )
         self._lanes: dict[str, Lane] = {}
         self._untold: set[str] = set()
         """Batches this process finalised while the finalising caller had stopped waiting."""
-        self._expected: dict[str, int] = {}
+        self._infos = BatchInfoCache(client, self._writer, self._retrying)
         self._closed = False
         self._validator = SampledValidator(
             client,
@@ -313,12 +356,23 @@ class AsyncBatchStateManager:
         *,
         expected_players: Sequence[str] | None = None,
         expected_count: int | None = None,
+        deadline: dt.datetime | dt.timedelta | None = None,
     ) -> bool:
-        """Create the batch document with its expected number of completions.
+        """Create the batch document with its expected completions.
 
-        Give exactly one of ``expected_players`` or ``expected_count``. Creating a
-        batch that exists with the same expected count is a no-op (so a restarted
-        coordinator may call it again).
+        Give exactly one of ``expected_players`` (the roster: a completion for a
+        player outside it is refused with ``UnexpectedPlayerError``, and
+        ``BatchProgress.missing_players`` names who is missing) or
+        ``expected_count``. Creating a batch that exists with the same expected
+        count is a no-op (so a restarted coordinator may call it again).
+
+        Args:
+            batch_id: The batch id (a Firestore document id).
+            expected_players: The players expected to complete (the roster).
+            expected_count: How many completions complete the batch (no roster).
+            deadline: When the batch expires if unfinished: an aware datetime, or a
+                timedelta from now. Once past, the next completion, progress read,
+                wait or ``expire`` moves it to ``expired``.
 
         Returns:
             True if this call created the batch, False if it already existed.
@@ -327,11 +381,13 @@ class AsyncBatchStateManager:
             InvalidIdError: A batch or player id Firestore cannot store.
             DuplicatePlayerError: ``expected_players`` repeats a player.
             InvalidCountError: ``expected_count`` not a positive int.
+            InvalidInputError: ``deadline`` is not an aware datetime or a timedelta.
             LegacyArrayLimitError: Too many players for the legacy array in this mode.
             BatchExistsError: The batch exists with another expected count.
         """
         self._check_open()
         validate_id("batch id", batch_id)
+        when = _absolute(deadline)
         if (expected_players is None) == (expected_count is None):
             raise ConfigurationError("give exactly one of expected_players or expected_count")
         if expected_players is not None:
@@ -383,14 +439,29 @@ class AsyncBatchStateManager:
             data |= {f.COMPLETED_COUNT: 0, f.TOTAL_PREDICTIONS_SUBCOLL: 0}
             if self.mode.writes_legacy:  # born with both structures: nothing to backfill
                 data[f.COMPLETIONS_BACKFILLED] = True
+        if when is not None:
+            data[f.DEADLINE] = when
+        inline, chunks = split_roster(expected_players or ())
+        if expected_players is not None and inline is not None:
+            data[f.ROSTER] = inline
+        elif chunks:
+            data[f.ROSTER_CHUNKS] = len(chunks)
         # The call's id, stored with the batch: when the answer to the create is lost,
         # the retry's ALREADY_EXISTS is this call's own write, not someone else's.
         data[f.CREATED_BY] = call_id = new_write_id()
         ref = self._writer.batch_ref(batch_id)
+
+        async def create() -> None:
+            write = self._client.batch()  # the batch and its roster chunks, atomically
+            write.create(ref, data)
+            for index, chunk in enumerate(chunks):
+                write.set(
+                    roster_ref(self._writer, batch_id, index), {f.ROSTER_CHUNK_PLAYERS: chunk}
+                )
+            await write.commit(retry=None)
+
         try:
-            await self._retrying(
-                lambda: ref.create(data, retry=None), f"creating batch {batch_id!r}"
-            )
+            await self._retrying(create, f"creating batch {batch_id!r}")
             created = True
         except gexc.Conflict:
             snap = await self._retrying(
@@ -404,7 +475,9 @@ class AsyncBatchStateManager:
                     f"batch {batch_id!r} already exists with "
                     f"expected_count={existing.get(f.EXPECTED_COUNT)}, not {count}"
                 ) from None
-        self._remember_expected(batch_id, count)
+        if created:
+            roster = None if expected_players is None else frozenset(expected_players)
+            self._infos.remember(batch_id, BatchInfo(count, roster, when))
         if data.get(f.COMPLETIONS_BACKFILLED) and created:
             self._writer.remember_backfilled(batch_id)
         return created
@@ -450,28 +523,179 @@ class AsyncBatchStateManager:
     async def get_progress(self, batch_id: str, *, include_players: bool = True) -> BatchProgress:
         """Read a batch's progress from the structure this mode reads.
 
+        A batch whose deadline has passed is expired first.
+
         Args:
             batch_id: The batch.
-            include_players: Also list the recorded players (streams the
-                subcollection in subcollection-read modes).
+            include_players: Also list the recorded and the missing players. For a
+                batch with a roster of up to 1,000 players in a subcollection-read
+                mode this is one point read per roster player (one RPC); beyond, or
+                without a roster, it lists every completion document's id.
 
         Raises:
             BatchNotFoundError: No such batch.
         """
         validate_id("batch id", batch_id)
         ref = self._writer.batch_ref(batch_id)
-        snap = await self._retrying(lambda: ref.get(retry=None), f"reading batch {batch_id!r}")
-        if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
-        progress = progress_from(batch_id, self.mode, snap.to_dict() or {})
-        if include_players and self.mode.reads_subcollection:
+        for _ in range(2):
+            snap = await self._retrying(lambda: ref.get(retry=None), f"reading batch {batch_id!r}")
+            if not snap.exists:
+                raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
+            data = snap.to_dict() or {}
+            progress = progress_from(batch_id, self.mode, data)
+            if not (progress.deadline and not progress.is_terminal and _now() >= progress.deadline):
+                break
+            await self._expire_overdue(batch_id)
+        if not include_players:
+            return dataclasses.replace(progress, completed_players=(), missing_players=())
+        info = await self._infos.get(batch_id)
+        if info.roster is not None:
+            recorded = await self._retrying(
+                lambda: recorded_players(
+                    self._client, self._writer, self.mode, batch_id, info.roster, data
+                ),
+                f"listing batch {batch_id!r}",
+            )
+            return dataclasses.replace(
+                progress,
+                completed_players=tuple(sorted(recorded)),
+                missing_players=tuple(sorted(info.roster - recorded)),
+            )
+        if self.mode.reads_subcollection:
             players = await self._retrying(
                 lambda: self._subcollection_players(batch_id), f"listing batch {batch_id!r}"
             )
             progress = dataclasses.replace(progress, completed_players=players)
-        elif not include_players:
-            progress = dataclasses.replace(progress, completed_players=())
         return progress
+
+    async def expire(self, batch_id: str, *, reason: str | None = None) -> bool:
+        """Move an unfinished batch to the terminal status ``expired``, exactly once.
+
+        Stores the reason and (with a roster) the missing players, at most 1,000 of
+        them (``missing_count`` has them all). Across processes exactly one call
+        returns True, and it runs ``on_expired`` (owed durably like ``on_complete``).
+        A batch whose every completion is already recorded completes instead (an
+        expiry racing the last completion ends in exactly one terminal status).
+        Completions arriving afterwards are stored and counted, answered ``LATE``,
+        and never finalise the batch.
+
+        Returns:
+            True for the one call that expired the batch.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        validate_id("batch id", batch_id)
+        info = await self._infos.get(batch_id)
+        why = reason if reason is not None else "expired"
+
+        async def fields(progress: BatchProgress, data: dict[str, Any]) -> dict[str, Any]:
+            missing: list[str] = []
+            if info.roster is not None:
+                recorded = await recorded_players(
+                    self._client, self._writer, self.mode, batch_id, info.roster, data
+                )
+                missing = sorted(info.roster - recorded)
+            return {
+                f.EXPIRED_REASON: why,
+                f.MISSING_PLAYERS: missing[: f.MISSING_KEPT],
+                f.MISSING_COUNT: progress.remaining,
+            }
+
+        finished, _ = await self._finaliser.finish(batch_id, f.STATUS_EXPIRED, fields)
+        if finished is None:
+            # Complete but not flipped, or finished already: never two terminal statuses.
+            await self.finalize(batch_id)
+            return False
+        info.terminal = True
+        await self._finaliser.notify(batch_id, finished)
+        return True
+
+    async def list_batches(
+        self,
+        *,
+        status: str | None = None,
+        created_before: dt.datetime | None = None,
+        limit: int | None = None,
+        page_size: int = 300,
+    ) -> AsyncIterator[BatchProgress]:
+        """The batches of this collection, as progress without players, oldest id first.
+
+        Single-field queries only (no composite index to deploy): by ``status``
+        (``created_before`` then filtered here), else by ``created_at``.
+
+        Args:
+            status: Only batches with this status (``in_progress``, ``complete``,
+                ``expired``).
+            created_before: Only batches created before this aware datetime.
+            limit: Yield at most this many.
+            page_size: Documents per query page.
+
+        Raises:
+            InvalidInputError: ``limit`` or ``page_size`` below 1, a naive datetime.
+        """
+        if (limit is not None and limit < 1) or page_size < 1:
+            raise InvalidInputError("limit and page_size must be >= 1")
+        if created_before is not None and created_before.tzinfo is None:
+            raise InvalidInputError("created_before must be an aware datetime (e.g. UTC)")
+        fields = [
+            f.EXPECTED_COUNT,
+            f.STATUS,
+            f.COMPLETED_COUNT,
+            f.TOTAL_PREDICTIONS,
+            f.TOTAL_PREDICTIONS_SUBCOLL,
+            f.FINALISED_BY,
+            f.DEADLINE,
+            f.CREATED_AT,
+            f.COMPLETED_AT,
+            f.EXPIRED_REASON,
+            f.MISSING_PLAYERS,
+        ]
+        if self.mode is MigrationMode.LEGACY:  # no counter: the array is the count
+            fields.append(f.COMPLETED_PLAYERS)
+        base = self._client.collection(self._layout.collection)
+        if status is not None:
+            query = base.where(filter=FieldFilter(f.STATUS, "==", status))
+        elif created_before is not None:
+            query = base.where(filter=FieldFilter(f.CREATED_AT, "<", created_before)).order_by(
+                f.CREATED_AT
+            )
+        else:
+            query = base.order_by(FieldPath.document_id())
+        query = query.select(fields).limit(page_size)
+        yielded = 0
+        last = None
+        while True:
+            page = query if last is None else query.start_after(last)
+            snaps: list[Any] = await self._retrying(
+                partial(page.get, retry=None), "listing batches"
+            )
+            for snap in snaps:
+                progress = progress_from(snap.id, self.mode, snap.to_dict() or {})
+                created = progress.created_at
+                if created_before is not None and (created is None or created >= created_before):
+                    continue
+                yield dataclasses.replace(progress, completed_players=())
+                yielded += 1
+                if limit is not None and yielded >= limit:
+                    return
+            if len(snaps) < page_size:
+                return
+            last = snaps[-1]
+
+    def stalled(self, older_than: dt.timedelta | float) -> AsyncIterator[BatchProgress]:
+        """In-progress batches created more than ``older_than`` ago (seconds or a timedelta).
+
+        Raises:
+            InvalidInputError: A negative age.
+        """
+        age = (
+            older_than if isinstance(older_than, dt.timedelta) else dt.timedelta(seconds=older_than)
+        )
+        if age < dt.timedelta(0):
+            raise InvalidInputError("older_than must be >= 0")
+        return self.list_batches(status=f.STATUS_IN_PROGRESS, created_before=_now() - age)
 
     async def validate(self, batch_id: str) -> ConsistencyReport:
         """Compare the batch's legacy array with its completions subcollection.
@@ -518,13 +742,14 @@ class AsyncBatchStateManager:
     async def wait_until_complete(
         self, batch_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
     ) -> BatchProgress:
-        """Wait until the batch is finalised and return its final progress.
+        """Wait until the batch is finished (complete or expired); its final progress.
 
-        Wakes at once when this process finalises the batch, and polls otherwise
-        (another process may finalise it). If every completion is recorded but
-        nobody finalised (the finaliser crashed), this call finalises it; an owed
-        ``on_complete`` whose lease expired runs here too. Nothing about the
-        batch is kept once the call returns.
+        Wakes at once when this process finishes the batch, and polls otherwise
+        (another process may finish it). If every completion is recorded but
+        nobody finalised (the finaliser crashed), this call finalises it; if its
+        deadline passed, it expires it; an owed callback whose lease expired runs
+        here too. An expired batch's progress is returned, not waited on.
+        Nothing about the batch is kept once the call returns.
 
         Raises:
             BatchNotFoundError: No such batch.
@@ -538,10 +763,14 @@ class AsyncBatchStateManager:
                         progress, _ = await self._retrying(
                             lambda: self._finaliser.read(batch_id), f"reading batch {batch_id!r}"
                         )
-                        if progress.is_complete and not progress.is_finalised:
-                            await self.finalize(batch_id)
+                        overdue = progress.deadline is not None and _now() >= progress.deadline
+                        if not progress.is_terminal and (progress.is_complete or overdue):
+                            if progress.is_complete:
+                                await self.finalize(batch_id)
+                            else:
+                                await self._expire_overdue(batch_id)
                             progress, _ = await self._finaliser.read(batch_id)
-                        if progress.is_finalised:
+                        if progress.is_terminal:
                             await self._deliver_owed(batch_id)
                             return await self.get_progress(batch_id)
                         try:
@@ -602,14 +831,21 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         self._validate_player(player)
         count = validate_count("predictions_count", predictions_count)
+        info = await self._infos.get(batch_id)  # cached per batch: one read at most
+        if info.roster is not None and player not in info.roster:
+            raise UnexpectedPlayerError(
+                f"player {player!r} is not in the roster of batch {batch_id!r}; nothing written"
+            )
         # Increment saturates at 2**63 - 1 instead of failing: refuse a count that
-        # could take the batch's total there (cached per batch; one read at most).
-        expected = await self._expected_count(batch_id)
-        if count > f.MAX_COUNT // max(expected, 1):
+        # could take the batch's total there.
+        most = f.MAX_COUNT // max(info.expected, 1)
+        if count > most:
             raise InvalidCountError(
                 f"predictions_count {count} could overflow the 64-bit total of batch "
-                f"{batch_id!r} ({expected} completions of at most {f.MAX_COUNT // expected})"
+                f"{batch_id!r} ({info.expected} completions of at most {most})"
             )
+        if info.deadline is not None and not info.terminal and _now() >= info.deadline:
+            await self._expire_overdue(batch_id)
         wait = self._retry.deadline if timeout is None else timeout
         lane = self._lane(batch_id)
         pending = Pending(Completion(player, count), deadline=started + wait)
@@ -832,18 +1068,20 @@ class AsyncBatchStateManager:
         elif waiting and batch_id in self._untold:
             self._untold.discard(batch_id)
             completer = waiting[-1]
+        new_status = CompletionStatus.LATE if outcome.late else CompletionStatus.RECORDED
         for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
             if pending.future.done():
                 continue
             if is_new:
                 self._recorder.recorded += 1
+                self._recorder.late += outcome.late
             else:
                 self._recorder.duplicates += 1
             pending.resolve(
                 CompletionResult(
                     batch_id,
                     pending.completion.player,
-                    CompletionStatus.RECORDED if is_new else CompletionStatus.DUPLICATE,
+                    new_status if is_new else CompletionStatus.DUPLICATE,
                     batch_completed=index == completer,
                     attempts=attempts,
                     group_size=len(group),
@@ -886,26 +1124,12 @@ class AsyncBatchStateManager:
             pending.fail(error)
 
     async def _expected_count(self, batch_id: str) -> int:
-        expected = self._expected.get(batch_id)
-        if expected is None:
-            ref = self._writer.batch_ref(batch_id)
-            snap = await self._retrying(
-                lambda: ref.get(field_paths=[f.EXPECTED_COUNT], retry=None),
-                f"reading batch {batch_id!r}",
-            )
-            if not snap.exists:
-                raise BatchNotFoundError(
-                    f"batch {batch_id!r} does not exist in {self._layout.collection!r}; "
-                    "call create_batch first"
-                )
-            expected = int((snap.to_dict() or {}).get(f.EXPECTED_COUNT, 0))
-            self._remember_expected(batch_id, expected)
-        return expected
+        return (await self._infos.get(batch_id)).expected
 
-    def _remember_expected(self, batch_id: str, expected: int) -> None:
-        if len(self._expected) >= 10_000:  # bounded: a long-lived coordinator sees many batches
-            self._expected.clear()
-        self._expected[batch_id] = expected
+    async def _expire_overdue(self, batch_id: str) -> None:
+        """Expire a batch whose deadline passed (once per process: then it is terminal)."""
+        await self.expire(batch_id, reason="deadline passed")
+        (await self._infos.get(batch_id)).terminal = True
 
     async def _subcollection_players(self, batch_id: str) -> tuple[str, ...]:
         query = (
