@@ -176,7 +176,7 @@ async def drive(
     aborts.subtract(before.aborts)
     load.aborts = {k: v for k, v in aborts.items() if v}
     load.duplicates = costs.duplicates - before.duplicates
-    load.rpcs = rpcs.counts
+    load.rpcs = {k: v for k, v in sorted(rpcs.counts.items()) if v}
     return load
 
 

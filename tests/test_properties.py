@@ -40,6 +40,12 @@ SETTINGS = settings(
 )
 WRITTEN_FIELDS = {
     "status",
+    "finalised_by",
+    "expired_flag",
+    "callback_owed",
+    "callback_claimed_by",
+    "callback_claimed_at",
+    "callback_done_at",
     "completed_at",
     "updated_at",
     "last_updated",

@@ -166,7 +166,7 @@ def test_invalid_policies_are_configuration_errors() -> None:
 
 def test_aimd_halves_on_contention_and_grows_back_slowly() -> None:
     """Multiplicative decrease to the floor, additive increase to the ceiling."""
-    limit = AdaptiveLimit(8)
+    limit = AdaptiveLimit(8, initial=8)
     assert 8 == limit.limit
     limit.on_contention()
     assert 4 == limit.limit
@@ -179,3 +179,39 @@ def test_aimd_halves_on_contention_and_grows_back_slowly() -> None:
     for _ in range(200):
         limit.on_success()
     assert 8 == limit.limit
+
+
+def test_adaptive_limit_starts_low_and_grows_while_latency_stays_at_its_floor() -> None:
+    """No contention, steady latency (a slow link): the limit climbs to its maximum."""
+    limit = AdaptiveLimit(16)
+    assert 2 == limit.limit
+    for _ in range(400):
+        limit.on_success(0.014)
+    assert 16 == limit.limit
+    assert 0.014 == pytest.approx(limit.latency_floor)
+
+
+def test_adaptive_limit_shrinks_when_latency_rises_past_its_floor() -> None:
+    """Commits slowing to several times their floor (queueing) shrink the limit, not grow it."""
+    limit = AdaptiveLimit(16, initial=16)
+    limit.on_success(0.010)
+    for _ in range(10):
+        limit.on_success(0.100)
+    assert 5 == limit.limit  # 16 * 0.9**10 = 5.6
+
+
+def test_adaptive_limit_shrinks_on_every_contention_signal() -> None:
+    """ABORTED and RESOURCE_EXHAUSTED (both reported as contention) halve the limit."""
+    limit = AdaptiveLimit(16, initial=16)
+    limit.on_contention()
+    limit.on_contention()
+    assert 4 == limit.limit
+
+
+def test_adaptive_limit_rejects_bad_bounds() -> None:
+    """Initial outside [minimum, maximum] and a tolerance <= 1 are configuration errors."""
+    from async_batchstate import ConfigurationError
+
+    for kwargs in ({"initial": 0}, {"initial": 9}, {"tolerance": 1.0}):
+        with pytest.raises(ConfigurationError):
+            AdaptiveLimit(8, **kwargs)  # type: ignore[arg-type]

@@ -19,11 +19,13 @@ from ._errors import (
     LegacyArrayLimitError,
     ManagerClosedError,
     RetryExhaustedError,
+    UnexpectedPlayerError,
     WriteFailedError,
 )
+from ._finaliser import OnComplete
 from ._layout import Layout
 from ._limits import AdaptiveLimit
-from ._manager import AsyncBatchStateManager, OnComplete
+from ._manager import AsyncBatchStateManager
 from ._metrics import (
     AttemptFailed,
     BatchFinalised,
@@ -105,6 +107,7 @@ __all__ = [
     "Stats",
     "StatusSummary",
     "SystemClock",
+    "UnexpectedPlayerError",
     "VerifySummary",
     "WriteFailedError",
     "__version__",

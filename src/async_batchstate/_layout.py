@@ -31,12 +31,48 @@ TOTAL_PREDICTIONS_SUBCOLL = "total_predictions_subcoll"
 # deleted by every LEGACY-mode write. Writers in the dual modes trust it to skip
 # reading the array in their transaction.
 COMPLETIONS_BACKFILLED = "completions_backfilled"
+# Who wrote what, so an outcome whose answer was lost is decided by what is stored
+# (a retry finds its own id: "this call wrote it") and never by error text.
+CREATED_BY = "created_by"  # create_batch's call id
+FINALISED_BY = "finalised_by"  # the finalising call's id; the callbacks' idempotency key
+RECENT_WRITES = "recent_writes"  # LEGACY: ids of the last groups committed (no completion docs)
+RECENT_WRITES_KEPT = 100
+# The owed completion callback (durable): set with the flip, cleared when it returned.
+CALLBACK_OWED = "callback_owed"
+CALLBACK_CLAIMED_BY = "callback_claimed_by"
+CALLBACK_CLAIMED_AT = "callback_claimed_at"
+CALLBACK_DONE_AT = "callback_done_at"
 # Fields of a completion document.
 PLAYER_LOOKUP = "player_lookup"
 PREDICTIONS_COUNT = "predictions_count"
+WRITE_ID = "write_id"  # the id of the group write that created it
 
 STATUS_IN_PROGRESS = "in_progress"
 STATUS_COMPLETE = "complete"
+STATUS_EXPIRED = "expired"
+TERMINAL_STATUSES = frozenset({STATUS_COMPLETE, STATUS_EXPIRED})
+
+# The roster (create_batch(expected_players=...)): inline in the batch document up
+# to ROSTER_INLINE_BYTES (out of the ~48 KB a legacy batch keeps free beside its
+# array and map), else in chunk documents {batch}/{roster}/{index}.
+ROSTER = "roster"  # inline: [player, ...]
+ROSTER_CHUNKS = "roster_chunks"  # chunked: how many chunk documents
+ROSTER_CHUNK_PLAYERS = "players"  # field of a chunk document
+ROSTER_INLINE_BYTES = 16 * 1024
+ROSTER_CHUNK_BYTES = 512 * 1024
+ROSTER_CHUNK_MAX = 10_000  # players per chunk (index entries: well under 40,000)
+# Deadlines and expiry.
+DEADLINE = "deadline"
+EXPIRED_REASON = "expired_reason"
+MISSING_PLAYERS = "missing_players"  # stored at expiry, at most MISSING_KEPT of them
+MISSING_COUNT = "missing_count"
+MISSING_KEPT = 1_000
+# Every group write applies Increment(0) to this field: the transform's result says,
+# atomically with the write, whether the batch had expired (0: no, 1: yes), so a late
+# completion is told LATE without an extra read.
+EXPIRED_FLAG = "expired_flag"
+# Retention: a Firestore TTL policy on this field deletes finished batches' documents.
+EXPIRE_AT = "expire_at"
 
 MAX_ID_BYTES = 1500
 MAX_FIELD_PATH_BYTES = 1500

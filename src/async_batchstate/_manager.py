@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
+import datetime as dt
 import logging
+import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction
+from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from . import _layout as f
@@ -38,15 +40,17 @@ from ._errors import (
     ConfigurationError,
     DuplicatePlayerError,
     InvalidCountError,
+    InvalidInputError,
     LegacyArrayLimitError,
     ManagerClosedError,
+    UnexpectedPlayerError,
     WriteFailedError,
 )
+from ._finaliser import Finaliser, OnComplete, progress_from
 from ._layout import Layout, validate_count, validate_id, validate_legacy_key
 from ._limits import AdaptiveLimit, make_rate_limiter
 from ._metrics import (
     AttemptFailed,
-    BatchFinalised,
     GroupCommitted,
     GroupFailed,
     Hook,
@@ -55,22 +59,56 @@ from ._metrics import (
 )
 from ._otel import completion_span
 from ._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
+from ._roster import BatchInfo, BatchInfoCache, recorded_players, roster_ref, split_roster
 from ._types import BatchProgress, CompletionResult, CompletionStatus
-from ._writer import Completion, FaultInjector, GroupOutcome, GroupWriter
+from ._writer import (
+    Completion,
+    FaultInjector,
+    GroupOutcome,
+    GroupState,
+    GroupWriter,
+    WritePath,
+    new_write_id,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 logger = logging.getLogger("async_batchstate")
 
-OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
-"""``on_complete(batch_id, progress)``: sync or async, called once per finalised batch."""
-
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
 MAX_GROUP_SIZE = 1500
 """Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
 _LEGACY_MAX_BYTES = 1_048_576 - 48_576
 """Bytes of a batch document the legacy array and map may take (the rest: other fields)."""
+
+
+def _now() -> dt.datetime:
+    """Wall-clock now, UTC: deadlines are instants shared by every process."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _retention(value: dt.timedelta | float | None) -> dt.timedelta | None:
+    if value is None:
+        return None
+    delta = value if isinstance(value, dt.timedelta) else dt.timedelta(seconds=value)
+    if delta <= dt.timedelta(0):
+        raise ConfigurationError("retain_for must be a positive duration")
+    return delta
+
+
+def _absolute(deadline: dt.datetime | dt.timedelta | None) -> dt.datetime | None:
+    if deadline is None:
+        return None
+    if isinstance(deadline, dt.timedelta):
+        return _now() + deadline
+    if isinstance(deadline, dt.datetime):
+        if deadline.tzinfo is None:
+            raise InvalidInputError("deadline must be an aware datetime (e.g. UTC) or a timedelta")
+        return deadline
+    raise InvalidInputError(
+        f"deadline must be a datetime or a timedelta, not {type(deadline).__name__}"
+    )
 
 
 class AsyncBatchStateManager:
@@ -88,21 +126,41 @@ class AsyncBatchStateManager:
         completions_subcollection: Name of each batch's completions subcollection.
         mode: Migration mode; ``None`` reads it from the environment flags
             (``MigrationMode.from_env``).
-        coalesce: Group concurrent completions of one batch into one transaction.
-            ``False`` runs one transaction per completion (for comparison).
-        max_group_size: Most completions per transaction (default 250, at most 1,500:
+        write_path: ``"auto"`` (default): each group is ONE lock-free Commit
+            wherever completion documents are the guard (every mode that writes
+            the subcollection, on batches that need no legacy read), a transaction
+            elsewhere (LEGACY; a dual-write batch not yet backfilled).
+            ``"transaction"``: every group through ``async_transactional``.
+        coalesce: Group concurrent completions of one batch into one write.
+            ``False`` writes each completion alone (for comparison).
+        max_group_size: Most completions per write (default 250, at most 1,500:
             a group is one request, under Firestore's 10 MiB even with 1,500-byte ids).
-        max_in_flight_per_batch: Most transactions per batch in flight in this
-            process; the adaptive limit moves below it under contention. Default
-            2 with coalescing, 32 without, 1 in LEGACY mode.
+        max_in_flight_per_batch: Most writes per batch in flight in this process.
+            The adaptive limit starts at 2 and moves between 1 and this bound:
+            up while commits succeed without contention and their latency stays
+            near its floor, down on ABORTED, RESOURCE_EXHAUSTED or rising latency.
+            Default 16 on the lock-free path, 2 with transactions, 32 without
+            coalescing, 1 in LEGACY mode (its transactions read the hot document).
         linger: Seconds a lane waits before taking a group, to let more completions
             join it. 0 (default) adds no latency: groups form from what queued
             while the previous write was in flight.
         retry: Backoff, attempts, deadline and per-attempt timeout.
-        rate_limit: Most transaction attempts per second for the whole manager
+        rate_limit: Most write attempts per second for the whole manager
             (aiolimiter leaky bucket: an idle limiter admits a burst of
-            ``rate_limit`` attempts, then ``rate_limit`` per second). None: unlimited.
-        on_complete: Called exactly once per batch this process finalises.
+            ``rate_limit`` attempts, then ``rate_limit`` per second; below 1, one
+            attempt every ``1 / rate_limit`` seconds). None: unlimited.
+        on_complete: Called for each batch this manager finalises, after the flip;
+            at least once per batch across processes: a callback cut short (crash,
+            shutdown, exception) stays owed in the batch document and runs again
+            in the next manager that touches the batch after ``callback_lease``.
+            Deduplicate on ``progress.finalisation_key``.
+        on_expired: ``on_expired(batch_id, progress)``, run when this manager expires
+            a batch (``expire`` or a passed deadline); owed durably like ``on_complete``.
+        callback_lease: Seconds an owed callback is left to the process running it
+            before another may run it (default 60).
+        retain_for: Stamp finished batches (and their completion and roster
+            documents) with ``expire_at = finish time + retain_for`` for a Firestore
+            TTL policy on ``expire_at`` (see README). None (default): no stamp.
         hooks: Receive every ``Event`` (attempts failed, groups committed, finalisations).
         legacy_array_limit: Most players a batch may hold in a mode that writes
             the legacy array (each player costs 3 of a document's 40,000 index
@@ -133,6 +191,7 @@ class AsyncBatchStateManager:
         collection: str = "prediction_batches",
         completions_subcollection: str = "completions",
         mode: MigrationMode | None = None,
+        write_path: WritePath = "auto",
         coalesce: bool = True,
         max_group_size: int = 250,
         max_in_flight_per_batch: int | None = None,
@@ -140,6 +199,9 @@ class AsyncBatchStateManager:
         retry: RetryPolicy | None = None,
         rate_limit: float | None = None,
         on_complete: OnComplete | None = None,
+        on_expired: OnComplete | None = None,
+        callback_lease: float = 60.0,
+        retain_for: dt.timedelta | float | None = None,
         hooks: Iterable[Hook] = (),
         legacy_array_limit: int = 12_000,
         legacy_array_warn_ratio: float = 0.8,
@@ -163,29 +225,55 @@ class AsyncBatchStateManager:
             raise ConfigurationError("linger must be >= 0 seconds")
         if legacy_array_limit < 1 or not 0.0 < legacy_array_warn_ratio <= 1.0:
             raise ConfigurationError("need legacy_array_limit >= 1 and 0 < warn ratio <= 1")
+        if write_path not in ("auto", "transaction"):
+            raise ConfigurationError(
+                f"write_path must be 'auto' or 'transaction', not {write_path!r}"
+            )
+        if not (isinstance(callback_lease, int | float) and math.isfinite(callback_lease)):
+            raise ConfigurationError("callback_lease must be a finite number of seconds")
+        if callback_lease <= 0:
+            raise ConfigurationError("callback_lease must be > 0 seconds")
         self._group_size = max_group_size if coalesce else 1
-        # LEGACY transactions read the hot batch document, so two of ours in flight
-        # would wait on each other's locks.
-        default_in_flight = 1 if self.mode is MigrationMode.LEGACY else 2 if coalesce else 32
-        self._max_in_flight = max_in_flight_per_batch or default_in_flight
+        if self.mode is MigrationMode.LEGACY:
+            # LEGACY transactions read the hot batch document, so two of ours in flight
+            # would wait on each other's locks.
+            default_in_flight = 1
+        elif not coalesce:
+            default_in_flight = 32
+        else:
+            default_in_flight = 16 if write_path == "auto" else 2
+        self._max_in_flight = (
+            default_in_flight if max_in_flight_per_batch is None else max_in_flight_per_batch
+        )
         if self._max_in_flight < 1:
             raise ConfigurationError("max_in_flight_per_batch must be >= 1")
         self._linger = linger
         self._retry = retry or RetryPolicy()
         self._rate = make_rate_limiter(rate_limit)
-        self._on_complete = on_complete
         self._legacy_limit = legacy_array_limit
         self._legacy_warn = int(legacy_array_limit * legacy_array_warn_ratio)
         self._legacy_warn_ratio = legacy_array_warn_ratio
-        self._clock = clock
         self._rng = rng or random.Random()
-        self._writer = GroupWriter(client, self._layout, self.mode, fault_injector)
+        self._clock = clock
+        self._writer = GroupWriter(client, self._layout, self.mode, fault_injector, write_path)
         self._recorder = Recorder(tuple(hooks))
+        self._finaliser = Finaliser(
+            client,
+            self._writer,
+            self.mode,
+            retry=self._retry,
+            clock=clock,
+            rng=self._rng,
+            recorder=self._recorder,
+            on_complete=on_complete,
+            callback_lease=float(callback_lease),
+            on_expired=on_expired,
+            retain_for=_retention(retain_for),
+        )
         self._lanes: dict[str, Lane] = {}
-        self._finalised_events: dict[str, asyncio.Event] = {}
         self._untold: set[str] = set()
         """Batches this process finalised while the finalising caller had stopped waiting."""
-        self._expected: dict[str, int] = {}
+        self._infos = BatchInfoCache(client, self._writer, self._retrying)
         self._closed = False
         self._validator = SampledValidator(
             client,
@@ -268,12 +356,23 @@ class AsyncBatchStateManager:
         *,
         expected_players: Sequence[str] | None = None,
         expected_count: int | None = None,
+        deadline: dt.datetime | dt.timedelta | None = None,
     ) -> bool:
-        """Create the batch document with its expected number of completions.
+        """Create the batch document with its expected completions.
 
-        Give exactly one of ``expected_players`` or ``expected_count``. Creating a
-        batch that exists with the same expected count is a no-op (so a restarted
-        coordinator may call it again).
+        Give exactly one of ``expected_players`` (the roster: a completion for a
+        player outside it is refused with ``UnexpectedPlayerError``, and
+        ``BatchProgress.missing_players`` names who is missing) or
+        ``expected_count``. Creating a batch that exists with the same expected
+        count is a no-op (so a restarted coordinator may call it again).
+
+        Args:
+            batch_id: The batch id (a Firestore document id).
+            expected_players: The players expected to complete (the roster).
+            expected_count: How many completions complete the batch (no roster).
+            deadline: When the batch expires if unfinished: an aware datetime, or a
+                timedelta from now. Once past, the next completion, progress read,
+                wait or ``expire`` moves it to ``expired``.
 
         Returns:
             True if this call created the batch, False if it already existed.
@@ -282,11 +381,13 @@ class AsyncBatchStateManager:
             InvalidIdError: A batch or player id Firestore cannot store.
             DuplicatePlayerError: ``expected_players`` repeats a player.
             InvalidCountError: ``expected_count`` not a positive int.
+            InvalidInputError: ``deadline`` is not an aware datetime or a timedelta.
             LegacyArrayLimitError: Too many players for the legacy array in this mode.
             BatchExistsError: The batch exists with another expected count.
         """
         self._check_open()
         validate_id("batch id", batch_id)
+        when = _absolute(deadline)
         if (expected_players is None) == (expected_count is None):
             raise ConfigurationError("give exactly one of expected_players or expected_count")
         if expected_players is not None:
@@ -338,24 +439,48 @@ class AsyncBatchStateManager:
             data |= {f.COMPLETED_COUNT: 0, f.TOTAL_PREDICTIONS_SUBCOLL: 0}
             if self.mode.writes_legacy:  # born with both structures: nothing to backfill
                 data[f.COMPLETIONS_BACKFILLED] = True
+        if when is not None:
+            data[f.DEADLINE] = when
+        inline, chunks = split_roster(expected_players or ())
+        if expected_players is not None and inline is not None:
+            data[f.ROSTER] = inline
+        elif chunks:
+            data[f.ROSTER_CHUNKS] = len(chunks)
+        # The call's id, stored with the batch: when the answer to the create is lost,
+        # the retry's ALREADY_EXISTS is this call's own write, not someone else's.
+        data[f.CREATED_BY] = call_id = new_write_id()
         ref = self._writer.batch_ref(batch_id)
+
+        async def create() -> None:
+            write = self._client.batch()  # the batch and its roster chunks, atomically
+            write.create(ref, data)
+            for index, chunk in enumerate(chunks):
+                write.set(
+                    roster_ref(self._writer, batch_id, index), {f.ROSTER_CHUNK_PLAYERS: chunk}
+                )
+            await write.commit(retry=None)
+
         try:
-            await self._retrying(lambda: ref.create(data), f"creating batch {batch_id!r}")
-            self._remember_expected(batch_id, count)
-            if data.get(f.COMPLETIONS_BACKFILLED):
-                self._writer.remember_backfilled(batch_id)
-            return True
+            await self._retrying(create, f"creating batch {batch_id!r}")
+            created = True
         except gexc.Conflict:
-            pass
-        snap = await self._retrying(
-            lambda: ref.get(field_paths=[f.EXPECTED_COUNT]), f"reading batch {batch_id!r}"
-        )
-        existing = (snap.to_dict() or {}).get(f.EXPECTED_COUNT)
-        if existing != count:
-            raise BatchExistsError(
-                f"batch {batch_id!r} already exists with expected_count={existing}, not {count}"
+            snap = await self._retrying(
+                lambda: ref.get(field_paths=[f.EXPECTED_COUNT, f.CREATED_BY], retry=None),
+                f"reading batch {batch_id!r}",
             )
-        return False
+            existing = snap.to_dict() or {}
+            created = existing.get(f.CREATED_BY) == call_id
+            if existing.get(f.EXPECTED_COUNT) != count:
+                raise BatchExistsError(
+                    f"batch {batch_id!r} already exists with "
+                    f"expected_count={existing.get(f.EXPECTED_COUNT)}, not {count}"
+                ) from None
+        if created:
+            roster = None if expected_players is None else frozenset(expected_players)
+            self._infos.remember(batch_id, BatchInfo(count, roster, when))
+        if data.get(f.COMPLETIONS_BACKFILLED) and created:
+            self._writer.remember_backfilled(batch_id)
+        return created
 
     async def record_completion(
         self,
@@ -398,28 +523,179 @@ class AsyncBatchStateManager:
     async def get_progress(self, batch_id: str, *, include_players: bool = True) -> BatchProgress:
         """Read a batch's progress from the structure this mode reads.
 
+        A batch whose deadline has passed is expired first.
+
         Args:
             batch_id: The batch.
-            include_players: Also list the recorded players (streams the
-                subcollection in subcollection-read modes).
+            include_players: Also list the recorded and the missing players. For a
+                batch with a roster of up to 1,000 players in a subcollection-read
+                mode this is one point read per roster player (one RPC); beyond, or
+                without a roster, it lists every completion document's id.
 
         Raises:
             BatchNotFoundError: No such batch.
         """
         validate_id("batch id", batch_id)
         ref = self._writer.batch_ref(batch_id)
-        snap = await self._retrying(lambda: ref.get(), f"reading batch {batch_id!r}")
-        if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
-        progress = self._progress(batch_id, snap.to_dict() or {})
-        if include_players and self.mode.reads_subcollection:
+        for _ in range(2):
+            snap = await self._retrying(lambda: ref.get(retry=None), f"reading batch {batch_id!r}")
+            if not snap.exists:
+                raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
+            data = snap.to_dict() or {}
+            progress = progress_from(batch_id, self.mode, data)
+            if not (progress.deadline and not progress.is_terminal and _now() >= progress.deadline):
+                break
+            await self._expire_overdue(batch_id)
+        if not include_players:
+            return dataclasses.replace(progress, completed_players=(), missing_players=())
+        info = await self._infos.get(batch_id)
+        if info.roster is not None:
+            recorded = await self._retrying(
+                lambda: recorded_players(
+                    self._client, self._writer, self.mode, batch_id, info.roster, data
+                ),
+                f"listing batch {batch_id!r}",
+            )
+            return dataclasses.replace(
+                progress,
+                completed_players=tuple(sorted(recorded)),
+                missing_players=tuple(sorted(info.roster - recorded)),
+            )
+        if self.mode.reads_subcollection:
             players = await self._retrying(
                 lambda: self._subcollection_players(batch_id), f"listing batch {batch_id!r}"
             )
             progress = dataclasses.replace(progress, completed_players=players)
-        elif not include_players:
-            progress = dataclasses.replace(progress, completed_players=())
         return progress
+
+    async def expire(self, batch_id: str, *, reason: str | None = None) -> bool:
+        """Move an unfinished batch to the terminal status ``expired``, exactly once.
+
+        Stores the reason and (with a roster) the missing players, at most 1,000 of
+        them (``missing_count`` has them all). Across processes exactly one call
+        returns True, and it runs ``on_expired`` (owed durably like ``on_complete``).
+        A batch whose every completion is already recorded completes instead (an
+        expiry racing the last completion ends in exactly one terminal status).
+        Completions arriving afterwards are stored and counted, answered ``LATE``,
+        and never finalise the batch.
+
+        Returns:
+            True for the one call that expired the batch.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        validate_id("batch id", batch_id)
+        info = await self._infos.get(batch_id)
+        why = reason if reason is not None else "expired"
+
+        async def fields(progress: BatchProgress, data: dict[str, Any]) -> dict[str, Any]:
+            missing: list[str] = []
+            if info.roster is not None:
+                recorded = await recorded_players(
+                    self._client, self._writer, self.mode, batch_id, info.roster, data
+                )
+                missing = sorted(info.roster - recorded)
+            return {
+                f.EXPIRED_REASON: why,
+                f.MISSING_PLAYERS: missing[: f.MISSING_KEPT],
+                f.MISSING_COUNT: progress.remaining,
+            }
+
+        finished, _ = await self._finaliser.finish(batch_id, f.STATUS_EXPIRED, fields)
+        if finished is None:
+            # Complete but not flipped, or finished already: never two terminal statuses.
+            await self.finalize(batch_id)
+            return False
+        info.terminal = True
+        await self._finaliser.notify(batch_id, finished)
+        return True
+
+    async def list_batches(
+        self,
+        *,
+        status: str | None = None,
+        created_before: dt.datetime | None = None,
+        limit: int | None = None,
+        page_size: int = 300,
+    ) -> AsyncIterator[BatchProgress]:
+        """The batches of this collection, as progress without players, oldest id first.
+
+        Single-field queries only (no composite index to deploy): by ``status``
+        (``created_before`` then filtered here), else by ``created_at``.
+
+        Args:
+            status: Only batches with this status (``in_progress``, ``complete``,
+                ``expired``).
+            created_before: Only batches created before this aware datetime.
+            limit: Yield at most this many.
+            page_size: Documents per query page.
+
+        Raises:
+            InvalidInputError: ``limit`` or ``page_size`` below 1, a naive datetime.
+        """
+        if (limit is not None and limit < 1) or page_size < 1:
+            raise InvalidInputError("limit and page_size must be >= 1")
+        if created_before is not None and created_before.tzinfo is None:
+            raise InvalidInputError("created_before must be an aware datetime (e.g. UTC)")
+        fields = [
+            f.EXPECTED_COUNT,
+            f.STATUS,
+            f.COMPLETED_COUNT,
+            f.TOTAL_PREDICTIONS,
+            f.TOTAL_PREDICTIONS_SUBCOLL,
+            f.FINALISED_BY,
+            f.DEADLINE,
+            f.CREATED_AT,
+            f.COMPLETED_AT,
+            f.EXPIRED_REASON,
+            f.MISSING_PLAYERS,
+        ]
+        if self.mode is MigrationMode.LEGACY:  # no counter: the array is the count
+            fields.append(f.COMPLETED_PLAYERS)
+        base = self._client.collection(self._layout.collection)
+        if status is not None:
+            query = base.where(filter=FieldFilter(f.STATUS, "==", status))
+        elif created_before is not None:
+            query = base.where(filter=FieldFilter(f.CREATED_AT, "<", created_before)).order_by(
+                f.CREATED_AT
+            )
+        else:
+            query = base.order_by(FieldPath.document_id())
+        query = query.select(fields).limit(page_size)
+        yielded = 0
+        last = None
+        while True:
+            page = query if last is None else query.start_after(last)
+            snaps: list[Any] = await self._retrying(
+                partial(page.get, retry=None), "listing batches"
+            )
+            for snap in snaps:
+                progress = progress_from(snap.id, self.mode, snap.to_dict() or {})
+                created = progress.created_at
+                if created_before is not None and (created is None or created >= created_before):
+                    continue
+                yield dataclasses.replace(progress, completed_players=())
+                yielded += 1
+                if limit is not None and yielded >= limit:
+                    return
+            if len(snaps) < page_size:
+                return
+            last = snaps[-1]
+
+    def stalled(self, older_than: dt.timedelta | float) -> AsyncIterator[BatchProgress]:
+        """In-progress batches created more than ``older_than`` ago (seconds or a timedelta).
+
+        Raises:
+            InvalidInputError: A negative age.
+        """
+        age = (
+            older_than if isinstance(older_than, dt.timedelta) else dt.timedelta(seconds=older_than)
+        )
+        if age < dt.timedelta(0):
+            raise InvalidInputError("older_than must be >= 0")
+        return self.list_batches(status=f.STATUS_IN_PROGRESS, created_before=_now() - age)
 
     async def validate(self, batch_id: str) -> ConsistencyReport:
         """Compare the batch's legacy array with its completions subcollection.
@@ -466,44 +742,84 @@ class AsyncBatchStateManager:
     async def wait_until_complete(
         self, batch_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
     ) -> BatchProgress:
-        """Wait until the batch is finalised and return its final progress.
+        """Wait until the batch is finished (complete or expired); its final progress.
 
-        Wakes at once when this process finalises the batch, and polls otherwise
-        (another process may finalise it). If every completion is recorded but
-        nobody finalised (the finaliser crashed), this call finalises it.
+        Wakes at once when this process finishes the batch, and polls otherwise
+        (another process may finish it). If every completion is recorded but
+        nobody finalised (the finaliser crashed), this call finalises it; if its
+        deadline passed, it expires it; an owed callback whose lease expired runs
+        here too. An expired batch's progress is returned, not waited on.
+        Nothing about the batch is kept once the call returns.
 
         Raises:
             BatchNotFoundError: No such batch.
             CompletionTimeoutError: ``timeout`` seconds passed first.
         """
-        event = self._finalised_events.setdefault(batch_id, asyncio.Event())
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    progress = await self.get_progress(batch_id, include_players=False)
-                    if progress.is_complete and not progress.is_finalised:
-                        await self.finalize(batch_id)
-                        progress = await self.get_progress(batch_id, include_players=False)
-                    if progress.is_finalised:
-                        return await self.get_progress(batch_id)
-                    try:
-                        async with asyncio.timeout(poll_interval):
-                            await event.wait()
-                    except TimeoutError:
-                        pass
-        except TimeoutError:
-            raise CompletionTimeoutError(
-                f"batch {batch_id!r} was not complete within {timeout}s"
-            ) from None
+        validate_id("batch id", batch_id)
+        with self._finaliser.waiter(batch_id) as event:
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        progress, _ = await self._retrying(
+                            lambda: self._finaliser.read(batch_id), f"reading batch {batch_id!r}"
+                        )
+                        overdue = progress.deadline is not None and _now() >= progress.deadline
+                        if not progress.is_terminal and (progress.is_complete or overdue):
+                            if progress.is_complete:
+                                await self.finalize(batch_id)
+                            else:
+                                await self._expire_overdue(batch_id)
+                            progress, _ = await self._finaliser.read(batch_id)
+                        if progress.is_terminal:
+                            await self._deliver_owed(batch_id)
+                            return await self.get_progress(batch_id)
+                        try:
+                            async with asyncio.timeout(poll_interval):
+                                await event.wait()
+                        except TimeoutError:
+                            pass
+            except TimeoutError:
+                raise CompletionTimeoutError(
+                    f"batch {batch_id!r} was not complete within {timeout}s"
+                ) from None
 
     async def finalize(self, batch_id: str) -> bool:
         """Finalise the batch if every completion is recorded and nobody has yet.
 
         Runs automatically after completions; call it to recover a batch whose
         finaliser crashed. Exactly one call across all processes returns True
-        (and runs ``on_complete``).
+        (and runs ``on_complete``). On a finalised batch it runs an owed
+        ``on_complete`` whose lease expired.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
         """
-        return await self._finalize(batch_id) is not None
+        validate_id("batch id", batch_id)
+        flipped, owed = await self._finaliser.flip(batch_id)
+        if flipped is not None:
+            await self._finaliser.notify(batch_id, flipped)
+            return True
+        if owed:
+            await self._deliver_owed(batch_id)
+        return False
+
+    async def deliver_owed_callbacks(self, batch_id: str) -> bool:
+        """Run ``on_complete`` for a finalised batch whose callback is still owed.
+
+        A callback is owed from the flip until it returns; if the process running
+        it died (or the manager closed first), the callback stays owed. Any
+        manager with an ``on_complete`` may run it once ``callback_lease`` passed.
+
+        Returns:
+            True if this call ran the callback.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        validate_id("batch id", batch_id)
+        return await self._finaliser.deliver_owed(batch_id)
 
     # -- internals -------------------------------------------------------------------
 
@@ -515,6 +831,21 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         self._validate_player(player)
         count = validate_count("predictions_count", predictions_count)
+        info = await self._infos.get(batch_id)  # cached per batch: one read at most
+        if info.roster is not None and player not in info.roster:
+            raise UnexpectedPlayerError(
+                f"player {player!r} is not in the roster of batch {batch_id!r}; nothing written"
+            )
+        # Increment saturates at 2**63 - 1 instead of failing: refuse a count that
+        # could take the batch's total there.
+        most = f.MAX_COUNT // max(info.expected, 1)
+        if count > most:
+            raise InvalidCountError(
+                f"predictions_count {count} could overflow the 64-bit total of batch "
+                f"{batch_id!r} ({info.expected} completions of at most {most})"
+            )
+        if info.deadline is not None and not info.terminal and _now() >= info.deadline:
+            await self._expire_overdue(batch_id)
         wait = self._retry.deadline if timeout is None else timeout
         lane = self._lane(batch_id)
         pending = Pending(Completion(player, count), deadline=started + wait)
@@ -523,19 +854,36 @@ class AsyncBatchStateManager:
             async with asyncio.timeout(wait):
                 result = await asyncio.shield(pending.future)
         except TimeoutError:
-            lane.withdraw(pending)
-            pending.future.cancel()
-            self._recorder.failed += 1
-            raise CompletionTimeoutError(
-                f"no confirmation for player {player!r} of batch {batch_id!r} within {wait}s; "
-                "it was recorded whole or not at all: record it again to be sure"
-            ) from None
+            arrived = self._settle(lane, pending)
+            if arrived is None:
+                self._recorder.failed += 1
+                raise CompletionTimeoutError(
+                    f"no confirmation for player {player!r} of batch {batch_id!r} within "
+                    f"{wait}s; it was recorded whole or not at all: record it again to be sure"
+                ) from None
+            result = arrived  # the answer came in the very turn the timeout fired
         except asyncio.CancelledError:
-            lane.withdraw(pending)
-            pending.future.cancel()
+            arrived = self._settle(lane, pending)
+            if arrived is not None and arrived.batch_completed:
+                self._hand_over(batch_id)  # never lost: the batch's next caller is told
             raise
         self._recorder.latencies.append(self._clock.monotonic() - started)
         return result
+
+    @staticmethod
+    def _settle(lane: Lane, pending: Pending) -> CompletionResult | None:
+        """Stop waiting for ``pending``; its result if one arrived meanwhile."""
+        future = pending.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
+        lane.withdraw(pending)
+        future.cancel()
+        return None
+
+    def _hand_over(self, batch_id: str) -> None:
+        if len(self._untold) >= 10_000:  # bounded: a long-lived coordinator sees many batches
+            self._untold.clear()
+        self._untold.add(batch_id)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -571,8 +919,33 @@ class AsyncBatchStateManager:
         )
         return result
 
-    async def _run_group(self, batch_id: str, group: list[Pending], limit: AdaptiveLimit) -> None:
-        """Write one group with retries and give every member its own outcome."""
+    async def _run_group(
+        self,
+        batch_id: str,
+        group: list[Pending],
+        limit: AdaptiveLimit,
+        state: GroupState | None = None,
+    ) -> None:
+        """Write one group with retries and give every member its own outcome.
+
+        Whatever happens (a cancellation included), every member's caller gets
+        its result or an error before this returns.
+        """
+        try:
+            await self._write_group(batch_id, group, limit, state or GroupState())
+        finally:
+            self._fail(
+                batch_id,
+                [p for p in group if not p.future.done()],
+                ManagerClosedError(
+                    "the manager closed while this completion was being written; it was "
+                    "recorded whole or not at all: record it again to be sure"
+                ),
+            )
+
+    async def _write_group(
+        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
+    ) -> None:
         completions = [p.completion for p in group]
         started = self._clock.monotonic()
         budget = max(p.deadline for p in group) - started
@@ -581,7 +954,10 @@ class AsyncBatchStateManager:
             self._recorder.attempts += 1
             if self._rate is not None:
                 await self._rate.acquire()
-            return await self._writer.write(batch_id, completions)
+            begun = self._clock.monotonic()
+            outcome = await self._writer.write(batch_id, completions, state)
+            limit.on_success(self._clock.monotonic() - begun)
+            return outcome
 
         def on_failure(failure: AttemptFailure) -> None:
             if failure.kind in _CONTENTION:
@@ -620,29 +996,21 @@ class AsyncBatchStateManager:
                 rng=self._rng,
                 on_failure=on_failure,
             )
-        except asyncio.CancelledError:
-            error = ManagerClosedError(
-                "the manager closed while this completion was being written; it was "
-                "recorded whole or not at all: record it again to be sure"
-            )
-            self._fail(batch_id, group, error)
-            raise
         except BatchStateError as exc:
             if isinstance(exc, WriteFailedError) and len(group) > 1:
-                await self._split(batch_id, group, limit)
+                await self._split(batch_id, group, limit, state)
             else:
                 self._fail(batch_id, group, exc)
             return
         except Exception as exc:  # an unexpected error must still reach every caller
             if len(group) > 1:
-                await self._split(batch_id, group, limit)
+                await self._split(batch_id, group, limit, state)
             else:
                 wrapped = WriteFailedError(f"writing to batch {batch_id!r} failed: {exc!r}")
                 wrapped.__cause__ = exc
                 self._fail(batch_id, group, wrapped)
             return
 
-        limit.on_success()
         recorded = outcome.new_count
         self._recorder.emit(
             GroupCommitted(
@@ -654,41 +1022,90 @@ class AsyncBatchStateManager:
                 self._clock.monotonic() - started,
             )
         )
-        completer = await self._after_commit(batch_id, outcome)
-        waiting = [i for i, p in enumerate(group) if not p.future.done()]
-        if completer is not None and group[completer].future.done():
-            # That caller stopped waiting (cancelled or timed out): tell one still
-            # waiting, else the next caller of this batch (e.g. its redelivery).
-            completer = waiting[-1] if waiting else None
-            if completer is None:
-                if len(self._untold) >= 10_000:
-                    self._untold.clear()
-                self._untold.add(batch_id)
-        elif completer is None and waiting and batch_id in self._untold:
-            self._untold.discard(batch_id)
-            completer = waiting[-1]
-        if outcome.new_count:
+        flipped: BatchProgress | None = None
+        owed = False
+        try:
+            flipped, owed = await self._finaliser.after_write(
+                batch_id, outcome, self._expected_count
+            )
+        except Exception:
+            # The completions are committed; a later completion, redelivery,
+            # wait_until_complete() or finalize() finalises the batch.
+            logger.exception(
+                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
+            )
+        finally:
+            # Tell every caller, even when cancelled mid-check: their writes are committed.
+            self._resolve(batch_id, group, outcome, attempts, flipped is not None)
+        if recorded:
             # Sampled per commit, not per completion: a hot batch commits groups of
             # hundreds, and a check per completion would rescan it continuously.
             self._validator.maybe_validate(batch_id)
+        # The callback runs after the callers are told (its latency is not theirs); a
+        # close cuts it after the drain timeout, and then it stays owed.
+        if flipped is not None:
+            await self._finaliser.notify(batch_id, flipped)
+        elif owed:
+            await self._deliver_owed(batch_id)
+
+    def _resolve(
+        self,
+        batch_id: str,
+        group: list[Pending],
+        outcome: GroupOutcome,
+        attempts: int,
+        flipped: bool,
+    ) -> None:
+        """Give each caller its result; ``batch_completed`` to one if this group flipped."""
+        waiting = [i for i, p in enumerate(group) if not p.future.done()]
+        completer: int | None = None
+        if flipped:
+            new = [i for i in waiting if outcome.recorded[i]]
+            candidates = new or waiting
+            completer = candidates[-1] if candidates else None
+            if completer is None:  # every caller stopped waiting: tell the batch's next one
+                self._hand_over(batch_id)
+        elif waiting and batch_id in self._untold:
+            self._untold.discard(batch_id)
+            completer = waiting[-1]
+        new_status = CompletionStatus.LATE if outcome.late else CompletionStatus.RECORDED
         for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
+            if pending.future.done():
+                continue
             if is_new:
                 self._recorder.recorded += 1
+                self._recorder.late += outcome.late
             else:
                 self._recorder.duplicates += 1
             pending.resolve(
                 CompletionResult(
                     batch_id,
                     pending.completion.player,
-                    CompletionStatus.RECORDED if is_new else CompletionStatus.DUPLICATE,
+                    new_status if is_new else CompletionStatus.DUPLICATE,
                     batch_completed=index == completer,
                     attempts=attempts,
                     group_size=len(group),
                 )
             )
 
-    async def _split(self, batch_id: str, group: list[Pending], limit: AdaptiveLimit) -> None:
-        """Retry each member alone, so one bad completion fails only its own caller."""
+    async def _deliver_owed(self, batch_id: str) -> None:
+        try:
+            await self._finaliser.deliver_owed(batch_id)
+        except Exception:
+            logger.exception(
+                "running the owed callback of batch %r failed",
+                batch_id,
+                extra={"batch_id": batch_id},
+            )
+
+    async def _split(
+        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
+    ) -> None:
+        """Retry each member alone, so one bad completion fails only its own caller.
+
+        The members keep the group's write id: one its failed write recorded after
+        all (an answer lost before the failure) is still this caller's RECORDED.
+        """
         logger.warning(
             "a group of %d completions of batch %r failed; retrying each alone",
             len(group),
@@ -696,137 +1113,23 @@ class AsyncBatchStateManager:
             extra={"batch_id": batch_id, "group_size": len(group)},
         )
         for pending in group:
-            await self._run_group(batch_id, [pending], limit)
+            await self._run_group(batch_id, [pending], limit, state)
 
     def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
+        if not group:
+            return
         self._recorder.failed += len(group)
         self._recorder.emit(GroupFailed(batch_id, len(group), error))
         for pending in group:
             pending.fail(error)
 
-    async def _after_commit(self, batch_id: str, outcome: GroupOutcome) -> int | None:
-        """Finalise the batch if this write completed it; the index of the caller to tell.
-
-        A commit that counted something reports the new count, so only the commit
-        that reaches ``expected_count`` reads the batch document. A group of
-        duplicates only (a redelivery) checks by reading: that is how a batch
-        whose finaliser crashed gets finalised by a later redelivery.
-        """
-        try:
-            if outcome.completed_count is not None:
-                expected = await self._expected_count(batch_id)
-                if outcome.completed_count < expected:
-                    return None
-            progress = await self._finalize(batch_id)
-        except Exception:
-            # The completions are committed; a later completion, redelivery,
-            # wait_until_complete() or finalize() finalises the batch.
-            logger.exception(
-                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
-            )
-            return None
-        if progress is None:
-            return None
-        return max((i for i, new in enumerate(outcome.recorded) if new), default=0)
-
     async def _expected_count(self, batch_id: str) -> int:
-        expected = self._expected.get(batch_id)
-        if expected is None:
-            ref = self._writer.batch_ref(batch_id)
-            snap = await self._retrying(
-                lambda: ref.get(field_paths=[f.EXPECTED_COUNT]), f"reading batch {batch_id!r}"
-            )
-            expected = int((snap.to_dict() or {}).get(f.EXPECTED_COUNT, 0))
-            self._remember_expected(batch_id, expected)
-        return expected
+        return (await self._infos.get(batch_id)).expected
 
-    def _remember_expected(self, batch_id: str, expected: int) -> None:
-        if len(self._expected) >= 10_000:  # bounded: a long-lived coordinator sees many batches
-            self._expected.clear()
-        self._expected[batch_id] = expected
-
-    async def _finalize(self, batch_id: str) -> BatchProgress | None:
-        """Flip ``status`` to complete once; the final progress if this call flipped it."""
-        ref = self._writer.batch_ref(batch_id)
-        snap = await self._retrying(
-            lambda: ref.get(field_paths=self._count_fields()), f"reading batch {batch_id!r}"
-        )
-        if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
-        progress = self._progress(batch_id, snap.to_dict() or {}, counter_only=True)
-        if progress.is_finalised or not progress.is_complete:
-            return None
-
-        async def flip(transaction: AsyncTransaction) -> BatchProgress | None:
-            async for current in self._client.get_all([ref], transaction=transaction, retry=None):
-                now = self._progress(batch_id, current.to_dict() or {}, counter_only=True)
-                if now.is_finalised or not now.is_complete:
-                    return None
-                transaction.update(
-                    ref, {f.STATUS: f.STATUS_COMPLETE, f.COMPLETED_AT: SERVER_TIMESTAMP}
-                )
-                return dataclasses.replace(now, status=f.STATUS_COMPLETE)
-            return None
-
-        async def flip_once() -> BatchProgress | None:
-            return (await self._writer.transact(flip))[0]
-
-        flipped: BatchProgress | None = await self._retrying(
-            flip_once, f"finalising batch {batch_id!r}"
-        )
-        if flipped is None:
-            return None
-        logger.info(
-            "batch %r complete",
-            batch_id,
-            extra={"batch_id": batch_id, "completed_count": flipped.completed_count},
-        )
-        self._recorder.emit(BatchFinalised(batch_id, flipped))
-        waiters = self._finalised_events.pop(batch_id, None)  # no entry per finished batch
-        if waiters is not None:
-            waiters.set()
-        if self._on_complete is not None:
-            try:
-                maybe = self._on_complete(batch_id, flipped)
-                if inspect.isawaitable(maybe):
-                    await maybe
-            except Exception:
-                logger.exception(
-                    "on_complete callback failed for batch %r",
-                    batch_id,
-                    extra={"batch_id": batch_id},
-                )
-        return flipped
-
-    def _count_fields(self) -> list[str]:
-        """The fields the completion check needs: the counter, not the whole array."""
-        fields = [f.EXPECTED_COUNT, f.STATUS]
-        if self.mode.writes_subcollection:
-            return [*fields, f.COMPLETED_COUNT, f.TOTAL_PREDICTIONS_SUBCOLL]
-        return [*fields, f.COMPLETED_PLAYERS, f.TOTAL_PREDICTIONS]
-
-    def _progress(
-        self, batch_id: str, data: dict[str, Any], *, counter_only: bool = False
-    ) -> BatchProgress:
-        from_subcollection = (
-            self.mode.writes_subcollection if counter_only else self.mode.reads_subcollection
-        )
-        players: tuple[str, ...] = ()
-        if from_subcollection:
-            completed = int(data.get(f.COMPLETED_COUNT, 0))
-            total = int(data.get(f.TOTAL_PREDICTIONS_SUBCOLL, 0))
-        else:
-            players = tuple(sorted(data.get(f.COMPLETED_PLAYERS, ())))
-            completed = len(players)
-            total = int(data.get(f.TOTAL_PREDICTIONS, 0))
-        return BatchProgress(
-            batch_id=batch_id,
-            expected_count=int(data.get(f.EXPECTED_COUNT, 0)),
-            completed_count=completed,
-            total_predictions=total,
-            status=str(data.get(f.STATUS, f.STATUS_IN_PROGRESS)),
-            completed_players=players,
-        )
+    async def _expire_overdue(self, batch_id: str) -> None:
+        """Expire a batch whose deadline passed (once per process: then it is terminal)."""
+        await self.expire(batch_id, reason="deadline passed")
+        (await self._infos.get(batch_id)).terminal = True
 
     async def _subcollection_players(self, batch_id: str) -> tuple[str, ...]:
         query = (

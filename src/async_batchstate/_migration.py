@@ -32,9 +32,11 @@ batch redone after a crash is harmless.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -48,6 +50,7 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from . import _layout as f
+from ._clock import SYSTEM_CLOCK
 from ._config import MigrationMode
 from ._consistency import (
     ConsistencyReport,
@@ -56,9 +59,11 @@ from ._consistency import (
     validate,
 )
 from ._errors import BatchStateError
+from ._finaliser import Finaliser
 from ._layout import Layout, validate_id
+from ._metrics import Recorder
 from ._retry import RetryPolicy, run_with_retry
-from ._writer import run_transactional
+from ._writer import GroupWriter, run_transactional
 
 __all__ = [
     "COMPLETIONS_BACKFILLED",
@@ -337,6 +342,7 @@ class BatchBackfill:
             ``predictions_by_player``: left alone (no count is invented), to reconcile.
         skipped: Why nothing was considered (no such batch, no legacy array), else None.
         transactions: Transactions committed.
+        finalised: This run completed and finalised the batch.
     """
 
     batch_id: str
@@ -346,6 +352,7 @@ class BatchBackfill:
     unknown_counts: tuple[str, ...] = ()
     skipped: str | None = None
     transactions: int = 0
+    finalised: bool = False
 
 
 @dataclass(frozen=True)
@@ -508,6 +515,8 @@ class BackfillSummary:
         failures: ``(batch_id, error)`` of batches that failed (re-run to retry them).
         resumed_after: The checkpoint's batch id this run started after, if any.
         dry_run: Nothing was written.
+        finalised: Batches this run completed and finalised (their ``on_complete``
+            is owed to the next coordinator that touches them).
     """
 
     batches: int
@@ -518,6 +527,7 @@ class BackfillSummary:
     failures: tuple[tuple[str, str], ...] = ()
     resumed_after: str | None = None
     dry_run: bool = False
+    finalised: int = 0
 
     @property
     def ok(self) -> bool:
@@ -570,7 +580,7 @@ async def backfill(
         if state and not state.get("finished"):
             start_after = state.get("last_done")
     tally = _Tally(await _total(client, layout, batch_ids, start_after), progress)
-    changed = created = predictions = 0
+    changed = created = predictions = finalised = 0
     unknown: list[tuple[str, str]] = []
     dispatched: deque[str] = deque()
     finished_ids: set[str] = set()
@@ -596,13 +606,33 @@ async def backfill(
             dispatched.append(batch_id)
             yield batch_id
 
+    finaliser = Finaliser(
+        client,
+        GroupWriter(client, layout, mode),
+        mode,
+        retry=retry or RetryPolicy(),
+        clock=SYSTEM_CLOCK,
+        rng=random.Random(),
+        recorder=Recorder(()),
+        on_complete=None,
+        callback_lease=60.0,
+        owe_callbacks=True,
+    )
+
     async def work(batch_id: str) -> BatchBackfill:
-        return await backfill_batch(client, layout, batch_id, dry_run=dry_run, retry=retry)
+        done = await backfill_batch(client, layout, batch_id, dry_run=dry_run, retry=retry)
+        if dry_run or done.skipped is not None:
+            return done
+        # A batch recorded partly by LEGACY writers may be complete only now (as a
+        # subcollection-reading mode counts): finalise it; its callback is owed.
+        flipped, _ = await finaliser.flip(batch_id)
+        return dataclasses.replace(done, finalised=flipped is not None)
 
     async def on_done(batch_id: str, result: BatchBackfill | Exception) -> None:
-        nonlocal changed, created, predictions, watermark
+        nonlocal changed, created, predictions, watermark, finalised
         if tally.record(batch_id, result) and isinstance(result, BatchBackfill):
             finished_ids.add(batch_id)
+            finalised += result.finalised
             if result.created or result.marked:
                 changed += 1
             created += len(result.created)
@@ -629,6 +659,7 @@ async def backfill(
         failures=tuple(tally.failures),
         resumed_after=start_after,
         dry_run=dry_run,
+        finalised=finalised,
     )
     logger.info(
         "backfill %s: %d batches, %d changed, %d completion docs",

@@ -1,9 +1,9 @@
 """Contention-aware retry: classify errors, full-jitter backoff, deadline.
 
 The plain client retries only an ABORTED commit, five times with no delay,
-and never an ABORTED read. Here every attempt is one transaction, and the
-loop retries what is safe to retry because the write is idempotent (it reads
-the completion documents it creates and skips existing ones).
+and never an ABORTED read. Here the loop retries what is safe to retry
+because every write is idempotent and carries a write id: an attempt whose
+answer was lost is recognised by the next one from what is stored.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class ErrorKind(enum.Enum):
     CONTENTION = "aborted"
     """ABORTED: another transaction won; back off and retry."""
     UNAVAILABLE = "unavailable"
-    """UNAVAILABLE or INTERNAL: the connection or server is down, or the outcome unknown; retry."""
+    """UNAVAILABLE, INTERNAL, UNKNOWN or CANCELLED: connection or server down, outcome
+    unknown; retry (the retry reads what is stored to decide the outcome)."""
     TIMEOUT = "deadline_exceeded"
     """DEADLINE_EXCEEDED or our per-attempt timeout; retry."""
     OVERLOADED = "resource_exhausted"
@@ -49,6 +50,10 @@ _KINDS: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     # INTERNAL: Firestore documents it as retryable; after a dropped connection the
     # plain client's own commit retry gets "Can't swap from CLOSED to ACTIVE".
     (gexc.InternalServerError, ErrorKind.UNAVAILABLE),
+    # UNKNOWN and CANCELLED after a dropped connection: the outcome is unknown, and
+    # the retry decides it by reading what is stored (every write carries its id).
+    (gexc.Unknown, ErrorKind.UNAVAILABLE),
+    (gexc.Cancelled, ErrorKind.UNAVAILABLE),
     (gexc.DeadlineExceeded, ErrorKind.TIMEOUT),
     (TimeoutError, ErrorKind.TIMEOUT),
     (gexc.ResourceExhausted, ErrorKind.OVERLOADED),

@@ -1,4 +1,4 @@
-"""The ``async-batchstate`` command: ``demo`` and ``migrate``."""
+"""The ``async-batchstate`` command: ``demo``, ``migrate`` and ``batch``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._demo import register as register_demo
 
     register_demo(sub)
+    from ._batch_cli import register as register_batch
+
+    register_batch(sub)
     try:
         from ._migrate_cli import register as register_migrate
     except ImportError:  # pragma: no cover - migration CLI not built yet

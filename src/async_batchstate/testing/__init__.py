@@ -15,7 +15,7 @@ from .._emulator import (
 from ._invariants import batch_violations
 from ._plugin import EmulatorInfo, make_client
 from ._proxy import FaultyProxy, ProxyState
-from ._rpcs import RpcCounter
+from ._rpc import LostAnswers, RpcCounter
 
 __all__ = [
     "EmulatorInfo",
@@ -23,6 +23,7 @@ __all__ = [
     "EmulatorStartError",
     "FaultyProxy",
     "FirestoreEmulator",
+    "LostAnswers",
     "ProxyState",
     "RpcCounter",
     "aclose_client",
