@@ -34,7 +34,7 @@ from ._strategies import (
 Advance = Callable[[int], None]
 Player = tuple[str, int]
 
-CANCEL_GRACE = 10.0
+CANCEL_GRACE = 2.0
 """Seconds a stalled cell's cancelled callers get to finish before they are abandoned."""
 _ABANDONED: set[asyncio.Task[None]] = set()  # referenced until their client is closed
 

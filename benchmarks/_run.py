@@ -233,13 +233,17 @@ class _Job:
 
 
 def _worker(job: _Job) -> Load:
-    _barrier.wait(timeout=120)  # all processes start together, one job each
     return asyncio.run(_worker_load(job))
 
 
 async def _worker_load(job: _Job) -> Load:
     client = make_client(EmulatorInfo(job.host, job.project, None))
     try:
+        # Connected before the clock starts, as a running instance is: one read opens
+        # the channel (TCP, HTTP/2; several round trips through the delay proxy).
+        await client.collection(job.collection).document(job.batch_id).get()
+        # All processes start together, one job each.
+        await asyncio.to_thread(_barrier.wait, 120)
         return await drive(
             client,
             job.collection,
