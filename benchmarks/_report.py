@@ -506,6 +506,7 @@ def plot(results: dict[str, Any], out: Path, name: str) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     sweep, files = results["sweep"], {}
     levels = [c for c, _ in results["config"]["sweep"]]
@@ -640,7 +641,6 @@ def plot(results: dict[str, Any], out: Path, name: str) -> dict[str, str]:
                             color=f"C{j}",
                             hatch="" if x["consistency"]["ok"] else "//",
                             edgecolor="black",
-                            label=f"{rate:.0%} redelivered" if i == 0 else None,
                         )
                 ax.set_xticks(
                     [i + 0.4 - width / 2 for i in range(len(strategies))],
@@ -653,7 +653,11 @@ def plot(results: dict[str, Any], out: Path, name: str) -> dict[str, str]:
                 ax.set_title(
                     f"{n} processes x {c} callers" + (" (hatched: NOT exact)" * (row == 0))
                 )
-                ax.legend(fontsize=8)
+                handles = [
+                    Patch(facecolor=f"C{j}", edgecolor="black", label=f"{rate:.0%} redelivered")
+                    for j, rate in enumerate(rates)
+                ]
+                ax.legend(handles=handles, fontsize=8)
         fig.tight_layout()
         files["redelivery"] = f"{name}-redelivery.png"
         fig.savefig(out / files["redelivery"], dpi=110)
