@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 import pytest_asyncio
+from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from async_batchstate import AsyncBatchStateManager, MigrationMode
+from async_batchstate import AsyncBatchStateManager, MigrationMode, _migration
 
 ManagerFactory = Callable[..., AsyncBatchStateManager]
 
@@ -59,3 +61,30 @@ async def read_completions(client: AsyncClient, collection: str, batch_id: str) 
     """Completion documents by id, read directly."""
     docs = client.collection(collection).document(batch_id).collection("completions").stream()
     return {d.id: d.to_dict() async for d in docs}
+
+
+def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseException]:
+    """Make the migration's transactions on ``batch_id`` fail, transiently then permanently.
+
+    Patches the library's ``run_transactional`` as the migration module calls it
+    (backfill and cleanup-legacy), not Firestore: every other batch runs its real
+    transactions on the emulator. The first attempt on ``batch_id`` raises
+    UNAVAILABLE (the library retries it), the next ones PERMISSION_DENIED (not
+    retried). Returns the errors raised, in order.
+    """
+    real = _migration.run_transactional
+    raised: list[BaseException] = []
+
+    async def flaky(function: Any, transaction: Any, *args: Any) -> Any:
+        if batch_id in args:
+            error: BaseException = (
+                ServiceUnavailable("injected: connection reset")
+                if not raised
+                else PermissionDenied("injected: missing permission\non the batch")
+            )
+            raised.append(error)
+            raise error
+        return await real(function, transaction, *args)
+
+    monkeypatch.setattr(_migration, "run_transactional", flaky)
+    return raised

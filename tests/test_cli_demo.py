@@ -39,10 +39,16 @@ def test_demo_records_a_batch_consistently(
     assert "OK" in out
 
 
-def test_demo_rejects_bad_flags() -> None:
-    """Nonsense sizes exit with a message, before touching Firestore."""
-    with pytest.raises(SystemExit, match="--workers must be >= 1"):
+def test_demo_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nonsense sizes exit with status 2 and one line naming the flag, before touching Firestore."""
+    with pytest.raises(SystemExit) as exited:
         main(["demo", "--workers", "0"])
+
+    err = capsys.readouterr().err
+    assert 2 == exited.value.code
+    assert ["async-batchstate: error: argument --workers: must be >= 1, got 0"] == [
+        line.split(" (see ")[0] for line in err.splitlines()
+    ]
 
 
 def test_demo_with_several_processes_finalises_once(

@@ -11,27 +11,27 @@ import asyncio
 import datetime as dt
 import json
 import re
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ArgumentParser,
+    batch_id_argument,
+    collection_argument,
+    positive_int,
+    print_error,
+)
 from ._config import MigrationMode
 from ._connect import aclose_client, client_from_env
-from ._errors import BatchNotFoundError, BatchStateError, InvalidInputError
-from ._layout import validate_id
+from ._errors import BatchNotFoundError
 from ._manager import AsyncBatchStateManager
 from ._types import BatchProgress
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 Command = Callable[[AsyncBatchStateManager, argparse.Namespace], Awaitable[int]]
-
-
-def _batch_id(text: str) -> str:
-    try:
-        return validate_id("batch id", text)
-    except InvalidInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def duration(text: str) -> dt.timedelta:
@@ -42,7 +42,7 @@ def duration(text: str) -> dt.timedelta:
     return dt.timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
     """Add the ``batch`` subcommand and its ``show/list/expire``."""
     parser = sub.add_parser(
         "batch",
@@ -50,8 +50,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Connection: FIRESTORE_EMULATOR_HOST or GOOGLE_CLOUD_PROJECT.",
     )
     verbs = parser.add_subparsers(dest="batch_command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--collection", default="prediction_batches", help="batch collection")
+    common = ArgumentParser(add_help=False)
+    common.add_argument(
+        "--collection",
+        type=collection_argument,
+        default="prediction_batches",
+        help="batch collection",
+    )
     common.add_argument("--project", default=None, help="GCP project (else GOOGLE_CLOUD_PROJECT)")
     common.add_argument(
         "--mode",
@@ -62,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     show = verbs.add_parser("show", parents=[common], help="a batch's progress and consistency")
-    show.add_argument("batch_id", type=_batch_id, metavar="ID")
+    show.add_argument("batch_id", type=batch_id_argument, metavar="ID")
     show.set_defaults(handler=lambda args: _main(args, _show))
 
     listing = verbs.add_parser("list", parents=[common], help="list batches")
@@ -72,32 +77,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.add_argument(
         "--older-than", type=duration, metavar="AGE", help="only batches created before AGE ago"
     )
-    listing.add_argument("--limit", type=_positive, default=None, help="at most this many")
+    listing.add_argument("--limit", type=positive_int, default=None, help="at most this many")
     listing.set_defaults(handler=lambda args: _main(args, _list))
 
     expire = verbs.add_parser("expire", parents=[common], help="expire an unfinished batch")
-    expire.add_argument("batch_id", type=_batch_id, metavar="ID")
+    expire.add_argument("batch_id", type=batch_id_argument, metavar="ID")
     expire.add_argument("--reason", required=True, help="why (stored with the batch)")
     expire.set_defaults(handler=lambda args: _main(args, _expire))
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
 def _main(args: argparse.Namespace, command: Command) -> int:
-    try:
-        mode = MigrationMode(args.mode) if args.mode else MigrationMode.from_env()
-        client_from_env(args.project)  # fail fast, before any event loop
-    except BatchStateError as exc:
-        print(f"async-batchstate: error: {exc}", file=sys.stderr)
-        return 2
+    """Connect and run ``command``; bad configuration propagates to ``cli.main`` (exit 2)."""
+    mode = MigrationMode(args.mode) if args.mode else MigrationMode.from_env()
+    client_from_env(args.project)  # fail fast, before any event loop
 
     async def run() -> int:
         client = client_from_env(args.project)  # an AsyncClient is bound to this loop
@@ -112,11 +104,8 @@ def _main(args: argparse.Namespace, command: Command) -> int:
     try:
         return asyncio.run(run())
     except BatchNotFoundError as exc:
-        print(f"async-batchstate: {exc}", file=sys.stderr)
-        return 1
-    except BatchStateError as exc:
-        print(f"async-batchstate: error: {exc}", file=sys.stderr)
-        return 1
+        print_error(str(exc), label="not found")
+        return EXIT_FAILED
 
 
 def _when(value: dt.datetime | None) -> str | None:
@@ -218,4 +207,4 @@ async def _expire(manager: AsyncBatchStateManager, args: argparse.Namespace) -> 
             f"batch {args.batch_id}: {'expired' if expired else 'not expired'}; "
             f"status {progress.status}"
         )
-    return 0 if expired else 1
+    return EXIT_OK if expired else EXIT_FAILED

@@ -1,4 +1,8 @@
-"""The ``async-batchstate`` command: ``demo``, ``migrate`` and ``batch``."""
+"""The ``async-batchstate`` command: ``demo``, ``migrate`` and ``batch``.
+
+Exit status: 0 success; 1 the run found or hit problems; 2 bad input or
+configuration. Errors are one line on stderr (``async-batchstate: error: ...``).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ._cli_common import PROG, ArgumentParser, report
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="async-batchstate",
+    parser = ArgumentParser(
+        prog=PROG,
         description="Exactly-once batch completion tracking on Firestore.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,9 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    A bad command line exits (``SystemExit``) with status 2 after one line on stderr.
+    """
     args = build_parser().parse_args(argv)
-    status: int = args.handler(args)
+    try:
+        status: int = args.handler(args)
+    except Exception as exc:  # reported on one line, or re-raised if it is a bug
+        return report(exc)
     return status
 
 
