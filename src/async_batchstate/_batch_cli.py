@@ -19,7 +19,7 @@ from ._cli_common import (
     EXIT_OK,
     ArgumentParser,
     batch_id_argument,
-    collection_argument,
+    connection_arguments,
     positive_int,
     print_error,
 )
@@ -51,19 +51,7 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
     )
     verbs = parser.add_subparsers(dest="batch_command", required=True)
     common = ArgumentParser(add_help=False)
-    common.add_argument(
-        "--collection",
-        type=collection_argument,
-        default="prediction_batches",
-        help="batch collection",
-    )
-    common.add_argument("--project", default=None, help="GCP project (else GOOGLE_CLOUD_PROJECT)")
-    common.add_argument(
-        "--mode",
-        choices=[mode.value for mode in MigrationMode],
-        default=None,
-        help="the mode the writers run in (default: from the environment flags)",
-    )
+    connection_arguments(common)
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     show = verbs.add_parser("show", parents=[common], help="a batch's progress and consistency")

@@ -74,6 +74,25 @@ subcollection_argument = _argument_type(
 """``type=`` for a subcollection name (a valid id)."""
 
 
+def connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--collection``, ``--project`` and ``--mode``: where batches live, how writers run."""
+    from ._config import MigrationMode
+
+    parser.add_argument(
+        "--collection",
+        type=collection_argument,
+        default="prediction_batches",
+        help="batch collection",
+    )
+    parser.add_argument("--project", default=None, help="GCP project (else GOOGLE_CLOUD_PROJECT)")
+    parser.add_argument(
+        "--mode",
+        choices=[mode.value for mode in MigrationMode],
+        default=None,
+        help="the mode the writers run in (default: from the environment flags)",
+    )
+
+
 def positive_int(text: str) -> int:
     """``type=`` for an integer >= 1."""
     try:

@@ -23,7 +23,6 @@ import dataclasses
 import datetime as dt
 import inspect
 import logging
-import random
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -33,15 +32,16 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from . import _layout as f
-from ._clock import Clock
 from ._config import MigrationMode
 from ._errors import BatchNotFoundError
 from ._metrics import BatchFinalised, Recorder
-from ._retry import RetryPolicy, run_with_retry
 from ._types import BatchProgress
 from ._writer import BatchView, GroupOutcome, GroupWriter, new_write_id
 
 logger = logging.getLogger("async_batchstate")
+
+Retrying = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
+"""``retrying(call, what)``: run ``call`` under the owner's retry policy, clock and jitter."""
 
 OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
 """``on_complete(batch_id, progress)``: sync or async; runs at least once per finalised
@@ -112,9 +112,7 @@ class Finaliser:
         writer: GroupWriter,
         mode: MigrationMode,
         *,
-        retry: RetryPolicy,
-        clock: Clock,
-        rng: random.Random,
+        retrying: Retrying,
         recorder: Recorder,
         on_complete: OnComplete | None,
         callback_lease: float,
@@ -125,9 +123,7 @@ class Finaliser:
         self._client = client
         self._writer = writer
         self._mode = mode
-        self._retry = retry
-        self._clock = clock
-        self._rng = rng
+        self._retrying = retrying
         self._recorder = recorder
         self._callbacks = {f.STATUS_COMPLETE: on_complete, f.STATUS_EXPIRED: on_expired}
         self._runs_callbacks = on_complete is not None or on_expired is not None
@@ -174,12 +170,6 @@ class Finaliser:
             raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
         progress = progress_from(batch_id, self._mode, snap.to_dict() or {})
         return dataclasses.replace(progress, completed_players=()), snap
-
-    async def _retrying(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
-        result, _ = await run_with_retry(
-            call, self._retry, what=what, clock=self._clock, rng=self._rng
-        )
-        return result
 
     # -- the flip --------------------------------------------------------------------
 

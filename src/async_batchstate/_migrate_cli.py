@@ -28,7 +28,7 @@ from ._cli_common import (
     ArgumentParser,
     batch_id_argument,
     checkpoint_argument,
-    collection_argument,
+    connection_arguments,
     positive_int,
     print_error,
     subcollection_argument,
@@ -53,24 +53,12 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
     steps = parser.add_subparsers(dest="migrate_command", required=True)
 
     common = ArgumentParser(add_help=False)
-    common.add_argument(
-        "--collection",
-        type=collection_argument,
-        default="prediction_batches",
-        help="batch collection",
-    )
+    connection_arguments(common)
     common.add_argument(
         "--completions-subcollection",
         type=subcollection_argument,
         default="completions",
         help="completions subcollection",
-    )
-    common.add_argument("--project", default=None, help="GCP project (else GOOGLE_CLOUD_PROJECT)")
-    common.add_argument(
-        "--mode",
-        choices=[mode.value for mode in MigrationMode],
-        default=None,
-        help="the mode the writers run in (default: from the environment flags)",
     )
     common.add_argument(
         "--batch-id",

@@ -36,7 +36,6 @@ import dataclasses
 import enum
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -50,7 +49,6 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from . import _layout as f
-from ._clock import SYSTEM_CLOCK
 from ._config import MigrationMode
 from ._consistency import (
     ConsistencyReport,
@@ -514,6 +512,13 @@ async def _backfill_step(
     return _Step(tuple(chunk), sum(chunk.values()), final, mark, tuple(unknown), None)
 
 
+async def _retrying(
+    call: Callable[[], Awaitable[Any]], policy: RetryPolicy | None, what: str
+) -> Any:
+    result, _ = await run_with_retry(call, policy or RetryPolicy(), what=what)
+    return result
+
+
 async def backfill_batch(
     client: AsyncClient,
     layout: Layout,
@@ -692,9 +697,7 @@ async def backfill(
         client,
         GroupWriter(client, layout, mode),
         mode,
-        retry=retry or RetryPolicy(),
-        clock=SYSTEM_CLOCK,
-        rng=random.Random(),
+        retrying=lambda call, what: _retrying(call, retry, what),
         recorder=Recorder(()),
         on_complete=None,
         callback_lease=60.0,
