@@ -572,8 +572,9 @@ class AsyncBatchStateManager:
         Stores the reason and (with a roster) the missing players, at most 1,000 of
         them (``missing_count`` has them all). Across processes exactly one call
         returns True, and it runs ``on_expired`` (owed durably like ``on_complete``).
-        A batch whose every completion is already recorded completes instead (an
-        expiry racing the last completion ends in exactly one terminal status).
+        A batch whose every completion is already recorded is not expired: it
+        completes (an expiry racing the last completion ends in exactly one
+        terminal status, and the last completion's caller is told it completed).
         Completions arriving afterwards are stored and counted, answered ``LATE``,
         and never finalise the batch.
 
@@ -601,10 +602,12 @@ class AsyncBatchStateManager:
                 f.MISSING_COUNT: progress.remaining,
             }
 
-        finished, _ = await self._finaliser.finish(batch_id, f.STATUS_EXPIRED, fields)
+        finished, owed = await self._finaliser.finish(batch_id, f.STATUS_EXPIRED, fields)
         if finished is None:
-            # Complete but not flipped, or finished already: never two terminal statuses.
-            await self.finalize(batch_id)
+            # Finished already, or complete: the completion that completed it finalises
+            # it (or, if that writer died, the next touch does). One terminal status.
+            if owed:
+                await self._deliver_owed(batch_id)
             return False
         info.terminal = True
         await self._finaliser.notify(batch_id, finished)
