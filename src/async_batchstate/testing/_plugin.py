@@ -19,7 +19,6 @@ import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
@@ -27,25 +26,11 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._connect import aclose_client
 from .._emulator import EmulatorNotFoundError, EmulatorStartError, FirestoreEmulator
+from ._fixtures_support import EmulatorInfo, make_client
 
 REQUIRE_ENV = "ASYNC_BATCHSTATE_REQUIRE_EMULATOR"
 HOST_ENV = "FIRESTORE_EMULATOR_HOST"
 DEFAULT_PROJECT = "demo-async-batchstate"
-
-
-@dataclass(frozen=True)
-class EmulatorInfo:
-    """Where the session's emulator listens.
-
-    Attributes:
-        host: ``host:port`` (the value of ``FIRESTORE_EMULATOR_HOST``).
-        project: Project id the fixtures' clients use.
-        process: The emulator this session started, or None if it reused one.
-    """
-
-    host: str
-    project: str
-    process: FirestoreEmulator | None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,19 +77,6 @@ def firestore_emulator(request: pytest.FixtureRequest) -> Iterator[EmulatorInfo]
     finally:
         os.environ.pop(HOST_ENV, None)
         emulator.stop()
-
-
-def make_client(emulator: EmulatorInfo) -> AsyncClient:
-    """An ``AsyncClient`` talking to ``emulator`` (needs a running event loop to use)."""
-    previous = os.environ.get(HOST_ENV)
-    os.environ[HOST_ENV] = emulator.host  # the client reads it at construction
-    try:
-        return AsyncClient(project=emulator.project)
-    finally:
-        if previous is None:
-            os.environ.pop(HOST_ENV, None)
-        else:
-            os.environ[HOST_ENV] = previous
 
 
 @pytest_asyncio.fixture
