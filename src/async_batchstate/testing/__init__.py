@@ -3,7 +3,8 @@
 Importing this package needs no pytest. The pytest plugin with the fixtures
 (``firestore_emulator``, ``firestore_client``, ``firestore_namespace``,
 ``batch_collection``) loads automatically when async-batchstate is installed
-(entry point ``pytest11``); see ``async_batchstate.testing._plugin``.
+(entry point ``pytest11``); it is the top-level module
+``_async_batchstate_pytest_plugin``, so that loading it imports nothing but pytest.
 """
 
 from .._connect import aclose_client

@@ -1,9 +1,9 @@
 """What the pytest fixtures hand out, importable without pytest.
 
 ``EmulatorInfo`` describes the session's emulator and ``make_client`` builds an
-``AsyncClient`` on it. The pytest plugin hands them out; scripts, benchmarks
-and test suites on other runners import them from ``async_batchstate.testing``
-without needing pytest.
+``AsyncClient`` on it. The pytest plugin (``_async_batchstate_pytest_plugin``)
+imports them lazily, inside its fixtures; scripts, benchmarks and test suites
+on other runners import them from ``async_batchstate.testing`` without pytest.
 """
 
 from __future__ import annotations
