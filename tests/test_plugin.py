@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-import textwrap
-
 import pytest
 
 from async_batchstate.testing import EmulatorInfo
+
+from .conftest import run_python
 
 USER_TESTS = """
 import pytest
@@ -31,26 +30,6 @@ async def test_two_sees_only_its_own_data(firestore_client, batch_collection):
     docs = [d.id async for d in firestore_client.collection(batch_collection).stream()]
     assert docs == []
 """
-
-
-BLOCK_IMPORTS = """
-import sys
-
-class Blocked:
-    \"\"\"Refuse to import the top-level packages named in BLOCKED, as if not installed.\"\"\"
-
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in BLOCKED:
-            raise ImportError(f"blocked by the test: {name}", name=name)
-        return None
-
-sys.meta_path.insert(0, Blocked())
-"""
-
-
-def run_python(pytester: pytest.Pytester, code: str) -> pytest.RunResult:
-    """Run ``code`` in a fresh interpreter of this environment (no pytest loaded)."""
-    return pytester.run(sys.executable, "-c", textwrap.dedent(code))
 
 
 @pytest.fixture
@@ -112,14 +91,13 @@ def test_plugin_errors_when_the_emulator_is_required_and_absent(
 
 def test_testing_helpers_import_without_pytest(pytester: pytest.Pytester) -> None:
     """``async_batchstate.testing`` and every name in its ``__all__`` import with pytest absent."""
-    code = (
-        "BLOCKED = {'pytest', '_pytest', 'pytest_asyncio'}\n"
-        + BLOCK_IMPORTS
-        + "import async_batchstate.testing as t\n"
-        + "missing = [n for n in t.__all__ if not hasattr(t, n)]\n"
-        + "print('MISSING', missing, 'PYTEST', 'pytest' in sys.modules)\n"
-    )
-    result = run_python(pytester, code)
+    code = """
+        import sys
+        import async_batchstate.testing as t
+        missing = [n for n in t.__all__ if not hasattr(t, n)]
+        print("MISSING", missing, "PYTEST", "pytest" in sys.modules)
+    """
+    result = run_python(pytester, code, blocked={"pytest", "_pytest", "pytest_asyncio"})
     assert 0 == result.ret, str(result.stderr)
     result.stdout.fnmatch_lines(["MISSING [] PYTEST False"])
 

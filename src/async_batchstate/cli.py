@@ -6,6 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+_CLI_EXTRA_MODULES = frozenset({"rich"})
+"""Top-level modules of the ``[cli]`` extra; the core install does not have them."""
+_CLI_EXTRA_MISSING = (
+    "the async-batchstate command needs the [cli] extra: pip install 'async-batchstate[cli]'"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
@@ -15,20 +21,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     from ._demo import register as register_demo
+    from ._migrate_cli import register as register_migrate
 
     register_demo(sub)
-    try:
-        from ._migrate_cli import register as register_migrate
-    except ImportError:  # pragma: no cover - migration CLI not built yet
-        pass
-    else:
-        register_migrate(sub)
+    register_migrate(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status (2 without the ``[cli]`` extra)."""
+    try:
+        parser = build_parser()
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] not in _CLI_EXTRA_MODULES:
+            raise
+        print(_CLI_EXTRA_MISSING, file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     status: int = args.handler(args)
     return status
 
