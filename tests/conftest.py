@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import pytest
@@ -88,3 +90,29 @@ def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseE
 
     monkeypatch.setattr(_migration, "run_transactional", flaky)
     return raised
+
+
+_BLOCK_IMPORTS = """
+import sys
+
+class _Blocked:
+    \"\"\"Refuse to import the top-level packages in BLOCKED, as if they were not installed.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def run_python(
+    pytester: pytest.Pytester, code: str, *, blocked: Iterable[str] = ()
+) -> pytest.RunResult:
+    """Run ``code`` in a fresh interpreter of this environment, in pytester's directory.
+
+    The top-level packages in ``blocked`` cannot be imported there, as if not installed.
+    """
+    prelude = f"BLOCKED = {sorted(blocked)!r}\n{_BLOCK_IMPORTS}" if blocked else ""
+    return pytester.run(sys.executable, "-c", prelude + textwrap.dedent(code))

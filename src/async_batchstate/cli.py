@@ -12,6 +12,12 @@ from collections.abc import Sequence
 
 from ._cli_common import PROG, ArgumentParser, report
 
+_CLI_EXTRA_MODULES = frozenset({"rich"})
+"""Top-level modules of the ``[cli]`` extra; the core install does not have them."""
+_CLI_EXTRA_MISSING = (
+    "the async-batchstate command needs the [cli] extra: pip install 'async-batchstate[cli]'"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
@@ -20,27 +26,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exactly-once batch completion tracking on Firestore.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from ._batch_cli import register as register_batch
     from ._demo import register as register_demo
+    from ._migrate_cli import register as register_migrate
 
     register_demo(sub)
-    from ._batch_cli import register as register_batch
-
+    register_migrate(sub)
     register_batch(sub)
-    try:
-        from ._migrate_cli import register as register_migrate
-    except ImportError:  # pragma: no cover - migration CLI not built yet
-        pass
-    else:
-        register_migrate(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status.
+    """Run the command line; returns the exit status (2 without the ``[cli]`` extra).
 
     A bad command line exits (``SystemExit``) with status 2 after one line on stderr.
     """
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] not in _CLI_EXTRA_MODULES:
+            raise
+        print(_CLI_EXTRA_MISSING, file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         status: int = args.handler(args)
     except Exception as exc:  # reported on one line, or re-raised if it is a bug

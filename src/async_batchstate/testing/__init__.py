@@ -1,7 +1,10 @@
-"""Testing helpers: the Firestore emulator, its pytest fixtures, and fault injection.
+"""Testing helpers: the Firestore emulator, what its pytest fixtures hand out, fault injection.
 
-The pytest plugin loads automatically when async-batchstate is installed (entry
-point ``pytest11``); see ``async_batchstate.testing._plugin`` for the fixtures.
+Importing this package needs no pytest. The pytest plugin with the fixtures
+(``firestore_emulator``, ``firestore_client``, ``firestore_namespace``,
+``batch_collection``) loads automatically when async-batchstate is installed
+(entry point ``pytest11``); it is the top-level module
+``_async_batchstate_pytest_plugin``, so that loading it imports nothing but pytest.
 """
 
 from .._connect import aclose_client
@@ -12,8 +15,8 @@ from .._emulator import (
     find_emulator_jar,
     free_port,
 )
+from ._fixtures_support import EmulatorInfo, make_client
 from ._invariants import batch_violations
-from ._plugin import EmulatorInfo, make_client
 from ._proxy import FaultyProxy, ProxyState
 from ._rpc import LostAnswers, RpcCounter
 
