@@ -13,7 +13,8 @@ import pytest_asyncio
 from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from async_batchstate import AsyncBatchStateManager, MigrationMode, _migration
+from async_batchstate import AsyncBatchStateManager, MigrationMode
+from async_batchstate.migration import _run as _migration
 
 ManagerFactory = Callable[..., AsyncBatchStateManager]
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from async_batchstate._migration import MigrationError, for_each_batch
+from async_batchstate.migration._run import MigrationError, for_each_batch
 
 
 class _Recorder:

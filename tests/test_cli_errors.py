@@ -26,10 +26,10 @@ from async_batchstate import (
     InvalidIdError,
     MigrationMode,
     RetryExhaustedError,
-    _migration,
 )
-from async_batchstate._cli_common import report
 from async_batchstate.cli import main
+from async_batchstate.cli._common import report
+from async_batchstate.migration import _run as _migration
 from async_batchstate.testing import EmulatorInfo
 
 from .conftest import ManagerFactory, fail_one_batch, read_batch, read_completions

@@ -17,8 +17,9 @@ from async_batchstate import (
     Layout,
     MigrationMode,
 )
-from async_batchstate._consistency import reconcile, validate
-from async_batchstate._migration import (
+from async_batchstate.cli import main
+from async_batchstate.consistency._validate import reconcile, validate
+from async_batchstate.migration._run import (
     COMPLETIONS_BACKFILLED,
     BatchState,
     FileCheckpoint,
@@ -30,7 +31,6 @@ from async_batchstate._migration import (
     status,
     verify,
 )
-from async_batchstate.cli import main
 from async_batchstate.testing import EmulatorInfo
 
 from .conftest import ManagerFactory, fail_one_batch, read_batch, read_completions

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 
 from async_batchstate import ConfigurationError
-from async_batchstate._limits import make_rate_limiter
+from async_batchstate._write.limits import make_rate_limiter
 
 
 def test_no_rate_means_no_limiter() -> None:

@@ -7,8 +7,9 @@ Importing this package needs no pytest. The pytest plugin with the fixtures
 ``_async_batchstate_pytest_plugin``, so that loading it imports nothing but pytest.
 """
 
-from .._connect import aclose_client
-from .._emulator import (
+from .._store.connect import aclose_client
+from .._write.writer import FaultInjector, FaultPoint
+from ._emulator import (
     EmulatorNotFoundError,
     EmulatorStartError,
     FirestoreEmulator,
@@ -24,6 +25,8 @@ __all__ = [
     "EmulatorInfo",
     "EmulatorNotFoundError",
     "EmulatorStartError",
+    "FaultInjector",
+    "FaultPoint",
     "FaultyProxy",
     "FirestoreEmulator",
     "LostAnswers",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from .._connect import EMULATOR_ENV
-from .._emulator import FirestoreEmulator
+from .._store.connect import EMULATOR_ENV
+from ._emulator import FirestoreEmulator
 
 __all__ = ["EmulatorInfo", "make_client"]
 

@@ -7,7 +7,7 @@ import os
 from google.auth.exceptions import GoogleAuthError
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
 EMULATOR_ENV = "FIRESTORE_EMULATOR_HOST"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"

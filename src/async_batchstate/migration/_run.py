@@ -48,23 +48,22 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from . import _layout as f
-from ._config import MigrationMode
-from ._consistency import (
+from .._config import MigrationMode
+from .._errors import BatchStateError, ConfigurationError, InvalidInputError
+from .._store import schema as f
+from .._store.schema import Layout, validate_id
+from .._write.finaliser import Finaliser
+from .._write.retry import RetryPolicy, run_with_retry
+from .._write.writer import GroupWriter, run_transactional
+from ..consistency._validate import (
     ConsistencyReport,
     batch_ref,
     completions_ref,
     validate,
 )
-from ._errors import BatchStateError, ConfigurationError, InvalidInputError
-from ._finaliser import Finaliser
-from ._layout import Layout, validate_id
-from ._metrics import Recorder
-from ._retry import RetryPolicy, run_with_retry
-from ._writer import GroupWriter, run_transactional
+from ..instrumentation._events import Recorder
 
 __all__ = [
-    "COMPLETIONS_BACKFILLED",
     "BackfillSummary",
     "BatchBackfill",
     "BatchState",
@@ -72,6 +71,7 @@ __all__ = [
     "CleanupSummary",
     "FileCheckpoint",
     "FirestoreCheckpoint",
+    "MigrationError",
     "MigrationProgress",
     "StatusSummary",
     "VerifySummary",

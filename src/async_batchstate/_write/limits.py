@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiolimiter import AsyncLimiter
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
 
 class AdaptiveLimit:

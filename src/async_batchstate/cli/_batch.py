@@ -14,7 +14,12 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._cli_common import (
+from .._config import MigrationMode
+from .._errors import BatchNotFoundError
+from .._store.connect import aclose_client, client_from_env
+from .._types import BatchProgress
+from .._write.manager import AsyncBatchStateManager
+from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     ArgumentParser,
@@ -23,11 +28,6 @@ from ._cli_common import (
     positive_int,
     print_error,
 )
-from ._config import MigrationMode
-from ._connect import aclose_client, client_from_env
-from ._errors import BatchNotFoundError
-from ._manager import AsyncBatchStateManager
-from ._types import BatchProgress
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

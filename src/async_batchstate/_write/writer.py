@@ -38,10 +38,10 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from . import _layout as f
-from ._config import MigrationMode
-from ._errors import BatchNotFoundError, WriteFailedError
-from ._layout import Layout
+from .._config import MigrationMode
+from .._errors import BatchNotFoundError, WriteFailedError
+from .._store import schema as f
+from .._store.schema import Layout
 
 WritePath = Literal["auto", "transaction"]
 """``"auto"``: lock-free wherever completion documents are the guard; ``"transaction"``:

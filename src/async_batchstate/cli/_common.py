@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from ._errors import BatchStateError, ConfigurationError, InvalidInputError
-from ._layout import Layout, validate_id
+from .._errors import BatchStateError, ConfigurationError, InvalidInputError
+from .._store.schema import Layout, validate_id
 
 PROG = "async-batchstate"
 EXIT_OK = 0
@@ -76,7 +76,7 @@ subcollection_argument = _argument_type(
 
 def connection_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--collection``, ``--project`` and ``--mode``: where batches live, how writers run."""
-    from ._config import MigrationMode
+    from .._config import MigrationMode
 
     parser.add_argument(
         "--collection",

@@ -14,16 +14,34 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from google.api_core import exceptions as gexc
-from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from . import _layout as f
-from ._clock import SYSTEM_CLOCK, Clock
-from ._coalesce import Lane, Pending
-from ._config import MigrationMode
-from ._consistency import (
+from .._clock import SYSTEM_CLOCK, Clock
+from .._config import MigrationMode
+from .._errors import (
+    BatchExistsError,
+    BatchNotFoundError,
+    CompletionTimeoutError,
+    ConfigurationError,
+    InvalidCountError,
+    InvalidInputError,
+    ManagerClosedError,
+    UnexpectedPlayerError,
+)
+from .._store import schema as f
+from .._store.roster import BatchInfoCache, recorded_players, roster_ref
+from .._store.schema import (
+    Layout,
+    LegacyLimits,
+    new_batch,
+    validate_count,
+    validate_id,
+    validate_player,
+)
+from .._types import BatchProgress, CompletionResult
+from ..consistency._validate import (
     AlertHook,
     ConsistencyReport,
     ReconcileResult,
@@ -32,40 +50,19 @@ from ._consistency import (
     reconcile,
     validate,
 )
-from ._errors import (
-    BatchExistsError,
-    BatchNotFoundError,
-    BatchStateError,
-    CompletionTimeoutError,
-    ConfigurationError,
-    DuplicatePlayerError,
-    InvalidCountError,
-    InvalidInputError,
-    LegacyArrayLimitError,
-    ManagerClosedError,
-    UnexpectedPlayerError,
-    WriteFailedError,
-)
-from ._finaliser import Finaliser, OnComplete, progress_from
-from ._layout import Layout, validate_count, validate_id, validate_legacy_key
-from ._limits import AdaptiveLimit, make_rate_limiter
-from ._metrics import (
-    AttemptFailed,
-    GroupCommitted,
-    GroupFailed,
+from ..instrumentation._events import (
     Hook,
     Recorder,
     Stats,
 )
-from ._otel import completion_span
-from ._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
-from ._roster import BatchInfo, BatchInfoCache, recorded_players, roster_ref, split_roster
-from ._types import BatchProgress, CompletionResult, CompletionStatus
-from ._writer import (
+from ..instrumentation._otel import completion_span
+from .finaliser import Finaliser, OnComplete, progress_from
+from .limits import make_rate_limiter
+from .retry import ErrorKind, RetryPolicy, run_with_retry
+from .runner import GroupRunner
+from .writer import (
     Completion,
     FaultInjector,
-    GroupOutcome,
-    GroupState,
     GroupWriter,
     WritePath,
     new_write_id,
@@ -79,8 +76,6 @@ logger = logging.getLogger("async_batchstate")
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
 MAX_GROUP_SIZE = 1500
 """Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
-_LEGACY_MAX_BYTES = 1_048_576 - 48_576
-"""Bytes of a batch document the legacy array and map may take (the rest: other fields)."""
 
 
 def _now() -> dt.datetime:
@@ -95,20 +90,6 @@ def _retention(value: dt.timedelta | float | None) -> dt.timedelta | None:
     if delta <= dt.timedelta(0):
         raise ConfigurationError("retain_for must be a positive duration")
     return delta
-
-
-def _absolute(deadline: dt.datetime | dt.timedelta | None) -> dt.datetime | None:
-    if deadline is None:
-        return None
-    if isinstance(deadline, dt.timedelta):
-        return _now() + deadline
-    if isinstance(deadline, dt.datetime):
-        if deadline.tzinfo is None:
-            raise InvalidInputError("deadline must be an aware datetime (e.g. UTC) or a timedelta")
-        return deadline
-    raise InvalidInputError(
-        f"deadline must be a datetime or a timedelta, not {type(deadline).__name__}"
-    )
 
 
 class AsyncBatchStateManager:
@@ -223,8 +204,7 @@ class AsyncBatchStateManager:
             )
         if linger < 0:
             raise ConfigurationError("linger must be >= 0 seconds")
-        if legacy_array_limit < 1 or not 0.0 < legacy_array_warn_ratio <= 1.0:
-            raise ConfigurationError("need legacy_array_limit >= 1 and 0 < warn ratio <= 1")
+        self._legacy_limits = LegacyLimits(legacy_array_limit, legacy_array_warn_ratio)
         if write_path not in ("auto", "transaction"):
             raise ConfigurationError(
                 f"write_path must be 'auto' or 'transaction', not {write_path!r}"
@@ -233,7 +213,6 @@ class AsyncBatchStateManager:
             raise ConfigurationError("callback_lease must be a finite number of seconds")
         if callback_lease <= 0:
             raise ConfigurationError("callback_lease must be > 0 seconds")
-        self._group_size = max_group_size if coalesce else 1
         if self.mode is MigrationMode.LEGACY:
             # LEGACY transactions read the hot batch document, so two of ours in flight
             # would wait on each other's locks.
@@ -242,17 +221,12 @@ class AsyncBatchStateManager:
             default_in_flight = 32
         else:
             default_in_flight = 16 if write_path == "auto" else 2
-        self._max_in_flight = (
+        max_in_flight = (
             default_in_flight if max_in_flight_per_batch is None else max_in_flight_per_batch
         )
-        if self._max_in_flight < 1:
+        if max_in_flight < 1:
             raise ConfigurationError("max_in_flight_per_batch must be >= 1")
-        self._linger = linger
         self._retry = retry or RetryPolicy()
-        self._rate = make_rate_limiter(rate_limit)
-        self._legacy_limit = legacy_array_limit
-        self._legacy_warn = int(legacy_array_limit * legacy_array_warn_ratio)
-        self._legacy_warn_ratio = legacy_array_warn_ratio
         self._rng = rng or random.Random()
         self._clock = clock
         self._writer = GroupWriter(client, self._layout, self.mode, fault_injector, write_path)
@@ -268,9 +242,6 @@ class AsyncBatchStateManager:
             on_expired=on_expired,
             retain_for=_retention(retain_for),
         )
-        self._lanes: dict[str, Lane] = {}
-        self._untold: set[str] = set()
-        """Batches this process finalised while the finalising caller had stopped waiting."""
         self._infos = BatchInfoCache(client, self._writer, self._retrying)
         self._closed = False
         self._validator = SampledValidator(
@@ -281,6 +252,21 @@ class AsyncBatchStateManager:
             rng=validation_rng,
             alert_hooks=alert_hooks,
             retry=self._retry,
+        )
+        self._runner = GroupRunner(
+            self._writer,
+            self._finaliser,
+            self._recorder,
+            self._validator,
+            retry=self._retry,
+            clock=clock,
+            rng=self._rng,
+            rate=make_rate_limiter(rate_limit),
+            max_group_size=max_group_size if coalesce else 1,
+            max_in_flight=max_in_flight,
+            linger=linger,
+            expected_count=self._expected_count,
+            deliver_owed=self._deliver_owed,
         )
         self._tracer = tracer
 
@@ -307,33 +293,16 @@ class AsyncBatchStateManager:
                 either committed whole or not at all, so recording again is safe.
         """
         self._closed = True
-        lanes = list(self._lanes.values())
-        timeout = self._retry.deadline if drain_timeout is None else drain_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                for lane in lanes:
-                    await lane.drain()
-        except TimeoutError:
-            logger.warning("closing with writes still in flight; failing them")
-        error = ManagerClosedError(
-            "the manager closed before this completion was confirmed; it was recorded "
-            "whole or not at all: record it again to be sure"
-        )
-        for lane in lanes:
-            lane.cancel_all(error)
-        for lane in lanes:
-            await lane.drain()
+        await self._runner.aclose(self._retry.deadline if drain_timeout is None else drain_timeout)
         await self._validator.aclose()
         await self._writer.aclose()
 
     def __repr__(self) -> str:
-        s = self._recorder
-        queued = sum(len(lane.queue) for lane in self._lanes.values())
-        in_flight = sum(lane.in_flight for lane in self._lanes.values())
+        s, r = self._recorder, self._runner
         return (
             f"<AsyncBatchStateManager collection={self._layout.collection!r} "
             f"mode={self.mode.name} {'closed' if self._closed else 'open'} "
-            f"lanes={len(self._lanes)} queued={queued} in_flight={in_flight} recorded={s.recorded} "
+            f"lanes={r.lanes} queued={r.queued} in_flight={r.in_flight} recorded={s.recorded} "
             f"duplicates={s.duplicates} failed={s.failed}>"
         )
 
@@ -384,66 +353,15 @@ class AsyncBatchStateManager:
             BatchExistsError: The batch exists with another expected count.
         """
         self._check_open()
-        validate_id("batch id", batch_id)
-        when = _absolute(deadline)
-        if (expected_players is None) == (expected_count is None):
-            raise ConfigurationError("give exactly one of expected_players or expected_count")
-        if expected_players is not None:
-            if isinstance(expected_players, str):
-                raise InvalidCountError("expected_players must be a sequence of ids, not a str")
-            seen: set[str] = set()
-            for player in expected_players:
-                self._validate_player(player)
-                if player in seen:
-                    raise DuplicatePlayerError(
-                        f"player {player!r} appears twice in expected_players"
-                    )
-                seen.add(player)
-            expected_count = len(seen)
-        count = validate_count("expected_count", expected_count, minimum=1)
-        if self.mode.writes_legacy:
-            if count > self._legacy_limit:
-                raise LegacyArrayLimitError(
-                    f"batch {batch_id!r} expects {count} players; the legacy array is limited to "
-                    f"{self._legacy_limit} by Firestore's 1 MiB / 40,000 index-entry document "
-                    "limits. Record it in MigrationMode.SUBCOLLECTION_ONLY instead"
-                )
-            # Bytes too, when the ids are known: each player is stored twice in the
-            # document (array entry and map key, +1 byte each) plus an 8-byte int.
-            size = sum(2 * len(p.encode("utf-8")) + 10 for p in expected_players or ())
-            if size > _LEGACY_MAX_BYTES:
-                raise LegacyArrayLimitError(
-                    f"batch {batch_id!r}: its {count} player ids would take ~{size:,} bytes of "
-                    f"the legacy array and map, over Firestore's 1 MiB document limit. Record it "
-                    "in MigrationMode.SUBCOLLECTION_ONLY instead"
-                )
-            if count >= self._legacy_warn or size >= self._legacy_warn_ratio * _LEGACY_MAX_BYTES:
-                logger.warning(
-                    "batch %r expects %d players, near the legacy array limit of %d",
-                    batch_id,
-                    count,
-                    self._legacy_limit,
-                    extra={"batch_id": batch_id, "expected_count": count},
-                )
-        data: dict[str, Any] = {
-            f.EXPECTED_COUNT: count,
-            f.STATUS: f.STATUS_IN_PROGRESS,
-            f.CREATED_AT: SERVER_TIMESTAMP,
-            f.UPDATED_AT: SERVER_TIMESTAMP,
-        }
-        if self.mode.writes_legacy:
-            data |= {f.COMPLETED_PLAYERS: [], f.PREDICTIONS_BY_PLAYER: {}, f.TOTAL_PREDICTIONS: 0}
-        if self.mode.writes_subcollection:
-            data |= {f.COMPLETED_COUNT: 0, f.TOTAL_PREDICTIONS_SUBCOLL: 0}
-            if self.mode.writes_legacy:  # born with both structures: nothing to backfill
-                data[f.COMPLETIONS_BACKFILLED] = True
-        if when is not None:
-            data[f.DEADLINE] = when
-        inline, chunks = split_roster(expected_players or ())
-        if expected_players is not None and inline is not None:
-            data[f.ROSTER] = inline
-        elif chunks:
-            data[f.ROSTER_CHUNKS] = len(chunks)
+        new = new_batch(
+            self.mode,
+            batch_id,
+            expected_players=expected_players,
+            expected_count=expected_count,
+            deadline=deadline,
+            limits=self._legacy_limits,
+        )
+        data, chunks, count = new.document, new.roster_chunks, new.info.expected
         # The call's id, stored with the batch: when the answer to the create is lost,
         # the retry's ALREADY_EXISTS is this call's own write, not someone else's.
         data[f.CREATED_BY] = call_id = new_write_id()
@@ -474,8 +392,7 @@ class AsyncBatchStateManager:
                     f"expected_count={existing.get(f.EXPECTED_COUNT)}, not {count}"
                 ) from None
         if created:
-            roster = None if expected_players is None else frozenset(expected_players)
-            self._infos.remember(batch_id, BatchInfo(count, roster, when))
+            self._infos.remember(batch_id, new.info)
         if data.get(f.COMPLETIONS_BACKFILLED) and created:
             self._writer.remember_backfilled(batch_id)
         return created
@@ -830,7 +747,7 @@ class AsyncBatchStateManager:
         started = self._clock.monotonic()
         self._check_open()
         validate_id("batch id", batch_id)
-        self._validate_player(player)
+        validate_player(self.mode, player)
         count = validate_count("predictions_count", predictions_count)
         info = await self._infos.get(batch_id)  # cached per batch: one read at most
         if info.roster is not None and player not in info.roster:
@@ -848,246 +765,17 @@ class AsyncBatchStateManager:
         if info.deadline is not None and not info.terminal and _now() >= info.deadline:
             await self._expire_overdue(batch_id)
         wait = self._retry.deadline if timeout is None else timeout
-        lane = self._lane(batch_id)
-        pending = Pending(Completion(player, count), deadline=started + wait)
-        lane.submit(pending)
-        try:
-            async with asyncio.timeout(wait):
-                result = await asyncio.shield(pending.future)
-        except TimeoutError:
-            arrived = self._settle(lane, pending)
-            if arrived is None:
-                self._recorder.failed += 1
-                raise CompletionTimeoutError(
-                    f"no confirmation for player {player!r} of batch {batch_id!r} within "
-                    f"{wait}s; it was recorded whole or not at all: record it again to be sure"
-                ) from None
-            result = arrived  # the answer came in the very turn the timeout fired
-        except asyncio.CancelledError:
-            arrived = self._settle(lane, pending)
-            if arrived is not None and arrived.batch_completed:
-                self._hand_over(batch_id)  # never lost: the batch's next caller is told
-            raise
-        self._recorder.latencies.append(self._clock.monotonic() - started)
-        return result
-
-    @staticmethod
-    def _settle(lane: Lane, pending: Pending) -> CompletionResult | None:
-        """Stop waiting for ``pending``; its result if one arrived meanwhile."""
-        future = pending.future
-        if future.done() and not future.cancelled() and future.exception() is None:
-            return future.result()
-        lane.withdraw(pending)
-        future.cancel()
-        return None
-
-    def _hand_over(self, batch_id: str) -> None:
-        if len(self._untold) >= 10_000:  # bounded: a long-lived coordinator sees many batches
-            self._untold.clear()
-        self._untold.add(batch_id)
+        return await self._runner.record(batch_id, Completion(player, count), wait, started)
 
     def _check_open(self) -> None:
         if self._closed:
             raise ManagerClosedError("the manager is closed")
-
-    def _validate_player(self, player: object) -> None:
-        validate_id("player id", player)
-        if self.mode.writes_legacy:
-            assert isinstance(player, str)
-            validate_legacy_key(player)
-
-    def _lane(self, batch_id: str) -> Lane:
-        lane = self._lanes.get(batch_id)
-        if lane is None:
-            lane = Lane(
-                batch_id,
-                self._run_group,
-                max_group_size=self._group_size,
-                limit=AdaptiveLimit(self._max_in_flight),
-                linger=self._linger,
-                on_idle=self._drop_lane,
-            )
-            self._lanes[batch_id] = lane
-        return lane
-
-    def _drop_lane(self, lane: Lane) -> None:
-        if self._lanes.get(lane.batch_id) is lane:
-            del self._lanes[lane.batch_id]
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
         result, _ = await run_with_retry(
             call, self._retry, what=what, clock=self._clock, rng=self._rng
         )
         return result
-
-    async def _run_group(
-        self,
-        batch_id: str,
-        group: list[Pending],
-        limit: AdaptiveLimit,
-        state: GroupState | None = None,
-    ) -> None:
-        """Write one group with retries and give every member its own outcome.
-
-        Whatever happens (a cancellation included), every member's caller gets
-        its result or an error before this returns.
-        """
-        try:
-            await self._write_group(batch_id, group, limit, state or GroupState())
-        finally:
-            self._fail(
-                batch_id,
-                [p for p in group if not p.future.done()],
-                ManagerClosedError(
-                    "the manager closed while this completion was being written; it was "
-                    "recorded whole or not at all: record it again to be sure"
-                ),
-            )
-
-    async def _write_group(
-        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
-    ) -> None:
-        completions = [p.completion for p in group]
-        started = self._clock.monotonic()
-        budget = max(p.deadline for p in group) - started
-
-        async def attempt() -> Any:
-            self._recorder.attempts += 1
-            if self._rate is not None:
-                await self._rate.acquire()
-            begun = self._clock.monotonic()
-            outcome = await self._writer.write(batch_id, completions, state)
-            limit.on_success(self._clock.monotonic() - begun)
-            return outcome
-
-        def on_failure(failure: AttemptFailure) -> None:
-            if failure.kind in _CONTENTION:
-                limit.on_contention()
-            logger.debug(
-                "attempt %d for %d completion(s) of batch %r failed: %s",
-                failure.attempt,
-                len(group),
-                batch_id,
-                failure.kind.value,
-                extra={
-                    "batch_id": batch_id,
-                    "attempt": failure.attempt,
-                    "kind": failure.kind.value,
-                    "delay": failure.delay,
-                },
-            )
-            self._recorder.emit(
-                AttemptFailed(
-                    batch_id,
-                    len(group),
-                    failure.attempt,
-                    failure.kind,
-                    failure.error,
-                    failure.delay,
-                )
-            )
-
-        try:
-            outcome, attempts = await run_with_retry(
-                attempt,
-                self._retry,
-                what=f"recording {len(group)} completion(s) of batch {batch_id!r}",
-                deadline=max(budget, 0.001),
-                clock=self._clock,
-                rng=self._rng,
-                on_failure=on_failure,
-            )
-        except BatchStateError as exc:
-            if isinstance(exc, WriteFailedError) and len(group) > 1:
-                await self._split(batch_id, group, limit, state)
-            else:
-                self._fail(batch_id, group, exc)
-            return
-        except Exception as exc:  # an unexpected error must still reach every caller
-            if len(group) > 1:
-                await self._split(batch_id, group, limit, state)
-            else:
-                wrapped = WriteFailedError(f"writing to batch {batch_id!r} failed: {exc!r}")
-                wrapped.__cause__ = exc
-                self._fail(batch_id, group, wrapped)
-            return
-
-        recorded = outcome.new_count
-        self._recorder.emit(
-            GroupCommitted(
-                batch_id,
-                len(group),
-                recorded,
-                len(group) - recorded,
-                attempts,
-                self._clock.monotonic() - started,
-            )
-        )
-        flipped: BatchProgress | None = None
-        owed = False
-        try:
-            flipped, owed = await self._finaliser.after_write(
-                batch_id, outcome, self._expected_count
-            )
-        except Exception:
-            # The completions are committed; a later completion, redelivery,
-            # wait_until_complete() or finalize() finalises the batch.
-            logger.exception(
-                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
-            )
-        finally:
-            # Tell every caller, even when cancelled mid-check: their writes are committed.
-            self._resolve(batch_id, group, outcome, attempts, flipped is not None)
-        if recorded:
-            # Sampled per commit, not per completion: a hot batch commits groups of
-            # hundreds, and a check per completion would rescan it continuously.
-            self._validator.maybe_validate(batch_id)
-        # The callback runs after the callers are told (its latency is not theirs); a
-        # close cuts it after the drain timeout, and then it stays owed.
-        if flipped is not None:
-            await self._finaliser.notify(batch_id, flipped)
-        elif owed:
-            await self._deliver_owed(batch_id)
-
-    def _resolve(
-        self,
-        batch_id: str,
-        group: list[Pending],
-        outcome: GroupOutcome,
-        attempts: int,
-        flipped: bool,
-    ) -> None:
-        """Give each caller its result; ``batch_completed`` to one if this group flipped."""
-        waiting = [i for i, p in enumerate(group) if not p.future.done()]
-        completer: int | None = None
-        if flipped:
-            new = [i for i in waiting if outcome.recorded[i]]
-            candidates = new or waiting
-            completer = candidates[-1] if candidates else None
-            if completer is None:  # every caller stopped waiting: tell the batch's next one
-                self._hand_over(batch_id)
-        elif waiting and batch_id in self._untold:
-            self._untold.discard(batch_id)
-            completer = waiting[-1]
-        new_status = CompletionStatus.LATE if outcome.late else CompletionStatus.RECORDED
-        for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
-            if pending.future.done():
-                continue
-            if is_new:
-                self._recorder.recorded += 1
-                self._recorder.late += outcome.late
-            else:
-                self._recorder.duplicates += 1
-            pending.resolve(
-                CompletionResult(
-                    batch_id,
-                    pending.completion.player,
-                    new_status if is_new else CompletionStatus.DUPLICATE,
-                    batch_completed=index == completer,
-                    attempts=attempts,
-                    group_size=len(group),
-                )
-            )
 
     async def _deliver_owed(self, batch_id: str) -> None:
         try:
@@ -1098,31 +786,6 @@ class AsyncBatchStateManager:
                 batch_id,
                 extra={"batch_id": batch_id},
             )
-
-    async def _split(
-        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
-    ) -> None:
-        """Retry each member alone, so one bad completion fails only its own caller.
-
-        The members keep the group's write id: one its failed write recorded after
-        all (an answer lost before the failure) is still this caller's RECORDED.
-        """
-        logger.warning(
-            "a group of %d completions of batch %r failed; retrying each alone",
-            len(group),
-            batch_id,
-            extra={"batch_id": batch_id, "group_size": len(group)},
-        )
-        for pending in group:
-            await self._run_group(batch_id, [pending], limit, state)
-
-    def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
-        if not group:
-            return
-        self._recorder.failed += len(group)
-        self._recorder.emit(GroupFailed(batch_id, len(group), error))
-        for pending in group:
-            pending.fail(error)
 
     async def _expected_count(self, batch_id: str) -> int:
         return (await self._infos.get(batch_id)).expected

@@ -21,8 +21,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import _migration as m
-from ._cli_common import (
+from .._config import MigrationMode
+from .._errors import InvalidInputError
+from .._store.connect import client_from_env
+from .._store.schema import Layout
+from ..migration import _run as m
+from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     ArgumentParser,
@@ -33,10 +37,6 @@ from ._cli_common import (
     print_error,
     subcollection_argument,
 )
-from ._config import MigrationMode
-from ._connect import client_from_env
-from ._errors import InvalidInputError
-from ._layout import Layout
 
 Command = Callable[[AsyncClient, argparse.Namespace, Console], Awaitable[int]]
 
@@ -339,6 +339,6 @@ async def _status(client: AsyncClient, args: argparse.Namespace, console: Consol
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
+    from . import main
 
     sys.exit(main(["migrate", *sys.argv[1:]]))

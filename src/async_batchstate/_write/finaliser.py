@@ -31,12 +31,12 @@ from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from . import _layout as f
-from ._config import MigrationMode
-from ._errors import BatchNotFoundError
-from ._metrics import BatchFinalised, Recorder
-from ._types import BatchProgress
-from ._writer import BatchView, GroupOutcome, GroupWriter, new_write_id
+from .._config import MigrationMode
+from .._errors import BatchNotFoundError
+from .._store import schema as f
+from .._types import BatchProgress
+from ..instrumentation._events import BatchFinalised, Recorder
+from .writer import BatchView, GroupOutcome, GroupWriter, new_write_id
 
 logger = logging.getLogger("async_batchstate")
 

@@ -14,50 +14,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from . import _layout as f
-from ._config import MigrationMode
-from ._errors import BatchNotFoundError
-from ._writer import GroupWriter
+from .._config import MigrationMode
+from .._errors import BatchNotFoundError
+from .._write.writer import GroupWriter
+from . import schema as f
+from .schema import BatchInfo
 
 SMALL_ROSTER = 1_000
 """Up to this many players, missing players are found by point reads of their
 completion documents (one RPC); beyond, by listing the subcollection's ids."""
-
-
-@dataclass
-class BatchInfo:
-    """The settings of a batch that never change after ``create_batch``."""
-
-    expected: int
-    roster: frozenset[str] | None = None
-    deadline: dt.datetime | None = None
-    terminal: bool = field(default=False, compare=False)
-    """This process saw the batch finished (no more deadline checks)."""
-
-
-def split_roster(players: Sequence[str]) -> tuple[list[str] | None, list[list[str]]]:
-    """Where to store a roster: ``(inline list, [])`` when small, else ``(None, chunks)``."""
-    sizes = [len(p.encode("utf-8")) + 1 for p in players]
-    if sum(sizes) <= f.ROSTER_INLINE_BYTES:
-        return list(players), []
-    chunks: list[list[str]] = [[]]
-    used = 0
-    for player, size in zip(players, sizes, strict=True):
-        if chunks[-1] and (
-            used + size > f.ROSTER_CHUNK_BYTES or len(chunks[-1]) >= f.ROSTER_CHUNK_MAX
-        ):
-            chunks.append([])
-            used = 0
-        chunks[-1].append(player)
-        used += size
-    return None, chunks
 
 
 def roster_ref(writer: GroupWriter, batch_id: str, index: int) -> Any:

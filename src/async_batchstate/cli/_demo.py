@@ -32,19 +32,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._cli_common import (
+from .._config import MigrationMode
+from .._errors import ConfigurationError, InvalidInputError
+from .._store.connect import EMULATOR_ENV, PROJECT_ENV, aclose_client, client_from_env
+from .._types import CompletionStatus
+from .._write.manager import AsyncBatchStateManager
+from ..testing._emulator import EmulatorNotFoundError, EmulatorStartError, FirestoreEmulator
+from ._common import (
     ArgumentParser,
     batch_id_argument,
     collection_argument,
     positive_int,
     share,
 )
-from ._config import MigrationMode
-from ._connect import EMULATOR_ENV, PROJECT_ENV, aclose_client, client_from_env
-from ._emulator import EmulatorNotFoundError, EmulatorStartError, FirestoreEmulator
-from ._errors import ConfigurationError, InvalidInputError
-from ._manager import AsyncBatchStateManager
-from ._types import CompletionStatus
 
 
 def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._cli_common import PROG, ArgumentParser, report
+from ._common import PROG, ArgumentParser, report
 
 _CLI_EXTRA_MODULES = frozenset({"rich"})
 """Top-level modules of the ``[cli]`` extra; the core install does not have them."""
@@ -26,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exactly-once batch completion tracking on Firestore.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from ._batch_cli import register as register_batch
+    from ._batch import register as register_batch
     from ._demo import register as register_demo
-    from ._migrate_cli import register as register_migrate
+    from ._migrate import register as register_migrate
 
     register_demo(sub)
     register_migrate(sub)
