@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.resources import files
 
 import async_batchstate
+import async_batchstate.testing
 
 
 def test_all_is_sorted_and_every_name_exists() -> None:
@@ -50,3 +51,12 @@ def test_every_error_is_a_batch_state_error() -> None:
 def test_package_ships_py_typed() -> None:
     """PEP 561 marker present."""
     assert files("async_batchstate").joinpath("py.typed").is_file()
+
+
+def test_testing_all_is_sorted_and_every_name_exists() -> None:
+    """The same for ``async_batchstate.testing``."""
+    assert sorted(async_batchstate.testing.__all__) == async_batchstate.testing.__all__
+    missing = [
+        n for n in async_batchstate.testing.__all__ if not hasattr(async_batchstate.testing, n)
+    ]
+    assert [] == missing

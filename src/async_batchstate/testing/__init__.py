@@ -1,4 +1,4 @@
-"""Testing helpers: the Firestore emulator, its pytest fixtures, and fault injection.
+"""Testing helpers: the Firestore emulator, its pytest fixtures, fault injection, a fake clock.
 
 The pytest plugin loads automatically when async-batchstate is installed (entry
 point ``pytest11``); see ``async_batchstate.testing._plugin`` for the fixtures.
@@ -12,6 +12,7 @@ from .._emulator import (
     find_emulator_jar,
     free_port,
 )
+from ._clock import FakeClock
 from ._invariants import batch_violations
 from ._plugin import EmulatorInfo, make_client
 from ._proxy import FaultyProxy, ProxyState
@@ -21,6 +22,7 @@ __all__ = [
     "EmulatorInfo",
     "EmulatorNotFoundError",
     "EmulatorStartError",
+    "FakeClock",
     "FaultyProxy",
     "FirestoreEmulator",
     "LostAnswers",
