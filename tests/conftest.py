@@ -1,9 +1,11 @@
-"""Shared fixtures. The emulator fixtures come from the async_batchstate plugin itself."""
+"""Shared fixtures. The emulator fixtures come from the async_batchstate plugin itself.
+
+Helpers live in ``tests/helpers.py``; import them from there.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_asyncio
@@ -11,23 +13,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
 
-ManagerFactory = Callable[..., AsyncBatchStateManager]
-
-
-class FakeClock:
-    """Monotonic time that only the code under test's sleeps advance (each yields once)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
+from .helpers import ManagerFactory, read_batch, read_completions  # noqa: F401 (compat)
 
 
 @pytest_asyncio.fixture
@@ -47,15 +33,3 @@ async def make_manager(
     yield factory
     for manager in made:
         await manager.aclose()
-
-
-async def read_batch(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
-    """The batch document's fields, read directly (not through the manager)."""
-    snap = await client.collection(collection).document(batch_id).get()
-    return snap.to_dict() or {}
-
-
-async def read_completions(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
-    """Completion documents by id, read directly."""
-    docs = client.collection(collection).document(batch_id).collection("completions").stream()
-    return {d.id: d.to_dict() async for d in docs}

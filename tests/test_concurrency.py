@@ -24,7 +24,7 @@ from async_batchstate import (
     WriteFailedError,
 )
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 
 async def exact(client: AsyncClient, collection: str, batch_id: str, n: int) -> None:

@@ -24,7 +24,7 @@ from async_batchstate import (
 )
 from async_batchstate.testing import batch_violations
 
-from .conftest import ManagerFactory
+from .helpers import ManagerFactory
 
 pytestmark = pytest.mark.emulator
 

@@ -27,7 +27,7 @@ from async_batchstate._migration import (
 from async_batchstate.cli import main
 from async_batchstate.testing import EmulatorInfo
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 DUAL = MigrationMode.DUAL_WRITE
 SUB_ONLY = MigrationMode.SUBCOLLECTION_ONLY

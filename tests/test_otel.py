@@ -31,7 +31,7 @@ from async_batchstate import (
 )
 from async_batchstate._otel import OpenTelemetryHook, completion_span
 
-from .conftest import ManagerFactory
+from .helpers import ManagerFactory
 
 Points = dict[tuple[str, frozenset[tuple[str, Any]]], Any]
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from async_batchstate import FaultPoint, RetryPolicy, Stats
 from async_batchstate._prometheus import PrometheusCollector
 
-from .conftest import ManagerFactory
+from .helpers import ManagerFactory
 
 
 class FixedStats:

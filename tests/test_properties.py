@@ -29,7 +29,7 @@ from async_batchstate import (
 from async_batchstate._layout import player_field
 from async_batchstate.testing import batch_violations
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 pytestmark = pytest.mark.emulator
 

@@ -22,7 +22,7 @@ from async_batchstate import (
     RetryPolicy,
 )
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 ALL_MODES = list(MigrationMode)
 

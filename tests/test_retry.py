@@ -9,8 +9,7 @@ from google.api_core import exceptions as gexc
 
 from async_batchstate import AdaptiveLimit, ErrorKind, RetryExhaustedError, RetryPolicy, classify
 from async_batchstate._retry import AttemptFailure, run_with_retry
-
-from .conftest import FakeClock
+from async_batchstate.testing import FakeClock
 
 
 class MaxRandom(random.Random):

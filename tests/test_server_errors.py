@@ -27,9 +27,9 @@ from async_batchstate import (
     RetryExhaustedError,
     RetryPolicy,
 )
-from async_batchstate.testing import batch_violations
+from async_batchstate.testing import FakeClock, batch_violations
 
-from .conftest import FakeClock, ManagerFactory
+from .helpers import ManagerFactory
 
 pytestmark = pytest.mark.emulator
 
