@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from async_batchstate import AsyncBatchStateManager
+from async_batchstate import AsyncBatchStateManager, FaultPoint
 
 ManagerFactory = Callable[..., AsyncBatchStateManager]
 """The ``make_manager`` fixture: ``AsyncBatchStateManager`` keyword arguments -> a manager."""
@@ -23,3 +24,65 @@ async def read_completions(client: AsyncClient, collection: str, batch_id: str) 
     """Completion documents by id, read directly."""
     docs = client.collection(collection).document(batch_id).collection("completions").stream()
     return {d.id: d.to_dict() async for d in docs}
+
+
+class FaultGate:
+    """A ``fault_injector`` that tells a test when write attempts reach ``point``, and can
+    hold them there: synchronisation by events instead of sleeping and hoping.
+
+    Every call at ``point`` is recorded in ``arrivals``; ``reached`` is set once
+    ``count`` calls have arrived. With ``hold=True`` each arriving call then waits
+    until ``release()``; a held call cancelled before that (the manager gave up on
+    the attempt) is counted in ``abandoned`` and sets ``was_abandoned``.
+
+    Example::
+
+        gate = FaultGate(FaultPoint.BEFORE_COMMIT, count=2, hold=True)
+        manager = make_manager(fault_injector=gate)
+        ...start callers...
+        await gate.wait()  # two groups are in flight, staged, not committed
+        gate.release()
+    """
+
+    def __init__(self, point: FaultPoint, *, count: int = 1, hold: bool = False) -> None:
+        self.point = point
+        self.count = count
+        self.hold = hold
+        self.arrivals: list[tuple[str, list[str]]] = []
+        self.reached = asyncio.Event()
+        self.released = asyncio.Event()
+        self.abandoned = 0
+        self.was_abandoned = asyncio.Event()
+
+    async def __call__(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        if point is not self.point:
+            return
+        self.arrivals.append((batch_id, list(players)))
+        if len(self.arrivals) >= self.count:
+            self.reached.set()
+        if self.hold:
+            try:
+                await self.released.wait()
+            except asyncio.CancelledError:
+                self.abandoned += 1
+                self.was_abandoned.set()
+                raise
+
+    @property
+    def players(self) -> list[str]:
+        """Every player of every arrival, in order."""
+        return [p for _, players in self.arrivals for p in players]
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        """Until ``count`` calls have arrived at ``point`` (TimeoutError after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            await self.reached.wait()
+
+    async def wait_abandoned(self, timeout: float = 30.0) -> None:
+        """Until a held call has been cancelled (TimeoutError after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            await self.was_abandoned.wait()
+
+    def release(self) -> None:
+        """Let held calls, and every later one, through."""
+        self.released.set()
