@@ -135,10 +135,13 @@ class BatchModel(RuleBasedStateMachine):
 
     @initialize(target=batches, mode=st.sampled_from(list(MigrationMode)))
     def first_batch(self, mode: MigrationMode) -> str:
-        return self.create(mode=mode, size=3)
+        return self.new_batch(mode, 3)
 
     @rule(target=batches, mode=st.sampled_from(list(MigrationMode)), size=st.integers(1, 5))
     def create(self, mode: MigrationMode, size: int) -> str:
+        return self.new_batch(mode, size)
+
+    def new_batch(self, mode: MigrationMode, size: int) -> str:
         batch_id = f"b{next(self.numbers)}.{mode.value}"  # a dot: ids are literal
         players = [f"p{i}" if i % 2 else f"p.{i}`" for i in range(size)]
         created = self.run(self.managers[mode].create_batch(batch_id, expected_players=players))

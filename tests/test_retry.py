@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 from google.api_core import exceptions as gexc
@@ -19,7 +20,8 @@ class MaxRandom(random.Random):
         return b
 
 
-def failing(errors: list[BaseException], result: str = "ok"):  # type: ignore[no-untyped-def]
+def failing(errors: list[BaseException], result: str = "ok") -> Callable[[], Awaitable[str]]:
+    """An attempt that raises ``errors`` one per call, then returns ``result``."""
     calls = iter(errors)
 
     async def attempt() -> str:
@@ -160,7 +162,7 @@ def test_invalid_policies_are_configuration_errors() -> None:
         {"deadline": 0},
     ):
         with pytest.raises(ConfigurationError):
-            RetryPolicy(**kwargs)  # type: ignore[arg-type]
+            RetryPolicy(**kwargs)
 
 
 def test_aimd_halves_on_contention_and_grows_back_slowly() -> None:
@@ -213,4 +215,4 @@ def test_adaptive_limit_rejects_bad_bounds() -> None:
 
     for kwargs in ({"initial": 0}, {"initial": 9}, {"tolerance": 1.0}):
         with pytest.raises(ConfigurationError):
-            AdaptiveLimit(8, **kwargs)  # type: ignore[arg-type]
+            AdaptiveLimit(8, **kwargs)
