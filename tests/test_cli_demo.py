@@ -7,7 +7,7 @@ import pytest
 from async_batchstate.cli import main
 from async_batchstate.testing import EmulatorInfo
 
-from .conftest import run_python
+from .helpers import run_python
 
 
 def test_demo_records_a_batch_consistently(

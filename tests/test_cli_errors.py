@@ -26,13 +26,14 @@ from async_batchstate import (
     InvalidIdError,
     MigrationMode,
     RetryExhaustedError,
+    consistency,
 )
 from async_batchstate.cli import main
 from async_batchstate.cli._common import report
 from async_batchstate.migration import _run as _migration
 from async_batchstate.testing import EmulatorInfo
 
-from .conftest import ManagerFactory, fail_one_batch, read_batch, read_completions
+from .helpers import ManagerFactory, fail_one_batch, read_batch, read_completions
 
 MIGRATE = ["backfill", "verify", "status", "cleanup-legacy"]
 BAD_IDS = ["a/b", "__x__", ".", "..", ""]
@@ -462,7 +463,7 @@ async def test_listing_error_mid_run_is_one_line_and_exit_1(
     ExceptionGroup, after the batch already started was verified on the emulator."""
     await _dual_batches(make_manager, 1)
     verified: list[str] = []
-    real_validate = _migration.validate
+    real_validate = consistency.validate
 
     async def lister(*args: Any, **kwargs: Any) -> AsyncIterator[str]:
         yield "d0"

@@ -20,7 +20,7 @@ from async_batchstate.consistency._validate import (
     validate,
 )
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 DUAL = MigrationMode.DUAL_WRITE
 

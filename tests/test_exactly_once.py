@@ -29,7 +29,7 @@ from async_batchstate import (
 )
 from async_batchstate.testing import EmulatorInfo, FaultPoint, batch_violations
 
-from .conftest import ManagerFactory, read_batch
+from .helpers import ManagerFactory, read_batch
 
 pytestmark = pytest.mark.emulator
 

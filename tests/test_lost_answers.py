@@ -20,7 +20,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from async_batchstate import BatchProgress, CompletionStatus, MigrationMode, RetryPolicy
 from async_batchstate.testing import LostAnswers, batch_violations
 
-from .conftest import ManagerFactory
+from .helpers import ManagerFactory
 
 pytestmark = pytest.mark.emulator
 

@@ -6,7 +6,7 @@ import pytest
 
 from async_batchstate.testing import EmulatorInfo
 
-from .conftest import run_python
+from .helpers import run_python
 
 USER_TESTS = """
 import pytest

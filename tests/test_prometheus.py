@@ -20,7 +20,7 @@ from async_batchstate import RetryPolicy, Stats
 from async_batchstate.instrumentation._prometheus import PrometheusCollector
 from async_batchstate.testing import FaultPoint
 
-from .conftest import ManagerFactory
+from .helpers import ManagerFactory
 
 
 class FixedStats:

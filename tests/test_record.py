@@ -22,7 +22,7 @@ from async_batchstate import (
 )
 from async_batchstate.testing import FaultPoint
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 ALL_MODES = list(MigrationMode)
 

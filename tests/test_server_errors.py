@@ -20,9 +20,9 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import CompletionStatus, RetryExhaustedError, RetryPolicy
 from async_batchstate.instrumentation import AttemptFailed, ErrorKind, Event
-from async_batchstate.testing import FaultPoint, batch_violations
+from async_batchstate.testing import FakeClock, FaultPoint, batch_violations
 
-from .conftest import FakeClock, ManagerFactory
+from .helpers import ManagerFactory
 
 pytestmark = pytest.mark.emulator
 

@@ -1,4 +1,4 @@
-"""Testing helpers: the Firestore emulator, what its pytest fixtures hand out, fault injection.
+"""Testing helpers: the Firestore emulator, its pytest fixtures, fault injection, a fake clock.
 
 Importing this package needs no pytest. The pytest plugin with the fixtures
 (``firestore_emulator``, ``firestore_client``, ``firestore_namespace``,
@@ -9,6 +9,7 @@ Importing this package needs no pytest. The pytest plugin with the fixtures
 
 from .._store.connect import aclose_client
 from .._write.writer import FaultInjector, FaultPoint
+from ._clock import FakeClock
 from ._emulator import (
     EmulatorNotFoundError,
     EmulatorStartError,
@@ -25,6 +26,7 @@ __all__ = [
     "EmulatorInfo",
     "EmulatorNotFoundError",
     "EmulatorStartError",
+    "FakeClock",
     "FaultInjector",
     "FaultPoint",
     "FaultyProxy",
