@@ -33,8 +33,7 @@ from .helpers import ManagerFactory, read_batch, read_completions
 
 pytestmark = pytest.mark.emulator
 
-SETTINGS = settings(
-    max_examples=40,
+SETTINGS = settings(  # max_examples: the Hypothesis profile (tests/conftest.py)
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -190,7 +189,6 @@ async def test_player_and_count_stored_faithfully_or_rejected_before_any_write(
 
 
 @settings(
-    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
