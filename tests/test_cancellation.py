@@ -19,11 +19,10 @@ from async_batchstate import (
     CompletionResult,
     CompletionStatus,
     CompletionTimeoutError,
-    FaultPoint,
     ManagerClosedError,
     MigrationMode,
 )
-from async_batchstate.testing import batch_violations
+from async_batchstate.testing import FaultPoint, batch_violations
 
 from .helpers import FaultGate, ManagerFactory
 

@@ -11,18 +11,16 @@ from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import (
-    BatchFinalised,
     BatchProgress,
     CompletionResult,
     CompletionStatus,
     CompletionTimeoutError,
-    Event,
-    FaultPoint,
-    GroupCommitted,
     ManagerClosedError,
     MigrationMode,
     WriteFailedError,
 )
+from async_batchstate.instrumentation import BatchFinalised, Event, GroupCommitted
+from async_batchstate.testing import FaultPoint
 
 from .helpers import FaultGate, ManagerFactory, read_batch, read_completions
 

@@ -11,7 +11,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from async_batchstate import Layout, MigrationMode
-from async_batchstate._consistency import (
+from async_batchstate.consistency._validate import (
     MISMATCH_PREFIX,
     ConsistencyReport,
     SampledValidator,

@@ -16,14 +16,8 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from async_batchstate import (
-    CompletionStatus,
-    FaultPoint,
-    MigrationMode,
-    RetryPolicy,
-    WriteFailedError,
-)
-from async_batchstate.testing import batch_violations
+from async_batchstate import CompletionStatus, MigrationMode, RetryPolicy, WriteFailedError
+from async_batchstate.testing import FaultPoint, batch_violations
 
 from .helpers import ManagerFactory
 

@@ -24,13 +24,13 @@ from async_batchstate import (
     CompletionResult,
     CompletionStatus,
     CompletionTimeoutError,
-    FaultPoint,
     MigrationMode,
     RetryExhaustedError,
     RetryPolicy,
 )
 from async_batchstate.testing import (
     EmulatorInfo,
+    FaultPoint,
     FaultyProxy,
     aclose_client,
     batch_violations,

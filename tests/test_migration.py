@@ -14,9 +14,16 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from async_batchstate import CompletionStatus, InvalidIdError, Layout, MigrationMode
-from async_batchstate._consistency import reconcile, validate
-from async_batchstate._migration import (
+from async_batchstate import (
+    CompletionStatus,
+    ConfigurationError,
+    InvalidIdError,
+    Layout,
+    MigrationMode,
+)
+from async_batchstate.cli import main
+from async_batchstate.consistency._validate import reconcile, validate
+from async_batchstate.migration._run import (
     COMPLETIONS_BACKFILLED,
     BatchState,
     Checkpoint,
@@ -29,10 +36,9 @@ from async_batchstate._migration import (
     status,
     verify,
 )
-from async_batchstate.cli import main
 from async_batchstate.testing import EmulatorInfo
 
-from .helpers import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, fail_one_batch, read_batch, read_completions
 
 DUAL = MigrationMode.DUAL_WRITE
 SUB_ONLY = MigrationMode.SUBCOLLECTION_ONLY
@@ -211,14 +217,12 @@ async def test_backfill_interrupted_then_resumed_does_exactly_the_rest(
     ids = [f"b{i:05d}" for i in range(batches)]
     layout = Layout(batch_collection)
     checkpoint = _WatchedCheckpoint(FirestoreCheckpoint(firestore_client, layout), ids[14])
-    # concurrency >= batches / 3: every id is queued before the interruption (see
-    # test_a_cancelled_backfill_returns_promptly for why a cancel can hang otherwise).
     first = asyncio.create_task(
         backfill(
             firestore_client,
             layout,
             DUAL,
-            concurrency=14,
+            concurrency=4,
             checkpoint=checkpoint,
             checkpoint_interval=0.0,
         )
@@ -261,15 +265,10 @@ async def test_backfill_interrupted_then_resumed_does_exactly_the_rest(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="for_each_batch: a producer cancelled while iterating puts its end markers into "
-    "a full queue that no (cancelled) consumer drains, so the cancelled backfill never ends",
-)
 async def test_a_cancelled_backfill_returns_promptly(
     firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """Cancelling a backfill whose producer is ahead of its workers ends it at once."""
+    """Cancelling a backfill mid-run ends it at once: nothing is left waiting to be drained."""
     await _seed_legacy(firestore_client, batch_collection, 30)
     some_done = asyncio.Event()
 
@@ -284,15 +283,10 @@ async def test_a_cancelled_backfill_returns_promptly(
     )
     await some_done.wait()
     run.cancel()
-    try:
-        done, _ = await asyncio.wait({run}, timeout=2.0)
-        assert {run} == done
-    finally:
-        # The stuck producer ignores its task group's abort: cancel it by hand.
-        for task in asyncio.all_tasks():
-            if task.get_coro().__qualname__.endswith("for_each_batch.<locals>.produce"):  # type: ignore[union-attr]
-                task.cancel()
-        await asyncio.gather(run, return_exceptions=True)
+    done, _ = await asyncio.wait({run}, timeout=2.0)
+
+    assert {run} == done
+    assert run.cancelled()
 
 
 async def test_file_checkpoint_resumes_after_saved_batch(
@@ -487,6 +481,79 @@ async def test_cleanup_dry_run_lists_and_keeps(
 
     assert ("d0", "d1") == summary.cleaned
     assert LEGACY_FIELDS <= (await read_batch(firestore_client, batch_collection, "d0")).keys()
+
+
+async def test_cleanup_failure_of_one_batch_is_listed_and_the_others_are_cleaned(
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch whose removal keeps failing is in ``failures`` (not ``skipped``), keeps its
+    legacy fields, and the other batches are cleaned."""
+    await _dual_batches(make_manager, 3)
+    raised = fail_one_batch(monkeypatch, "d1")
+
+    summary = await cleanup_legacy(firestore_client, Layout(batch_collection), SUB_ONLY)
+
+    assert (("d0", "d2"), ()) == (summary.cleaned, summary.skipped)
+    assert ["d1"] == [batch for batch, _ in summary.failures]
+    assert "PermissionDenied" in summary.failures[0][1]
+    assert "\n" not in summary.failures[0][1]
+    assert False is summary.ok
+    assert ["ServiceUnavailable", "PermissionDenied"] == [type(e).__name__ for e in raised]
+    assert LEGACY_FIELDS <= (await read_batch(firestore_client, batch_collection, "d1")).keys()
+    assert not LEGACY_FIELDS & (await read_batch(firestore_client, batch_collection, "d2")).keys()
+
+
+async def test_backfill_failure_of_one_batch_is_listed_and_the_checkpoint_stops_before_it(
+    firestore_client: AsyncClient,
+    batch_collection: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+) -> None:
+    """One batch failing after the retries leaves the others backfilled, is listed with a
+    one-line reason, and the checkpoint resumes before it (not "finished")."""
+    await _seed_legacy(firestore_client, batch_collection, 4)
+    fail_one_batch(monkeypatch, "b00001")
+    checkpoint = FileCheckpoint(tmp_path / "checkpoint.json")
+
+    summary = await backfill(
+        firestore_client, Layout(batch_collection), DUAL, concurrency=2, checkpoint=checkpoint
+    )
+
+    assert (4, 3, 9) == (summary.batches, summary.changed, summary.completions_created)
+    assert ["b00001"] == [batch for batch, _ in summary.failures]
+    assert "\n" not in summary.failures[0][1]
+    assert {} == await read_completions(firestore_client, batch_collection, "b00001")
+    assert 3 == len(await read_completions(firestore_client, batch_collection, "b00003"))
+    assert {"last_done": "b00000", "finished": False, "mode": "dual_write"} == (
+        await checkpoint.load()
+    )
+
+
+async def test_backfill_refuses_bad_batch_id_before_touching_anything(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """An id Firestore cannot store raises InvalidIdError itself (no ExceptionGroup), and the
+    valid ids listed with it are not backfilled."""
+    await _seed_legacy(firestore_client, batch_collection, 1)
+
+    with pytest.raises(InvalidIdError, match="must not contain '/'"):
+        await backfill(
+            firestore_client, Layout(batch_collection), DUAL, batch_ids=["b00000", "a/b"]
+        )
+
+    assert {} == await read_completions(firestore_client, batch_collection, "b00000")
+
+
+async def test_file_checkpoint_that_is_not_json_is_a_configuration_error(tmp_path: Any) -> None:
+    """A checkpoint file that is not a JSON object raises ConfigurationError naming the file."""
+    path = tmp_path / "checkpoint.json"
+    path.write_text("[1, 2]", encoding="utf-8")
+
+    with pytest.raises(ConfigurationError, match=r"checkpoint\.json"):
+        await FileCheckpoint(path).load()
 
 
 async def test_status_counts_each_state(

@@ -21,15 +21,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from async_batchstate import (
-    CompletionResult,
-    CompletionStatus,
-    FaultPoint,
-    GroupFailed,
-    RetryPolicy,
-    WriteFailedError,
-)
-from async_batchstate._otel import OpenTelemetryHook, completion_span
+from async_batchstate import CompletionResult, CompletionStatus, RetryPolicy, WriteFailedError
+from async_batchstate.instrumentation import GroupFailed
+from async_batchstate.instrumentation._otel import OpenTelemetryHook, completion_span
+from async_batchstate.testing import FaultPoint
 
 from .helpers import ManagerFactory
 
@@ -203,7 +198,7 @@ def test_without_opentelemetry_installed() -> None:
         """
         import asyncio, sys
         sys.modules["opentelemetry"] = None  # as if not installed
-        from async_batchstate._otel import OpenTelemetryHook, completion_span
+        from async_batchstate.instrumentation._otel import OpenTelemetryHook, completion_span
         try:
             OpenTelemetryHook()
         except ImportError as exc:

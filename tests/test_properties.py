@@ -26,7 +26,7 @@ from async_batchstate import (
     InvalidInputError,
     MigrationMode,
 )
-from async_batchstate._layout import player_field
+from async_batchstate._store.schema import player_field
 from async_batchstate.testing import batch_violations
 
 from .helpers import ManagerFactory, read_batch, read_completions
@@ -40,6 +40,7 @@ SETTINGS = settings(  # max_examples: the Hypothesis profile (tests/conftest.py)
 WRITTEN_FIELDS = {
     "status",
     "finalised_by",
+    "expired_flag",
     "callback_owed",
     "callback_claimed_by",
     "callback_claimed_at",

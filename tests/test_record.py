@@ -15,12 +15,12 @@ from async_batchstate import (
     CompletionStatus,
     ConfigurationError,
     DuplicatePlayerError,
-    FaultPoint,
     InvalidCountError,
     InvalidIdError,
     MigrationMode,
     RetryPolicy,
 )
+from async_batchstate.testing import FaultPoint
 
 from .helpers import ManagerFactory, read_batch, read_completions
 

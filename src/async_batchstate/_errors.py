@@ -27,6 +27,14 @@ class DuplicatePlayerError(InvalidInputError):
     """``expected_players`` named the same player more than once."""
 
 
+class UnexpectedPlayerError(InvalidInputError):
+    """A completion for a player outside the batch's roster (``expected_players``).
+
+    Nothing was written: a stale redelivery from another batch or a worker bug
+    must not count toward this batch.
+    """
+
+
 class BatchNotFoundError(BatchStateError, LookupError):
     """The batch document does not exist (``create_batch`` was never called)."""
 

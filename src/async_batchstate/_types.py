@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ class CompletionStatus(enum.Enum):
 
     The first write wins: a redelivery with a different count keeps the first count.
     """
+    LATE = "late"
+    """Recorded and counted, but after the batch expired: it never finalises the batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +52,16 @@ class BatchProgress:
         expected_count: Completions that complete the batch.
         completed_count: Distinct players recorded.
         total_predictions: Sum of the recorded players' prediction counts.
-        status: ``in_progress`` or ``complete`` (set once, by finalisation).
+        status: ``in_progress``, ``complete`` or ``expired`` (the last two are terminal,
+            set once).
         completed_players: Recorded player ids, sorted; empty when not requested.
-        finaliser_id: The id the finalising call stored with the flip; None before it.
+        finaliser_id: The id the finalising (or expiring) call stored; None before it.
+        missing_players: Roster players not recorded yet, sorted (empty for a batch
+            created with ``expected_count`` or when players were not requested).
+        deadline: When the batch expires if unfinished; None if it has no deadline.
+        created_at: When ``create_batch`` created it (server time).
+        finished_at: When it became complete or expired (server time).
+        expired_reason: Why it was expired (``expire(reason=...)`` or the deadline).
     """
 
     batch_id: str
@@ -61,13 +71,19 @@ class BatchProgress:
     status: str
     completed_players: tuple[str, ...] = ()
     finaliser_id: str | None = None
+    missing_players: tuple[str, ...] = ()
+    deadline: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    expired_reason: str | None = None
 
     @property
     def finalisation_key(self) -> str | None:
         """``"<batch_id>/<finaliser_id>"``: the same for every run of a batch's callback.
 
-        ``on_complete`` runs at least once per finalised batch (again in another
-        process if the one running it died first); deduplicate on this key.
+        ``on_complete`` (``on_expired``) runs at least once per finished batch
+        (again in another process if the one running it died first); deduplicate
+        on this key.
         """
         return None if self.finaliser_id is None else f"{self.batch_id}/{self.finaliser_id}"
 
@@ -80,6 +96,16 @@ class BatchProgress:
     def is_finalised(self) -> bool:
         """Whether finalisation has flipped ``status`` to ``complete``."""
         return self.status == "complete"
+
+    @property
+    def is_expired(self) -> bool:
+        """Whether the batch was expired before every completion arrived."""
+        return self.status == "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the batch is finished: ``complete`` or ``expired``."""
+        return self.status in ("complete", "expired")
 
     @property
     def remaining(self) -> int:

@@ -35,6 +35,8 @@ import struct
 from types import TracebackType
 from typing import Self
 
+from .._errors import ConfigurationError, ManagerClosedError
+
 __all__ = ["FaultyProxy", "ProxyState"]
 
 logger = logging.getLogger("async_batchstate.testing.proxy")
@@ -53,7 +55,7 @@ class ProxyState(enum.Enum):
 def _split_host(host: str) -> tuple[str, int]:
     name, _, port = host.rpartition(":")
     if not name or not port.isdigit():
-        raise ValueError(f"expected 'host:port', got {host!r}")
+        raise ConfigurationError(f"expected 'host:port', got {host!r}")
     return name.strip("[]"), int(port)
 
 
@@ -97,7 +99,7 @@ class FaultyProxy:
 
     def __init__(self, target: str, *, listen_host: str = "127.0.0.1", port: int = 0) -> None:
         if listen_host not in ("127.0.0.1", "::1", "localhost"):
-            raise ValueError("FaultyProxy listens on loopback only")
+            raise ConfigurationError("FaultyProxy listens on loopback only")
         self._target = _split_host(target)
         self._listen_host = listen_host
         self._port = port
@@ -150,7 +152,7 @@ class FaultyProxy:
     def host(self) -> str:
         """``host:port`` to give clients (e.g. as ``FIRESTORE_EMULATOR_HOST``)."""
         if self._server is None:
-            raise RuntimeError("the proxy is not started")
+            raise ManagerClosedError("the proxy is not started")
         return f"{self._listen_host}:{self._port}"
 
     @property

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from ._metrics import Stats
+from .._errors import ConfigurationError
+from ._events import Stats
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -89,7 +90,7 @@ class PrometheusCollector:
                 another ``namespace``), or this collector is registered already.
         """
         if self._registry is not None:
-            raise ValueError(f"{self!r} is already registered")
+            raise ConfigurationError(f"{self!r} is already registered")
         registry.register(self)
         self._registry = registry
         return self

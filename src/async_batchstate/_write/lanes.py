@@ -14,9 +14,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ._limits import AdaptiveLimit
-from ._types import CompletionResult
-from ._writer import Completion
+from .._types import CompletionResult
+from .limits import AdaptiveLimit
+from .writer import Completion
 
 logger = logging.getLogger("async_batchstate.coalesce")
 

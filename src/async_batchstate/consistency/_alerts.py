@@ -9,7 +9,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ._consistency import ConsistencyReport
+from .._errors import ConfigurationError
+from ._validate import ConsistencyReport
 
 __all__ = ["SlackWebhookAlerter"]
 
@@ -37,9 +38,9 @@ class SlackWebhookAlerter:
 
     def __init__(self, url: str, timeout: float = 5.0, *, username: str | None = None) -> None:
         if not url.startswith(("https://", "http://")):
-            raise ValueError("the Slack webhook url must be http(s)")
+            raise ConfigurationError("the Slack webhook url must be http(s)")
         if timeout <= 0:
-            raise ValueError("timeout must be > 0 seconds")
+            raise ConfigurationError("timeout must be > 0 seconds")
         self.url = url
         self.timeout = timeout
         self.username = username

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
+from google.auth.exceptions import GoogleAuthError
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
 EMULATOR_ENV = "FIRESTORE_EMULATOR_HOST"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
@@ -21,7 +22,8 @@ def client_from_env(project: str | None = None) -> AsyncClient:
     needs a project and Application Default Credentials.
 
     Raises:
-        ConfigurationError: Neither an emulator nor a project is configured.
+        ConfigurationError: Neither an emulator nor a project is configured, or
+            the project's credentials cannot be found.
     """
     project = project or os.environ.get(PROJECT_ENV)
     if os.environ.get(EMULATOR_ENV):
@@ -31,7 +33,10 @@ def client_from_env(project: str | None = None) -> AsyncClient:
             f"no Firestore configured: set {EMULATOR_ENV}=host:port for an emulator, or "
             f"{PROJECT_ENV} (with Application Default Credentials) for a real project"
         )
-    return AsyncClient(project=project)
+    try:
+        return AsyncClient(project=project)
+    except GoogleAuthError as exc:  # e.g. no Application Default Credentials
+        raise ConfigurationError(f"no credentials for project {project!r}: {exc}") from exc
 
 
 async def aclose_client(client: AsyncClient) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from .._errors import BatchStateError, ConfigurationError
+
 __all__ = ["EmulatorNotFoundError", "EmulatorStartError", "FirestoreEmulator", "find_emulator_jar"]
 
 JAR_ENV = "ASYNC_BATCHSTATE_EMULATOR_JAR"
@@ -29,11 +31,11 @@ _SDK_GUESSES = (
 )
 
 
-class EmulatorNotFoundError(RuntimeError):
+class EmulatorNotFoundError(ConfigurationError):
     """Java or the emulator jar is not installed on this machine."""
 
 
-class EmulatorStartError(RuntimeError):
+class EmulatorStartError(BatchStateError, RuntimeError):
     """The emulator was found but did not start answering in time."""
 
 

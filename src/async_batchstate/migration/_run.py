@@ -36,7 +36,6 @@ import dataclasses
 import enum
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -49,24 +48,22 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from . import _layout as f
-from ._clock import SYSTEM_CLOCK
-from ._config import MigrationMode
-from ._consistency import (
+from .._config import MigrationMode
+from .._errors import BatchStateError, ConfigurationError, InvalidInputError
+from .._store import schema as f
+from .._store.schema import Layout, validate_id
+from .._write.finaliser import Finaliser
+from .._write.retry import RetryPolicy, run_with_retry
+from .._write.writer import GroupWriter, run_transactional
+from ..consistency._validate import (
     ConsistencyReport,
     batch_ref,
     completions_ref,
     validate,
 )
-from ._errors import BatchStateError
-from ._finaliser import Finaliser
-from ._layout import Layout, validate_id
-from ._metrics import Recorder
-from ._retry import RetryPolicy, run_with_retry
-from ._writer import GroupWriter, run_transactional
+from ..instrumentation._events import Recorder
 
 __all__ = [
-    "COMPLETIONS_BACKFILLED",
     "BackfillSummary",
     "BatchBackfill",
     "BatchState",
@@ -74,6 +71,7 @@ __all__ = [
     "CleanupSummary",
     "FileCheckpoint",
     "FirestoreCheckpoint",
+    "MigrationError",
     "MigrationProgress",
     "StatusSummary",
     "VerifySummary",
@@ -159,9 +157,23 @@ async def count_batches(client: AsyncClient, layout: Layout, start_after: str | 
     return int(rows[0][0].value) if rows else 0
 
 
+def _checked_ids(batch_ids: Sequence[str] | None) -> list[str] | None:
+    """``batch_ids`` without repeats, every one validated before any batch is touched.
+
+    Raises:
+        InvalidInputError: ``batch_ids`` is a single ``str`` (a sequence of its characters).
+        InvalidIdError: An id Firestore cannot store.
+    """
+    if batch_ids is None:
+        return None
+    if isinstance(batch_ids, str):
+        raise InvalidInputError(f"batch_ids must be a sequence of ids, not the str {batch_ids!r}")
+    return [validate_id("batch id", batch_id) for batch_id in dict.fromkeys(batch_ids)]
+
+
 async def _listed(batch_ids: Sequence[str]) -> AsyncIterator[str]:
-    for batch_id in dict.fromkeys(batch_ids):
-        yield validate_id("batch id", batch_id)
+    for batch_id in batch_ids:
+        yield batch_id
 
 
 async def for_each_batch(
@@ -173,32 +185,55 @@ async def for_each_batch(
 ) -> None:
     """Run ``work`` on every id with at most ``concurrency`` at a time.
 
-    ``on_done`` gets each result or exception (a failed batch never stops the others).
+    ``on_done`` gets each id with its result, or with the ``Exception`` its
+    ``work`` raised: a failed batch never stops the others. ``CancelledError``
+    and ``KeyboardInterrupt`` are not ``Exception``s: they stop the run.
+
+    An error while listing ``ids`` or from ``on_done`` stops dispatching new
+    batches; the batches already started finish (and reach ``on_done``), then
+    that first error is raised as it is, not wrapped in an ``ExceptionGroup``.
+
+    Raises:
+        MigrationError: ``concurrency < 1``.
     """
     if concurrency < 1:
         raise MigrationError("concurrency must be >= 1")
-    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=concurrency * 2)
+    slots = asyncio.Semaphore(concurrency)
+    fatal: list[Exception] = []
 
-    async def produce() -> None:
+    async def run(batch_id: str) -> None:
         try:
-            async for batch_id in ids:
-                await queue.put(batch_id)
-        finally:
-            for _ in range(concurrency):
-                await queue.put(None)
-
-    async def consume() -> None:
-        while (batch_id := await queue.get()) is not None:
             try:
                 result: T | Exception = await work(batch_id)
-            except Exception as exc:
+            except Exception as exc:  # this batch's failure, reported to on_done
                 result = exc
             await on_done(batch_id, result)
+        except Exception as exc:
+            fatal.append(exc)
+        finally:
+            slots.release()
 
-    async with asyncio.TaskGroup() as group:
-        group.create_task(produce())
-        for _ in range(concurrency):
-            group.create_task(consume())
+    iterator = aiter(ids)
+    try:
+        async with asyncio.TaskGroup() as group:
+            while True:
+                await slots.acquire()  # one slot per batch in flight: bounded
+                if fatal:
+                    break
+                try:
+                    batch_id = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:  # listing failed: finish what runs, then raise
+                    fatal.append(exc)
+                    break
+                group.create_task(run(batch_id))
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
+    if fatal:
+        raise fatal[0]
 
 
 def _ids(
@@ -216,12 +251,23 @@ async def _total(
     client: AsyncClient, layout: Layout, batch_ids: Sequence[str] | None, start_after: str | None
 ) -> int | None:
     if batch_ids is not None:
-        return len(set(batch_ids))
+        return len(batch_ids)
     try:
         return await count_batches(client, layout, start_after)
     except Exception:  # the total only feeds a progress bar
         logger.debug("counting batches failed", exc_info=True)
         return None
+
+
+_REASON_CHARS = 300
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``Type: message`` on one line (whitespace collapsed), at most ``_REASON_CHARS`` long."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(text) > _REASON_CHARS:
+        text = text[: _REASON_CHARS - 3] + "..."
+    return text
 
 
 class _Tally:
@@ -238,15 +284,18 @@ class _Tally:
         """Count one batch; True if it succeeded."""
         self.done += 1
         ok = not isinstance(result, Exception)
-        if not ok:
+        if isinstance(result, Exception):
             self.failed += 1
-            self.failures.append((batch_id, f"{type(result).__name__}: {result}"))
+            self.failures.append((batch_id, failure_reason(result)))
             logger.warning(
                 "migration step failed for batch %r: %r",
                 batch_id,
                 result,
                 extra={"batch_id": batch_id},
             )
+            # The traceback only at DEBUG: with no logging configured, WARNING
+            # records reach stderr, and the command line prints no tracebacks.
+            logger.debug("traceback of batch %r", batch_id, exc_info=result)
         if self.progress is not None:
             self.progress(MigrationProgress(batch_id, self.done, self.total, self.failed))
         return ok
@@ -308,12 +357,26 @@ class FileCheckpoint:
         return f"<FileCheckpoint {str(self.path)!r}>"
 
     async def load(self) -> dict[str, Any] | None:
-        """The saved state, or None."""
+        """The saved state, or None.
+
+        Raises:
+            ConfigurationError: The file is not a checkpoint (not a JSON object).
+        """
         try:
             text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
         except FileNotFoundError:
             return None
-        loaded: dict[str, Any] = json.loads(text)
+        try:
+            loaded = json.loads(text)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+            raise ConfigurationError(
+                f"checkpoint file {str(self.path)!r} is not valid JSON: {exc}"
+            ) from exc
+        if not isinstance(loaded, dict):
+            raise ConfigurationError(
+                f"checkpoint file {str(self.path)!r} holds a JSON {type(loaded).__name__}, "
+                "not a checkpoint object"
+            )
         return loaded
 
     async def save(self, state: Mapping[str, Any]) -> None:
@@ -449,6 +512,13 @@ async def _backfill_step(
     return _Step(tuple(chunk), sum(chunk.values()), final, mark, tuple(unknown), None)
 
 
+async def _retrying(
+    call: Callable[[], Awaitable[Any]], policy: RetryPolicy | None, what: str
+) -> Any:
+    result, _ = await run_with_retry(call, policy or RetryPolicy(), what=what)
+    return result
+
+
 async def backfill_batch(
     client: AsyncClient,
     layout: Layout,
@@ -512,7 +582,8 @@ class BackfillSummary:
         completions_created: Completion documents created.
         predictions_backfilled: Sum of their counts.
         unknown_counts: ``(batch_id, player)`` left alone for lack of a count.
-        failures: ``(batch_id, error)`` of batches that failed (re-run to retry them).
+        failures: ``(batch_id, reason)`` of batches that failed, the reason on one
+            line; the run went on with the others (re-run to retry them).
         resumed_after: The checkpoint's batch id this run started after, if any.
         dry_run: Nothing was written.
         finalised: Batches this run completed and finalised (their ``on_complete``
@@ -561,13 +632,19 @@ async def backfill(
         checkpoint: Where to resume from and save progress; None: always from the start.
             A finished run's checkpoint makes the next run start over (cheap:
             backfilled batches need no write).
-        checkpoint_interval: Least seconds between checkpoint saves.
+        checkpoint_interval: Least seconds between checkpoint saves. A save that
+            fails is logged and the run goes on (the checkpoint only saves work).
         progress: Called after each batch.
         retry: Retry policy of each transaction.
 
+    A batch that fails (after ``retry`` gave up) is listed in the summary's
+    ``failures`` and the run goes on with the others.
+
     Raises:
         MigrationError: ``mode`` is ``LEGACY`` or ``concurrency < 1``.
+        InvalidIdError: A batch id in ``batch_ids`` Firestore cannot store.
     """
+    batch_ids = _checked_ids(batch_ids)
     if not mode.writes_subcollection:
         raise MigrationError(
             "backfill needs every writer in a mode that writes the subcollection (DUAL_WRITE "
@@ -596,9 +673,19 @@ async def backfill(
         async with save_lock:
             if not finished and watermark == saved:
                 return
-            await checkpoint.save(
-                {"last_done": watermark, "finished": finished, "mode": mode.value}
-            )
+            try:
+                await checkpoint.save(
+                    {"last_done": watermark, "finished": finished, "mode": mode.value}
+                )
+            except Exception:
+                # Only work is lost: a later save, or the next run, covers it.
+                logger.warning(
+                    "saving the backfill checkpoint failed; the run goes on",
+                    exc_info=True,
+                    extra={"checkpoint": repr(checkpoint), "last_done": watermark},
+                )
+                last_save = time.monotonic()  # try again after an interval, not per batch
+                return
             saved, last_save = watermark, time.monotonic()
 
     async def tracked() -> AsyncIterator[str]:
@@ -610,9 +697,7 @@ async def backfill(
         client,
         GroupWriter(client, layout, mode),
         mode,
-        retry=retry or RetryPolicy(),
-        clock=SYSTEM_CLOCK,
-        rng=random.Random(),
+        retrying=lambda call, what: _retrying(call, retry, what),
         recorder=Recorder(()),
         on_complete=None,
         callback_lease=60.0,
@@ -682,7 +767,8 @@ class VerifySummary:
     Attributes:
         checked: Batches validated.
         inconsistent: Reports of the batches that broke a rule, by batch id.
-        failures: ``(batch_id, error)`` of batches that could not be validated.
+        failures: ``(batch_id, reason)`` of batches that could not be validated,
+            the reason on one line; the run went on with the others.
     """
 
     checked: int
@@ -705,6 +791,7 @@ async def _validate_all(
     retry: RetryPolicy | None,
     sink: Callable[[ConsistencyReport], None],
 ) -> _Tally:
+    batch_ids = _checked_ids(batch_ids)
     tally = _Tally(await _total(client, layout, batch_ids, None), progress)
 
     async def work(batch_id: str) -> ConsistencyReport:
@@ -730,7 +817,14 @@ async def verify(
     progress: ProgressCallback | None = None,
     retry: RetryPolicy | None = None,
 ) -> VerifySummary:
-    """Validate every batch (or ``batch_ids``) under ``mode``'s rules."""
+    """Validate every batch (or ``batch_ids``) under ``mode``'s rules.
+
+    A batch that cannot be validated (missing, or still failing after
+    ``retry`` gave up) is listed in ``failures`` and the run goes on.
+
+    Raises:
+        InvalidIdError: A batch id in ``batch_ids`` Firestore cannot store.
+    """
     bad: list[ConsistencyReport] = []
 
     def sink(report: ConsistencyReport) -> None:
@@ -776,7 +870,8 @@ class StatusSummary:
 
     Attributes:
         counts: Batches in each state (every state present, maybe 0).
-        failures: ``(batch_id, error)`` of batches that could not be read.
+        failures: ``(batch_id, reason)`` of batches that could not be read (not in
+            ``counts``), the reason on one line; the run went on with the others.
     """
 
     counts: Mapping[BatchState, int]
@@ -798,7 +893,14 @@ async def status(
     progress: ProgressCallback | None = None,
     retry: RetryPolicy | None = None,
 ) -> StatusSummary:
-    """Count batches per ``BatchState`` (consistency judged under ``mode``'s rules)."""
+    """Count batches per ``BatchState`` (consistency judged under ``mode``'s rules).
+
+    A batch that cannot be read is listed in ``failures`` (not counted) and the
+    run goes on.
+
+    Raises:
+        InvalidIdError: A batch id in ``batch_ids`` Firestore cannot store.
+    """
     counts = dict.fromkeys(BatchState, 0)
 
     def sink(report: ConsistencyReport) -> None:
@@ -821,6 +923,9 @@ class CleanupSummary:
         cleaned: Batches whose legacy fields were removed (or would be, in a dry run).
         skipped: Batches that changed between the check and the removal and were left.
         dry_run: Nothing was written.
+        failures: ``(batch_id, reason)`` of batches whose removal failed (after the
+            retries gave up), the reason on one line; the run went on with the
+            others and their legacy fields are intact (re-run to retry them).
     """
 
     refused: bool
@@ -828,11 +933,12 @@ class CleanupSummary:
     cleaned: tuple[str, ...] = ()
     skipped: tuple[tuple[str, str], ...] = ()
     dry_run: bool = False
+    failures: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Not refused and nothing skipped."""
-        return not self.refused and not self.skipped
+        """Not refused, nothing skipped and no batch failed."""
+        return not self.refused and not self.skipped and not self.failures
 
 
 async def cleanup_legacy(
@@ -864,7 +970,13 @@ async def cleanup_legacy(
         concurrency: Batches in flight at once.
         progress: Called after each batch of the removal pass.
         retry: Retry policy of each read and transaction.
+
+    A batch whose removal fails is listed in ``failures`` and the run goes on.
+
+    Raises:
+        InvalidIdError: A batch id in ``batch_ids`` Firestore cannot store.
     """
+    batch_ids = _checked_ids(batch_ids)
     if mode is not MigrationMode.SUBCOLLECTION_ONLY:
         reason = (
             f"writers run in {mode.name}, which still uses the legacy array; deploy "
@@ -929,8 +1041,14 @@ async def cleanup_legacy(
     await for_each_batch(
         _ids(client, layout, batch_ids), work, concurrency=concurrency, on_done=on_done
     )
-    skipped += tally.failures
-    return CleanupSummary(False, (), tuple(sorted(cleaned)), tuple(sorted(skipped)), dry_run)
+    return CleanupSummary(
+        False,
+        (),
+        tuple(sorted(cleaned)),
+        tuple(sorted(skipped)),
+        dry_run,
+        tuple(sorted(tally.failures)),
+    )
 
 
 def reasons_text(reasons: Iterable[tuple[str, str]], limit: int = 50) -> list[str]:

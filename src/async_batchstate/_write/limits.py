@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiolimiter import AsyncLimiter
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
 
 class AdaptiveLimit:
@@ -92,10 +92,35 @@ def make_rate_limiter(rate: float | None) -> AsyncLimiter | None:
 
     aiolimiter is a leaky bucket of capacity ``rate`` over one second: an idle
     limiter admits a burst of up to ``rate`` attempts at once, then drips at
-    ``rate`` per second.
+    ``rate`` per second. Below one per second a bucket of capacity ``rate``
+    could never hold the one unit an attempt takes, so ``0 < rate < 1`` becomes
+    a bucket of one attempt every ``1 / rate`` seconds (``0.5``: one attempt
+    every 2 s).
+
+    Raises:
+        ConfigurationError: ``rate`` is not a real number (``bool`` included), is
+            not finite, or is not > 0.
     """
+    import math
+    import numbers
+
     if rate is None:
         return None
-    if rate <= 0:
-        raise ConfigurationError(f"rate_limit must be > 0 operations per second, got {rate}")
-    return AsyncLimiter(max_rate=rate, time_period=1.0)
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        raise ConfigurationError(
+            f"rate_limit must be a number of operations per second, not {type(rate).__name__}"
+        )
+    try:
+        value = float(rate)
+    except OverflowError:  # an int beyond float's range
+        value = math.inf
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(
+            f"rate_limit must be a finite number > 0 operations per second, got {rate!r}"
+        )
+    if value >= 1:
+        return AsyncLimiter(max_rate=value, time_period=1.0)
+    period = 1.0 / value
+    if not math.isfinite(period):
+        raise ConfigurationError(f"rate_limit {rate!r} is too small: one operation every {period}s")
+    return AsyncLimiter(max_rate=1, time_period=period)

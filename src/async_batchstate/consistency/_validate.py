@@ -28,12 +28,12 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from . import _layout as f
-from ._config import MigrationMode
-from ._errors import BatchNotFoundError, ConfigurationError
-from ._layout import Layout, validate_id
-from ._retry import RetryPolicy, run_with_retry
-from ._writer import run_transactional
+from .._config import MigrationMode
+from .._errors import BatchNotFoundError, ConfigurationError
+from .._store import schema as f
+from .._store.schema import Layout, validate_id
+from .._write.retry import RetryPolicy, run_with_retry
+from .._write.writer import run_transactional
 
 __all__ = [
     "AlertHook",

@@ -25,6 +25,7 @@ id means "this group wrote it" (RECORDED), another id "someone else did"
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,10 +38,10 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from . import _layout as f
-from ._config import MigrationMode
-from ._errors import BatchNotFoundError, WriteFailedError
-from ._layout import Layout
+from .._config import MigrationMode
+from .._errors import BatchNotFoundError, WriteFailedError
+from .._store import schema as f
+from .._store.schema import Layout
 
 WritePath = Literal["auto", "transaction"]
 """``"auto"``: lock-free wherever completion documents are the guard; ``"transaction"``:
@@ -95,11 +96,13 @@ class GroupOutcome:
             this write or as read by it; None if the write neither committed
             nor read the batch document.
         batch: The batch document's status, when the write read it.
+        late: The batch had expired when this group's write landed.
     """
 
     recorded: tuple[bool, ...]
     completed_count: int | None = None
     batch: BatchView | None = None
+    late: bool = False
 
     @property
     def new_count(self) -> int:
@@ -127,13 +130,27 @@ class GroupState:
 
 
 @dataclass(frozen=True, slots=True)
+class _ResultsAt:
+    """Where the batch update's transform results land (sorted by field path)."""
+
+    counter: int | None
+    """The completed counter's Increment: its value after the commit (the count)."""
+    expired: int
+    """The ``Increment(0)`` of the expired flag: 1 if the batch had expired."""
+
+    def read(self, write_result: Any) -> GroupOutcome:
+        results = write_result.transform_results
+        count = None if self.counter is None else int(results[self.counter].integer_value)
+        return GroupOutcome((), count, late=int(results[self.expired].integer_value) == 1)
+
+
+@dataclass(frozen=True, slots=True)
 class _Staged:
     new: tuple[str, ...]
     """Players the transaction creates; empty when it writes nothing."""
-    counter_index: int | None
-    """Where the completed counter's transform result lands, if the mode counts it."""
+    results_at: _ResultsAt
     legacy_count: int | None
-    """The array's length after the commit, when the transaction read the array."""
+    """The array's length after the commit, when the transaction read and counts it."""
 
 
 T = TypeVar("T")
@@ -244,6 +261,11 @@ class GroupWriter:
         self._releases: set[asyncio.Task[None]] = set()
         self._backfilled_batches: set[str] = set()
 
+    @property
+    def layout(self) -> Layout:
+        """Where batches and completions live."""
+        return self._layout
+
     def batch_ref(self, batch_id: str) -> Any:
         """The batch document."""
         return self._client.collection(self._layout.collection).document(batch_id)
@@ -344,11 +366,9 @@ class GroupWriter:
                 self._mode.writes_legacy and not await self._backfilled(batch_id)
             )
             if self._write_path == "auto" and not legacy_read:
-                count, batch = await self._write_lock_free(batch_id, group, firsts, state)
+                written = await self._write_lock_free(batch_id, group, firsts, state)
             else:
-                count, batch = await self._write_transaction(
-                    batch_id, group, firsts, state, legacy_read
-                )
+                written = await self._write_transaction(batch_id, group, firsts, state, legacy_read)
         except gexc.NotFound as exc:
             raise BatchNotFoundError(
                 f"batch {batch_id!r} does not exist in {self._layout.collection!r}; "
@@ -360,7 +380,7 @@ class GroupWriter:
             firsts[c.player] == i and state.resolved.get(c.player, False)
             for i, c in enumerate(group)
         )
-        return GroupOutcome(recorded, count, batch)
+        return dataclasses.replace(written, recorded=recorded)
 
     async def _write_lock_free(
         self,
@@ -368,21 +388,20 @@ class GroupWriter:
         group: Sequence[Completion],
         firsts: dict[str, int],
         state: GroupState,
-    ) -> tuple[int | None, BatchView | None]:
+    ) -> GroupOutcome:
         """Commit the unresolved members; on ALREADY_EXISTS find which exist and go again."""
         batch_ref = self.batch_ref(batch_id)
         pending = [group[i] for p, i in firsts.items() if p not in state.resolved]
-        count: int | None = None
-        batch: BatchView | None = None
+        seen = GroupOutcome(())
         await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
         for _ in range(_MAX_CONFLICT_ROUNDS):
             if not pending:
-                return count, batch
+                return seen
             refs = {c.player: self.completion_ref(batch_id, c.player) for c in pending}
             write = self._client.batch()
             for completion in pending:
                 write.create(refs[completion.player], self._completion_doc(completion, state))
-            update, counter_index = self._batch_update(pending)
+            update, results_at = self._batch_update(pending)
             write.update(batch_ref, update)
             await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
             try:
@@ -390,7 +409,7 @@ class GroupWriter:
             except gexc.Conflict:
                 # Some member exists. One lock-free read of the batch and the members
                 # says which, whose they are, and where the batch stands.
-                found, batch, count = await self._read_after_conflict(batch_ref, refs)
+                found, seen = await self._read_after_conflict(batch_ref, refs)
                 for player, write_id in found.items():
                     state.resolved[player] = write_id == state.write_id
                 still = [c for c in pending if c.player not in found]
@@ -403,15 +422,14 @@ class GroupWriter:
                 continue
             for completion in pending:
                 state.resolved[completion.player] = True
-            assert counter_index is not None
-            count = int(results[-1].transform_results[counter_index].integer_value)
+            outcome = results_at.read(results[-1])
             await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
-            return count, None
+            return outcome
         raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
 
     async def _read_after_conflict(
         self, batch_ref: Any, refs: dict[str, Any]
-    ) -> tuple[dict[str, str | None], BatchView | None, int | None]:
+    ) -> tuple[dict[str, str | None], GroupOutcome]:
         """The existing members' write ids, and the batch's status and count (one RPC)."""
         fields = [
             f.WRITE_ID,
@@ -422,7 +440,7 @@ class GroupWriter:
         ]
         found: dict[str, str | None] = {}
         batch: BatchView | None = None
-        count: int | None = None
+        count = 0
         async for snap in self._client.get_all(
             [batch_ref, *refs.values()], field_paths=fields, retry=None
         ):
@@ -440,7 +458,7 @@ class GroupWriter:
                 found[snap.reference.id] = data.get(f.WRITE_ID)
         if batch is None:
             raise BatchNotFoundError(f"batch {batch_ref.id!r} does not exist")
-        return found, batch, count
+        return found, GroupOutcome((), count, batch, late=batch.status == f.STATUS_EXPIRED)
 
     async def _write_transaction(
         self,
@@ -449,7 +467,7 @@ class GroupWriter:
         firsts: dict[str, int],
         state: GroupState,
         legacy_read: bool,
-    ) -> tuple[int | None, BatchView | None]:
+    ) -> GroupOutcome:
         try:
             staged, transaction = await self.transact(
                 self._stage, batch_id, group, firsts, state, legacy_read
@@ -463,15 +481,13 @@ class GroupWriter:
                     raise exc.__cause__ from None
             raise
         if not staged.new:
-            return None, None
+            return GroupOutcome(())
         state.resolved.update(dict.fromkeys(staged.new, True))
         await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(firsts))
-        if staged.counter_index is None:
-            return staged.legacy_count, None
-        # Increment's transform result is the counter's value after this commit:
-        # the completion check needs no extra read of the hot document.
-        batch_result = (transaction.write_results or [])[-1]
-        return int(batch_result.transform_results[staged.counter_index].integer_value), None
+        outcome = staged.results_at.read((transaction.write_results or [])[-1])
+        if staged.legacy_count is not None:
+            return dataclasses.replace(outcome, completed_count=staged.legacy_count)
+        return outcome
 
     async def _stage(
         self,
@@ -508,14 +524,14 @@ class GroupWriter:
         await self._fault(FaultPoint.AFTER_READS, batch_id, list(firsts))
 
         new = [group[firsts[p]] for p in pending if p not in state.resolved]
-        staged = _Staged((), None, None)
+        staged = _Staged((), _ResultsAt(None, 0), None)
         if new:
             if self._mode.writes_subcollection:
                 for completion in new:
                     transaction.create(
                         refs[completion.player], self._completion_doc(completion, state)
                     )
-            update, counter_index = self._batch_update(new)
+            update, results_at = self._batch_update(new)
             if not self._mode.writes_subcollection:
                 attempt_id = f"{state.write_id}.{len(state.plans)}"
                 state.plans[attempt_id] = frozenset(c.player for c in new)
@@ -523,12 +539,13 @@ class GroupWriter:
             transaction.update(batch_ref, update)
             # The mode that reads the array counts the array: a batch recorded partly
             # by LEGACY writers (not yet backfilled) finalises on the array's length.
-            if array is not None and not self._mode.reads_subcollection:
-                counter_index = None
+            counts_array = array is not None and not self._mode.reads_subcollection
             staged = _Staged(
                 tuple(c.player for c in new),
-                counter_index,
-                None if array is None else len(array | {c.player for c in new}),
+                results_at,
+                len(array | {c.player for c in new})
+                if counts_array and array is not None
+                else None,
             )
         await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(firsts))
         return staged
@@ -587,10 +604,10 @@ class GroupWriter:
                 return set(data.get(f.COMPLETED_PLAYERS, ())), list(data.get(f.RECENT_WRITES, ()))
         raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
 
-    def _batch_update(self, new: Sequence[Completion]) -> tuple[dict[str, Any], int | None]:
-        """The batch-document update for ``new``, and where its counter's result lands."""
+    def _batch_update(self, new: Sequence[Completion]) -> tuple[dict[str, Any], _ResultsAt]:
+        """The batch-document update for ``new``, and where its transform results land."""
         total = sum(c.predictions_count for c in new)
-        data: dict[str, Any] = {}
+        data: dict[str, Any] = {f.EXPIRED_FLAG: Increment(0)}
         if self._mode.writes_legacy:
             data[f.COMPLETED_PLAYERS] = ArrayUnion([c.player for c in new])
             for c in new:
@@ -600,11 +617,14 @@ class GroupWriter:
             if not self._mode.writes_subcollection:
                 # This write adds players without completion documents.
                 data[f.COMPLETIONS_BACKFILLED] = DELETE_FIELD
-        if not self._mode.writes_subcollection:
-            return data, None
-        data[f.COMPLETED_COUNT] = Increment(len(new))
-        data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)
-        data[f.LAST_UPDATED] = SERVER_TIMESTAMP
+        if self._mode.writes_subcollection:
+            data[f.COMPLETED_COUNT] = Increment(len(new))
+            data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)
+            data[f.LAST_UPDATED] = SERVER_TIMESTAMP
         # The client sends a write's field transforms sorted by field path.
         transforms = sorted(FieldPath.from_string(k) for k, v in data.items() if _is_transform(v))
-        return data, transforms.index(FieldPath(f.COMPLETED_COUNT))
+        counter = FieldPath(f.COMPLETED_COUNT)
+        return data, _ResultsAt(
+            transforms.index(counter) if counter in transforms else None,
+            transforms.index(FieldPath(f.EXPIRED_FLAG)),
+        )

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ._retry import ErrorKind
-from ._types import BatchProgress
+from .._types import BatchProgress
+from .._write.retry import ErrorKind
 
 logger = logging.getLogger("async_batchstate.metrics")
 
@@ -71,7 +71,8 @@ class Stats:
     """A snapshot of a manager's counters since it was created.
 
     Attributes:
-        recorded: Completions counted for the first time.
+        recorded: Completions counted for the first time (late ones included).
+        late: Of those, completions counted after their batch expired.
         duplicates: Completions that were already recorded.
         failed: Completions whose caller got an error.
         transactions: Committed transactions.
@@ -87,6 +88,7 @@ class Stats:
     """
 
     recorded: int = 0
+    late: int = 0
     duplicates: int = 0
     failed: int = 0
     transactions: int = 0
@@ -122,6 +124,7 @@ class Recorder:
         self.hooks = hooks
         self.recorded = 0
         self.duplicates = 0
+        self.late = 0
         self.failed = 0
         self.transactions = 0
         self.attempts = 0
@@ -153,6 +156,7 @@ class Recorder:
         ordered = sorted(self.latencies)
         return Stats(
             recorded=self.recorded,
+            late=self.late,
             duplicates=self.duplicates,
             failed=self.failed,
             transactions=self.transactions,

@@ -4,23 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from google.api_core import exceptions as gexc
-from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from . import _layout as f
-from ._clock import SYSTEM_CLOCK, Clock
-from ._coalesce import Lane, Pending
-from ._config import MigrationMode
-from ._consistency import (
+from .._clock import SYSTEM_CLOCK, Clock
+from .._config import MigrationMode
+from .._errors import (
+    BatchExistsError,
+    BatchNotFoundError,
+    CompletionTimeoutError,
+    ConfigurationError,
+    InvalidCountError,
+    InvalidInputError,
+    ManagerClosedError,
+    UnexpectedPlayerError,
+)
+from .._store import schema as f
+from .._store.roster import BatchInfoCache, recorded_players, roster_ref
+from .._store.schema import (
+    Layout,
+    LegacyLimits,
+    new_batch,
+    validate_count,
+    validate_id,
+    validate_player,
+)
+from .._types import BatchProgress, CompletionResult
+from ..consistency._validate import (
     AlertHook,
     ConsistencyReport,
     ReconcileResult,
@@ -29,37 +50,19 @@ from ._consistency import (
     reconcile,
     validate,
 )
-from ._errors import (
-    BatchExistsError,
-    BatchNotFoundError,
-    BatchStateError,
-    CompletionTimeoutError,
-    ConfigurationError,
-    DuplicatePlayerError,
-    InvalidCountError,
-    LegacyArrayLimitError,
-    ManagerClosedError,
-    WriteFailedError,
-)
-from ._finaliser import Finaliser, OnComplete, progress_from
-from ._layout import Layout, validate_count, validate_id, validate_legacy_key
-from ._limits import AdaptiveLimit, make_rate_limiter
-from ._metrics import (
-    AttemptFailed,
-    GroupCommitted,
-    GroupFailed,
+from ..instrumentation._events import (
     Hook,
     Recorder,
     Stats,
 )
-from ._otel import completion_span
-from ._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
-from ._types import BatchProgress, CompletionResult, CompletionStatus
-from ._writer import (
+from ..instrumentation._otel import completion_span
+from .finaliser import Finaliser, OnComplete, progress_from
+from .limits import make_rate_limiter
+from .retry import ErrorKind, RetryPolicy, run_with_retry
+from .runner import GroupRunner
+from .writer import (
     Completion,
     FaultInjector,
-    GroupOutcome,
-    GroupState,
     GroupWriter,
     WritePath,
     new_write_id,
@@ -73,8 +76,20 @@ logger = logging.getLogger("async_batchstate")
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
 MAX_GROUP_SIZE = 1500
 """Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
-_LEGACY_MAX_BYTES = 1_048_576 - 48_576
-"""Bytes of a batch document the legacy array and map may take (the rest: other fields)."""
+
+
+def _now() -> dt.datetime:
+    """Wall-clock now, UTC: deadlines are instants shared by every process."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _retention(value: dt.timedelta | float | None) -> dt.timedelta | None:
+    if value is None:
+        return None
+    delta = value if isinstance(value, dt.timedelta) else dt.timedelta(seconds=value)
+    if delta <= dt.timedelta(0):
+        raise ConfigurationError("retain_for must be a positive duration")
+    return delta
 
 
 class AsyncBatchStateManager:
@@ -120,8 +135,13 @@ class AsyncBatchStateManager:
             shutdown, exception) stays owed in the batch document and runs again
             in the next manager that touches the batch after ``callback_lease``.
             Deduplicate on ``progress.finalisation_key``.
+        on_expired: ``on_expired(batch_id, progress)``, run when this manager expires
+            a batch (``expire`` or a passed deadline); owed durably like ``on_complete``.
         callback_lease: Seconds an owed callback is left to the process running it
             before another may run it (default 60).
+        retain_for: Stamp finished batches (and their completion and roster
+            documents) with ``expire_at = finish time + retain_for`` for a Firestore
+            TTL policy on ``expire_at`` (see README). None (default): no stamp.
         hooks: Receive every ``Event`` (attempts failed, groups committed, finalisations).
         legacy_array_limit: Most players a batch may hold in a mode that writes
             the legacy array (each player costs 3 of a document's 40,000 index
@@ -160,7 +180,9 @@ class AsyncBatchStateManager:
         retry: RetryPolicy | None = None,
         rate_limit: float | None = None,
         on_complete: OnComplete | None = None,
+        on_expired: OnComplete | None = None,
         callback_lease: float = 60.0,
+        retain_for: dt.timedelta | float | None = None,
         hooks: Iterable[Hook] = (),
         legacy_array_limit: int = 12_000,
         legacy_array_warn_ratio: float = 0.8,
@@ -182,8 +204,7 @@ class AsyncBatchStateManager:
             )
         if linger < 0:
             raise ConfigurationError("linger must be >= 0 seconds")
-        if legacy_array_limit < 1 or not 0.0 < legacy_array_warn_ratio <= 1.0:
-            raise ConfigurationError("need legacy_array_limit >= 1 and 0 < warn ratio <= 1")
+        self._legacy_limits = LegacyLimits(legacy_array_limit, legacy_array_warn_ratio)
         if write_path not in ("auto", "transaction"):
             raise ConfigurationError(
                 f"write_path must be 'auto' or 'transaction', not {write_path!r}"
@@ -192,7 +213,6 @@ class AsyncBatchStateManager:
             raise ConfigurationError("callback_lease must be a finite number of seconds")
         if callback_lease <= 0:
             raise ConfigurationError("callback_lease must be > 0 seconds")
-        self._group_size = max_group_size if coalesce else 1
         if self.mode is MigrationMode.LEGACY:
             # LEGACY transactions read the hot batch document, so two of ours in flight
             # would wait on each other's locks.
@@ -201,17 +221,12 @@ class AsyncBatchStateManager:
             default_in_flight = 32
         else:
             default_in_flight = 16 if write_path == "auto" else 2
-        self._max_in_flight = (
+        max_in_flight = (
             default_in_flight if max_in_flight_per_batch is None else max_in_flight_per_batch
         )
-        if self._max_in_flight < 1:
+        if max_in_flight < 1:
             raise ConfigurationError("max_in_flight_per_batch must be >= 1")
-        self._linger = linger
         self._retry = retry or RetryPolicy()
-        self._rate = make_rate_limiter(rate_limit)
-        self._legacy_limit = legacy_array_limit
-        self._legacy_warn = int(legacy_array_limit * legacy_array_warn_ratio)
-        self._legacy_warn_ratio = legacy_array_warn_ratio
         self._rng = rng or random.Random()
         self._clock = clock
         self._writer = GroupWriter(client, self._layout, self.mode, fault_injector, write_path)
@@ -220,17 +235,14 @@ class AsyncBatchStateManager:
             client,
             self._writer,
             self.mode,
-            retry=self._retry,
-            clock=clock,
-            rng=self._rng,
+            retrying=self._retrying,
             recorder=self._recorder,
             on_complete=on_complete,
             callback_lease=float(callback_lease),
+            on_expired=on_expired,
+            retain_for=_retention(retain_for),
         )
-        self._lanes: dict[str, Lane] = {}
-        self._untold: set[str] = set()
-        """Batches this process finalised while the finalising caller had stopped waiting."""
-        self._expected: dict[str, int] = {}
+        self._infos = BatchInfoCache(client, self._writer, self._retrying)
         self._closed = False
         self._validator = SampledValidator(
             client,
@@ -240,6 +252,21 @@ class AsyncBatchStateManager:
             rng=validation_rng,
             alert_hooks=alert_hooks,
             retry=self._retry,
+        )
+        self._runner = GroupRunner(
+            self._writer,
+            self._finaliser,
+            self._recorder,
+            self._validator,
+            retry=self._retry,
+            clock=clock,
+            rng=self._rng,
+            rate=make_rate_limiter(rate_limit),
+            max_group_size=max_group_size if coalesce else 1,
+            max_in_flight=max_in_flight,
+            linger=linger,
+            expected_count=self._expected_count,
+            deliver_owed=self._deliver_owed,
         )
         self._tracer = tracer
 
@@ -266,33 +293,16 @@ class AsyncBatchStateManager:
                 either committed whole or not at all, so recording again is safe.
         """
         self._closed = True
-        lanes = list(self._lanes.values())
-        timeout = self._retry.deadline if drain_timeout is None else drain_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                for lane in lanes:
-                    await lane.drain()
-        except TimeoutError:
-            logger.warning("closing with writes still in flight; failing them")
-        error = ManagerClosedError(
-            "the manager closed before this completion was confirmed; it was recorded "
-            "whole or not at all: record it again to be sure"
-        )
-        for lane in lanes:
-            lane.cancel_all(error)
-        for lane in lanes:
-            await lane.drain()
+        await self._runner.aclose(self._retry.deadline if drain_timeout is None else drain_timeout)
         await self._validator.aclose()
         await self._writer.aclose()
 
     def __repr__(self) -> str:
-        s = self._recorder
-        queued = sum(len(lane.queue) for lane in self._lanes.values())
-        in_flight = sum(lane.in_flight for lane in self._lanes.values())
+        s, r = self._recorder, self._runner
         return (
             f"<AsyncBatchStateManager collection={self._layout.collection!r} "
             f"mode={self.mode.name} {'closed' if self._closed else 'open'} "
-            f"lanes={len(self._lanes)} queued={queued} in_flight={in_flight} recorded={s.recorded} "
+            f"lanes={r.lanes} queued={r.queued} in_flight={r.in_flight} recorded={s.recorded} "
             f"duplicates={s.duplicates} failed={s.failed}>"
         )
 
@@ -313,12 +323,23 @@ class AsyncBatchStateManager:
         *,
         expected_players: Sequence[str] | None = None,
         expected_count: int | None = None,
+        deadline: dt.datetime | dt.timedelta | None = None,
     ) -> bool:
-        """Create the batch document with its expected number of completions.
+        """Create the batch document with its expected completions.
 
-        Give exactly one of ``expected_players`` or ``expected_count``. Creating a
-        batch that exists with the same expected count is a no-op (so a restarted
-        coordinator may call it again).
+        Give exactly one of ``expected_players`` (the roster: a completion for a
+        player outside it is refused with ``UnexpectedPlayerError``, and
+        ``BatchProgress.missing_players`` names who is missing) or
+        ``expected_count``. Creating a batch that exists with the same expected
+        count is a no-op (so a restarted coordinator may call it again).
+
+        Args:
+            batch_id: The batch id (a Firestore document id).
+            expected_players: The players expected to complete (the roster).
+            expected_count: How many completions complete the batch (no roster).
+            deadline: When the batch expires if unfinished: an aware datetime, or a
+                timedelta from now. Once past, the next completion, progress read,
+                wait or ``expire`` moves it to ``expired``.
 
         Returns:
             True if this call created the batch, False if it already existed.
@@ -327,70 +348,36 @@ class AsyncBatchStateManager:
             InvalidIdError: A batch or player id Firestore cannot store.
             DuplicatePlayerError: ``expected_players`` repeats a player.
             InvalidCountError: ``expected_count`` not a positive int.
+            InvalidInputError: ``deadline`` is not an aware datetime or a timedelta.
             LegacyArrayLimitError: Too many players for the legacy array in this mode.
             BatchExistsError: The batch exists with another expected count.
         """
         self._check_open()
-        validate_id("batch id", batch_id)
-        if (expected_players is None) == (expected_count is None):
-            raise ConfigurationError("give exactly one of expected_players or expected_count")
-        if expected_players is not None:
-            if isinstance(expected_players, str):
-                raise InvalidCountError("expected_players must be a sequence of ids, not a str")
-            seen: set[str] = set()
-            for player in expected_players:
-                self._validate_player(player)
-                if player in seen:
-                    raise DuplicatePlayerError(
-                        f"player {player!r} appears twice in expected_players"
-                    )
-                seen.add(player)
-            expected_count = len(seen)
-        count = validate_count("expected_count", expected_count, minimum=1)
-        if self.mode.writes_legacy:
-            if count > self._legacy_limit:
-                raise LegacyArrayLimitError(
-                    f"batch {batch_id!r} expects {count} players; the legacy array is limited to "
-                    f"{self._legacy_limit} by Firestore's 1 MiB / 40,000 index-entry document "
-                    "limits. Record it in MigrationMode.SUBCOLLECTION_ONLY instead"
-                )
-            # Bytes too, when the ids are known: each player is stored twice in the
-            # document (array entry and map key, +1 byte each) plus an 8-byte int.
-            size = sum(2 * len(p.encode("utf-8")) + 10 for p in expected_players or ())
-            if size > _LEGACY_MAX_BYTES:
-                raise LegacyArrayLimitError(
-                    f"batch {batch_id!r}: its {count} player ids would take ~{size:,} bytes of "
-                    f"the legacy array and map, over Firestore's 1 MiB document limit. Record it "
-                    "in MigrationMode.SUBCOLLECTION_ONLY instead"
-                )
-            if count >= self._legacy_warn or size >= self._legacy_warn_ratio * _LEGACY_MAX_BYTES:
-                logger.warning(
-                    "batch %r expects %d players, near the legacy array limit of %d",
-                    batch_id,
-                    count,
-                    self._legacy_limit,
-                    extra={"batch_id": batch_id, "expected_count": count},
-                )
-        data: dict[str, Any] = {
-            f.EXPECTED_COUNT: count,
-            f.STATUS: f.STATUS_IN_PROGRESS,
-            f.CREATED_AT: SERVER_TIMESTAMP,
-            f.UPDATED_AT: SERVER_TIMESTAMP,
-        }
-        if self.mode.writes_legacy:
-            data |= {f.COMPLETED_PLAYERS: [], f.PREDICTIONS_BY_PLAYER: {}, f.TOTAL_PREDICTIONS: 0}
-        if self.mode.writes_subcollection:
-            data |= {f.COMPLETED_COUNT: 0, f.TOTAL_PREDICTIONS_SUBCOLL: 0}
-            if self.mode.writes_legacy:  # born with both structures: nothing to backfill
-                data[f.COMPLETIONS_BACKFILLED] = True
+        new = new_batch(
+            self.mode,
+            batch_id,
+            expected_players=expected_players,
+            expected_count=expected_count,
+            deadline=deadline,
+            limits=self._legacy_limits,
+        )
+        data, chunks, count = new.document, new.roster_chunks, new.info.expected
         # The call's id, stored with the batch: when the answer to the create is lost,
         # the retry's ALREADY_EXISTS is this call's own write, not someone else's.
         data[f.CREATED_BY] = call_id = new_write_id()
         ref = self._writer.batch_ref(batch_id)
+
+        async def create() -> None:
+            write = self._client.batch()  # the batch and its roster chunks, atomically
+            write.create(ref, data)
+            for index, chunk in enumerate(chunks):
+                write.set(
+                    roster_ref(self._writer, batch_id, index), {f.ROSTER_CHUNK_PLAYERS: chunk}
+                )
+            await write.commit(retry=None)
+
         try:
-            await self._retrying(
-                lambda: ref.create(data, retry=None), f"creating batch {batch_id!r}"
-            )
+            await self._retrying(create, f"creating batch {batch_id!r}")
             created = True
         except gexc.Conflict:
             snap = await self._retrying(
@@ -404,7 +391,8 @@ class AsyncBatchStateManager:
                     f"batch {batch_id!r} already exists with "
                     f"expected_count={existing.get(f.EXPECTED_COUNT)}, not {count}"
                 ) from None
-        self._remember_expected(batch_id, count)
+        if created:
+            self._infos.remember(batch_id, new.info)
         if data.get(f.COMPLETIONS_BACKFILLED) and created:
             self._writer.remember_backfilled(batch_id)
         return created
@@ -450,28 +438,182 @@ class AsyncBatchStateManager:
     async def get_progress(self, batch_id: str, *, include_players: bool = True) -> BatchProgress:
         """Read a batch's progress from the structure this mode reads.
 
+        A batch whose deadline has passed is expired first.
+
         Args:
             batch_id: The batch.
-            include_players: Also list the recorded players (streams the
-                subcollection in subcollection-read modes).
+            include_players: Also list the recorded and the missing players. For a
+                batch with a roster of up to 1,000 players in a subcollection-read
+                mode this is one point read per roster player (one RPC); beyond, or
+                without a roster, it lists every completion document's id.
 
         Raises:
             BatchNotFoundError: No such batch.
         """
         validate_id("batch id", batch_id)
         ref = self._writer.batch_ref(batch_id)
-        snap = await self._retrying(lambda: ref.get(retry=None), f"reading batch {batch_id!r}")
-        if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
-        progress = progress_from(batch_id, self.mode, snap.to_dict() or {})
-        if include_players and self.mode.reads_subcollection:
+        for _ in range(2):
+            snap = await self._retrying(lambda: ref.get(retry=None), f"reading batch {batch_id!r}")
+            if not snap.exists:
+                raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
+            data = snap.to_dict() or {}
+            progress = progress_from(batch_id, self.mode, data)
+            if not (progress.deadline and not progress.is_terminal and _now() >= progress.deadline):
+                break
+            await self._expire_overdue(batch_id)
+        if not include_players:
+            return dataclasses.replace(progress, completed_players=(), missing_players=())
+        info = await self._infos.get(batch_id)
+        if info.roster is not None:
+            recorded = await self._retrying(
+                lambda: recorded_players(
+                    self._client, self._writer, self.mode, batch_id, info.roster, data
+                ),
+                f"listing batch {batch_id!r}",
+            )
+            return dataclasses.replace(
+                progress,
+                completed_players=tuple(sorted(recorded)),
+                missing_players=tuple(sorted(info.roster - recorded)),
+            )
+        if self.mode.reads_subcollection:
             players = await self._retrying(
                 lambda: self._subcollection_players(batch_id), f"listing batch {batch_id!r}"
             )
             progress = dataclasses.replace(progress, completed_players=players)
-        elif not include_players:
-            progress = dataclasses.replace(progress, completed_players=())
         return progress
+
+    async def expire(self, batch_id: str, *, reason: str | None = None) -> bool:
+        """Move an unfinished batch to the terminal status ``expired``, exactly once.
+
+        Stores the reason and (with a roster) the missing players, at most 1,000 of
+        them (``missing_count`` has them all). Across processes exactly one call
+        returns True, and it runs ``on_expired`` (owed durably like ``on_complete``).
+        A batch whose every completion is already recorded is not expired: it
+        completes (an expiry racing the last completion ends in exactly one
+        terminal status, and the last completion's caller is told it completed).
+        Completions arriving afterwards are stored and counted, answered ``LATE``,
+        and never finalise the batch.
+
+        Returns:
+            True for the one call that expired the batch.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        validate_id("batch id", batch_id)
+        info = await self._infos.get(batch_id)
+        why = reason if reason is not None else "expired"
+
+        async def fields(progress: BatchProgress, data: dict[str, Any]) -> dict[str, Any]:
+            missing: list[str] = []
+            if info.roster is not None:
+                recorded = await recorded_players(
+                    self._client, self._writer, self.mode, batch_id, info.roster, data
+                )
+                missing = sorted(info.roster - recorded)
+            return {
+                f.EXPIRED_REASON: why,
+                f.MISSING_PLAYERS: missing[: f.MISSING_KEPT],
+                f.MISSING_COUNT: progress.remaining,
+            }
+
+        finished, owed = await self._finaliser.finish(batch_id, f.STATUS_EXPIRED, fields)
+        if finished is None:
+            # Finished already, or complete: the completion that completed it finalises
+            # it (or, if that writer died, the next touch does). One terminal status.
+            if owed:
+                await self._deliver_owed(batch_id)
+            return False
+        info.terminal = True
+        await self._finaliser.notify(batch_id, finished)
+        return True
+
+    async def list_batches(
+        self,
+        *,
+        status: str | None = None,
+        created_before: dt.datetime | None = None,
+        limit: int | None = None,
+        page_size: int = 300,
+    ) -> AsyncIterator[BatchProgress]:
+        """The batches of this collection, as progress without players, oldest id first.
+
+        Single-field queries only (no composite index to deploy): by ``status``
+        (``created_before`` then filtered here), else by ``created_at``.
+
+        Args:
+            status: Only batches with this status (``in_progress``, ``complete``,
+                ``expired``).
+            created_before: Only batches created before this aware datetime.
+            limit: Yield at most this many.
+            page_size: Documents per query page.
+
+        Raises:
+            InvalidInputError: ``limit`` or ``page_size`` below 1, a naive datetime.
+        """
+        if (limit is not None and limit < 1) or page_size < 1:
+            raise InvalidInputError("limit and page_size must be >= 1")
+        if created_before is not None and created_before.tzinfo is None:
+            raise InvalidInputError("created_before must be an aware datetime (e.g. UTC)")
+        fields = [
+            f.EXPECTED_COUNT,
+            f.STATUS,
+            f.COMPLETED_COUNT,
+            f.TOTAL_PREDICTIONS,
+            f.TOTAL_PREDICTIONS_SUBCOLL,
+            f.FINALISED_BY,
+            f.DEADLINE,
+            f.CREATED_AT,
+            f.COMPLETED_AT,
+            f.EXPIRED_REASON,
+            f.MISSING_PLAYERS,
+        ]
+        if self.mode is MigrationMode.LEGACY:  # no counter: the array is the count
+            fields.append(f.COMPLETED_PLAYERS)
+        base = self._client.collection(self._layout.collection)
+        if status is not None:
+            query = base.where(filter=FieldFilter(f.STATUS, "==", status))
+        elif created_before is not None:
+            query = base.where(filter=FieldFilter(f.CREATED_AT, "<", created_before)).order_by(
+                f.CREATED_AT
+            )
+        else:
+            query = base.order_by(FieldPath.document_id())
+        query = query.select(fields).limit(page_size)
+        yielded = 0
+        last = None
+        while True:
+            page = query if last is None else query.start_after(last)
+            snaps: list[Any] = await self._retrying(
+                partial(page.get, retry=None), "listing batches"
+            )
+            for snap in snaps:
+                progress = progress_from(snap.id, self.mode, snap.to_dict() or {})
+                created = progress.created_at
+                if created_before is not None and (created is None or created >= created_before):
+                    continue
+                yield dataclasses.replace(progress, completed_players=())
+                yielded += 1
+                if limit is not None and yielded >= limit:
+                    return
+            if len(snaps) < page_size:
+                return
+            last = snaps[-1]
+
+    def stalled(self, older_than: dt.timedelta | float) -> AsyncIterator[BatchProgress]:
+        """In-progress batches created more than ``older_than`` ago (seconds or a timedelta).
+
+        Raises:
+            InvalidInputError: A negative age.
+        """
+        age = (
+            older_than if isinstance(older_than, dt.timedelta) else dt.timedelta(seconds=older_than)
+        )
+        if age < dt.timedelta(0):
+            raise InvalidInputError("older_than must be >= 0")
+        return self.list_batches(status=f.STATUS_IN_PROGRESS, created_before=_now() - age)
 
     async def validate(self, batch_id: str) -> ConsistencyReport:
         """Compare the batch's legacy array with its completions subcollection.
@@ -518,13 +660,14 @@ class AsyncBatchStateManager:
     async def wait_until_complete(
         self, batch_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
     ) -> BatchProgress:
-        """Wait until the batch is finalised and return its final progress.
+        """Wait until the batch is finished (complete or expired); its final progress.
 
-        Wakes at once when this process finalises the batch, and polls otherwise
-        (another process may finalise it). If every completion is recorded but
-        nobody finalised (the finaliser crashed), this call finalises it; an owed
-        ``on_complete`` whose lease expired runs here too. Nothing about the
-        batch is kept once the call returns.
+        Wakes at once when this process finishes the batch, and polls otherwise
+        (another process may finish it). If every completion is recorded but
+        nobody finalised (the finaliser crashed), this call finalises it; if its
+        deadline passed, it expires it; an owed callback whose lease expired runs
+        here too. An expired batch's progress is returned, not waited on.
+        Nothing about the batch is kept once the call returns.
 
         Raises:
             BatchNotFoundError: No such batch.
@@ -538,10 +681,14 @@ class AsyncBatchStateManager:
                         progress, _ = await self._retrying(
                             lambda: self._finaliser.read(batch_id), f"reading batch {batch_id!r}"
                         )
-                        if progress.is_complete and not progress.is_finalised:
-                            await self.finalize(batch_id)
+                        overdue = progress.deadline is not None and _now() >= progress.deadline
+                        if not progress.is_terminal and (progress.is_complete or overdue):
+                            if progress.is_complete:
+                                await self.finalize(batch_id)
+                            else:
+                                await self._expire_overdue(batch_id)
                             progress, _ = await self._finaliser.read(batch_id)
-                        if progress.is_finalised:
+                        if progress.is_terminal:
                             await self._deliver_owed(batch_id)
                             return await self.get_progress(batch_id)
                         try:
@@ -600,255 +747,35 @@ class AsyncBatchStateManager:
         started = self._clock.monotonic()
         self._check_open()
         validate_id("batch id", batch_id)
-        self._validate_player(player)
+        validate_player(self.mode, player)
         count = validate_count("predictions_count", predictions_count)
+        info = await self._infos.get(batch_id)  # cached per batch: one read at most
+        if info.roster is not None and player not in info.roster:
+            raise UnexpectedPlayerError(
+                f"player {player!r} is not in the roster of batch {batch_id!r}; nothing written"
+            )
         # Increment saturates at 2**63 - 1 instead of failing: refuse a count that
-        # could take the batch's total there (cached per batch; one read at most).
-        expected = await self._expected_count(batch_id)
-        if count > f.MAX_COUNT // max(expected, 1):
+        # could take the batch's total there.
+        most = f.MAX_COUNT // max(info.expected, 1)
+        if count > most:
             raise InvalidCountError(
                 f"predictions_count {count} could overflow the 64-bit total of batch "
-                f"{batch_id!r} ({expected} completions of at most {f.MAX_COUNT // expected})"
+                f"{batch_id!r} ({info.expected} completions of at most {most})"
             )
+        if info.deadline is not None and not info.terminal and _now() >= info.deadline:
+            await self._expire_overdue(batch_id)
         wait = self._retry.deadline if timeout is None else timeout
-        lane = self._lane(batch_id)
-        pending = Pending(Completion(player, count), deadline=started + wait)
-        lane.submit(pending)
-        try:
-            async with asyncio.timeout(wait):
-                result = await asyncio.shield(pending.future)
-        except TimeoutError:
-            arrived = self._settle(lane, pending)
-            if arrived is None:
-                self._recorder.failed += 1
-                raise CompletionTimeoutError(
-                    f"no confirmation for player {player!r} of batch {batch_id!r} within "
-                    f"{wait}s; it was recorded whole or not at all: record it again to be sure"
-                ) from None
-            result = arrived  # the answer came in the very turn the timeout fired
-        except asyncio.CancelledError:
-            arrived = self._settle(lane, pending)
-            if arrived is not None and arrived.batch_completed:
-                self._hand_over(batch_id)  # never lost: the batch's next caller is told
-            raise
-        self._recorder.latencies.append(self._clock.monotonic() - started)
-        return result
-
-    @staticmethod
-    def _settle(lane: Lane, pending: Pending) -> CompletionResult | None:
-        """Stop waiting for ``pending``; its result if one arrived meanwhile."""
-        future = pending.future
-        if future.done() and not future.cancelled() and future.exception() is None:
-            return future.result()
-        lane.withdraw(pending)
-        future.cancel()
-        return None
-
-    def _hand_over(self, batch_id: str) -> None:
-        if len(self._untold) >= 10_000:  # bounded: a long-lived coordinator sees many batches
-            self._untold.clear()
-        self._untold.add(batch_id)
+        return await self._runner.record(batch_id, Completion(player, count), wait, started)
 
     def _check_open(self) -> None:
         if self._closed:
             raise ManagerClosedError("the manager is closed")
-
-    def _validate_player(self, player: object) -> None:
-        validate_id("player id", player)
-        if self.mode.writes_legacy:
-            assert isinstance(player, str)
-            validate_legacy_key(player)
-
-    def _lane(self, batch_id: str) -> Lane:
-        lane = self._lanes.get(batch_id)
-        if lane is None:
-            lane = Lane(
-                batch_id,
-                self._run_group,
-                max_group_size=self._group_size,
-                limit=AdaptiveLimit(self._max_in_flight),
-                linger=self._linger,
-                on_idle=self._drop_lane,
-            )
-            self._lanes[batch_id] = lane
-        return lane
-
-    def _drop_lane(self, lane: Lane) -> None:
-        if self._lanes.get(lane.batch_id) is lane:
-            del self._lanes[lane.batch_id]
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
         result, _ = await run_with_retry(
             call, self._retry, what=what, clock=self._clock, rng=self._rng
         )
         return result
-
-    async def _run_group(
-        self,
-        batch_id: str,
-        group: list[Pending],
-        limit: AdaptiveLimit,
-        state: GroupState | None = None,
-    ) -> None:
-        """Write one group with retries and give every member its own outcome.
-
-        Whatever happens (a cancellation included), every member's caller gets
-        its result or an error before this returns.
-        """
-        try:
-            await self._write_group(batch_id, group, limit, state or GroupState())
-        finally:
-            self._fail(
-                batch_id,
-                [p for p in group if not p.future.done()],
-                ManagerClosedError(
-                    "the manager closed while this completion was being written; it was "
-                    "recorded whole or not at all: record it again to be sure"
-                ),
-            )
-
-    async def _write_group(
-        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
-    ) -> None:
-        completions = [p.completion for p in group]
-        started = self._clock.monotonic()
-        budget = max(p.deadline for p in group) - started
-
-        async def attempt() -> Any:
-            self._recorder.attempts += 1
-            if self._rate is not None:
-                await self._rate.acquire()
-            begun = self._clock.monotonic()
-            outcome = await self._writer.write(batch_id, completions, state)
-            limit.on_success(self._clock.monotonic() - begun)
-            return outcome
-
-        def on_failure(failure: AttemptFailure) -> None:
-            if failure.kind in _CONTENTION:
-                limit.on_contention()
-            logger.debug(
-                "attempt %d for %d completion(s) of batch %r failed: %s",
-                failure.attempt,
-                len(group),
-                batch_id,
-                failure.kind.value,
-                extra={
-                    "batch_id": batch_id,
-                    "attempt": failure.attempt,
-                    "kind": failure.kind.value,
-                    "delay": failure.delay,
-                },
-            )
-            self._recorder.emit(
-                AttemptFailed(
-                    batch_id,
-                    len(group),
-                    failure.attempt,
-                    failure.kind,
-                    failure.error,
-                    failure.delay,
-                )
-            )
-
-        try:
-            outcome, attempts = await run_with_retry(
-                attempt,
-                self._retry,
-                what=f"recording {len(group)} completion(s) of batch {batch_id!r}",
-                deadline=max(budget, 0.001),
-                clock=self._clock,
-                rng=self._rng,
-                on_failure=on_failure,
-            )
-        except BatchStateError as exc:
-            if isinstance(exc, WriteFailedError) and len(group) > 1:
-                await self._split(batch_id, group, limit, state)
-            else:
-                self._fail(batch_id, group, exc)
-            return
-        except Exception as exc:  # an unexpected error must still reach every caller
-            if len(group) > 1:
-                await self._split(batch_id, group, limit, state)
-            else:
-                wrapped = WriteFailedError(f"writing to batch {batch_id!r} failed: {exc!r}")
-                wrapped.__cause__ = exc
-                self._fail(batch_id, group, wrapped)
-            return
-
-        recorded = outcome.new_count
-        self._recorder.emit(
-            GroupCommitted(
-                batch_id,
-                len(group),
-                recorded,
-                len(group) - recorded,
-                attempts,
-                self._clock.monotonic() - started,
-            )
-        )
-        flipped: BatchProgress | None = None
-        owed = False
-        try:
-            flipped, owed = await self._finaliser.after_write(
-                batch_id, outcome, self._expected_count
-            )
-        except Exception:
-            # The completions are committed; a later completion, redelivery,
-            # wait_until_complete() or finalize() finalises the batch.
-            logger.exception(
-                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
-            )
-        finally:
-            # Tell every caller, even when cancelled mid-check: their writes are committed.
-            self._resolve(batch_id, group, outcome, attempts, flipped is not None)
-        if recorded:
-            # Sampled per commit, not per completion: a hot batch commits groups of
-            # hundreds, and a check per completion would rescan it continuously.
-            self._validator.maybe_validate(batch_id)
-        # The callback runs after the callers are told (its latency is not theirs); a
-        # close cuts it after the drain timeout, and then it stays owed.
-        if flipped is not None:
-            await self._finaliser.notify(batch_id, flipped)
-        elif owed:
-            await self._deliver_owed(batch_id)
-
-    def _resolve(
-        self,
-        batch_id: str,
-        group: list[Pending],
-        outcome: GroupOutcome,
-        attempts: int,
-        flipped: bool,
-    ) -> None:
-        """Give each caller its result; ``batch_completed`` to one if this group flipped."""
-        waiting = [i for i, p in enumerate(group) if not p.future.done()]
-        completer: int | None = None
-        if flipped:
-            new = [i for i in waiting if outcome.recorded[i]]
-            candidates = new or waiting
-            completer = candidates[-1] if candidates else None
-            if completer is None:  # every caller stopped waiting: tell the batch's next one
-                self._hand_over(batch_id)
-        elif waiting and batch_id in self._untold:
-            self._untold.discard(batch_id)
-            completer = waiting[-1]
-        for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
-            if pending.future.done():
-                continue
-            if is_new:
-                self._recorder.recorded += 1
-            else:
-                self._recorder.duplicates += 1
-            pending.resolve(
-                CompletionResult(
-                    batch_id,
-                    pending.completion.player,
-                    CompletionStatus.RECORDED if is_new else CompletionStatus.DUPLICATE,
-                    batch_completed=index == completer,
-                    attempts=attempts,
-                    group_size=len(group),
-                )
-            )
 
     async def _deliver_owed(self, batch_id: str) -> None:
         try:
@@ -860,52 +787,13 @@ class AsyncBatchStateManager:
                 extra={"batch_id": batch_id},
             )
 
-    async def _split(
-        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
-    ) -> None:
-        """Retry each member alone, so one bad completion fails only its own caller.
-
-        The members keep the group's write id: one its failed write recorded after
-        all (an answer lost before the failure) is still this caller's RECORDED.
-        """
-        logger.warning(
-            "a group of %d completions of batch %r failed; retrying each alone",
-            len(group),
-            batch_id,
-            extra={"batch_id": batch_id, "group_size": len(group)},
-        )
-        for pending in group:
-            await self._run_group(batch_id, [pending], limit, state)
-
-    def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
-        if not group:
-            return
-        self._recorder.failed += len(group)
-        self._recorder.emit(GroupFailed(batch_id, len(group), error))
-        for pending in group:
-            pending.fail(error)
-
     async def _expected_count(self, batch_id: str) -> int:
-        expected = self._expected.get(batch_id)
-        if expected is None:
-            ref = self._writer.batch_ref(batch_id)
-            snap = await self._retrying(
-                lambda: ref.get(field_paths=[f.EXPECTED_COUNT], retry=None),
-                f"reading batch {batch_id!r}",
-            )
-            if not snap.exists:
-                raise BatchNotFoundError(
-                    f"batch {batch_id!r} does not exist in {self._layout.collection!r}; "
-                    "call create_batch first"
-                )
-            expected = int((snap.to_dict() or {}).get(f.EXPECTED_COUNT, 0))
-            self._remember_expected(batch_id, expected)
-        return expected
+        return (await self._infos.get(batch_id)).expected
 
-    def _remember_expected(self, batch_id: str, expected: int) -> None:
-        if len(self._expected) >= 10_000:  # bounded: a long-lived coordinator sees many batches
-            self._expected.clear()
-        self._expected[batch_id] = expected
+    async def _expire_overdue(self, batch_id: str) -> None:
+        """Expire a batch whose deadline passed (once per process: then it is terminal)."""
+        await self.expire(batch_id, reason="deadline passed")
+        (await self._infos.get(batch_id)).terminal = True
 
     async def _subcollection_players(self, batch_id: str) -> tuple[str, ...]:
         query = (

@@ -1,7 +1,10 @@
 """``async-batchstate migrate``: backfill, verify, cleanup-legacy and status from the shell.
 
-Exit status: 0 success; 1 mismatches, refusals or failed batches; 2 bad
-configuration (no emulator nor project, contradictory mode flags).
+Exit status: 0 success; 1 mismatches, refusals or failed batches (a batch
+that fails is listed and the run goes on with the others); 2 bad input or
+configuration (an id Firestore cannot store, a bad number, conflicting flags,
+no emulator nor project, contradictory mode flags), reported on one line
+before anything is read or written.
 """
 
 from __future__ import annotations
@@ -18,16 +21,27 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import _migration as m
-from ._config import MigrationMode
-from ._connect import client_from_env
-from ._errors import BatchStateError, ConfigurationError
-from ._layout import Layout
+from .._config import MigrationMode
+from .._errors import InvalidInputError
+from .._store.connect import client_from_env
+from .._store.schema import Layout
+from ..migration import _run as m
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ArgumentParser,
+    batch_id_argument,
+    checkpoint_argument,
+    connection_arguments,
+    positive_int,
+    print_error,
+    subcollection_argument,
+)
 
 Command = Callable[[AsyncClient, argparse.Namespace, Console], Awaitable[int]]
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
     """Add the ``migrate`` subcommand and its ``backfill/verify/cleanup-legacy/status``."""
     parser = sub.add_parser(
         "migrate",
@@ -38,26 +52,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     steps = parser.add_subparsers(dest="migrate_command", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--collection", default="prediction_batches", help="batch collection")
+    common = ArgumentParser(add_help=False)
+    connection_arguments(common)
     common.add_argument(
-        "--completions-subcollection", default="completions", help="completions subcollection"
-    )
-    common.add_argument("--project", default=None, help="GCP project (else GOOGLE_CLOUD_PROJECT)")
-    common.add_argument(
-        "--mode",
-        choices=[mode.value for mode in MigrationMode],
-        default=None,
-        help="the mode the writers run in (default: from the environment flags)",
+        "--completions-subcollection",
+        type=subcollection_argument,
+        default="completions",
+        help="completions subcollection",
     )
     common.add_argument(
         "--batch-id",
         action="append",
         dest="batch_ids",
+        type=batch_id_argument,
         metavar="ID",
         help="only this batch (repeatable)",
     )
-    common.add_argument("--concurrency", type=_positive, default=8, help="batches in flight")
+    common.add_argument("--concurrency", type=positive_int, default=8, help="batches in flight")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     backfill = steps.add_parser(
@@ -66,12 +77,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     backfill.add_argument("--dry-run", action="store_true", help="report only; write nothing")
     backfill.add_argument(
         "--checkpoint",
-        default="firestore",
+        type=checkpoint_argument,
+        default=None,
         metavar="WHERE",
-        help="'firestore' (a doc in <collection>_migration, default), a file path, or 'none'",
+        help="'firestore' (a doc in <collection>_migration, default), a file path, or 'none'; "
+        "not with --batch-id",
     )
     backfill.add_argument(
-        "--restart", action="store_true", help="ignore a saved checkpoint and start over"
+        "--restart",
+        action="store_true",
+        help="ignore a saved checkpoint and start over (not with --batch-id or --checkpoint none)",
     )
     backfill.set_defaults(handler=lambda args: _main(args, _backfill))
 
@@ -90,25 +105,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     state.set_defaults(handler=lambda args: _main(args, _status))
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
+def _check_flags(args: argparse.Namespace) -> None:
+    """Reject flag combinations that contradict each other.
+
+    Raises:
+        InvalidInputError: ``--restart`` or ``--checkpoint`` with ``--batch-id`` (a
+            run over listed batches neither reads nor saves the checkpoint; a
+            restart would reset the whole collection's), or ``--restart`` with
+            ``--checkpoint none``.
+    """
+    if args.migrate_command != "backfill":
+        return
+    if args.batch_ids and args.restart:
+        raise InvalidInputError(
+            "--restart resets the checkpoint of the whole collection, which a run with "
+            "--batch-id does not use: drop one of them"
+        )
+    if args.batch_ids and args.checkpoint is not None:
+        raise InvalidInputError("--checkpoint has no effect with --batch-id: drop one of them")
+    if args.restart and args.checkpoint == "none":
+        raise InvalidInputError("--restart has nothing to reset with --checkpoint none")
 
 
 def _main(args: argparse.Namespace, command: Command) -> int:
-    """Connect, run ``command`` on a fresh event loop, report configuration errors."""
+    """Check the flags and the connection, then run ``command`` on a fresh event loop.
+
+    Bad input and configuration errors propagate (``cli.main`` reports them on one
+    line with exit status 2) before anything is read or written.
+    """
+    _check_flags(args)
+    if args.migrate_command == "backfill" and args.checkpoint is None:
+        args.checkpoint = "firestore"
+    args.migration_mode = MigrationMode(args.mode) if args.mode else MigrationMode.from_env()
+    args.layout = Layout(args.collection, args.completions_subcollection)
+    client_from_env(args.project)  # fail fast, before any event loop
     console = Console()
-    errors = Console(stderr=True)
-    try:
-        mode = MigrationMode(args.mode) if args.mode else MigrationMode.from_env()
-        args.layout = Layout(args.collection, args.completions_subcollection)
-        args.migration_mode = mode
-        client_from_env(args.project)  # fail fast, before any event loop
-    except ConfigurationError as exc:
-        errors.print(f"[bold red]error:[/] {exc}")
-        return 2
 
     async def run() -> int:
         client = client_from_env(args.project)  # an AsyncClient is bound to this loop
@@ -120,11 +151,8 @@ def _main(args: argparse.Namespace, command: Command) -> int:
     try:
         return asyncio.run(run())
     except m.MigrationError as exc:
-        errors.print(f"[bold red]refused:[/] {exc}")
-        return 1
-    except BatchStateError as exc:
-        errors.print(f"[bold red]error:[/] {exc}")
-        return 1
+        print_error(str(exc), label="refused")
+        return EXIT_FAILED
 
 
 async def _close(client: AsyncClient) -> None:
@@ -139,7 +167,8 @@ async def _close(client: AsyncClient) -> None:
 def _progress(
     args: argparse.Namespace, console: Console, what: str
 ) -> Iterator[m.ProgressCallback | None]:
-    if args.no_progress:
+    errors = Console(stderr=True)
+    if args.no_progress or not errors.is_terminal:  # a bar only leaves blank lines in a log
         yield None
         return
     bar = Progress(
@@ -148,7 +177,7 @@ def _progress(
         MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} failed"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=errors,
         transient=True,
     )
     task = bar.add_task(what, total=None, failed=0)
@@ -173,7 +202,7 @@ def _print_reasons(console: Console, title: str, reasons: list[tuple[str, str]])
     if reasons:
         console.print(f"[bold red]{title}[/]")
         for line in m.reasons_text(reasons):
-            console.print(f"  {line}", markup=False, highlight=False)
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 async def _backfill(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
@@ -218,7 +247,7 @@ async def _backfill(client: AsyncClient, args: argparse.Namespace, console: Cons
         list(summary.unknown_counts),
     )
     _print_reasons(console, "failed batches (run again to retry):", list(summary.failures))
-    return 0 if summary.ok else 1
+    return EXIT_OK if summary.ok else EXIT_FAILED
 
 
 async def _verify(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
@@ -256,7 +285,7 @@ async def _verify(client: AsyncClient, args: argparse.Namespace, console: Consol
             )
         console.print(table)
     _print_reasons(console, "unreadable batches:", list(summary.failures))
-    return 0 if summary.ok else 1
+    return EXIT_OK if summary.ok else EXIT_FAILED
 
 
 async def _cleanup(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
@@ -274,7 +303,7 @@ async def _cleanup(client: AsyncClient, args: argparse.Namespace, console: Conso
         _print_reasons(
             console, "cleanup-legacy refused; nothing was removed:", list(summary.reasons)
         )
-        return 1
+        return EXIT_FAILED
     verb = "would clean" if args.dry_run else "cleaned"
     console.print(
         _table(
@@ -282,11 +311,13 @@ async def _cleanup(client: AsyncClient, args: argparse.Namespace, console: Conso
             [
                 (f"batches {verb}", str(len(summary.cleaned))),
                 ("skipped", str(len(summary.skipped))),
+                ("failed batches", str(len(summary.failures))),
             ],
         )
     )
     _print_reasons(console, "skipped (changed meanwhile; run again):", list(summary.skipped))
-    return 0 if summary.ok else 1
+    _print_reasons(console, "failed batches (run again to retry):", list(summary.failures))
+    return EXIT_OK if summary.ok else EXIT_FAILED
 
 
 async def _status(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
@@ -303,10 +334,11 @@ async def _status(client: AsyncClient, args: argparse.Namespace, console: Consol
     rows += [("total", str(summary.total)), ("unreadable", str(len(summary.failures)))]
     console.print(_table(f"status ({args.migration_mode.name} rules)", rows))
     _print_reasons(console, "unreadable batches:", list(summary.failures))
-    return 0 if not summary.failures and not summary.counts[m.BatchState.INCONSISTENT] else 1
+    clean = not summary.failures and not summary.counts[m.BatchState.INCONSISTENT]
+    return EXIT_OK if clean else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
+    from . import main
 
     sys.exit(main(["migrate", *sys.argv[1:]]))

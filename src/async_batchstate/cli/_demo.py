@@ -32,14 +32,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._config import MigrationMode
-from ._connect import EMULATOR_ENV, PROJECT_ENV, aclose_client, client_from_env
-from ._emulator import EmulatorNotFoundError, EmulatorStartError, FirestoreEmulator
-from ._manager import AsyncBatchStateManager
-from ._types import CompletionStatus
+from .._config import MigrationMode
+from .._errors import ConfigurationError, InvalidInputError
+from .._store.connect import EMULATOR_ENV, PROJECT_ENV, aclose_client, client_from_env
+from .._types import CompletionStatus
+from .._write.manager import AsyncBatchStateManager
+from ..testing._emulator import EmulatorNotFoundError, EmulatorStartError, FirestoreEmulator
+from ._common import (
+    ArgumentParser,
+    batch_id_argument,
+    collection_argument,
+    positive_int,
+    share,
+)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
     """Add the ``demo`` subcommand."""
     parser = sub.add_parser(
         "demo",
@@ -50,25 +58,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             f"{EMULATOR_ENV}, else the project in {PROJECT_ENV}, else starts a local emulator."
         ),
     )
-    parser.add_argument("--players", type=int, default=500, help="players in the batch (500)")
     parser.add_argument(
-        "--workers", type=int, default=100, help="concurrent workers per process (100)"
+        "--players", type=positive_int, default=500, help="players in the batch (500)"
+    )
+    parser.add_argument(
+        "--workers", type=positive_int, default=100, help="concurrent workers per process (100)"
     )
     parser.add_argument(
         "--processes",
-        type=int,
+        type=positive_int,
         default=1,
-        help="worker processes, each with its own client, sharing the messages (1)",
+        help="worker processes, each with its own client, sharing the messages (1; "
+        "at most --players)",
     )
     parser.add_argument(
         "--redeliver",
-        type=float,
+        type=share,
         default=0.1,
         help="share of messages delivered twice, as Pub/Sub may (0.1)",
     )
     parser.add_argument(
         "--fail",
-        type=float,
+        type=share,
         default=0.05,
         help="share of deliveries whose worker fails before recording; redelivered (0.05)",
     )
@@ -79,8 +90,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="migration mode (default: from ENABLE_SUBCOLLECTION_COMPLETIONS, DUAL_WRITE_MODE, "
         "USE_SUBCOLLECTION_READS; DUAL_WRITE when unset)",
     )
-    parser.add_argument("--collection", default="demo_batches", help="batch collection")
-    parser.add_argument("--batch-id", default=None, help="batch id (default: a new random one)")
+    parser.add_argument(
+        "--collection", type=collection_argument, default="demo_batches", help="batch collection"
+    )
+    parser.add_argument(
+        "--batch-id",
+        type=batch_id_argument,
+        default=None,
+        help="batch id (default: a new random one)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.set_defaults(handler=run)
 
@@ -108,13 +126,19 @@ class _Tally:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; 0 when the batch ends consistent and finalised exactly once."""
-    for name in ("players", "workers", "processes"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be >= 1")
-    for name in ("redeliver", "fail"):
-        if not 0.0 <= getattr(args, name) < 1.0:
-            raise SystemExit(f"--{name} must be in [0, 1)")
+    """Run the demo; 0 when the batch ends consistent and finalised exactly once.
+
+    Raises:
+        InvalidInputError: More ``--processes`` than ``--players`` (a process
+            without a message would wait for one forever).
+        ConfigurationError: No emulator nor project configured, and no local
+            emulator could be started.
+    """
+    if args.processes > args.players:
+        raise InvalidInputError(
+            f"--processes ({args.processes}) must not exceed --players ({args.players}): "
+            "every process needs at least one message"
+        )
     console = Console()
     # Turn SIGTERM into an exception so the emulator we started is stopped on the way out.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -143,7 +167,12 @@ def _firestore(console: Console) -> Iterator[str]:
         try:
             emulator = FirestoreEmulator().start()
         except (EmulatorNotFoundError, EmulatorStartError) as exc:
-            raise SystemExit(f"cannot start the Firestore emulator: {exc}") from None
+            # The start error carries the emulator's log after its first line.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigurationError(
+                f"no Firestore configured ({EMULATOR_ENV}, {PROJECT_ENV}) and the local "
+                f"emulator cannot start: {first}"
+            ) from exc
     os.environ[EMULATOR_ENV] = emulator.host
     try:
         yield f"local emulator at {emulator.host} (pid {emulator.pid}), stopped at exit"

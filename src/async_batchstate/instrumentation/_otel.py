@@ -19,8 +19,8 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._metrics import AttemptFailed, BatchFinalised, Event, GroupCommitted, GroupFailed
-from ._types import CompletionResult
+from .._types import CompletionResult
+from ._events import AttemptFailed, BatchFinalised, Event, GroupCommitted, GroupFailed
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -35,7 +35,7 @@ _MISSING = (
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
