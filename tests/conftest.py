@@ -1,19 +1,30 @@
 """Shared fixtures. The emulator fixtures come from the async_batchstate plugin itself.
 
 Helpers live in ``tests/helpers.py``; import them from there.
+
+Hypothesis runs each property test ``max_examples`` times from the loaded profile:
+``suite`` (default, sized for a run of the whole suite in a few minutes) or
+``thorough`` (``HYPOTHESIS_PROFILE=thorough pytest tests/test_model.py
+tests/test_properties.py``, before a release or after touching the write path).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_asyncio
 from google.cloud.firestore_v1.async_client import AsyncClient
+from hypothesis import settings
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
 
 from .helpers import ManagerFactory
+
+settings.register_profile("suite", max_examples=12)
+settings.register_profile("thorough", max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest_asyncio.fixture

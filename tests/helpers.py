@@ -33,6 +33,59 @@ async def read_completions(client: AsyncClient, collection: str, batch_id: str) 
     return {d.id: d.to_dict() async for d in docs}
 
 
+def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseException]:
+    """Make the migration's transactions on ``batch_id`` fail, transiently then permanently.
+
+    Patches the library's ``run_transactional`` as the migration module calls it
+    (backfill and cleanup-legacy), not Firestore: every other batch runs its real
+    transactions on the emulator. The first attempt on ``batch_id`` raises
+    UNAVAILABLE (the library retries it), the next ones PERMISSION_DENIED (not
+    retried). Returns the errors raised, in order.
+    """
+    real = run_transactional
+    raised: list[BaseException] = []
+
+    async def flaky(function: Any, transaction: Any, *args: Any) -> Any:
+        if batch_id in args:
+            error: BaseException = (
+                ServiceUnavailable("injected: connection reset")
+                if not raised
+                else PermissionDenied("injected: missing permission\non the batch")
+            )
+            raised.append(error)
+            raise error
+        return await real(function, transaction, *args)
+
+    monkeypatch.setattr(_migration, "run_transactional", flaky)
+    return raised
+
+
+_BLOCK_IMPORTS = """
+import sys
+
+class _Blocked:
+    \"\"\"Refuse to import the top-level packages in BLOCKED, as if they were not installed.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def run_python(
+    pytester: pytest.Pytester, code: str, *, blocked: Iterable[str] = ()
+) -> pytest.RunResult:
+    """Run ``code`` in a fresh interpreter of this environment, in pytester's directory.
+
+    The top-level packages in ``blocked`` cannot be imported there, as if not installed.
+    """
+    prelude = f"BLOCKED = {sorted(blocked)!r}\n{_BLOCK_IMPORTS}" if blocked else ""
+    return pytester.run(sys.executable, "-c", prelude + textwrap.dedent(code))
+
+
 class FaultGate:
     """A ``fault_injector`` that tells a test when write attempts reach ``point``, and can
     hold them there: synchronisation by events instead of sleeping and hoping.
@@ -93,56 +146,3 @@ class FaultGate:
     def release(self) -> None:
         """Let held calls, and every later one, through."""
         self.released.set()
-
-
-def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseException]:
-    """Make the migration's transactions on ``batch_id`` fail, transiently then permanently.
-
-    Patches the library's ``run_transactional`` as the migration module calls it
-    (backfill and cleanup-legacy), not Firestore: every other batch runs its real
-    transactions on the emulator. The first attempt on ``batch_id`` raises
-    UNAVAILABLE (the library retries it), the next ones PERMISSION_DENIED (not
-    retried). Returns the errors raised, in order.
-    """
-    real = run_transactional
-    raised: list[BaseException] = []
-
-    async def flaky(function: Any, transaction: Any, *args: Any) -> Any:
-        if batch_id in args:
-            error: BaseException = (
-                ServiceUnavailable("injected: connection reset")
-                if not raised
-                else PermissionDenied("injected: missing permission\non the batch")
-            )
-            raised.append(error)
-            raise error
-        return await real(function, transaction, *args)
-
-    monkeypatch.setattr(_migration, "run_transactional", flaky)
-    return raised
-
-
-_BLOCK_IMPORTS = """
-import sys
-
-class _Blocked:
-    \"\"\"Refuse to import the top-level packages in BLOCKED, as if they were not installed.\"\"\"
-
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-        return None
-
-sys.meta_path.insert(0, _Blocked())
-"""
-
-
-def run_python(
-    pytester: pytest.Pytester, code: str, *, blocked: Iterable[str] = ()
-) -> pytest.RunResult:
-    """Run ``code`` in a fresh interpreter of this environment, in pytester's directory.
-
-    The top-level packages in ``blocked`` cannot be imported there, as if not installed.
-    """
-    prelude = f"BLOCKED = {sorted(blocked)!r}\n{_BLOCK_IMPORTS}" if blocked else ""
-    return pytester.run(sys.executable, "-c", prelude + textwrap.dedent(code))

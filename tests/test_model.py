@@ -216,9 +216,8 @@ def test_random_sequences_match_the_model(firestore_emulator: EmulatorInfo) -> N
     try:
         run_state_machine_as_test(
             BatchModel,
-            settings=settings(
-                max_examples=20,
-                stateful_step_count=20,
+            settings=settings(  # max_examples: the Hypothesis profile (tests/conftest.py)
+                stateful_step_count=15,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),

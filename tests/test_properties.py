@@ -33,8 +33,7 @@ from .helpers import ManagerFactory, read_batch, read_completions
 
 pytestmark = pytest.mark.emulator
 
-SETTINGS = settings(
-    max_examples=40,
+SETTINGS = settings(  # max_examples: the Hypothesis profile (tests/conftest.py)
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -147,6 +146,9 @@ async def test_player_and_count_stored_faithfully_or_rejected_before_any_write(
     batch_collection: str,
 ) -> None:
     """record_completion(player, count): read back equal, or InvalidInputError and no write."""
+    # A known bug, pinned by test_record.py::test_a_player_id_with_a_carriage_return_keeps_its_count
+    # (xfail): drop this assume when that test passes.
+    assume(not (mode.writes_legacy and isinstance(player, str) and "\r" in player))
     manager = make_manager(mode=mode)
     batch_id = f"b{next(_numbers)}"
     await manager.create_batch(batch_id, expected_count=1)
@@ -191,7 +193,6 @@ async def test_player_and_count_stored_faithfully_or_rejected_before_any_write(
 
 
 @settings(
-    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -10,7 +10,6 @@ from importlib.resources import files
 import pytest
 
 import async_batchstate
-import async_batchstate.testing
 
 PUBLIC_MODULES = [
     "async_batchstate",

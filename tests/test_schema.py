@@ -91,7 +91,7 @@ def test_split_roster_respects_the_chunk_byte_limit() -> None:
     ],
 )
 def test_bad_arguments_are_refused_before_any_document_is_built(
-    kwargs: dict[str, object], error: type[Exception]
+    kwargs: dict[str, Any], error: type[Exception]
 ) -> None:
     """Each bad argument raises its typed error."""
     with pytest.raises(error):

@@ -7,7 +7,7 @@ fails here before a user's type checker does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import assert_type
+from typing import Any, assert_type
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 
@@ -29,9 +29,9 @@ from async_batchstate import (
     Stats,
     WriteFailedError,
 )
-from async_batchstate._write.limits import AdaptiveLimit
 from async_batchstate.consistency import ConsistencyReport, ReconcileResult
 from async_batchstate.instrumentation import Event, GroupCommitted, Hook
+from async_batchstate.migration import FileCheckpoint, MigrationProgress
 from async_batchstate.testing import (
     EmulatorInfo,
     FakeClock,
@@ -142,4 +142,9 @@ async def testing_helpers(emulator: EmulatorInfo) -> None:
         client, "prediction_batches", "b", manager.mode, expected={"p1": 4}
     )
     assert_type(violations, list[str])
-    assert_type(AdaptiveLimit(8, initial=2).limit, int)
+
+
+async def migration(progress: MigrationProgress) -> None:
+    assert_type(progress.done, int)
+    assert_type(progress.total, int | None)
+    assert_type(await FileCheckpoint("backfill.json").load(), dict[str, Any] | None)

@@ -1,4 +1,4 @@
-"""Testing helpers: the Firestore emulator, its pytest fixtures, fault injection, a fake clock.
+"""Testing helpers: the emulator, what its pytest fixtures hand out, fault injection, a fake clock.
 
 Importing this package needs no pytest. The pytest plugin with the fixtures
 (``firestore_emulator``, ``firestore_client``, ``firestore_namespace``,
