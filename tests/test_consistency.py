@@ -394,3 +394,26 @@ async def test_reconcile_over_transaction_write_limit_uses_several_transactions(
     assert 450 == len(result.completions_created)
     assert 2 == result.transactions
     assert (await validate(firestore_client, layout, DUAL, "b")).is_consistent
+
+
+async def test_sampled_validation_of_one_batch_waits_its_interval(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A hot batch is validated at most once per min_interval here, whatever the rate."""
+    from async_batchstate.testing import FakeClock
+
+    await _healthy_batch(make_manager)
+    clock = FakeClock()
+    validator = SampledValidator(
+        firestore_client, Layout(batch_collection), DUAL, rate=1.0, min_interval=5.0, clock=clock
+    )
+
+    first = validator.maybe_validate("b")
+    await validator.wait_idle()
+    clock.now += 4.0
+    second = validator.maybe_validate("b")
+    clock.now += 1.0
+    third = validator.maybe_validate("b")
+    await validator.aclose()
+
+    assert (True, False, True) == (first, second, third)

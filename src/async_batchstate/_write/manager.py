@@ -155,6 +155,9 @@ class AsyncBatchStateManager:
         validation_rate: Probability that a commit which recorded completions schedules
             a background consistency check of its batch (at most one per batch at a
             time; 0 disables).
+        validation_interval: Least seconds between two sampled validations of one
+            batch in this process (default 5): each validation aggregates the
+            batch's whole subcollection, and a hot batch commits many times a second.
         alert_hooks: Called with the ``ConsistencyReport`` of each mismatch found
             (sync or async), e.g. ``SlackWebhookAlerter(url)``.
         validation_rng: Random source for the sampling (inject a seeded one in tests).
@@ -191,6 +194,7 @@ class AsyncBatchStateManager:
         fault_injector: FaultInjector | None = None,
         tracer: Tracer | None = None,
         validation_rate: float = 0.1,
+        validation_interval: float = 5.0,
         alert_hooks: Iterable[AlertHook] = (),
         validation_rng: random.Random | None = None,
     ) -> None:
@@ -252,6 +256,8 @@ class AsyncBatchStateManager:
             rng=validation_rng,
             alert_hooks=alert_hooks,
             retry=self._retry,
+            min_interval=validation_interval,
+            clock=clock,
         )
         self._runner = GroupRunner(
             self._writer,

@@ -19,6 +19,7 @@ import enum
 import inspect
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError, ConfigurationError
 from .._store import schema as f
@@ -707,8 +709,11 @@ class SampledValidator:
 
     ``maybe_validate`` never blocks, never raises and never delays the caller:
     a sampled validation runs in a task this object owns, at most one per batch
-    at a time and at most ``max_outstanding`` in all (beyond that, samples are
-    dropped: validation is a monitor, not a queue). ``aclose`` awaits them.
+    at a time, at most one per batch per ``min_interval`` seconds (a hot batch
+    commits small groups many times a second, in many processes; each
+    validation aggregates its whole subcollection), and at most
+    ``max_outstanding`` in all (beyond that, samples are dropped: validation is a
+    monitor, not a queue). ``aclose`` awaits them.
 
     Args:
         client: The Firestore client.
@@ -719,9 +724,12 @@ class SampledValidator:
         alert_hooks: Called with the report of each mismatch.
         retry: Retry policy for the validation reads.
         max_outstanding: Most validations in flight.
+        min_interval: Least seconds between two validations of one batch here.
+        clock: Time source for ``min_interval``.
 
     Raises:
-        ConfigurationError: ``rate`` outside ``[0, 1]`` or ``max_outstanding < 1``.
+        ConfigurationError: ``rate`` outside ``[0, 1]``, ``max_outstanding < 1`` or
+            a negative ``min_interval``.
     """
 
     def __init__(
@@ -735,7 +743,11 @@ class SampledValidator:
         alert_hooks: Iterable[AlertHook] = (),
         retry: RetryPolicy | None = None,
         max_outstanding: int = 64,
+        min_interval: float = 5.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        if not min_interval >= 0.0:
+            raise ConfigurationError(f"validation interval must be >= 0 s, got {min_interval}")
         if not 0.0 <= rate <= 1.0:
             raise ConfigurationError(f"validation rate must be in [0, 1], got {rate}")
         if max_outstanding < 1:
@@ -749,6 +761,10 @@ class SampledValidator:
         self._retry = retry or RetryPolicy(max_attempts=5, deadline=30.0)
         self._max = max_outstanding
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._interval = min_interval
+        self._clock = clock
+        self._last: OrderedDict[str, float] = OrderedDict()
+        """When each recently validated batch was last scheduled (bounded)."""
         self._closed = False
         self.validated = 0
         self.mismatches = 0
@@ -770,11 +786,19 @@ class SampledValidator:
             return False
         if batch_id in self._tasks or len(self._tasks) >= self._max:
             return False
+        now = self._clock.monotonic()
+        last = self._last.get(batch_id)
+        if last is not None and now - last < self._interval:
+            return False
         try:
             task = asyncio.get_running_loop().create_task(self._run(batch_id))
         except RuntimeError:  # no running loop: nothing to schedule on
             return False
         self._tasks[batch_id] = task
+        self._last[batch_id] = now
+        self._last.move_to_end(batch_id)
+        if len(self._last) > 10_000:
+            self._last.popitem(last=False)
         task.add_done_callback(lambda _: self._tasks.pop(batch_id, None))
         return True
 
@@ -808,8 +832,12 @@ class SampledValidator:
                 extra={"batch_id": batch_id},
             )
 
+    async def wait_idle(self) -> None:
+        """Wait until no validation is in flight."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
     async def aclose(self) -> None:
         """Stop sampling and wait for the validations in flight."""
         self._closed = True
-        while self._tasks:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.wait_idle()
