@@ -18,7 +18,8 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from async_batchstate import AsyncBatchStateManager, MigrationMode, classify
+from async_batchstate import AsyncBatchStateManager, MigrationMode
+from async_batchstate._write.retry import classify
 
 MODE = MigrationMode.DUAL_WRITE
 COMPLETIONS = "completions"

@@ -45,15 +45,13 @@ from typing import Any
 
 from async_batchstate import (
     AsyncBatchStateManager,
-    AttemptFailed,
     BatchProgress,
     BatchStateError,
     CompletionStatus,
-    ErrorKind,
-    Event,
     MigrationMode,
     RetryPolicy,
 )
+from async_batchstate.instrumentation import AttemptFailed, ErrorKind, Event
 from async_batchstate.testing import (
     EmulatorInfo,
     FaultyProxy,

@@ -12,7 +12,7 @@ import sys
 import time
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
-from async_batchstate._connect import client_from_env
+from async_batchstate._store.connect import client_from_env
 from async_batchstate.testing import aclose_client
 
 

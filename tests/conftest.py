@@ -1,33 +1,30 @@
-"""Shared fixtures. The emulator fixtures come from the async_batchstate plugin itself."""
+"""Shared fixtures. The emulator fixtures come from the async_batchstate plugin itself.
+
+Helpers live in ``tests/helpers.py``; import them from there.
+
+Hypothesis runs each property test ``max_examples`` times from the loaded profile:
+``suite`` (default, sized for a run of the whole suite in a few minutes) or
+``thorough`` (``HYPOTHESIS_PROFILE=thorough pytest tests/test_model.py
+tests/test_properties.py``, before a release or after touching the write path).
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_asyncio
 from google.cloud.firestore_v1.async_client import AsyncClient
+from hypothesis import settings
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
 
-ManagerFactory = Callable[..., AsyncBatchStateManager]
+from .helpers import ManagerFactory
 
-
-class FakeClock:
-    """Monotonic time that only the code under test's sleeps advance (each yields once)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
+settings.register_profile("suite", max_examples=12)
+settings.register_profile("thorough", max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest_asyncio.fixture
@@ -47,15 +44,3 @@ async def make_manager(
     yield factory
     for manager in made:
         await manager.aclose()
-
-
-async def read_batch(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
-    """The batch document's fields, read directly (not through the manager)."""
-    snap = await client.collection(collection).document(batch_id).get()
-    return snap.to_dict() or {}
-
-
-async def read_completions(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
-    """Completion documents by id, read directly."""
-    docs = client.collection(collection).document(batch_id).collection("completions").stream()
-    return {d.id: d.to_dict() async for d in docs}

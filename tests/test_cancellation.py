@@ -19,13 +19,13 @@ from async_batchstate import (
     CompletionResult,
     CompletionStatus,
     CompletionTimeoutError,
-    FaultPoint,
     ManagerClosedError,
     MigrationMode,
+    RetryExhaustedError,
 )
-from async_batchstate.testing import batch_violations
+from async_batchstate.testing import FaultPoint, batch_violations
 
-from .conftest import ManagerFactory
+from .helpers import FaultGate, ManagerFactory
 
 pytestmark = pytest.mark.emulator
 
@@ -89,18 +89,23 @@ async def test_random_cancellations_then_rerecording_completes_exactly(
 async def test_caller_deadline_passes_mid_write_then_redelivery_is_exact(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """A caller whose timeout ends mid-write gets CompletionTimeoutError in time; its group's
-    budget is its callers' deadlines, so the attempt is abandoned uncommitted (never torn) and
-    the redelivery records it exactly once."""
-    manager = make_manager(fault_injector=Slow(FaultPoint.BEFORE_COMMIT, 0.8))
+    """A caller whose timeout ends mid-write gets a typed "not confirmed in time" error in time
+    (CompletionTimeoutError, or RetryExhaustedError when the group's budget, its callers'
+    deadlines, runs out first); the attempt is abandoned uncommitted (never torn) and the
+    redelivery records it exactly once."""
+    stuck = FaultGate(FaultPoint.BEFORE_COMMIT, hold=True)
+    manager = make_manager(fault_injector=stuck)
     await manager.create_batch("b", expected_count=1)
 
     started = time.monotonic()
-    with pytest.raises(CompletionTimeoutError):
+    with pytest.raises((CompletionTimeoutError, RetryExhaustedError)):
         await manager.record_completion("b", "p", 4, timeout=0.2)
     assert time.monotonic() - started < 0.2 + 0.5
 
-    await asyncio.sleep(1.0)  # nothing late: the abandoned attempt never commits
+    # Nothing late: the staged attempt is cancelled before its commit, never left to finish.
+    await stuck.wait_abandoned()
+    stuck.release()
+    assert 1 == stuck.abandoned
     assert 0 == (await manager.get_progress("b")).completed_count
     assert [] == await batch_violations(
         firestore_client, batch_collection, "b", manager.mode, expected={}
@@ -123,22 +128,25 @@ async def test_shutdown_with_groups_in_flight_fails_them_typed_and_rerecording_i
     """aclose(drain_timeout) with slow groups in flight: ManagerClosedError within the drain
     time, no torn group; a new manager re-records everything exactly, finalised once."""
     finalised: list[str] = []
+    stuck = FaultGate(FaultPoint.BEFORE_COMMIT, count=2, hold=True)
     slow = make_manager(
         max_group_size=15,
-        fault_injector=Slow(FaultPoint.BEFORE_COMMIT, 2.0),
+        max_in_flight_per_batch=2,
+        fault_injector=stuck,
         on_complete=lambda b, _p: finalised.append(b),
     )
     counts = {f"p{i}": 1 + i % 3 for i in range(90)}
     await slow.create_batch("b", expected_players=list(counts))
     tasks = [asyncio.create_task(slow.record_completion("b", p, n)) for p, n in counts.items()]
-    await asyncio.sleep(0.3)  # two groups are in flight, the rest queued
+    await stuck.wait()  # two groups staged and held before their commit, the rest queued
 
     started = time.monotonic()
     await slow.aclose(drain_timeout=0.2)
     closing = time.monotonic() - started
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
 
-    assert closing < 0.2 + 2.0
+    assert closing < 0.2 + 1.0
+    assert len(stuck.arrivals) == stuck.abandoned  # every staged attempt cut before its commit
     assert all(isinstance(o, ManagerClosedError) for o in outcomes), outcomes[:3]
     with pytest.raises(ManagerClosedError):
         await slow.record_completion("b", "p0", 1)
@@ -165,12 +173,15 @@ async def test_drained_shutdown_confirms_every_queued_completion(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """aclose() with a drain time long enough: every queued and in-flight caller is confirmed."""
-    manager = make_manager(max_group_size=10, fault_injector=Slow(FaultPoint.BEFORE_COMMIT, 0.05))
+    held = FaultGate(FaultPoint.BEFORE_COMMIT, hold=True)
+    manager = make_manager(max_group_size=10, fault_injector=held)
     counts = {f"p{i}": i for i in range(60)}
     await manager.create_batch("b", expected_players=list(counts))
     tasks = [asyncio.create_task(manager.record_completion("b", p, n)) for p, n in counts.items()]
-    await asyncio.sleep(0.05)
+    await held.wait()  # a group is staged before its commit, the rest queued
 
+    # aclose() stops new work before its first await; the held group goes on right after.
+    asyncio.get_running_loop().call_soon(held.release)
     await manager.aclose(drain_timeout=30)
     results = await asyncio.gather(*tasks)
 
@@ -183,3 +194,17 @@ async def test_drained_shutdown_confirms_every_queued_completion(
         expected=counts,
         require_finalised=True,
     )
+
+
+async def test_no_write_starts_after_the_drain_timeout(make_manager: ManagerFactory) -> None:
+    """Once the drain time is over, queued completions are failed, never started."""
+    stuck = FaultGate(FaultPoint.BEFORE_COMMIT, count=2, hold=True)
+    manager = make_manager(max_group_size=15, max_in_flight_per_batch=2, fault_injector=stuck)
+    await manager.create_batch("b", expected_count=90)
+    tasks = [asyncio.create_task(manager.record_completion("b", f"p{i}", 1)) for i in range(90)]
+    await stuck.wait()
+
+    await manager.aclose(drain_timeout=0.2)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert 2 == len(stuck.arrivals)

@@ -11,20 +11,18 @@ from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import (
-    BatchFinalised,
     BatchProgress,
     CompletionResult,
     CompletionStatus,
     CompletionTimeoutError,
-    Event,
-    FaultPoint,
-    GroupCommitted,
     ManagerClosedError,
     MigrationMode,
     WriteFailedError,
 )
+from async_batchstate.instrumentation import BatchFinalised, Event, GroupCommitted
+from async_batchstate.testing import FaultPoint
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import FaultGate, ManagerFactory, read_batch, read_completions
 
 
 async def exact(client: AsyncClient, collection: str, batch_id: str, n: int) -> None:
@@ -189,13 +187,14 @@ async def test_closing_drains_in_flight_groups(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """aclose() while completions are queued: they are written, then new calls are refused."""
-    manager = make_manager()
+    started = FaultGate(FaultPoint.BEFORE_BEGIN)
+    manager = make_manager(fault_injector=started)
     await manager.create_batch("b", expected_count=100)
     tasks = [
         asyncio.create_task(manager.record_completion("b", f"p{i}", predictions_count=i % 5))
         for i in range(100)
     ]
-    await asyncio.sleep(0)
+    await started.wait()  # the first group is being written, the rest queued
     await manager.aclose()
     results = await asyncio.gather(*tasks)
     assert 100 == sum(r.status is CompletionStatus.RECORDED for r in results)
@@ -208,19 +207,14 @@ async def test_closing_with_a_short_drain_fails_the_rest_cleanly(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """A stuck write past the drain timeout: callers get ManagerClosedError, nothing half-written."""
-    release = asyncio.Event()
-
-    async def stall(at: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
-        if at is FaultPoint.BEFORE_COMMIT:
-            await release.wait()
-
-    manager = make_manager(fault_injector=stall)
+    stuck = FaultGate(FaultPoint.BEFORE_COMMIT, hold=True)  # never released
+    manager = make_manager(fault_injector=stuck)
     await manager.create_batch("b", expected_count=50)
     tasks = [
         asyncio.create_task(manager.record_completion("b", f"p{i}", predictions_count=1))
         for i in range(50)
     ]
-    await asyncio.sleep(0.3)
+    await stuck.wait()
     await manager.aclose(drain_timeout=0.2)
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(o, ManagerClosedError) for o in outcomes)

@@ -11,7 +11,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from async_batchstate import Layout, MigrationMode
-from async_batchstate._consistency import (
+from async_batchstate.consistency._validate import (
     MISMATCH_PREFIX,
     ConsistencyReport,
     SampledValidator,
@@ -20,7 +20,7 @@ from async_batchstate._consistency import (
     validate,
 )
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 DUAL = MigrationMode.DUAL_WRITE
 
@@ -394,3 +394,26 @@ async def test_reconcile_over_transaction_write_limit_uses_several_transactions(
     assert 450 == len(result.completions_created)
     assert 2 == result.transactions
     assert (await validate(firestore_client, layout, DUAL, "b")).is_consistent
+
+
+async def test_sampled_validation_of_one_batch_waits_its_interval(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A hot batch is validated at most once per min_interval here, whatever the rate."""
+    from async_batchstate.testing import FakeClock
+
+    await _healthy_batch(make_manager)
+    clock = FakeClock()
+    validator = SampledValidator(
+        firestore_client, Layout(batch_collection), DUAL, rate=1.0, min_interval=5.0, clock=clock
+    )
+
+    first = validator.maybe_validate("b")
+    await validator.wait_idle()
+    clock.now += 4.0
+    second = validator.maybe_validate("b")
+    clock.now += 1.0
+    third = validator.maybe_validate("b")
+    await validator.aclose()
+
+    assert (True, False, True) == (first, second, third)

@@ -6,6 +6,9 @@ import re
 from pathlib import Path
 
 import async_batchstate
+import async_batchstate.consistency
+import async_batchstate.instrumentation
+import async_batchstate.migration
 import async_batchstate.testing
 
 API_PAGE = Path(__file__).resolve().parent.parent / "docs" / "api.md"
@@ -16,7 +19,13 @@ def test_every_public_name_has_an_api_entry() -> None:
     page = API_PAGE.read_text()
     missing = [
         f"{module.__name__}.{name}"
-        for module in (async_batchstate, async_batchstate.testing)
+        for module in (
+            async_batchstate,
+            async_batchstate.consistency,
+            async_batchstate.instrumentation,
+            async_batchstate.migration,
+            async_batchstate.testing,
+        )
         for name in module.__all__
         if name != "__version__"
         and not re.search(

@@ -32,11 +32,14 @@ from async_batchstate.testing import (
     EmulatorInfo,
     EmulatorNotFoundError,
     EmulatorStartError,
+    FaultPoint,
     FirestoreEmulator,
     aclose_client,
     batch_violations,
     make_client,
 )
+
+from .helpers import FaultGate
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -80,8 +83,10 @@ async def test_emulator_killed_mid_load_fails_callers_typed_then_same_manager_re
     """SIGKILL mid-load: every pending caller gets a typed error within its deadline (no hang);
     a new emulator on the same port serves the same client and manager, counts exact."""
     finalised: list[str] = []
+    loading = FaultGate(FaultPoint.AFTER_COMMIT, count=3)
     manager = AsyncBatchStateManager(
         owned.client,
+        fault_injector=loading,
         collection=batch_collection,
         mode=MigrationMode.DUAL_WRITE,
         max_group_size=10,
@@ -102,7 +107,7 @@ async def test_emulator_killed_mid_load_fails_callers_typed_then_same_manager_re
             return time.monotonic() - started, exc
 
     tasks = [asyncio.create_task(caller(p)) for p in counts]
-    await asyncio.sleep(0.3)
+    await loading.wait()  # mid-load: groups are committing, callers still arriving
     await asyncio.to_thread(owned.emulator.kill)
     async with asyncio.timeout(DEADLINE + 1.0 + 2 * SLACK):  # no caller may hang
         outcomes = await asyncio.gather(*tasks)

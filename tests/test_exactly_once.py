@@ -22,15 +22,14 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from async_batchstate import (
     BatchProgress,
     CompletionStatus,
-    FaultPoint,
     InvalidCountError,
     ManagerClosedError,
     MigrationMode,
     RetryPolicy,
 )
-from async_batchstate.testing import EmulatorInfo, batch_violations
+from async_batchstate.testing import EmulatorInfo, FaultPoint, batch_violations
 
-from .conftest import ManagerFactory, read_batch
+from .helpers import ManagerFactory, read_batch
 
 pytestmark = pytest.mark.emulator
 
@@ -41,7 +40,7 @@ FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=20.0, attempt_time
 DIES_IN_CALLBACK = """
 import asyncio, os, signal, sys
 from async_batchstate import AsyncBatchStateManager, MigrationMode
-from async_batchstate._connect import client_from_env
+from async_batchstate._store.connect import client_from_env
 
 async def main(collection):
     def die(batch_id, progress):
@@ -198,7 +197,7 @@ async def test_a_caller_cancelled_in_the_turn_its_group_resolves_hands_over_batc
     callers: list[asyncio.Task[Any]] = []
 
     def cancel_on_flip(event: object) -> None:
-        from async_batchstate import BatchFinalised
+        from async_batchstate.instrumentation import BatchFinalised
 
         if isinstance(event, BatchFinalised):
             callers[0].cancel()  # same turn: the group resolves right after this event
@@ -276,7 +275,7 @@ async def test_backfill_finalises_a_rollout_batch_and_owes_its_callback(
     recorded by LEGACY writers completes only once backfilled; backfill finalises it, and the
     next coordinator to touch it runs the owed on_complete."""
     from async_batchstate import Layout
-    from async_batchstate._migration import backfill
+    from async_batchstate.migration._run import backfill
 
     mode = MigrationMode.DUAL_WRITE_SUBCOLLECTION_READS
     legacy = make_manager(mode=MigrationMode.LEGACY)

@@ -30,11 +30,14 @@ from async_batchstate import (
 )
 from async_batchstate.testing import (
     EmulatorInfo,
+    FaultPoint,
     FaultyProxy,
     aclose_client,
     batch_violations,
     make_client,
 )
+
+from .helpers import FaultGate
 
 pytestmark = pytest.mark.emulator
 
@@ -159,9 +162,11 @@ async def test_connection_cut_mid_load_then_redelivery_is_exact(
 ) -> None:
     """Resetting every connection mid-load: typed errors in time, exact counts after redelivery."""
     finalised: list[str] = []
+    loading = FaultGate(FaultPoint.AFTER_COMMIT, count=2)
     policy = RetryPolicy(base_delay=0.05, max_delay=0.5, deadline=deadline, attempt_timeout=1.0)
     manager = AsyncBatchStateManager(
         proxied.client,
+        fault_injector=loading,
         collection=batch_collection,
         mode=MigrationMode.DUAL_WRITE,
         retry=policy,
@@ -172,7 +177,7 @@ async def test_connection_cut_mid_load_then_redelivery_is_exact(
     await manager.create_batch("b", expected_players=list(counts))
 
     async def cut() -> None:
-        await asyncio.sleep(0.3)
+        await loading.wait()  # mid-load: groups are committing, callers still arriving
         await proxied.proxy.cut()
         await asyncio.sleep(outage)
         await proxied.proxy.restore()
@@ -199,9 +204,11 @@ async def test_blackhole_mid_load_then_redelivery_is_exact(
     """Traffic silently dropped mid-load: attempt timeouts fire, typed errors in time, exact after."""
     finalised: list[str] = []
     deadline = 3.0
+    loading = FaultGate(FaultPoint.AFTER_COMMIT, count=2)
     policy = RetryPolicy(base_delay=0.05, max_delay=0.5, deadline=deadline, attempt_timeout=0.8)
     manager = AsyncBatchStateManager(
         proxied.client,
+        fault_injector=loading,
         collection=batch_collection,
         mode=MigrationMode.DUAL_WRITE,
         retry=policy,
@@ -212,7 +219,7 @@ async def test_blackhole_mid_load_then_redelivery_is_exact(
     await manager.create_batch("b", expected_players=list(counts))
 
     async def blackhole() -> None:
-        await asyncio.sleep(0.3)
+        await loading.wait()  # mid-load: groups are committing, callers still arriving
         await proxied.proxy.blackhole()
         await asyncio.sleep(deadline + 1.0)
         await proxied.proxy.restore()

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from async_batchstate import InvalidCountError, InvalidIdError, Layout
-from async_batchstate._layout import player_field, validate_count, validate_id, validate_legacy_key
+from async_batchstate._store.schema import (
+    player_field,
+    validate_count,
+    validate_id,
+    validate_legacy_key,
+)
 
 
 @pytest.mark.parametrize(

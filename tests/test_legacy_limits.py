@@ -9,6 +9,7 @@ records a 20,000-player batch exactly.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 
@@ -24,7 +25,7 @@ from async_batchstate import (
 )
 from async_batchstate.testing import batch_violations
 
-from .conftest import ManagerFactory
+from .helpers import ManagerFactory
 
 pytestmark = pytest.mark.emulator
 
@@ -78,7 +79,7 @@ async def test_refuses_over_the_limit_before_writing_and_names_subcollection_onl
 def test_default_count_limit_stays_under_40000_index_entries() -> None:
     """Each player costs 3 index entries (array entry, map key, map value): the default limit
     keeps the batch document under Firestore's 40,000."""
-    limit = AsyncBatchStateManager.__init__.__kwdefaults__["legacy_array_limit"]
+    limit = inspect.signature(AsyncBatchStateManager).parameters["legacy_array_limit"].default
     assert limit * 3 < 40_000
 
 

@@ -20,7 +20,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from async_batchstate import BatchProgress, CompletionStatus, MigrationMode, RetryPolicy
 from async_batchstate.testing import LostAnswers, batch_violations
 
-from .conftest import ManagerFactory
+from .helpers import ManagerFactory
 
 pytestmark = pytest.mark.emulator
 
@@ -216,8 +216,9 @@ async def test_lost_answers_to_backfill_and_reconcile_leave_exact_counts(
 ) -> None:
     """Backfill's and reconcile's commits applied but unanswered: the retries redo nothing
     twice; the batch ends consistent with exact counts."""
-    from async_batchstate import Layout, Source
-    from async_batchstate._migration import backfill
+    from async_batchstate import Layout
+    from async_batchstate.consistency import Source
+    from async_batchstate.migration._run import backfill
 
     players = {f"p{i}": i for i in range(12)}
     legacy = make_manager(mode=MigrationMode.LEGACY)

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from google.cloud.firestore_v1 import ArrayUnion, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from async_batchstate import CompletionStatus, Layout, MigrationMode
-from async_batchstate._consistency import reconcile, validate
-from async_batchstate._migration import (
+from async_batchstate import (
+    CompletionStatus,
+    ConfigurationError,
+    InvalidIdError,
+    Layout,
+    MigrationMode,
+)
+from async_batchstate.cli import main
+from async_batchstate.consistency._validate import reconcile, validate
+from async_batchstate.migration._run import (
     COMPLETIONS_BACKFILLED,
     BatchState,
+    Checkpoint,
     FileCheckpoint,
     FirestoreCheckpoint,
     MigrationError,
@@ -24,10 +36,9 @@ from async_batchstate._migration import (
     status,
     verify,
 )
-from async_batchstate.cli import main
 from async_batchstate.testing import EmulatorInfo
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, fail_one_batch, read_batch, read_completions
 
 DUAL = MigrationMode.DUAL_WRITE
 SUB_ONLY = MigrationMode.SUBCOLLECTION_ONLY
@@ -170,46 +181,83 @@ async def test_backfill_leaves_player_without_count_and_does_not_mark(
     )
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)  # ~30-70 s on 2 shared cores; the emulator's queries are CPU-bound
-async def test_backfill_2000_batches_interrupted_then_resumed(
+async def _backfilled(client: AsyncClient, collection: str) -> set[str]:
+    """Ids of the batches that carry the backfilled mark."""
+    query = client.collection(collection).where(
+        filter=FieldFilter(COMPLETIONS_BACKFILLED, "==", True)
+    )
+    return {snap.id async for snap in query.stream()}
+
+
+class _WatchedCheckpoint:
+    """A ``Checkpoint`` that sets ``reached`` once a saved ``last_done`` is at least ``until``."""
+
+    def __init__(self, inner: Checkpoint, until: str) -> None:
+        self.inner = inner
+        self.until = until
+        self.reached = asyncio.Event()
+
+    async def load(self) -> dict[str, Any] | None:
+        return await self.inner.load()
+
+    async def save(self, state: Mapping[str, Any]) -> None:
+        await self.inner.save(state)
+        if (state.get("last_done") or "") >= self.until:
+            self.reached.set()
+
+
+async def test_backfill_interrupted_then_resumed_does_exactly_the_rest(
     firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """Cancelled half-way and run again: resumes from the checkpoint, every batch clean, none doubled."""
-    batches = 2000
+    """Cancelled once its checkpoint passed 15 batches: the next run starts right after the
+    saved checkpoint, handles exactly the batches after it, and every batch ends backfilled
+    once, counts exact (what the interrupted run did past its checkpoint is not redone)."""
+    batches = 40
     await _seed_legacy(firestore_client, batch_collection, batches)
+    ids = [f"b{i:05d}" for i in range(batches)]
     layout = Layout(batch_collection)
-    checkpoint = FirestoreCheckpoint(firestore_client, layout)
-    half = asyncio.Event()
-
-    def on_progress(p: MigrationProgress) -> None:
-        if p.done >= batches // 2:
-            half.set()
-
+    checkpoint = _WatchedCheckpoint(FirestoreCheckpoint(firestore_client, layout), ids[14])
     first = asyncio.create_task(
         backfill(
             firestore_client,
             layout,
             DUAL,
-            concurrency=8,
+            concurrency=4,
             checkpoint=checkpoint,
             checkpoint_interval=0.0,
-            progress=on_progress,
         )
     )
-    await half.wait()
+    await checkpoint.reached.wait()
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
     saved = await checkpoint.load()
+    assert saved is not None
+    assert (False, "dual_write") == (saved["finished"], saved["mode"])
+    rest = [b for b in ids if b > saved["last_done"]]
+    assert 0 < len(rest) <= batches - 15
 
-    second = await backfill(firestore_client, layout, DUAL, concurrency=8, checkpoint=checkpoint)
+    handled: list[str] = []
+    second = await backfill(
+        firestore_client,
+        layout,
+        DUAL,
+        concurrency=4,
+        checkpoint=checkpoint,
+        progress=lambda p: handled.append(p.batch_id),
+    )
 
-    checked = await verify(firestore_client, layout, DUAL, concurrency=8)
-    assert saved is not None and saved["last_done"] is not None
-    assert saved["last_done"] == second.resumed_after
-    assert second.batches < batches
-    assert second.ok
+    assert (saved["last_done"], len(rest), True) == (
+        second.resumed_after,
+        second.batches,
+        second.ok,
+    )
+    assert rest == sorted(handled)
+    assert set(ids) == await _backfilled(firestore_client, batch_collection)
+    assert {"last_done": ids[-1], "finished": True, "mode": "dual_write"}.items() <= (
+        await checkpoint.load() or {}
+    ).items()
+    checked = await verify(firestore_client, layout, DUAL)
     assert (batches, ()) == (checked.checked, checked.inconsistent)
     assert 3 * batches == await _sum_field(firestore_client, batch_collection, "completed_count")
     assert 6 * batches == await _sum_field(
@@ -217,8 +265,32 @@ async def test_backfill_2000_batches_interrupted_then_resumed(
     )
 
 
+async def test_a_cancelled_backfill_returns_promptly(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """Cancelling a backfill mid-run ends it at once: nothing is left waiting to be drained."""
+    await _seed_legacy(firestore_client, batch_collection, 30)
+    some_done = asyncio.Event()
+
+    def on_progress(p: MigrationProgress) -> None:
+        if p.done >= 5:
+            some_done.set()
+
+    run = asyncio.create_task(
+        backfill(
+            firestore_client, Layout(batch_collection), DUAL, concurrency=1, progress=on_progress
+        )
+    )
+    await some_done.wait()
+    run.cancel()
+    done, _ = await asyncio.wait({run}, timeout=2.0)
+
+    assert {run} == done
+    assert run.cancelled()
+
+
 async def test_file_checkpoint_resumes_after_saved_batch(
-    firestore_client: AsyncClient, batch_collection: str, tmp_path: Any
+    firestore_client: AsyncClient, batch_collection: str, tmp_path: Path
 ) -> None:
     """A local checkpoint file left by an unfinished run makes the next run start after it."""
     await _seed_legacy(firestore_client, batch_collection, 4)
@@ -236,6 +308,88 @@ async def test_file_checkpoint_resumes_after_saved_batch(
         "finished": True,
         "mode": "dual_write",
     } == await checkpoint.load()
+
+
+# -- the checkpoint stores ------------------------------------------------------------------
+
+
+async def test_file_checkpoint_loads_none_then_the_last_state_saved(tmp_path: Path) -> None:
+    """No file: None. Each save replaces the whole state, atomically (no temporary file left)."""
+    checkpoint = FileCheckpoint(tmp_path / "backfill.json")
+    assert None is await checkpoint.load()
+
+    await checkpoint.save({"last_done": "b00001", "finished": False, "mode": "dual_write"})
+    await checkpoint.save({"last_done": "b00007", "finished": True})
+
+    assert {"last_done": "b00007", "finished": True} == await checkpoint.load()
+    assert ["backfill.json"] == sorted(p.name for p in tmp_path.iterdir())
+
+
+async def test_firestore_checkpoint_loads_none_then_the_last_state_saved(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A document ``<collection>_migration/<name>``: None before any save; each save replaces
+    the state and stamps ``saved_at``; checkpoints of other names are independent."""
+    layout = Layout(batch_collection)
+    checkpoint = FirestoreCheckpoint(firestore_client, layout)
+    other = FirestoreCheckpoint(firestore_client, layout, name="other")
+    assert None is await checkpoint.load()
+
+    await checkpoint.save({"last_done": "b00001", "finished": False, "mode": "dual_write"})
+    await checkpoint.save({"last_done": "b00007", "finished": True})
+    loaded = await checkpoint.load()
+
+    assert loaded is not None
+    assert {"last_done", "finished", "saved_at"} == loaded.keys()
+    assert ("b00007", True) == (loaded["last_done"], loaded["finished"])
+    assert isinstance(loaded["saved_at"], datetime)
+    assert None is await other.load()
+    snap = (
+        await firestore_client.collection(f"{batch_collection}_migration")
+        .document("backfill")
+        .get()
+    )
+    assert snap.exists
+
+
+async def test_firestore_checkpoint_refuses_a_bad_name(firestore_client: AsyncClient) -> None:
+    """The name is a document id: validated like batch ids."""
+    with pytest.raises(InvalidIdError):
+        FirestoreCheckpoint(firestore_client, Layout("batches"), name="a/b")
+
+
+async def test_a_finished_checkpoint_makes_the_next_backfill_start_over(
+    firestore_client: AsyncClient, batch_collection: str, tmp_path: Path
+) -> None:
+    """After a finished run the next one walks every batch again (cheap: nothing to write)."""
+    await _seed_legacy(firestore_client, batch_collection, 3)
+    layout = Layout(batch_collection)
+    checkpoint = FileCheckpoint(tmp_path / "backfill.json")
+    await backfill(firestore_client, layout, DUAL, checkpoint=checkpoint)
+
+    again = await backfill(firestore_client, layout, DUAL, checkpoint=checkpoint)
+
+    assert (None, 3, 0) == (again.resumed_after, again.batches, again.completions_created)
+
+
+async def test_dry_runs_and_batch_id_runs_neither_read_nor_save_the_checkpoint(
+    firestore_client: AsyncClient, batch_collection: str, tmp_path: Path
+) -> None:
+    """Only a full, real run moves the checkpoint; a stale one does not restrict the others."""
+    await _seed_legacy(firestore_client, batch_collection, 3)
+    layout = Layout(batch_collection)
+    checkpoint = FileCheckpoint(tmp_path / "backfill.json")
+    stale = {"last_done": "b00002", "finished": False, "mode": "dual_write"}
+    await checkpoint.save(stale)
+
+    dry = await backfill(firestore_client, layout, DUAL, dry_run=True, checkpoint=checkpoint)
+    one = await backfill(
+        firestore_client, layout, DUAL, batch_ids=["b00000"], checkpoint=checkpoint
+    )
+
+    assert (None, 3) == (dry.resumed_after, dry.batches)
+    assert (None, 1) == (one.resumed_after, one.batches)
+    assert stale == await checkpoint.load()
 
 
 async def _dual_batches(make_manager: ManagerFactory, count: int = 3) -> None:
@@ -327,6 +481,79 @@ async def test_cleanup_dry_run_lists_and_keeps(
 
     assert ("d0", "d1") == summary.cleaned
     assert LEGACY_FIELDS <= (await read_batch(firestore_client, batch_collection, "d0")).keys()
+
+
+async def test_cleanup_failure_of_one_batch_is_listed_and_the_others_are_cleaned(
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch whose removal keeps failing is in ``failures`` (not ``skipped``), keeps its
+    legacy fields, and the other batches are cleaned."""
+    await _dual_batches(make_manager, 3)
+    raised = fail_one_batch(monkeypatch, "d1")
+
+    summary = await cleanup_legacy(firestore_client, Layout(batch_collection), SUB_ONLY)
+
+    assert (("d0", "d2"), ()) == (summary.cleaned, summary.skipped)
+    assert ["d1"] == [batch for batch, _ in summary.failures]
+    assert "PermissionDenied" in summary.failures[0][1]
+    assert "\n" not in summary.failures[0][1]
+    assert False is summary.ok
+    assert ["ServiceUnavailable", "PermissionDenied"] == [type(e).__name__ for e in raised]
+    assert LEGACY_FIELDS <= (await read_batch(firestore_client, batch_collection, "d1")).keys()
+    assert not LEGACY_FIELDS & (await read_batch(firestore_client, batch_collection, "d2")).keys()
+
+
+async def test_backfill_failure_of_one_batch_is_listed_and_the_checkpoint_stops_before_it(
+    firestore_client: AsyncClient,
+    batch_collection: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+) -> None:
+    """One batch failing after the retries leaves the others backfilled, is listed with a
+    one-line reason, and the checkpoint resumes before it (not "finished")."""
+    await _seed_legacy(firestore_client, batch_collection, 4)
+    fail_one_batch(monkeypatch, "b00001")
+    checkpoint = FileCheckpoint(tmp_path / "checkpoint.json")
+
+    summary = await backfill(
+        firestore_client, Layout(batch_collection), DUAL, concurrency=2, checkpoint=checkpoint
+    )
+
+    assert (4, 3, 9) == (summary.batches, summary.changed, summary.completions_created)
+    assert ["b00001"] == [batch for batch, _ in summary.failures]
+    assert "\n" not in summary.failures[0][1]
+    assert {} == await read_completions(firestore_client, batch_collection, "b00001")
+    assert 3 == len(await read_completions(firestore_client, batch_collection, "b00003"))
+    assert {"last_done": "b00000", "finished": False, "mode": "dual_write"} == (
+        await checkpoint.load()
+    )
+
+
+async def test_backfill_refuses_bad_batch_id_before_touching_anything(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """An id Firestore cannot store raises InvalidIdError itself (no ExceptionGroup), and the
+    valid ids listed with it are not backfilled."""
+    await _seed_legacy(firestore_client, batch_collection, 1)
+
+    with pytest.raises(InvalidIdError, match="must not contain '/'"):
+        await backfill(
+            firestore_client, Layout(batch_collection), DUAL, batch_ids=["b00000", "a/b"]
+        )
+
+    assert {} == await read_completions(firestore_client, batch_collection, "b00000")
+
+
+async def test_file_checkpoint_that_is_not_json_is_a_configuration_error(tmp_path: Any) -> None:
+    """A checkpoint file that is not a JSON object raises ConfigurationError naming the file."""
+    path = tmp_path / "checkpoint.json"
+    path.write_text("[1, 2]", encoding="utf-8")
+
+    with pytest.raises(ConfigurationError, match=r"checkpoint\.json"):
+        await FileCheckpoint(path).load()
 
 
 async def test_status_counts_each_state(

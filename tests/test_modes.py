@@ -7,7 +7,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import CompletionStatus, MigrationMode
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 LEGACY_FIELDS = {"completed_players", "predictions_by_player", "total_predictions"}
 SUBCOLL_FIELDS = {"completed_count", "total_predictions_subcoll", "last_updated"}

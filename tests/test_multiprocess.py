@@ -13,7 +13,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate.testing import EmulatorInfo
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,10 +16,11 @@ from google.api_core import exceptions as gexc
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from async_batchstate import FaultPoint, RetryPolicy, Stats
-from async_batchstate._prometheus import PrometheusCollector
+from async_batchstate import RetryPolicy, Stats
+from async_batchstate.instrumentation._prometheus import PrometheusCollector
+from async_batchstate.testing import FaultPoint
 
-from .conftest import ManagerFactory
+from .helpers import ManagerFactory
 
 
 class FixedStats:
@@ -137,7 +138,7 @@ def test_without_prometheus_client_installed() -> None:
         """
         import sys
         sys.modules["prometheus_client"] = None  # as if not installed
-        from async_batchstate._prometheus import PrometheusCollector
+        from async_batchstate.instrumentation._prometheus import PrometheusCollector
         try:
             PrometheusCollector(object())
         except ImportError as exc:

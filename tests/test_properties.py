@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from google.cloud.firestore_v1.async_client import AsyncClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from async_batchstate import (
@@ -26,15 +26,14 @@ from async_batchstate import (
     InvalidInputError,
     MigrationMode,
 )
-from async_batchstate._layout import player_field
+from async_batchstate._store.schema import player_field
 from async_batchstate.testing import batch_violations
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 pytestmark = pytest.mark.emulator
 
-SETTINGS = settings(
-    max_examples=40,
+SETTINGS = settings(  # max_examples: the Hypothesis profile (tests/conftest.py)
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -147,6 +146,9 @@ async def test_player_and_count_stored_faithfully_or_rejected_before_any_write(
     batch_collection: str,
 ) -> None:
     """record_completion(player, count): read back equal, or InvalidInputError and no write."""
+    # A known bug, pinned by test_record.py::test_a_player_id_with_a_carriage_return_keeps_its_count
+    # (xfail): drop this assume when that test passes.
+    assume(not (mode.writes_legacy and isinstance(player, str) and "\r" in player))
     manager = make_manager(mode=mode)
     batch_id = f"b{next(_numbers)}"
     await manager.create_batch(batch_id, expected_count=1)
@@ -191,7 +193,6 @@ async def test_player_and_count_stored_faithfully_or_rejected_before_any_write(
 
 
 @settings(
-    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -207,8 +208,7 @@ async def test_batch_id_and_expected_count_stored_faithfully_or_rejected(
     InvalidInputError and the collection is untouched."""
     manager = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY)  # no legacy count limit
     before = {d.id async for d in firestore_client.collection(batch_collection).stream()}
-    if isinstance(batch_id, str) and batch_id in before:
-        return  # already created by an earlier example
+    assume(not (isinstance(batch_id, str) and batch_id in before))  # created by an earlier example
     try:
         created = await manager.create_batch(batch_id, expected_count=expected)
     except InvalidInputError:

@@ -23,14 +23,14 @@ from async_batchstate.testing import EmulatorInfo, FaultyProxy, aclose_client, m
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"latency": -0.001}, {"jitter": -1.0}, {"latency": math.nan}, {"jitter": math.inf}],
+    ("latency", "jitter"),
+    [(-0.001, 0.0), (0.0, -1.0), (math.nan, 0.0), (0.0, math.inf)],
     ids=["negative-latency", "negative-jitter", "nan-latency", "infinite-jitter"],
 )
-def test_a_bad_delay_is_a_configuration_error(kwargs: dict[str, float]) -> None:
+def test_a_bad_delay_is_a_configuration_error(latency: float, jitter: float) -> None:
     """Negative or non-finite delays are refused at construction with ConfigurationError."""
     with pytest.raises(ConfigurationError, match="finite number of seconds >= 0"):
-        FaultyProxy("127.0.0.1:1", **kwargs)
+        FaultyProxy("127.0.0.1:1", latency=latency, jitter=jitter)
 
 
 @pytest_asyncio.fixture

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 from google.api_core import exceptions as gexc
 
-from async_batchstate import AdaptiveLimit, ErrorKind, RetryExhaustedError, RetryPolicy, classify
-from async_batchstate._retry import AttemptFailure, run_with_retry
-
-from .conftest import FakeClock
+from async_batchstate import RetryExhaustedError, RetryPolicy
+from async_batchstate._write.limits import AdaptiveLimit
+from async_batchstate._write.retry import AttemptFailure, classify, run_with_retry
+from async_batchstate.instrumentation import ErrorKind
+from async_batchstate.testing import FakeClock
 
 
 class MaxRandom(random.Random):
@@ -20,7 +22,8 @@ class MaxRandom(random.Random):
         return b
 
 
-def failing(errors: list[BaseException], result: str = "ok"):  # type: ignore[no-untyped-def]
+def failing(errors: list[BaseException], result: str = "ok") -> Callable[[], Awaitable[str]]:
+    """An attempt that raises ``errors`` one per call, then returns ``result``."""
     calls = iter(errors)
 
     async def attempt() -> str:
@@ -161,7 +164,7 @@ def test_invalid_policies_are_configuration_errors() -> None:
         {"deadline": 0},
     ):
         with pytest.raises(ConfigurationError):
-            RetryPolicy(**kwargs)  # type: ignore[arg-type]
+            RetryPolicy(**kwargs)
 
 
 def test_aimd_halves_on_contention_and_grows_back_slowly() -> None:
@@ -214,4 +217,4 @@ def test_adaptive_limit_rejects_bad_bounds() -> None:
 
     for kwargs in ({"initial": 0}, {"initial": 9}, {"tolerance": 1.0}):
         with pytest.raises(ConfigurationError):
-            AdaptiveLimit(8, **kwargs)  # type: ignore[arg-type]
+            AdaptiveLimit(8, **kwargs)

@@ -18,7 +18,7 @@ from async_batchstate import (
 )
 from async_batchstate.testing import EmulatorInfo, RpcCounter, aclose_client, make_client
 
-from .conftest import ManagerFactory, read_batch, read_completions
+from .helpers import ManagerFactory, read_batch, read_completions
 
 pytestmark = pytest.mark.emulator
 

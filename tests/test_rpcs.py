@@ -17,7 +17,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from async_batchstate import CompletionStatus, MigrationMode
 from async_batchstate.testing import RpcCounter
 
-from .conftest import ManagerFactory
+from .helpers import ManagerFactory
 
 pytestmark = pytest.mark.emulator
 

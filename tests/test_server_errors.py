@@ -18,18 +18,11 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from async_batchstate import (
-    AttemptFailed,
-    CompletionStatus,
-    ErrorKind,
-    Event,
-    FaultPoint,
-    RetryExhaustedError,
-    RetryPolicy,
-)
-from async_batchstate.testing import batch_violations
+from async_batchstate import CompletionStatus, RetryExhaustedError, RetryPolicy
+from async_batchstate.instrumentation import AttemptFailed, ErrorKind, Event
+from async_batchstate.testing import FakeClock, FaultPoint, batch_violations
 
-from .conftest import FakeClock, ManagerFactory
+from .helpers import ManagerFactory
 
 pytestmark = pytest.mark.emulator
 

@@ -1,11 +1,17 @@
-"""async-batchstate: exactly-once, atomic batch completion tracking on Firestore for asyncio."""
+"""async-batchstate: exactly-once, atomic batch completion tracking on Firestore for asyncio.
+
+The manager, its results, its settings and its errors live here. The rest is in
+public subpackages: ``async_batchstate.consistency`` (validate, reconcile,
+alerts), ``async_batchstate.migration`` (backfill, verify, status, cleanup),
+``async_batchstate.instrumentation`` (events, hooks, OpenTelemetry,
+Prometheus) and ``async_batchstate.testing`` (emulator, fault injection).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from ._alerts import SlackWebhookAlerter
 from ._clock import Clock, SystemClock
 from ._config import MigrationMode
-from ._consistency import AlertHook, ConsistencyReport, ReconcileResult, SampledValidator, Source
 from ._errors import (
     BatchExistsError,
     BatchNotFoundError,
@@ -22,35 +28,12 @@ from ._errors import (
     UnexpectedPlayerError,
     WriteFailedError,
 )
-from ._finaliser import OnComplete
-from ._layout import Layout
-from ._limits import AdaptiveLimit
-from ._manager import AsyncBatchStateManager
-from ._metrics import (
-    AttemptFailed,
-    BatchFinalised,
-    Event,
-    GroupCommitted,
-    GroupFailed,
-    Hook,
-    Stats,
-)
-from ._migration import (
-    BackfillSummary,
-    BatchState,
-    CleanupSummary,
-    FileCheckpoint,
-    FirestoreCheckpoint,
-    MigrationError,
-    MigrationProgress,
-    StatusSummary,
-    VerifySummary,
-)
-from ._otel import OpenTelemetryHook
-from ._prometheus import PrometheusCollector
-from ._retry import ErrorKind, RetryPolicy, classify
+from ._store.schema import Layout
 from ._types import BatchProgress, CompletionResult, CompletionStatus
-from ._writer import FaultInjector, FaultPoint
+from ._write.finaliser import OnComplete
+from ._write.manager import AsyncBatchStateManager
+from ._write.retry import RetryPolicy
+from .instrumentation._events import Stats
 
 try:
     __version__ = version("async-batchstate")
@@ -58,58 +41,89 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
-    "AdaptiveLimit",
-    "AlertHook",
     "AsyncBatchStateManager",
-    "AttemptFailed",
-    "BackfillSummary",
     "BatchExistsError",
-    "BatchFinalised",
     "BatchNotFoundError",
     "BatchProgress",
-    "BatchState",
     "BatchStateError",
-    "CleanupSummary",
     "Clock",
     "CompletionResult",
     "CompletionStatus",
     "CompletionTimeoutError",
     "ConfigurationError",
-    "ConsistencyReport",
     "DuplicatePlayerError",
-    "ErrorKind",
-    "Event",
-    "FaultInjector",
-    "FaultPoint",
-    "FileCheckpoint",
-    "FirestoreCheckpoint",
-    "GroupCommitted",
-    "GroupFailed",
-    "Hook",
     "InvalidCountError",
     "InvalidIdError",
     "InvalidInputError",
     "Layout",
     "LegacyArrayLimitError",
     "ManagerClosedError",
-    "MigrationError",
     "MigrationMode",
-    "MigrationProgress",
     "OnComplete",
-    "OpenTelemetryHook",
-    "PrometheusCollector",
-    "ReconcileResult",
     "RetryExhaustedError",
     "RetryPolicy",
-    "SampledValidator",
-    "SlackWebhookAlerter",
-    "Source",
     "Stats",
-    "StatusSummary",
     "SystemClock",
     "UnexpectedPlayerError",
-    "VerifySummary",
     "WriteFailedError",
     "__version__",
-    "classify",
 ]
+
+_MOVED = {
+    **dict.fromkeys(
+        [
+            "AlertHook",
+            "ConsistencyReport",
+            "ReconcileResult",
+            "SlackWebhookAlerter",
+            "Source",
+        ],
+        "async_batchstate.consistency",
+    ),
+    **dict.fromkeys(
+        [
+            "BackfillSummary",
+            "BatchState",
+            "CleanupSummary",
+            "FileCheckpoint",
+            "FirestoreCheckpoint",
+            "MigrationError",
+            "MigrationProgress",
+            "StatusSummary",
+            "VerifySummary",
+        ],
+        "async_batchstate.migration",
+    ),
+    **dict.fromkeys(
+        [
+            "AttemptFailed",
+            "BatchFinalised",
+            "ErrorKind",
+            "Event",
+            "GroupCommitted",
+            "GroupFailed",
+            "Hook",
+            "OpenTelemetryHook",
+            "PrometheusCollector",
+        ],
+        "async_batchstate.instrumentation",
+    ),
+    **dict.fromkeys(["FaultInjector", "FaultPoint"], "async_batchstate.testing"),
+}
+_REMOVED = {
+    "AdaptiveLimit": "it is internal: tune it with max_in_flight_per_batch",
+    "SampledValidator": "it is internal: use validation_rate= and alert_hooks=",
+    "classify": "it is internal: AttemptFailed.kind carries the classification",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Fail loudly, with the way out, for the names 0.1 exported from here."""
+    if name in _MOVED:
+        raise AttributeError(
+            f"async_batchstate.{name} moved in 0.2: import it from {_MOVED[name]} "
+            f"(from {_MOVED[name]} import {name})"
+        )
+    if name in _REMOVED:
+        raise AttributeError(f"async_batchstate.{name} was removed in 0.2: {_REMOVED[name]}")
+    raise AttributeError(f"module 'async_batchstate' has no attribute {name!r}")

@@ -1,19 +1,24 @@
-"""Testing helpers: the Firestore emulator, its pytest fixtures, and fault injection.
+"""Testing helpers: the emulator, what its pytest fixtures hand out, fault injection, a fake clock.
 
-The pytest plugin loads automatically when async-batchstate is installed (entry
-point ``pytest11``); see ``async_batchstate.testing._plugin`` for the fixtures.
+Importing this package needs no pytest. The pytest plugin with the fixtures
+(``firestore_emulator``, ``firestore_client``, ``firestore_namespace``,
+``batch_collection``) loads automatically when async-batchstate is installed
+(entry point ``pytest11``); it is the top-level module
+``_async_batchstate_pytest_plugin``, so that loading it imports nothing but pytest.
 """
 
-from .._connect import aclose_client
-from .._emulator import (
+from .._store.connect import aclose_client
+from .._write.writer import FaultInjector, FaultPoint
+from ._clock import FakeClock
+from ._emulator import (
     EmulatorNotFoundError,
     EmulatorStartError,
     FirestoreEmulator,
     find_emulator_jar,
     free_port,
 )
+from ._fixtures_support import EmulatorInfo, make_client
 from ._invariants import batch_violations
-from ._plugin import EmulatorInfo, make_client
 from ._proxy import FaultyProxy, ProxyState
 from ._rpc import LostAnswers, RpcCounter
 
@@ -21,6 +26,9 @@ __all__ = [
     "EmulatorInfo",
     "EmulatorNotFoundError",
     "EmulatorStartError",
+    "FakeClock",
+    "FaultInjector",
+    "FaultPoint",
     "FaultyProxy",
     "FirestoreEmulator",
     "LostAnswers",

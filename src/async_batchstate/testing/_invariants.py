@@ -20,8 +20,8 @@ from typing import Any
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from .. import _layout as f
 from .._config import MigrationMode
+from .._store import schema as f
 
 __all__ = ["batch_violations"]
 

@@ -49,7 +49,7 @@ import struct
 from types import TracebackType
 from typing import Self
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, ManagerClosedError
 
 __all__ = ["FaultyProxy", "ProxyState"]
 
@@ -194,7 +194,7 @@ class FaultyProxy:
     def host(self) -> str:
         """``host:port`` to give clients (e.g. as ``FIRESTORE_EMULATOR_HOST``)."""
         if self._server is None:
-            raise RuntimeError("the proxy is not started")
+            raise ManagerClosedError("the proxy is not started")
         return f"{self._listen_host}:{self._port}"
 
     @property

@@ -1,0 +1,1 @@
+"""The storage layer: schema (fields, refs, ids, per-mode decode), roster, connection."""

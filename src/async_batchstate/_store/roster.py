@@ -1,0 +1,154 @@
+"""What a process remembers of a batch: expected count, roster, deadline (one read at most).
+
+The roster (``create_batch(expected_players=...)``) is stored where it costs
+least: inline in the batch document while it is small (at most
+``ROSTER_INLINE_BYTES``, 16 KiB, out of the ~48 KB a legacy batch keeps free
+beside its array and map: it never eats the array's budget), else in chunk
+documents ``{batch}/roster/{index}`` of at most 512 KiB and 10,000 players
+(written in the same commit as the batch document). A process reads a batch's
+expected count, roster and deadline once, and caches them (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from .._config import MigrationMode
+from .._errors import BatchNotFoundError
+from .._write.writer import GroupWriter
+from . import schema as f
+from .schema import BatchInfo
+
+SMALL_ROSTER = 1_000
+"""Up to this many players, missing players are found by point reads of their
+completion documents (one RPC); beyond, by listing the subcollection's ids."""
+
+
+def roster_ref(writer: GroupWriter, batch_id: str, index: int) -> Any:
+    """The ``index``-th roster chunk document of a batch."""
+    return writer.batch_ref(batch_id).collection(f.ROSTER).document(f"{index:05d}")
+
+
+class BatchInfoCache:
+    """Batch settings by id, read at most once per batch while remembered (LRU, bounded)."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        writer: GroupWriter,
+        retrying: Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]],
+        *,
+        size: int = 1_000,
+    ) -> None:
+        self._client = client
+        self._writer = writer
+        self._retrying = retrying
+        self._size = size
+        self._infos: OrderedDict[str, BatchInfo] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[BatchInfo]] = {}
+
+    def remember(self, batch_id: str, info: BatchInfo) -> None:
+        """Cache ``info`` (evicting the least recently used beyond the bound)."""
+        self._infos[batch_id] = info
+        self._infos.move_to_end(batch_id)
+        while len(self._infos) > self._size:
+            self._infos.popitem(last=False)
+
+    async def get(self, batch_id: str) -> BatchInfo:
+        """The batch's settings: cached, or one read (plus one of its roster chunks).
+
+        Raises:
+            BatchNotFoundError: No such batch.
+        """
+        info = self._infos.get(batch_id)
+        if info is not None:
+            self._infos.move_to_end(batch_id)
+            return info
+        loading = self._loading.get(batch_id)
+        if loading is None:  # one read however many callers arrive at once
+            loading = asyncio.ensure_future(self._load(batch_id))
+            self._loading[batch_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(batch_id, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, batch_id: str) -> BatchInfo:
+        read: BatchInfo = await self._retrying(
+            lambda: self._read(batch_id), f"reading batch {batch_id!r}"
+        )
+        self.remember(batch_id, read)
+        return read
+
+    async def _read(self, batch_id: str) -> BatchInfo:
+        fields = [
+            f.EXPECTED_COUNT,
+            f.ROSTER,
+            f.ROSTER_CHUNKS,
+            f.DEADLINE,
+            f.STATUS,
+            f.COMPLETIONS_BACKFILLED,
+        ]
+        snap = await self._writer.batch_ref(batch_id).get(field_paths=fields, retry=None)
+        if not snap.exists:
+            raise BatchNotFoundError(
+                f"batch {batch_id!r} does not exist in {self._writer.layout.collection!r}; "
+                "call create_batch first"
+            )
+        data = snap.to_dict() or {}
+        if data.get(f.COMPLETIONS_BACKFILLED) is True:  # spares the writer its own read
+            self._writer.remember_backfilled(batch_id)
+        roster: set[str] | None = None
+        if isinstance(data.get(f.ROSTER), list):
+            roster = set(data[f.ROSTER])
+        elif int(data.get(f.ROSTER_CHUNKS, 0)):
+            refs = [roster_ref(self._writer, batch_id, i) for i in range(data[f.ROSTER_CHUNKS])]
+            roster = set()
+            async for chunk in self._client.get_all(refs, retry=None):
+                roster.update((chunk.to_dict() or {}).get(f.ROSTER_CHUNK_PLAYERS, ()))
+        deadline = data.get(f.DEADLINE)
+        return BatchInfo(
+            expected=int(data.get(f.EXPECTED_COUNT, 0)),
+            roster=None if roster is None else frozenset(roster),
+            deadline=deadline if isinstance(deadline, dt.datetime) else None,
+            terminal=data.get(f.STATUS) in f.TERMINAL_STATUSES,
+        )
+
+
+async def recorded_players(
+    client: AsyncClient,
+    writer: GroupWriter,
+    mode: MigrationMode,
+    batch_id: str,
+    roster: frozenset[str] | None,
+    data: dict[str, Any],
+) -> frozenset[str]:
+    """The players recorded as ``mode`` reads them, at the least cost.
+
+    Array modes: the array already read. Subcollection modes with a small roster:
+    point reads of the roster's completion documents (one RPC, ``len(roster)``
+    document reads). Otherwise the subcollection's ids are listed (one document
+    read per completion).
+    """
+    if not mode.reads_subcollection and f.COMPLETED_PLAYERS in data:
+        return frozenset(data[f.COMPLETED_PLAYERS])
+    if roster is not None and len(roster) <= SMALL_ROSTER:
+        refs = [writer.completion_ref(batch_id, p) for p in roster]
+        return frozenset(
+            [
+                snap.reference.id
+                async for snap in client.get_all(refs, field_paths=[f.PLAYER_LOOKUP], retry=None)
+                if snap.exists
+            ]
+        )
+    query = (
+        writer.batch_ref(batch_id)
+        .collection(writer.layout.completions)
+        .select([FieldPath.document_id()])
+    )
+    return frozenset([snap.id async for snap in query.stream()])

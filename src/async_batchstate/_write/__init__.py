@@ -1,0 +1,1 @@
+"""The hot path: manager facade, lanes, group runner, writer, finaliser, retry, limits."""

@@ -1,0 +1,183 @@
+"""Per-batch lanes: completions that queue while a write is in flight go out together.
+
+This is the database "group commit": every completion of a batch touches one
+document, so instead of N transactions fighting over it, a lane keeps a few
+transactions in flight and batches everything that arrived meanwhile into the
+next one. 200 concurrent callers become a handful of large commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .._types import CompletionResult
+from .limits import AdaptiveLimit
+from .writer import Completion
+
+logger = logging.getLogger("async_batchstate.coalesce")
+
+
+@dataclass(eq=False)
+class Pending:
+    """One caller's completion waiting in a lane."""
+
+    completion: Completion
+    deadline: float
+    """Loop time after which the caller stops waiting."""
+    future: asyncio.Future[CompletionResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    taken: bool = False
+    """Whether a group has taken it; from then on it may be written."""
+
+    def resolve(self, result: CompletionResult) -> None:
+        """Give the caller its result, unless it stopped waiting."""
+        if not self.future.done():
+            self.future.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        """Give the caller an error, unless it stopped waiting."""
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+GroupRunner = Callable[[str, list[Pending], AdaptiveLimit], Awaitable[None]]
+
+
+class Lane:
+    """The queue and in-flight writes of one batch in this process."""
+
+    def __init__(
+        self,
+        batch_id: str,
+        run_group: GroupRunner,
+        *,
+        max_group_size: int,
+        limit: AdaptiveLimit,
+        linger: float,
+        on_idle: Callable[[Lane], None],
+    ) -> None:
+        self.batch_id = batch_id
+        self.limit = limit
+        self._run_group = run_group
+        self._max_group_size = max_group_size
+        self._linger = linger
+        self._on_idle = on_idle
+        self.queue: deque[Pending] = deque()
+        self.tasks: set[asyncio.Task[bool]] = set()
+        self._writing: set[str] = set()
+        """Players in groups now in flight."""
+        self._starting = 0
+        """Writers created that have not taken their group yet."""
+        self._stopped = False
+
+    @property
+    def in_flight(self) -> int:
+        """Groups being written now."""
+        return len(self.tasks)
+
+    def submit(self, pending: Pending) -> None:
+        """Queue ``pending`` and start a write if the in-flight limit allows."""
+        self.queue.append(pending)
+        self._pump()
+
+    def withdraw(self, pending: Pending) -> bool:
+        """Remove a caller that stopped waiting; False if a group already took it."""
+        if pending.taken:
+            return False
+        try:
+            self.queue.remove(pending)
+        except ValueError:
+            return False
+        pending.future.cancel()
+        self._maybe_idle()
+        return True
+
+    def _takeable_beyond(self, count: int) -> bool:
+        """Whether more than ``count`` queued completions could go in a new group.
+
+        Redeliveries of players in flight wait; it stops looking as soon as it knows.
+        """
+        for pending in self.queue:
+            if pending.completion.player not in self._writing:
+                count -= 1
+                if count < 0:
+                    return True
+        return False
+
+    def _pump(self) -> None:
+        # One writer per takeable completion at most: a spare writer that finds nothing
+        # would hold a slot of the in-flight limit while work queues behind it.
+        while (
+            not self._stopped
+            and len(self.tasks) < self.limit.limit
+            and self._takeable_beyond(self._starting)
+        ):
+            self._starting += 1
+            task = asyncio.get_running_loop().create_task(
+                self._write_next(), name=f"async-batchstate lane {self.batch_id!r}"
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+
+    async def _write_next(self) -> bool:
+        """Write one group; False if every queued completion had to wait."""
+        try:
+            if self._linger > 0:
+                await asyncio.sleep(self._linger)
+        finally:
+            self._starting -= 1
+        group: list[Pending] = []
+        deferred: list[Pending] = []
+        while self.queue and len(group) < self._max_group_size:
+            pending = self.queue.popleft()
+            if pending.completion.player in self._writing:
+                # A redelivery of a player in flight waits for the next group and comes
+                # back as a DUPLICATE, instead of costing its group a conflict round.
+                deferred.append(pending)
+                continue
+            pending.taken = True
+            group.append(pending)
+        self.queue.extendleft(reversed(deferred))
+        if not group:
+            return False
+        players = {p.completion.player for p in group}
+        self._writing |= players
+        try:
+            await self._run_group(self.batch_id, group, self.limit)
+        finally:
+            self._writing -= players
+        return True
+
+    def _done(self, task: asyncio.Task[bool]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The group runner resolves every member itself; reaching here is a bug.
+            logger.error("lane writer of batch %r failed", self.batch_id, exc_info=task.exception())
+        self._pump()
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if not self.queue and not self.tasks:
+            self._on_idle(self)
+
+    async def drain(self) -> None:
+        """Wait until the queue is empty and no write is in flight.
+
+        Cancelling the wait (a drain timeout) cancels no write: ``asyncio.wait``,
+        unlike ``gather``, leaves its tasks alone.
+        """
+        while self.tasks:
+            await asyncio.wait(list(self.tasks))
+
+    def cancel_all(self, error: BaseException) -> None:
+        """Start no more writes, fail every queued caller with ``error``, cancel those in flight."""
+        self._stopped = True
+        while self.queue:
+            self.queue.popleft().fail(error)
+        for task in list(self.tasks):
+            task.cancel()

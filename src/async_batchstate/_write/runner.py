@@ -1,0 +1,369 @@
+"""The group runner: lanes per batch, ONE write per group with retries, every caller told.
+
+``AsyncBatchStateManager`` validates a completion and hands it here. A lane
+(``lanes.Lane``) queues it with the batch's other completions; each group goes
+out as ONE write (``writer.GroupWriter``) under the retry loop, the finaliser
+checks the batch, and every member's caller gets its own outcome, or an error,
+whatever happens (cancellation and shutdown included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiolimiter import AsyncLimiter
+
+from .._clock import Clock
+from .._errors import (
+    BatchStateError,
+    CompletionTimeoutError,
+    ManagerClosedError,
+    WriteFailedError,
+)
+from .._types import BatchProgress, CompletionResult, CompletionStatus
+from ..consistency._validate import SampledValidator
+from ..instrumentation._events import AttemptFailed, GroupCommitted, GroupFailed, Recorder
+from .finaliser import Finaliser
+from .lanes import Lane, Pending
+from .limits import AdaptiveLimit
+from .retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
+from .writer import Completion, GroupOutcome, GroupState, GroupWriter
+
+logger = logging.getLogger("async_batchstate")
+
+_CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
+
+
+class GroupRunner:
+    """Lanes, group writes and outcomes for one manager."""
+
+    def __init__(
+        self,
+        writer: GroupWriter,
+        finaliser: Finaliser,
+        recorder: Recorder,
+        validator: SampledValidator,
+        *,
+        retry: RetryPolicy,
+        clock: Clock,
+        rng: random.Random,
+        rate: AsyncLimiter | None,
+        max_group_size: int,
+        max_in_flight: int,
+        linger: float,
+        expected_count: Callable[[str], Awaitable[int]],
+        deliver_owed: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._writer = writer
+        self._finaliser = finaliser
+        self._recorder = recorder
+        self._validator = validator
+        self._retry = retry
+        self._clock = clock
+        self._rng = rng
+        self._rate = rate
+        self._group_size = max_group_size
+        self._max_in_flight = max_in_flight
+        self._linger = linger
+        self._expected_count = expected_count
+        self._deliver_owed = deliver_owed
+        self._lanes: dict[str, Lane] = {}
+        self._untold: set[str] = set()
+        """Batches this process finalised while the finalising caller had stopped waiting."""
+
+    @property
+    def lanes(self) -> int:
+        """Batches with completions queued or in flight."""
+        return len(self._lanes)
+
+    @property
+    def queued(self) -> int:
+        """Completions waiting for a group."""
+        return sum(len(lane.queue) for lane in self._lanes.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Group writes in flight."""
+        return sum(lane.in_flight for lane in self._lanes.values())
+
+    async def aclose(self, drain_timeout: float) -> None:
+        """Drain writes in flight for ``drain_timeout`` seconds, then fail what is left."""
+        lanes = list(self._lanes.values())
+        try:
+            async with asyncio.timeout(drain_timeout):
+                for lane in lanes:
+                    await lane.drain()
+        except TimeoutError:
+            logger.warning("closing with writes still in flight; failing them")
+        error = ManagerClosedError(
+            "the manager closed before this completion was confirmed; it was recorded "
+            "whole or not at all: record it again to be sure"
+        )
+        for lane in lanes:
+            lane.cancel_all(error)
+        for lane in lanes:
+            await lane.drain()
+
+    async def record(
+        self, batch_id: str, completion: Completion, wait: float, started: float
+    ) -> CompletionResult:
+        """Queue ``completion`` in its batch's lane; its outcome within ``wait`` seconds.
+
+        Raises:
+            CompletionTimeoutError: No outcome within ``wait``.
+            BatchStateError: The group's write failed for this completion.
+        """
+        lane = self._lane(batch_id)
+        pending = Pending(completion, deadline=started + wait)
+        player = completion.player
+        lane.submit(pending)
+        try:
+            async with asyncio.timeout(wait):
+                result = await asyncio.shield(pending.future)
+        except TimeoutError:
+            arrived = self._settle(lane, pending)
+            if arrived is None:
+                self._recorder.failed += 1
+                raise CompletionTimeoutError(
+                    f"no confirmation for player {player!r} of batch {batch_id!r} within "
+                    f"{wait}s; it was recorded whole or not at all: record it again to be sure"
+                ) from None
+            result = arrived  # the answer came in the very turn the timeout fired
+        except asyncio.CancelledError:
+            arrived = self._settle(lane, pending)
+            if arrived is not None and arrived.batch_completed:
+                self._hand_over(batch_id)  # never lost: the batch's next caller is told
+            raise
+        self._recorder.latencies.append(self._clock.monotonic() - started)
+        return result
+
+    @staticmethod
+    def _settle(lane: Lane, pending: Pending) -> CompletionResult | None:
+        """Stop waiting for ``pending``; its result if one arrived meanwhile."""
+        future = pending.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
+        lane.withdraw(pending)
+        future.cancel()
+        return None
+
+    def _hand_over(self, batch_id: str) -> None:
+        if len(self._untold) >= 10_000:  # bounded: a long-lived coordinator sees many batches
+            self._untold.clear()
+        self._untold.add(batch_id)
+
+    async def _run_group(
+        self,
+        batch_id: str,
+        group: list[Pending],
+        limit: AdaptiveLimit,
+        state: GroupState | None = None,
+    ) -> None:
+        """Write one group with retries and give every member its own outcome.
+
+        Whatever happens (a cancellation included), every member's caller gets
+        its result or an error before this returns.
+        """
+        try:
+            await self._write_group(batch_id, group, limit, state or GroupState())
+        finally:
+            self._fail(
+                batch_id,
+                [p for p in group if not p.future.done()],
+                ManagerClosedError(
+                    "the manager closed while this completion was being written; it was "
+                    "recorded whole or not at all: record it again to be sure"
+                ),
+            )
+
+    async def _write_group(
+        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
+    ) -> None:
+        completions = [p.completion for p in group]
+        started = self._clock.monotonic()
+        budget = max(p.deadline for p in group) - started
+
+        async def attempt() -> Any:
+            self._recorder.attempts += 1
+            if self._rate is not None:
+                await self._rate.acquire()
+            begun = self._clock.monotonic()
+            outcome = await self._writer.write(batch_id, completions, state)
+            limit.on_success(self._clock.monotonic() - begun)
+            return outcome
+
+        def on_failure(failure: AttemptFailure) -> None:
+            if failure.kind in _CONTENTION:
+                limit.on_contention()
+            logger.debug(
+                "attempt %d for %d completion(s) of batch %r failed: %s",
+                failure.attempt,
+                len(group),
+                batch_id,
+                failure.kind.value,
+                extra={
+                    "batch_id": batch_id,
+                    "attempt": failure.attempt,
+                    "kind": failure.kind.value,
+                    "delay": failure.delay,
+                },
+            )
+            self._recorder.emit(
+                AttemptFailed(
+                    batch_id,
+                    len(group),
+                    failure.attempt,
+                    failure.kind,
+                    failure.error,
+                    failure.delay,
+                )
+            )
+
+        try:
+            outcome, attempts = await run_with_retry(
+                attempt,
+                self._retry,
+                what=f"recording {len(group)} completion(s) of batch {batch_id!r}",
+                deadline=max(budget, 0.001),
+                clock=self._clock,
+                rng=self._rng,
+                on_failure=on_failure,
+            )
+        except BatchStateError as exc:
+            if isinstance(exc, WriteFailedError) and len(group) > 1:
+                await self._split(batch_id, group, limit, state)
+            else:
+                self._fail(batch_id, group, exc)
+            return
+        except Exception as exc:  # an unexpected error must still reach every caller
+            if len(group) > 1:
+                await self._split(batch_id, group, limit, state)
+            else:
+                wrapped = WriteFailedError(f"writing to batch {batch_id!r} failed: {exc!r}")
+                wrapped.__cause__ = exc
+                self._fail(batch_id, group, wrapped)
+            return
+
+        recorded = outcome.new_count
+        self._recorder.emit(
+            GroupCommitted(
+                batch_id,
+                len(group),
+                recorded,
+                len(group) - recorded,
+                attempts,
+                self._clock.monotonic() - started,
+            )
+        )
+        flipped: BatchProgress | None = None
+        owed = False
+        try:
+            flipped, owed = await self._finaliser.after_write(
+                batch_id, outcome, self._expected_count
+            )
+        except Exception:
+            # The completions are committed; a later completion, redelivery,
+            # wait_until_complete() or finalize() finalises the batch.
+            logger.exception(
+                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
+            )
+        finally:
+            # Tell every caller, even when cancelled mid-check: their writes are committed.
+            self._resolve(batch_id, group, outcome, attempts, flipped is not None)
+        if recorded:
+            # Sampled per commit, not per completion: a hot batch commits groups of
+            # hundreds, and a check per completion would rescan it continuously.
+            self._validator.maybe_validate(batch_id)
+        # The callback runs after the callers are told (its latency is not theirs); a
+        # close cuts it after the drain timeout, and then it stays owed.
+        if flipped is not None:
+            await self._finaliser.notify(batch_id, flipped)
+        elif owed:
+            await self._deliver_owed(batch_id)
+
+    def _resolve(
+        self,
+        batch_id: str,
+        group: list[Pending],
+        outcome: GroupOutcome,
+        attempts: int,
+        flipped: bool,
+    ) -> None:
+        """Give each caller its result; ``batch_completed`` to one if this group flipped."""
+        waiting = [i for i, p in enumerate(group) if not p.future.done()]
+        completer: int | None = None
+        if flipped:
+            new = [i for i in waiting if outcome.recorded[i]]
+            candidates = new or waiting
+            completer = candidates[-1] if candidates else None
+            if completer is None:  # every caller stopped waiting: tell the batch's next one
+                self._hand_over(batch_id)
+        elif waiting and batch_id in self._untold:
+            self._untold.discard(batch_id)
+            completer = waiting[-1]
+        new_status = CompletionStatus.LATE if outcome.late else CompletionStatus.RECORDED
+        for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
+            if pending.future.done():
+                continue
+            if is_new:
+                self._recorder.recorded += 1
+                self._recorder.late += outcome.late
+            else:
+                self._recorder.duplicates += 1
+            pending.resolve(
+                CompletionResult(
+                    batch_id,
+                    pending.completion.player,
+                    new_status if is_new else CompletionStatus.DUPLICATE,
+                    batch_completed=index == completer,
+                    attempts=attempts,
+                    group_size=len(group),
+                )
+            )
+
+    async def _split(
+        self, batch_id: str, group: list[Pending], limit: AdaptiveLimit, state: GroupState
+    ) -> None:
+        """Retry each member alone, so one bad completion fails only its own caller.
+
+        The members keep the group's write id: one its failed write recorded after
+        all (an answer lost before the failure) is still this caller's RECORDED.
+        """
+        logger.warning(
+            "a group of %d completions of batch %r failed; retrying each alone",
+            len(group),
+            batch_id,
+            extra={"batch_id": batch_id, "group_size": len(group)},
+        )
+        for pending in group:
+            await self._run_group(batch_id, [pending], limit, state)
+
+    def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
+        if not group:
+            return
+        self._recorder.failed += len(group)
+        self._recorder.emit(GroupFailed(batch_id, len(group), error))
+        for pending in group:
+            pending.fail(error)
+
+    def _lane(self, batch_id: str) -> Lane:
+        lane = self._lanes.get(batch_id)
+        if lane is None:
+            lane = Lane(
+                batch_id,
+                self._run_group,
+                max_group_size=self._group_size,
+                limit=AdaptiveLimit(self._max_in_flight),
+                linger=self._linger,
+                on_idle=self._drop_lane,
+            )
+            self._lanes[batch_id] = lane
+        return lane
+
+    def _drop_lane(self, lane: Lane) -> None:
+        if self._lanes.get(lane.batch_id) is lane:
+            del self._lanes[lane.batch_id]

@@ -1,0 +1,630 @@
+"""ONE write of a group of completions of one batch: lock-free where it can, else a transaction.
+
+The lock-free write (the default wherever completion documents are the guard)
+is a single non-transactional Commit: a ``create`` of every new completion
+document (precondition: must not exist) and ONE update of the batch document
+(precondition: exists) made only of transforms (``Increment``, ``ArrayUnion``,
+server timestamps) and literal map entries. Firestore applies a Commit
+atomically, so every create succeeds and the counters move by exactly that
+many, or nothing is written; it takes no lock. ALREADY_EXISTS means some
+member is already recorded: one plain ``get_all`` (no transaction, no lock)
+finds which, and the rest is committed again.
+
+The transactional write (``async_transactional``) is needed where the legacy
+array is the only guard: in LEGACY mode, and for a dual-write batch whose
+legacy-only players were not yet backfilled into completion documents. It
+reads the completion documents and, there, the batch document's array.
+
+Every write carries the group's write id (stored in each completion document;
+in LEGACY mode in the batch document's ``recent_writes``). After any uncertain
+outcome (a lost answer, a timeout) the retry reads what is stored: its own
+id means "this group wrote it" (RECORDED), another id "someone else did"
+(DUPLICATE). No outcome is decided from error text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+
+from google.api_core import exceptions as gexc
+from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, ArrayUnion, Increment
+from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from .._config import MigrationMode
+from .._errors import BatchNotFoundError, WriteFailedError
+from .._store import schema as f
+from .._store.schema import Layout
+
+WritePath = Literal["auto", "transaction"]
+"""``"auto"``: lock-free wherever completion documents are the guard; ``"transaction"``:
+every group through ``async_transactional``."""
+
+
+class FaultPoint(enum.Enum):
+    """Steps of one write attempt at which a ``fault_injector`` is called."""
+
+    BEFORE_BEGIN = "before_begin"
+    AFTER_READS = "after_reads"
+    """After the attempt's reads (none for a fresh group on the lock-free path)."""
+    BEFORE_COMMIT = "before_commit"
+    """All writes are staged; nothing is committed."""
+    AFTER_COMMIT = "after_commit"
+    """The commit succeeded; no caller has been told yet."""
+
+
+FaultInjector = Callable[[FaultPoint, str, Sequence[str]], Awaitable[None]]
+"""``async (point, batch_id, players) -> None``; raise to inject a fault."""
+
+
+def new_write_id() -> str:
+    """A random id (64 bits, hex) naming one write, stored with what it writes."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One worker's report: ``player`` finished with ``predictions_count`` predictions."""
+
+    player: str
+    predictions_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchView:
+    """What a write saw of the batch document, when it read it anyway (no extra RPC)."""
+
+    status: str
+    expected_count: int
+    callback_owed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOutcome:
+    """What one group's write did.
+
+    Attributes:
+        recorded: Per input completion, True if this group's write counted it.
+        completed_count: The batch's count, as the mode counts it, right after
+            this write or as read by it; None if the write neither committed
+            nor read the batch document.
+        batch: The batch document's status, when the write read it.
+        late: The batch had expired when this group's write landed.
+    """
+
+    recorded: tuple[bool, ...]
+    completed_count: int | None = None
+    batch: BatchView | None = None
+    late: bool = False
+
+    @property
+    def new_count(self) -> int:
+        """Completions counted by this group's write."""
+        return sum(self.recorded)
+
+
+@dataclass
+class GroupState:
+    """What one group learned across its attempts; kept by the group runner.
+
+    Attributes:
+        write_id: Stored with everything this group writes.
+        resolved: Player -> True if this group's write recorded it, False if
+            someone else's did. Facts about stored data: they survive attempts.
+        plans: LEGACY only: attempt id -> players that attempt was to add (the
+            batch document's ``recent_writes`` tells which attempt committed).
+        uncertain_commits: Transaction commits whose outcome was unknown.
+    """
+
+    write_id: str = field(default_factory=new_write_id)
+    resolved: dict[str, bool] = field(default_factory=dict)
+    plans: dict[str, frozenset[str]] = field(default_factory=dict)
+    uncertain_commits: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _ResultsAt:
+    """Where the batch update's transform results land (sorted by field path)."""
+
+    counter: int | None
+    """The completed counter's Increment: its value after the commit (the count)."""
+    expired: int
+    """The ``Increment(0)`` of the expired flag: 1 if the batch had expired."""
+
+    def read(self, write_result: Any) -> GroupOutcome:
+        results = write_result.transform_results
+        count = None if self.counter is None else int(results[self.counter].integer_value)
+        return GroupOutcome((), count, late=int(results[self.expired].integer_value) == 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    new: tuple[str, ...]
+    """Players the transaction creates; empty when it writes nothing."""
+    results_at: _ResultsAt
+    legacy_count: int | None
+    """The array's length after the commit, when the transaction read and counts it."""
+
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+async def run_transactional(
+    fn: Callable[Concatenate[AsyncTransaction, P], Awaitable[T]],
+    transaction: AsyncTransaction,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """``async_transactional(fn)(transaction, ...)``, without hiding why an attempt failed.
+
+    Two things the plain client gets wrong for a retry loop above it:
+
+    * On any failure it rolls back, and an error of that rollback replaces the
+      real one (which survives only as ``__context__``): when
+      ``begin_transaction`` failed or was cancelled it raises ``ValueError("...
+      cannot be rolled back")``. That turned a retryable UNAVAILABLE into a
+      fatal error and swallowed the ``CancelledError`` of a timeout. Re-raise
+      the real one.
+    * Its commit retries UNAVAILABLE with the same transaction. When the first
+      commit was applied and only its answer lost, the server refuses the
+      re-sent one (INVALID_ARGUMENT or FAILED_PRECONDITION: the transaction is
+      closed). Refused once the commit was sent, the outcome is unknown, not
+      refused: raise ``ServiceUnavailable`` (the original as ``__cause__``) so
+      the caller's retry reads what is stored and decides. Decided by the
+      phase and the status code, never by the error's text.
+    """
+    sent: list[bool] = []
+
+    async def body(txn: AsyncTransaction, /, *a: P.args, **kw: P.kwargs) -> T:
+        result = await fn(txn, *a, **kw)
+        sent.append(True)  # the plain client commits right after the body returns
+        return result
+
+    try:
+        return await async_transactional(body)(transaction, *args, **kwargs)
+    except _REFUSED_AT_COMMIT as exc:
+        if sent:
+            unknown = f"transaction outcome unknown ({type(exc).__name__} at commit)"
+            raise gexc.ServiceUnavailable(unknown) from exc  # type: ignore[no-untyped-call]
+        raise
+    except Exception as exc:
+        hidden = exc.__context__
+        if exc.__cause__ is None and hidden is not None and _raised_by_rollback(exc):
+            raise hidden from None
+        raise
+
+
+def _raised_by_rollback(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_rollback":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+_REFUSED_AT_COMMIT = (gexc.InvalidArgument, gexc.FailedPrecondition)
+"""What a transaction commit gets when the plain client re-sent a commit whose answer
+was lost and the server had already committed (or closed) the transaction."""
+
+_CUT_OFF = (
+    asyncio.CancelledError,
+    TimeoutError,
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.Unknown,
+    gexc.Cancelled,
+)
+"""Errors after which a begun transaction's rollback may not have reached the server."""
+
+_MAX_UNCERTAIN_COMMITS = 3
+_MAX_CONFLICT_ROUNDS = 8
+
+
+def _is_transform(value: object) -> bool:
+    return value is SERVER_TIMESTAMP or isinstance(value, ArrayUnion | Increment)
+
+
+def _firsts(group: Sequence[Completion]) -> dict[str, int]:
+    """Player -> index of its first completion in the group (later ones are duplicates)."""
+    first: dict[str, int] = {}
+    for index, completion in enumerate(group):
+        first.setdefault(completion.player, index)
+    return first
+
+
+class GroupWriter:
+    """Builds and runs the write of a group of completions, one attempt per call."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        layout: Layout,
+        mode: MigrationMode,
+        fault_injector: FaultInjector | None = None,
+        write_path: WritePath = "auto",
+    ) -> None:
+        self._client = client
+        self._layout = layout
+        self._mode = mode
+        self._inject = fault_injector
+        self._write_path = write_path
+        self._releases: set[asyncio.Task[None]] = set()
+        self._backfilled_batches: set[str] = set()
+
+    @property
+    def layout(self) -> Layout:
+        """Where batches and completions live."""
+        return self._layout
+
+    def batch_ref(self, batch_id: str) -> Any:
+        """The batch document."""
+        return self._client.collection(self._layout.collection).document(batch_id)
+
+    def completion_ref(self, batch_id: str, player: str) -> Any:
+        """The completion document of ``player`` in ``batch_id``."""
+        return self.batch_ref(batch_id).collection(self._layout.completions).document(player)
+
+    # -- transactions ----------------------------------------------------------------
+
+    async def transact(
+        self,
+        fn: Callable[Concatenate[AsyncTransaction, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> tuple[T, AsyncTransaction]:
+        """Run ``fn`` in ONE transaction attempt; the result and the committed transaction.
+
+        If the attempt is cut off (timeout, cancellation, connection lost) after
+        the transaction began, the plain client's rollback may have been lost
+        with the connection. The server then keeps the abandoned transaction's
+        locks until it expires (60 s idle), and every later attempt that reads
+        the same document waits behind it. So the transaction is rolled back
+        again in the background until that succeeds.
+        """
+        transaction = self._client.transaction(max_attempts=1)
+        began: list[bytes] = []
+
+        async def body(txn: AsyncTransaction, /, *a: P.args, **kw: P.kwargs) -> T:
+            began.append(txn.id)
+            return await fn(txn, *a, **kw)
+
+        try:
+            result = await run_transactional(body, transaction, *args, **kwargs)
+        except _CUT_OFF:
+            if began:
+                self._release_later(began[-1])
+            raise
+        return result, transaction
+
+    def _release_later(self, transaction_id: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._release(transaction_id), name="async-batchstate rollback"
+        )
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, transaction_id: bytes) -> None:
+        """Best-effort rollback of an abandoned transaction, bounded (~40 s in all)."""
+        for attempt in range(8):
+            orphan = self._client.transaction()
+            # No public API rolls back by id; the server's answer is all that matters.
+            orphan._id = transaction_id  # type: ignore[assignment]
+            try:
+                async with asyncio.timeout(2.0):
+                    await orphan._rollback()
+                return
+            except (TimeoutError, gexc.ServiceUnavailable, gexc.DeadlineExceeded):
+                await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+            except Exception:  # already rolled back or expired: nothing holds a lock
+                return
+
+    async def aclose(self) -> None:
+        """Stop background rollbacks (the server expires what they did not release)."""
+        tasks = list(self._releases)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _fault(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        if self._inject is not None:
+            await self._inject(point, batch_id, list(players))
+
+    # -- one attempt -----------------------------------------------------------------
+
+    async def write(
+        self, batch_id: str, group: Sequence[Completion], state: GroupState
+    ) -> GroupOutcome:
+        """Make ONE attempt at recording ``group`` (retries are the caller's).
+
+        Within the group the first completion of a player wins; later ones
+        with the same player are duplicates. ``state`` carries what earlier
+        attempts of this group learned; pass the same one to every attempt.
+
+        Raises:
+            BatchNotFoundError: The batch document does not exist; nothing was written.
+            WriteFailedError: A non-retryable Firestore error; nothing was written.
+            google.api_core.exceptions.GoogleAPICallError: Retryable errors, unchanged.
+        """
+        firsts = _firsts(group)
+        await self._fault(FaultPoint.BEFORE_BEGIN, batch_id, list(firsts))
+        try:
+            # LEGACY players have no completion document: where the batch may have
+            # some (LEGACY mode; a dual-write batch not yet backfilled), the array is
+            # read, in a transaction.
+            legacy_read = self._mode is MigrationMode.LEGACY or (
+                self._mode.writes_legacy and not await self._backfilled(batch_id)
+            )
+            if self._write_path == "auto" and not legacy_read:
+                written = await self._write_lock_free(batch_id, group, firsts, state)
+            else:
+                written = await self._write_transaction(batch_id, group, firsts, state, legacy_read)
+        except gexc.NotFound as exc:
+            raise BatchNotFoundError(
+                f"batch {batch_id!r} does not exist in {self._layout.collection!r}; "
+                "call create_batch first"
+            ) from exc
+        except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
+            raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
+        recorded = tuple(
+            firsts[c.player] == i and state.resolved.get(c.player, False)
+            for i, c in enumerate(group)
+        )
+        return dataclasses.replace(written, recorded=recorded)
+
+    async def _write_lock_free(
+        self,
+        batch_id: str,
+        group: Sequence[Completion],
+        firsts: dict[str, int],
+        state: GroupState,
+    ) -> GroupOutcome:
+        """Commit the unresolved members; on ALREADY_EXISTS find which exist and go again."""
+        batch_ref = self.batch_ref(batch_id)
+        pending = [group[i] for p, i in firsts.items() if p not in state.resolved]
+        seen = GroupOutcome(())
+        await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
+        for _ in range(_MAX_CONFLICT_ROUNDS):
+            if not pending:
+                return seen
+            refs = {c.player: self.completion_ref(batch_id, c.player) for c in pending}
+            write = self._client.batch()
+            for completion in pending:
+                write.create(refs[completion.player], self._completion_doc(completion, state))
+            update, results_at = self._batch_update(pending)
+            write.update(batch_ref, update)
+            await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
+            try:
+                results = await write.commit(retry=None)
+            except gexc.Conflict:
+                # Some member exists. One lock-free read of the batch and the members
+                # says which, whose they are, and where the batch stands.
+                found, seen = await self._read_after_conflict(batch_ref, refs)
+                for player, write_id in found.items():
+                    state.resolved[player] = write_id == state.write_id
+                still = [c for c in pending if c.player not in found]
+                if len(still) == len(pending):
+                    # Nothing we meant to create exists after all (deleted meanwhile?):
+                    # back off and try again rather than spin.
+                    raise gexc.Aborted("ALREADY_EXISTS, but no member exists") from None  # type: ignore[no-untyped-call]
+                pending = still
+                await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
+                continue
+            for completion in pending:
+                state.resolved[completion.player] = True
+            outcome = results_at.read(results[-1])
+            await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
+            return outcome
+        raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
+
+    async def _read_after_conflict(
+        self, batch_ref: Any, refs: dict[str, Any]
+    ) -> tuple[dict[str, str | None], GroupOutcome]:
+        """The existing members' write ids, and the batch's status and count (one RPC)."""
+        fields = [
+            f.WRITE_ID,
+            f.STATUS,
+            f.EXPECTED_COUNT,
+            f.COMPLETED_COUNT,
+            f.CALLBACK_OWED,
+        ]
+        found: dict[str, str | None] = {}
+        batch: BatchView | None = None
+        count = 0
+        async for snap in self._client.get_all(
+            [batch_ref, *refs.values()], field_paths=fields, retry=None
+        ):
+            if not snap.exists:
+                continue
+            data = snap.to_dict() or {}
+            if snap.reference.path == batch_ref.path:
+                batch = BatchView(
+                    str(data.get(f.STATUS, f.STATUS_IN_PROGRESS)),
+                    int(data.get(f.EXPECTED_COUNT, 0)),
+                    data.get(f.CALLBACK_OWED) is True,
+                )
+                count = int(data.get(f.COMPLETED_COUNT, 0))
+            else:
+                found[snap.reference.id] = data.get(f.WRITE_ID)
+        if batch is None:
+            raise BatchNotFoundError(f"batch {batch_ref.id!r} does not exist")
+        return found, GroupOutcome((), count, batch, late=batch.status == f.STATUS_EXPIRED)
+
+    async def _write_transaction(
+        self,
+        batch_id: str,
+        group: Sequence[Completion],
+        firsts: dict[str, int],
+        state: GroupState,
+        legacy_read: bool,
+    ) -> GroupOutcome:
+        try:
+            staged, transaction = await self.transact(
+                self._stage, batch_id, group, firsts, state, legacy_read
+            )
+        except gexc.ServiceUnavailable as exc:
+            if isinstance(exc.__cause__, _REFUSED_AT_COMMIT):
+                # The next attempt's reads decide by write id; a commit refused again
+                # and again is refused for real.
+                state.uncertain_commits += 1
+                if state.uncertain_commits > _MAX_UNCERTAIN_COMMITS:
+                    raise exc.__cause__ from None
+            raise
+        if not staged.new:
+            return GroupOutcome(())
+        state.resolved.update(dict.fromkeys(staged.new, True))
+        await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(firsts))
+        outcome = staged.results_at.read((transaction.write_results or [])[-1])
+        if staged.legacy_count is not None:
+            return dataclasses.replace(outcome, completed_count=staged.legacy_count)
+        return outcome
+
+    async def _stage(
+        self,
+        transaction: AsyncTransaction,
+        batch_id: str,
+        group: Sequence[Completion],
+        firsts: dict[str, int],
+        state: GroupState,
+        legacy_read: bool,
+    ) -> _Staged:
+        """Stage the group's unresolved members in ``transaction``."""
+        batch_ref = self.batch_ref(batch_id)
+        pending = [p for p in firsts if p not in state.resolved]
+        refs = {p: self.completion_ref(batch_id, p) for p in pending}
+        if self._mode.writes_subcollection and refs:
+            async for snap in self._client.get_all(
+                list(refs.values()), field_paths=[f.WRITE_ID], transaction=transaction, retry=None
+            ):
+                if snap.exists:
+                    mine = (snap.to_dict() or {}).get(f.WRITE_ID) == state.write_id
+                    state.resolved[snap.reference.id] = mine
+        array: set[str] | None = None
+        recent: list[str] = []
+        if legacy_read:
+            # Players recorded in LEGACY mode are in the array without a completion
+            # doc: they are duplicates too, or Increment counts them twice.
+            array, recent = await self._legacy_state(transaction, batch_ref, batch_id)
+            for attempt_id, players in state.plans.items():
+                if attempt_id in recent:  # an earlier attempt of ours committed
+                    state.resolved.update(dict.fromkeys(players, True))
+            for player in pending:
+                if player in array:
+                    state.resolved.setdefault(player, False)
+        await self._fault(FaultPoint.AFTER_READS, batch_id, list(firsts))
+
+        new = [group[firsts[p]] for p in pending if p not in state.resolved]
+        staged = _Staged((), _ResultsAt(None, 0), None)
+        if new:
+            if self._mode.writes_subcollection:
+                for completion in new:
+                    transaction.create(
+                        refs[completion.player], self._completion_doc(completion, state)
+                    )
+            update, results_at = self._batch_update(new)
+            if not self._mode.writes_subcollection:
+                attempt_id = f"{state.write_id}.{len(state.plans)}"
+                state.plans[attempt_id] = frozenset(c.player for c in new)
+                update[f.RECENT_WRITES] = [*recent, attempt_id][-f.RECENT_WRITES_KEPT :]
+            transaction.update(batch_ref, update)
+            # The mode that reads the array counts the array: a batch recorded partly
+            # by LEGACY writers (not yet backfilled) finalises on the array's length.
+            counts_array = array is not None and not self._mode.reads_subcollection
+            staged = _Staged(
+                tuple(c.player for c in new),
+                results_at,
+                len(array | {c.player for c in new})
+                if counts_array and array is not None
+                else None,
+            )
+        await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(firsts))
+        return staged
+
+    # -- pieces ----------------------------------------------------------------------
+
+    def _completion_doc(self, completion: Completion, state: GroupState) -> dict[str, Any]:
+        return {
+            f.PLAYER_LOOKUP: completion.player,
+            f.PREDICTIONS_COUNT: completion.predictions_count,
+            f.COMPLETED_AT: SERVER_TIMESTAMP,
+            f.WRITE_ID: state.write_id,
+        }
+
+    def remember_backfilled(self, batch_id: str) -> None:
+        """Note that ``batch_id`` has a completion doc for every legacy player."""
+        if len(self._backfilled_batches) >= 10_000:  # bounded for long-lived coordinators
+            self._backfilled_batches.clear()
+        self._backfilled_batches.add(batch_id)
+
+    def known_backfilled(self, batch_id: str) -> bool:
+        """Whether ``batch_id`` is known (without a read) to need no legacy read."""
+        return not self._mode.writes_legacy or batch_id in self._backfilled_batches
+
+    async def _backfilled(self, batch_id: str) -> bool:
+        """Whether every player in the batch's legacy array has a completion document.
+
+        A plain read outside any transaction: it takes no lock on the hot batch
+        document. Once true it is remembered (batches this manager created are
+        known without a read): the flag is only cleared by a LEGACY writer,
+        which during a rollout may race with dual writers anyway (see README).
+        """
+        if batch_id in self._backfilled_batches:
+            return True
+        snap = await self.batch_ref(batch_id).get(
+            field_paths=[f.COMPLETIONS_BACKFILLED], retry=None
+        )
+        if not snap.exists:
+            raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
+        done = (snap.to_dict() or {}).get(f.COMPLETIONS_BACKFILLED) is True
+        if done:
+            self.remember_backfilled(batch_id)
+        return done
+
+    async def _legacy_state(
+        self, transaction: AsyncTransaction, batch_ref: Any, batch_id: str
+    ) -> tuple[set[str], list[str]]:
+        async for snap in self._client.get_all(
+            [batch_ref],
+            field_paths=[f.COMPLETED_PLAYERS, f.RECENT_WRITES],
+            transaction=transaction,
+            retry=None,
+        ):
+            if snap.exists:
+                data = snap.to_dict() or {}
+                return set(data.get(f.COMPLETED_PLAYERS, ())), list(data.get(f.RECENT_WRITES, ()))
+        raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
+
+    def _batch_update(self, new: Sequence[Completion]) -> tuple[dict[str, Any], _ResultsAt]:
+        """The batch-document update for ``new``, and where its transform results land."""
+        total = sum(c.predictions_count for c in new)
+        data: dict[str, Any] = {f.EXPIRED_FLAG: Increment(0)}
+        if self._mode.writes_legacy:
+            data[f.COMPLETED_PLAYERS] = ArrayUnion([c.player for c in new])
+            for c in new:
+                data[f.player_field(c.player)] = c.predictions_count
+            data[f.TOTAL_PREDICTIONS] = Increment(total)
+            data[f.UPDATED_AT] = SERVER_TIMESTAMP
+            if not self._mode.writes_subcollection:
+                # This write adds players without completion documents.
+                data[f.COMPLETIONS_BACKFILLED] = DELETE_FIELD
+        if self._mode.writes_subcollection:
+            data[f.COMPLETED_COUNT] = Increment(len(new))
+            data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)
+            data[f.LAST_UPDATED] = SERVER_TIMESTAMP
+        # The client sends a write's field transforms sorted by field path.
+        transforms = sorted(FieldPath.from_string(k) for k, v in data.items() if _is_transform(v))
+        counter = FieldPath(f.COMPLETED_COUNT)
+        return data, _ResultsAt(
+            transforms.index(counter) if counter in transforms else None,
+            transforms.index(FieldPath(f.EXPIRED_FLAG)),
+        )

@@ -1,0 +1,344 @@
+"""``async-batchstate migrate``: backfill, verify, cleanup-legacy and status from the shell.
+
+Exit status: 0 success; 1 mismatches, refusals or failed batches (a batch
+that fails is listed and the run goes on with the others); 2 bad input or
+configuration (an id Firestore cannot store, a bad number, conflicting flags,
+no emulator nor project, contradictory mode flags), reported on one line
+before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from google.cloud.firestore_v1.async_client import AsyncClient
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .._config import MigrationMode
+from .._errors import InvalidInputError
+from .._store.connect import client_from_env
+from .._store.schema import Layout
+from ..migration import _run as m
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ArgumentParser,
+    batch_id_argument,
+    checkpoint_argument,
+    connection_arguments,
+    positive_int,
+    print_error,
+    subcollection_argument,
+)
+
+Command = Callable[[AsyncClient, argparse.Namespace, Console], Awaitable[int]]
+
+
+def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
+    """Add the ``migrate`` subcommand and its ``backfill/verify/cleanup-legacy/status``."""
+    parser = sub.add_parser(
+        "migrate",
+        help="move batches from the legacy array to the completions subcollection",
+        description="Steps: DUAL_WRITE everywhere -> backfill -> verify -> "
+        "DUAL_WRITE_SUBCOLLECTION_READS -> SUBCOLLECTION_ONLY -> cleanup-legacy. "
+        "Connection: FIRESTORE_EMULATOR_HOST or GOOGLE_CLOUD_PROJECT.",
+    )
+    steps = parser.add_subparsers(dest="migrate_command", required=True)
+
+    common = ArgumentParser(add_help=False)
+    connection_arguments(common)
+    common.add_argument(
+        "--completions-subcollection",
+        type=subcollection_argument,
+        default="completions",
+        help="completions subcollection",
+    )
+    common.add_argument(
+        "--batch-id",
+        action="append",
+        dest="batch_ids",
+        type=batch_id_argument,
+        metavar="ID",
+        help="only this batch (repeatable)",
+    )
+    common.add_argument("--concurrency", type=positive_int, default=8, help="batches in flight")
+    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    backfill = steps.add_parser(
+        "backfill", parents=[common], help="create missing completion docs from legacy arrays"
+    )
+    backfill.add_argument("--dry-run", action="store_true", help="report only; write nothing")
+    backfill.add_argument(
+        "--checkpoint",
+        type=checkpoint_argument,
+        default=None,
+        metavar="WHERE",
+        help="'firestore' (a doc in <collection>_migration, default), a file path, or 'none'; "
+        "not with --batch-id",
+    )
+    backfill.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore a saved checkpoint and start over (not with --batch-id or --checkpoint none)",
+    )
+    backfill.set_defaults(handler=lambda args: _main(args, _backfill))
+
+    verify = steps.add_parser("verify", parents=[common], help="validate every batch")
+    verify.set_defaults(handler=lambda args: _main(args, _verify))
+
+    cleanup = steps.add_parser(
+        "cleanup-legacy",
+        parents=[common],
+        help="remove legacy fields from batches that verify clean (SUBCOLLECTION_ONLY only)",
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="report only; write nothing")
+    cleanup.set_defaults(handler=lambda args: _main(args, _cleanup))
+
+    state = steps.add_parser("status", parents=[common], help="count batches per migration state")
+    state.set_defaults(handler=lambda args: _main(args, _status))
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Reject flag combinations that contradict each other.
+
+    Raises:
+        InvalidInputError: ``--restart`` or ``--checkpoint`` with ``--batch-id`` (a
+            run over listed batches neither reads nor saves the checkpoint; a
+            restart would reset the whole collection's), or ``--restart`` with
+            ``--checkpoint none``.
+    """
+    if args.migrate_command != "backfill":
+        return
+    if args.batch_ids and args.restart:
+        raise InvalidInputError(
+            "--restart resets the checkpoint of the whole collection, which a run with "
+            "--batch-id does not use: drop one of them"
+        )
+    if args.batch_ids and args.checkpoint is not None:
+        raise InvalidInputError("--checkpoint has no effect with --batch-id: drop one of them")
+    if args.restart and args.checkpoint == "none":
+        raise InvalidInputError("--restart has nothing to reset with --checkpoint none")
+
+
+def _main(args: argparse.Namespace, command: Command) -> int:
+    """Check the flags and the connection, then run ``command`` on a fresh event loop.
+
+    Bad input and configuration errors propagate (``cli.main`` reports them on one
+    line with exit status 2) before anything is read or written.
+    """
+    _check_flags(args)
+    if args.migrate_command == "backfill" and args.checkpoint is None:
+        args.checkpoint = "firestore"
+    args.migration_mode = MigrationMode(args.mode) if args.mode else MigrationMode.from_env()
+    args.layout = Layout(args.collection, args.completions_subcollection)
+    client_from_env(args.project)  # fail fast, before any event loop
+    console = Console()
+
+    async def run() -> int:
+        client = client_from_env(args.project)  # an AsyncClient is bound to this loop
+        try:
+            return await command(client, args, console)
+        finally:
+            await _close(client)
+
+    try:
+        return asyncio.run(run())
+    except m.MigrationError as exc:
+        print_error(str(exc), label="refused")
+        return EXIT_FAILED
+
+
+async def _close(client: AsyncClient) -> None:
+    # The client has no public close; its transport's gRPC channel must be
+    # closed on the loop that opened it.
+    api: Any = getattr(client, "_firestore_api_internal", None)
+    if api is not None:
+        await api.transport.close()
+
+
+@contextmanager
+def _progress(
+    args: argparse.Namespace, console: Console, what: str
+) -> Iterator[m.ProgressCallback | None]:
+    errors = Console(stderr=True)
+    if args.no_progress or not errors.is_terminal:  # a bar only leaves blank lines in a log
+        yield None
+        return
+    bar = Progress(
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=True,
+    )
+    task = bar.add_task(what, total=None, failed=0)
+
+    def update(p: m.MigrationProgress) -> None:
+        bar.update(task, completed=p.done, total=p.total, failed=p.failed)
+
+    with bar:
+        yield update
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _print_reasons(console: Console, title: str, reasons: list[tuple[str, str]]) -> None:
+    if reasons:
+        console.print(f"[bold red]{title}[/]")
+        for line in m.reasons_text(reasons):
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+async def _backfill(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+    checkpoint: m.Checkpoint | None
+    if args.checkpoint == "none":
+        checkpoint = None
+    elif args.checkpoint == "firestore":
+        checkpoint = m.FirestoreCheckpoint(client, args.layout)
+    else:
+        checkpoint = m.FileCheckpoint(args.checkpoint)
+    if checkpoint is not None and args.restart and not args.dry_run:
+        await checkpoint.save({"last_done": None, "finished": True})
+    with _progress(args, console, "backfill") as progress:
+        summary = await m.backfill(
+            client,
+            args.layout,
+            args.migration_mode,
+            batch_ids=args.batch_ids,
+            dry_run=args.dry_run,
+            concurrency=args.concurrency,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+    verb = "would create" if args.dry_run else "created"
+    console.print(
+        _table(
+            "backfill" + (" (dry run)" if args.dry_run else ""),
+            [
+                ("batches", str(summary.batches)),
+                ("resumed after", summary.resumed_after or "-"),
+                ("batches changed", str(summary.changed)),
+                (f"completion docs {verb}", str(summary.completions_created)),
+                ("predictions backfilled", str(summary.predictions_backfilled)),
+                ("players without a count", str(len(summary.unknown_counts))),
+                ("failed batches", str(len(summary.failures))),
+            ],
+        )
+    )
+    _print_reasons(
+        console,
+        "players left alone (no count in predictions_by_player; reconcile them):",
+        list(summary.unknown_counts),
+    )
+    _print_reasons(console, "failed batches (run again to retry):", list(summary.failures))
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+async def _verify(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+    with _progress(args, console, "verify") as progress:
+        summary = await m.verify(
+            client,
+            args.layout,
+            args.migration_mode,
+            batch_ids=args.batch_ids,
+            concurrency=args.concurrency,
+            progress=progress,
+        )
+    console.print(
+        _table(
+            f"verify ({args.migration_mode.name} rules)",
+            [
+                ("batches checked", str(summary.checked)),
+                ("consistent", str(summary.checked - len(summary.inconsistent))),
+                ("inconsistent", str(len(summary.inconsistent))),
+                ("unreadable", str(len(summary.failures))),
+            ],
+        )
+    )
+    if summary.inconsistent:
+        table = Table(title="inconsistent batches")
+        for column in ("batch", "array", "completed_count", "docs", "problems"):
+            table.add_column(column)
+        for report in summary.inconsistent[:50]:
+            table.add_row(
+                report.batch_id,
+                str(report.legacy_array_length),
+                str(report.completed_count),
+                str(report.completion_docs),
+                "; ".join(report.problems),
+            )
+        console.print(table)
+    _print_reasons(console, "unreadable batches:", list(summary.failures))
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+async def _cleanup(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+    with _progress(args, console, "cleanup-legacy") as progress:
+        summary = await m.cleanup_legacy(
+            client,
+            args.layout,
+            args.migration_mode,
+            batch_ids=args.batch_ids,
+            dry_run=args.dry_run,
+            concurrency=args.concurrency,
+            progress=progress,
+        )
+    if summary.refused:
+        _print_reasons(
+            console, "cleanup-legacy refused; nothing was removed:", list(summary.reasons)
+        )
+        return EXIT_FAILED
+    verb = "would clean" if args.dry_run else "cleaned"
+    console.print(
+        _table(
+            "cleanup-legacy" + (" (dry run)" if args.dry_run else ""),
+            [
+                (f"batches {verb}", str(len(summary.cleaned))),
+                ("skipped", str(len(summary.skipped))),
+                ("failed batches", str(len(summary.failures))),
+            ],
+        )
+    )
+    _print_reasons(console, "skipped (changed meanwhile; run again):", list(summary.skipped))
+    _print_reasons(console, "failed batches (run again to retry):", list(summary.failures))
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+async def _status(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+    with _progress(args, console, "status") as progress:
+        summary = await m.status(
+            client,
+            args.layout,
+            args.migration_mode,
+            batch_ids=args.batch_ids,
+            concurrency=args.concurrency,
+            progress=progress,
+        )
+    rows = [(state.value, str(count)) for state, count in summary.counts.items()]
+    rows += [("total", str(summary.total)), ("unreadable", str(len(summary.failures)))]
+    console.print(_table(f"status ({args.migration_mode.name} rules)", rows))
+    _print_reasons(console, "unreadable batches:", list(summary.failures))
+    clean = not summary.failures and not summary.counts[m.BatchState.INCONSISTENT]
+    return EXIT_OK if clean else EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from . import main
+
+    sys.exit(main(["migrate", *sys.argv[1:]]))

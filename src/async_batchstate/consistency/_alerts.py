@@ -1,0 +1,111 @@
+"""Alert hooks for consistency mismatches: a Slack incoming-webhook poster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .._errors import ConfigurationError
+from ._validate import ConsistencyReport
+
+__all__ = ["SlackWebhookAlerter"]
+
+logger = logging.getLogger("async_batchstate.alerts")
+
+_MAX_PLAYERS_SHOWN = 10
+
+
+class SlackWebhookAlerter:
+    """An alert hook that POSTs a mismatch report to a Slack incoming webhook.
+
+    Uses the standard library's ``urllib`` in a worker thread (no extra
+    dependency). A failure (connection refused, HTTP error, timeout) is logged
+    on ``async_batchstate.alerts`` and never raised: an alert must not break
+    the code that found the mismatch.
+
+    Args:
+        url: The webhook URL (``https://hooks.slack.com/services/...``).
+        timeout: Seconds for connecting and for the response.
+        username: Optional display name for the message.
+
+    Raises:
+        ValueError: ``url`` is not http(s) or ``timeout`` is not positive.
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0, *, username: str | None = None) -> None:
+        if not url.startswith(("https://", "http://")):
+            raise ConfigurationError("the Slack webhook url must be http(s)")
+        if timeout <= 0:
+            raise ConfigurationError("timeout must be > 0 seconds")
+        self.url = url
+        self.timeout = timeout
+        self.username = username
+        self.sent = 0
+        self.failed = 0
+
+    def __repr__(self) -> str:
+        # The webhook URL is a secret: show only its host.
+        host = self.url.split("/")[2]
+        return f"<SlackWebhookAlerter host={host!r} sent={self.sent} failed={self.failed}>"
+
+    def payload(self, report: ConsistencyReport) -> dict[str, Any]:
+        """The JSON body posted for ``report`` (override to customise)."""
+
+        def players(names: tuple[str, ...]) -> str:
+            shown = ", ".join(names[:_MAX_PLAYERS_SHOWN])
+            more = len(names) - _MAX_PLAYERS_SHOWN
+            return shown + (f" (+{more} more)" if more > 0 else "")
+
+        lines = [
+            f":warning: *CONSISTENCY MISMATCH* in batch `{report.batch_id}` "
+            f"(mode {report.mode.name})",
+            *(f"- {problem}" for problem in report.problems),
+            f"legacy array: {report.legacy_array_length}, completed_count: "
+            f"{report.completed_count}, completion docs: {report.completion_docs}",
+            f"total_predictions: {report.total_predictions}, total_predictions_subcoll: "
+            f"{report.total_predictions_subcoll}, sum over docs: "
+            f"{report.completion_predictions_sum}",
+        ]
+        if report.players_only_in_array:
+            lines.append(f"only in array: {players(report.players_only_in_array)}")
+        if report.players_only_in_subcollection:
+            lines.append(f"only in subcollection: {players(report.players_only_in_subcollection)}")
+        body: dict[str, Any] = {"text": "\n".join(lines)}
+        if self.username:
+            body["username"] = self.username
+        return body
+
+    async def __call__(self, report: ConsistencyReport) -> None:
+        """Post ``report``; log, never raise, on failure."""
+        body = json.dumps(self.payload(report)).encode("utf-8")
+        try:
+            # The socket timeout bounds connect and read; the outer one also bounds
+            # what it does not (name resolution), leaving the thread to finish alone.
+            async with asyncio.timeout(self.timeout * 2 + 1):
+                status = await asyncio.to_thread(self._post, body)
+        except Exception as exc:  # refused, HTTP error, timeout, bad response: all logged
+            self.failed += 1
+            logger.warning(
+                "Slack alert for batch %r failed: %s",
+                report.batch_id,
+                exc,
+                extra={"batch_id": report.batch_id, "error": repr(exc)},
+            )
+            return
+        self.sent += 1
+        logger.debug("Slack alert for batch %r sent (HTTP %d)", report.batch_id, status)
+
+    def _post(self, body: bytes) -> int:
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            response.read()
+            return int(response.status)

@@ -1,0 +1,172 @@
+"""Events for hooks, and the counters behind ``stats()``."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .._types import BatchProgress
+from .._write.retry import ErrorKind
+
+logger = logging.getLogger("async_batchstate.metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFailed:
+    """A transaction attempt failed; ``delay`` is the backoff before the next, None if none."""
+
+    batch_id: str
+    group_size: int
+    attempt: int
+    kind: ErrorKind
+    error: BaseException
+    delay: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCommitted:
+    """A transaction committed a group of completions."""
+
+    batch_id: str
+    group_size: int
+    recorded: int
+    duplicates: int
+    attempts: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFailed:
+    """A group's write failed for good; every member got ``error``."""
+
+    batch_id: str
+    group_size: int
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFinalised:
+    """This process flipped the batch's ``status`` to ``complete``."""
+
+    batch_id: str
+    progress: BatchProgress
+
+
+Event = AttemptFailed | GroupCommitted | GroupFailed | BatchFinalised
+
+
+class Hook(Protocol):
+    """Receives every event; must not block. Exceptions are logged and ignored."""
+
+    def __call__(self, event: Event) -> None:
+        """Handle one event."""
+        ...
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of a manager's counters since it was created.
+
+    Attributes:
+        recorded: Completions counted for the first time (late ones included).
+        late: Of those, completions counted after their batch expired.
+        duplicates: Completions that were already recorded.
+        failed: Completions whose caller got an error.
+        transactions: Committed transactions.
+        attempts: Transaction attempts, committed or not.
+        retries: Attempts after a failed one.
+        aborts_by_cause: Failed attempts by error kind (``aborted``, ``unavailable``, ...).
+        group_sizes: How many committed transactions carried each group size.
+        batches_finalised: Batches this process finalised.
+        latency_p50: Median seconds from ``record_completion`` to its result (recent window).
+        latency_p95: 95th percentile, seconds.
+        latency_p99: 99th percentile, seconds.
+        latency_max: Largest, seconds.
+    """
+
+    recorded: int = 0
+    late: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    transactions: int = 0
+    attempts: int = 0
+    retries: int = 0
+    aborts_by_cause: Mapping[str, int] = field(default_factory=dict)
+    group_sizes: Mapping[int, int] = field(default_factory=dict)
+    batches_finalised: int = 0
+    latency_p50: float = 0.0
+    latency_p95: float = 0.0
+    latency_p99: float = 0.0
+    latency_max: float = 0.0
+
+    @property
+    def commits_per_completion(self) -> float:
+        """Committed transactions per recorded or duplicate completion."""
+        done = self.recorded + self.duplicates
+        return self.transactions / done if done else 0.0
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (0.0 when empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100.0 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+class Recorder:
+    """Mutable counters and hook fan-out owned by one manager."""
+
+    def __init__(self, hooks: tuple[Hook, ...], window: int = 10_000) -> None:
+        self.hooks = hooks
+        self.recorded = 0
+        self.duplicates = 0
+        self.late = 0
+        self.failed = 0
+        self.transactions = 0
+        self.attempts = 0
+        self.retries = 0
+        self.finalised = 0
+        self.aborts: Counter[str] = Counter()
+        self.group_sizes: Counter[int] = Counter()
+        self.latencies: deque[float] = deque(maxlen=window)
+
+    def emit(self, event: Event) -> None:
+        """Update counters from ``event`` and pass it to every hook."""
+        if isinstance(event, AttemptFailed):
+            self.aborts[event.kind.value] += 1
+            if event.delay is not None:
+                self.retries += 1
+        elif isinstance(event, GroupCommitted):
+            self.transactions += 1
+            self.group_sizes[event.group_size] += 1
+        elif isinstance(event, BatchFinalised):
+            self.finalised += 1
+        for hook in self.hooks:
+            try:
+                hook(event)
+            except Exception:
+                logger.exception("hook %r failed on %s", hook, type(event).__name__)
+
+    def snapshot(self) -> Stats:
+        """A frozen copy of the counters."""
+        ordered = sorted(self.latencies)
+        return Stats(
+            recorded=self.recorded,
+            late=self.late,
+            duplicates=self.duplicates,
+            failed=self.failed,
+            transactions=self.transactions,
+            attempts=self.attempts,
+            retries=self.retries,
+            aborts_by_cause=dict(self.aborts),
+            group_sizes=dict(sorted(self.group_sizes.items())),
+            batches_finalised=self.finalised,
+            latency_p50=percentile(ordered, 50),
+            latency_p95=percentile(ordered, 95),
+            latency_p99=percentile(ordered, 99),
+            latency_max=ordered[-1] if ordered else 0.0,
+        )

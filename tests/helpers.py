@@ -1,0 +1,148 @@
+"""Helpers the test modules share (fixtures stay in conftest.py, helpers live here)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import pytest
+from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from async_batchstate import AsyncBatchStateManager
+from async_batchstate._write.writer import run_transactional
+from async_batchstate.migration import _run as _migration
+from async_batchstate.testing import FaultPoint
+
+ManagerFactory = Callable[..., AsyncBatchStateManager]
+"""The ``make_manager`` fixture: ``AsyncBatchStateManager`` keyword arguments -> a manager."""
+
+
+async def read_batch(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
+    """The batch document's fields, read directly (not through the manager)."""
+    snap = await client.collection(collection).document(batch_id).get()
+    return snap.to_dict() or {}
+
+
+async def read_completions(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
+    """Completion documents by id, read directly."""
+    docs = client.collection(collection).document(batch_id).collection("completions").stream()
+    return {d.id: d.to_dict() async for d in docs}
+
+
+def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseException]:
+    """Make the migration's transactions on ``batch_id`` fail, transiently then permanently.
+
+    Patches the library's ``run_transactional`` as the migration module calls it
+    (backfill and cleanup-legacy), not Firestore: every other batch runs its real
+    transactions on the emulator. The first attempt on ``batch_id`` raises
+    UNAVAILABLE (the library retries it), the next ones PERMISSION_DENIED (not
+    retried). Returns the errors raised, in order.
+    """
+    real = run_transactional
+    raised: list[BaseException] = []
+
+    async def flaky(function: Any, transaction: Any, *args: Any) -> Any:
+        if batch_id in args:
+            error: BaseException = (
+                ServiceUnavailable("injected: connection reset")
+                if not raised
+                else PermissionDenied("injected: missing permission\non the batch")
+            )
+            raised.append(error)
+            raise error
+        return await real(function, transaction, *args)
+
+    monkeypatch.setattr(_migration, "run_transactional", flaky)
+    return raised
+
+
+_BLOCK_IMPORTS = """
+import sys
+
+class _Blocked:
+    \"\"\"Refuse to import the top-level packages in BLOCKED, as if they were not installed.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def run_python(
+    pytester: pytest.Pytester, code: str, *, blocked: Iterable[str] = ()
+) -> pytest.RunResult:
+    """Run ``code`` in a fresh interpreter of this environment, in pytester's directory.
+
+    The top-level packages in ``blocked`` cannot be imported there, as if not installed.
+    """
+    prelude = f"BLOCKED = {sorted(blocked)!r}\n{_BLOCK_IMPORTS}" if blocked else ""
+    return pytester.run(sys.executable, "-c", prelude + textwrap.dedent(code))
+
+
+class FaultGate:
+    """A ``fault_injector`` that tells a test when write attempts reach ``point``, and can
+    hold them there: synchronisation by events instead of sleeping and hoping.
+
+    Every call at ``point`` is recorded in ``arrivals``; ``reached`` is set once
+    ``count`` calls have arrived. With ``hold=True`` each arriving call then waits
+    until ``release()``; a held call cancelled before that (the manager gave up on
+    the attempt) is counted in ``abandoned`` and sets ``was_abandoned``.
+
+    Example::
+
+        gate = FaultGate(FaultPoint.BEFORE_COMMIT, count=2, hold=True)
+        manager = make_manager(fault_injector=gate)
+        ...start callers...
+        await gate.wait()  # two groups are in flight, staged, not committed
+        gate.release()
+    """
+
+    def __init__(self, point: FaultPoint, *, count: int = 1, hold: bool = False) -> None:
+        self.point = point
+        self.count = count
+        self.hold = hold
+        self.arrivals: list[tuple[str, list[str]]] = []
+        self.reached = asyncio.Event()
+        self.released = asyncio.Event()
+        self.abandoned = 0
+        self.was_abandoned = asyncio.Event()
+
+    async def __call__(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        if point is not self.point:
+            return
+        self.arrivals.append((batch_id, list(players)))
+        if len(self.arrivals) >= self.count:
+            self.reached.set()
+        if self.hold:
+            try:
+                await self.released.wait()
+            except asyncio.CancelledError:
+                self.abandoned += 1
+                self.was_abandoned.set()
+                raise
+
+    @property
+    def players(self) -> list[str]:
+        """Every player of every arrival, in order."""
+        return [p for _, players in self.arrivals for p in players]
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        """Until ``count`` calls have arrived at ``point`` (TimeoutError after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            await self.reached.wait()
+
+    async def wait_abandoned(self, timeout: float = 30.0) -> None:
+        """Until a held call has been cancelled (TimeoutError after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            await self.was_abandoned.wait()
+
+    def release(self) -> None:
+        """Let held calls, and every later one, through."""
+        self.released.set()

@@ -1,0 +1,1 @@
+"""Files only type-checked (by mypy, in CI), never run or collected by pytest."""
