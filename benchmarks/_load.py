@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from typing import Any
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import AsyncBatchStateManager
+from async_batchstate.testing import RpcCounter
 
 from ._strategies import (
     BY_PLAYER,
@@ -23,6 +25,7 @@ from ._strategies import (
     STRATEGIES,
     TOTAL,
     TOTAL_SUB,
+    Recorder,
     completion_doc,
     counters_update,
     legacy_update,
@@ -31,10 +34,37 @@ from ._strategies import (
 Advance = Callable[[int], None]
 Player = tuple[str, int]
 
+CANCEL_GRACE = 2.0
+"""Seconds a stalled cell's cancelled callers get to finish before they are abandoned."""
+_ABANDONED: set[asyncio.Task[None]] = set()  # referenced until their client is closed
+
 
 def players(ops: int, prefix: str = "p") -> list[Player]:
     """``ops`` distinct players with 1-5 predictions each."""
     return [(f"{prefix}{i:06d}", i % 5 + 1) for i in range(ops)]
+
+
+def deliveries(
+    work: Sequence[Player], processes: int, redeliver: float, *, window: int, seed: int = 1
+) -> list[list[Player]]:
+    """Split ``work`` over ``processes`` as Pub/Sub push would, with redeliveries.
+
+    Message ``i`` goes to process ``i % processes``. A ``redeliver`` share of the
+    players (chosen with ``seed``) is delivered once more, to a random process, within
+    ``window`` messages after the first delivery: with ``window`` about the callers in
+    flight, the same player is often in flight in two processes at once. Each
+    process takes its messages in that global order, so the processes move through
+    the sequence together.
+    """
+    rng = random.Random(seed)
+    slots: list[tuple[float, int, Player]] = [(i, i % processes, p) for i, p in enumerate(work)]
+    again = rng.sample(range(len(work)), round(redeliver * len(work)))
+    slots += [(i + rng.uniform(0, window), rng.randrange(processes), work[i]) for i in again]
+    slots.sort(key=lambda slot: slot[0])
+    out: list[list[Player]] = [[] for _ in range(processes)]
+    for _, process, player in slots:
+        out[process].append(player)
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -60,6 +90,8 @@ class Load:
     attempts: int = 0
     commits: int = 0
     aborts: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    rpcs: dict[str, int] = field(default_factory=dict)  # RPCs on the wire, by method
 
 
 async def create_batch(client: AsyncClient, collection: str, batch_id: str, expected: int) -> None:
@@ -78,11 +110,22 @@ async def drive(
     concurrency: int,
     budget: float,
     advance: Advance = lambda n: None,
+    recorder: Recorder | None = None,
 ) -> Load:
-    """``concurrency`` callers record ``work`` in a closed loop; stop them after ``budget`` s."""
-    recorder = STRATEGIES[strategy].open(client, collection)
+    """``concurrency`` callers record ``work`` in a closed loop; stop them after ``budget`` s.
+
+    Every RPC the strategy makes on ``client`` meanwhile is counted, by method (for
+    the manager that includes its background validation reads). A ``recorder`` given
+    is used (and left open) instead of a new one of ``strategy``; the costs are this
+    drive's share of its counters.
+    """
+    rpcs = RpcCounter().attach(client) if client is not None else RpcCounter()
+    own = recorder is None
+    recorder = recorder or STRATEGIES[strategy].open(client, collection)
+    before = recorder.counters()
     load = Load(started=time.time(), elapsed=0.0, stalled=False)
     queue = iter(work)  # shared: each completion is taken by exactly one caller
+    cut = False  # the budget ran out: what callers see from now on is not counted
 
     async def caller() -> None:
         for player, count in queue:
@@ -90,10 +133,14 @@ async def drive(
             try:
                 attempts = await recorder.record(batch_id, player, count)
             except Exception as exc:
+                if cut:
+                    return
                 name = type(exc).__name__
                 load.errors[name] += 1
                 load.error_examples.setdefault(name, str(exc)[:300])
             else:
+                if cut:
+                    return
                 load.latencies.append(time.perf_counter() - t0)
                 load.attempts_each.append(attempts)
                 load.succeeded[player] = count
@@ -105,14 +152,31 @@ async def drive(
         done, pending = await asyncio.wait(tasks, timeout=budget)
         load.elapsed = time.perf_counter() - t0
         load.stalled = bool(pending)
+        cut = True
         for task in pending:  # a stalled strategy is reported, not waited for
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            # A cancelled plain transaction sends a Rollback, and the emulator can hold a
+            # Rollback behind the lock waits of the very reads that were cancelled: do not
+            # wait for those for ever. Closing the client (after the cell) ends them.
+            _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE)
+            _ABANDONED.update(stuck)
+            for task in stuck:
+                task.add_done_callback(_ABANDONED.discard)
         for task in done:
             task.result()  # a bug in the harness must not pass silently
     finally:
-        await recorder.aclose()
-    load.attempts, load.commits, load.aborts = recorder.counters()
+        if own:
+            await recorder.aclose()
+        rpcs.detach()
+    costs = recorder.counters()  # this drive's share only
+    load.attempts = costs.attempts - before.attempts
+    load.commits = costs.commits - before.commits
+    aborts = Counter(costs.aborts)
+    aborts.subtract(before.aborts)
+    load.aborts = {k: v for k, v in aborts.items() if v}
+    load.duplicates = costs.duplicates - before.duplicates
+    load.rpcs = {k: v for k, v in sorted(rpcs.counts.items()) if v}
     return load
 
 

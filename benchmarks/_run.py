@@ -1,4 +1,4 @@
-"""The scenarios, in order: warm-up, ceiling, overhead, contention sweep, processes, ceiling."""
+"""The scenarios, in order: warm-up, ceiling, overhead, sweep, processes, redelivery, ceiling."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from typing import Any
 
@@ -30,18 +31,31 @@ from ._load import (
     ceiling,
     check_batch,
     create_batch,
+    deliveries,
     drive,
     percentile,
     players,
 )
-from ._strategies import MULTIPROCESS, OVERHEAD, STRATEGIES, SWEEP
+from ._strategies import (
+    MULTIPROCESS,
+    OVERHEAD,
+    REDELIVERY,
+    RPC_COST,
+    STRATEGIES,
+    SWEEP,
+    has_write_path,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
 class Config:
-    """Sizes of one run. ``sweep`` is ``(concurrency, completions)`` per point."""
+    """Sizes of one run. ``sweep`` is ``(concurrency, completions)`` per point.
+
+    ``redelivery`` is ``(processes, callers per process, players)`` per cell; each
+    runs without redeliveries and with ``redeliver`` of the messages delivered twice.
+    """
 
     name: str
     overhead_ops: int  # per strategy, split over ``overhead_rounds`` interleaved rounds
@@ -56,6 +70,9 @@ class Config:
     warmup_min_s: float  # the JVM keeps speeding up for a while (DESIGN.md section 4)
     warmup_max_s: float
     warmup_min_rounds: int
+    redelivery: tuple[tuple[int, int, int], ...] = ()
+    redeliver: float = 0.1
+    rpc_burst: int = 200  # concurrent callers of the RPC-cost cells
 
 
 FULL = Config(
@@ -72,6 +89,7 @@ FULL = Config(
     warmup_min_s=40.0,
     warmup_max_s=90.0,
     warmup_min_rounds=3,
+    redelivery=((4, 100, 2000), (8, 10, 1500)),
 )
 QUICK = Config(
     name="quick",
@@ -87,6 +105,7 @@ QUICK = Config(
     warmup_min_s=8.0,
     warmup_max_s=20.0,
     warmup_min_rounds=2,
+    redelivery=((4, 100, 600), (8, 10, 400)),
 )
 TINY = Config(  # the smoke test: every scenario, a few completions each
     name="tiny",
@@ -102,7 +121,26 @@ TINY = Config(  # the smoke test: every scenario, a few completions each
     warmup_min_s=0.0,
     warmup_max_s=0.0,
     warmup_min_rounds=1,
+    redelivery=((2, 5, 20),),
+    redeliver=0.25,
+    rpc_burst=10,
 )
+
+
+def wan(cfg: Config, rtt_ms: float) -> Config:
+    """``cfg`` for the WAN profile: every RPC costs ``rtt_ms`` more, so fewer completions.
+
+    The sequential and single-caller cells pay a round trip per RPC, and the plain
+    strategies that stall stall longer; sizes shrink so the run stays bounded.
+    """
+    quick = cfg.name == QUICK.name
+    return replace(
+        cfg,
+        name=f"{'quick-' if quick else ''}wan{rtt_ms:g}",
+        overhead_ops=cfg.overhead_ops // 2,
+        sweep=tuple((c, n if c > 1 else n * 2 // 3) for c, n in cfg.sweep),
+        cell_budget=cfg.cell_budget * (1.5 if quick else 0.75),
+    )
 
 
 def summarise(
@@ -115,13 +153,19 @@ def summarise(
     consistency: dict[str, Any],
     processes: int = 1,
     parallel: bool = True,
+    redeliver: float = 0.0,
 ) -> dict[str, Any]:
-    """One result cell from the loads of one or more processes (or sequential rounds)."""
+    """One result cell from the loads of one or more processes (or sequential rounds).
+
+    ``ops`` counts messages (a redelivery is a second message of the same player);
+    ``succeeded`` counts calls that returned normally, duplicates included.
+    """
     latencies = [x for load in loads for x in load.latencies]
     attempts_each = Counter(a for load in loads for a in load.attempts_each)
-    succeeded = sum(len(load.succeeded) for load in loads)
+    succeeded = len(latencies)
     errors = sum((load.errors for load in loads), Counter[str]())
     aborts = sum((Counter(load.aborts) for load in loads), Counter[str]())
+    rpcs = sum((Counter(load.rpcs) for load in loads), Counter[str]())
     if parallel:
         elapsed = max(x.started + x.elapsed for x in loads) - min(x.started for x in loads)
     else:
@@ -135,6 +179,7 @@ def summarise(
         "label": STRATEGIES[strategy].label,
         "processes": processes,
         "concurrency": concurrency,
+        "redeliver": redeliver,
         "ops": ops,
         "succeeded": succeeded,
         "failed": failed,
@@ -153,6 +198,10 @@ def summarise(
         "aborts_by_cause": dict(aborts),
         "commits": commits,
         "commits_per_completion": commits / max(1, succeeded),
+        "duplicates": sum(load.duplicates for load in loads),
+        "rpcs": dict(sorted(rpcs.items())),
+        "rpcs_per_completion": sum(rpcs.values()) / max(1, succeeded),
+        "commit_rpcs_per_commit": rpcs["Commit"] / commits if commits else 0.0,
         "attempts_histogram": {str(k): v for k, v in sorted(attempts_each.items())},
         "errors": dict(errors),
         "error_examples": {k: v for load in loads for k, v in load.error_examples.items()},
@@ -178,27 +227,29 @@ class _Job:
     collection: str
     strategy: str
     batch_id: str
-    prefix: str
-    ops: int
+    work: tuple[Player, ...]
     concurrency: int
     budget: float
 
 
 def _worker(job: _Job) -> Load:
-    _barrier.wait(timeout=120)  # all processes start together, one job each
     return asyncio.run(_worker_load(job))
 
 
 async def _worker_load(job: _Job) -> Load:
     client = make_client(EmulatorInfo(job.host, job.project, None))
     try:
-        work = players(job.ops, job.prefix)
+        # Connected before the clock starts, as a running instance is: one read opens
+        # the channel (TCP, HTTP/2; several round trips through the delay proxy).
+        await client.collection(job.collection).document(job.batch_id).get()
+        # All processes start together, one job each.
+        await asyncio.to_thread(_barrier.wait, 120)
         return await drive(
             client,
             job.collection,
             job.strategy,
             job.batch_id,
-            work,
+            job.work,
             concurrency=job.concurrency,
             budget=job.budget,
         )
@@ -234,10 +285,23 @@ def machine_facts() -> dict[str, Any]:
 
 
 class Bench:
-    """One benchmark run against the emulator at ``host``."""
+    """One benchmark run against the emulator at ``host``.
 
-    def __init__(self, cfg: Config, host: str, project: str, progress: Progress) -> None:
+    ``network`` describes what lies between the clients and the emulator (for the
+    WAN profile: the delay proxy that ``host`` points at); it goes into the results.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        host: str,
+        project: str,
+        progress: Progress,
+        *,
+        network: dict[str, Any] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.network = network or {"rtt_ms": 0.0, "profile": "local"}
         self.emulator = EmulatorInfo(host, project, None)
         self.collection = f"bench_{uuid.uuid4().hex[:8]}"
         self.progress = progress
@@ -251,6 +315,8 @@ class Bench:
             + len(OVERHEAD) * cfg.overhead_rounds
             + len(cfg.sweep) * len(SWEEP)
             + len(cfg.processes) * len(MULTIPROCESS)
+            + len(cfg.redelivery) * 2 * len(REDELIVERY)
+            + len(RPC_COST)
         )
 
     @contextlib.asynccontextmanager
@@ -264,6 +330,9 @@ class Bench:
 
     def _step(self, description: str, total: int | None) -> Advance:
         self.progress.reset(self._current, total=total, description=description)
+        console = self.progress.console
+        if not console.is_terminal and not self.progress.disable:  # a log file: one line a step
+            console.print(f"{time.strftime('%H:%M:%S')} {description}", markup=False)
         return lambda n: self.progress.advance(self._current, n)
 
     def _done(self) -> None:
@@ -278,6 +347,8 @@ class Bench:
             "name": self.cfg.name,
             "config": asdict(self.cfg),
             "machine": machine_facts(),
+            "network": self.network,
+            "write_path_option": has_write_path(),
             "started_at": started.isoformat(),
             "collection": self.collection,
         }
@@ -286,11 +357,14 @@ class Bench:
         results["overhead"] = await self.overhead()
         results["sweep"] = await self.sweep()
         results["multiprocess"] = await self.multiprocess()
+        results["redelivery"] = await self.redelivery()
+        results["rpc_cost"] = await self.rpc_cost()
         last = await self.ceiling("ceiling-end")
         best = max(first["docs_per_s"], last["docs_per_s"])
         results["ceiling"] = {"runs": [first, last], "docs_per_s": best}
-        for cell in results["overhead"] + results["sweep"] + results["multiprocess"]:
-            cell["fraction_of_ceiling"] = cell["completions_per_s"] / best
+        for scenario in ("overhead", "sweep", "multiprocess", "redelivery", "rpc_cost"):
+            for cell in results[scenario]:
+                cell["fraction_of_ceiling"] = cell["completions_per_s"] / best
         results["machine"]["load_average_at_end"] = os.getloadavg()
         results["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
         results["duration_s"] = time.perf_counter() - t0
@@ -427,49 +501,159 @@ class Bench:
                 )
         return cells
 
+    async def _processes(
+        self,
+        pool: Any,
+        scenario: str,
+        strategy: str,
+        batch_id: str,
+        parts: list[list[Player]],
+        *,
+        concurrency: int,
+        redeliver: float = 0.0,
+    ) -> dict[str, Any]:
+        """One job per process of ``pool``, each with its own client, into one batch."""
+        n = len(parts)
+        expected = len({p for part in parts for p, _ in part})
+        async with self.client() as client:
+            await create_batch(client, self.collection, batch_id, expected)
+        jobs = [
+            _Job(
+                self.emulator.host,
+                self.emulator.project,
+                self.collection,
+                strategy,
+                batch_id,
+                tuple(part),
+                concurrency,
+                self.cfg.process_budget,
+            )
+            for part in parts
+        ]
+        loads = await asyncio.to_thread(pool.map, _worker, jobs, 1)
+        succeeded = {p: c for load in loads for p, c in load.succeeded.items()}
+        async with self.client() as client:
+            consistency = await check_batch(client, self.collection, batch_id, succeeded)
+        self._done()
+        return summarise(
+            loads,
+            scenario=scenario,
+            strategy=strategy,
+            concurrency=concurrency,
+            ops=sum(map(len, parts)),
+            consistency=consistency,
+            processes=n,
+            redeliver=redeliver,
+        )
+
+    @contextlib.contextmanager
+    def _pool(self, n: int) -> Iterator[Any]:
+        """``n`` spawned worker processes that start each job together."""
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(n, initializer=_init_worker, initargs=(ctx.Barrier(n),)) as pool:
+            yield pool
+
     async def multiprocess(self) -> list[dict[str, Any]]:
-        """N spawned processes, each with its own client, into one batch."""
+        """N spawned processes, each with its own client and players, into one batch."""
         cfg = self.cfg
         cells = []
-        ctx = multiprocessing.get_context("spawn")
         for n in cfg.processes:
-            barrier = ctx.Barrier(n)
-            with ctx.Pool(n, initializer=_init_worker, initargs=(barrier,)) as pool:
+            parts = [players(cfg.process_ops, f"w{i}-") for i in range(n)]
+            with self._pool(n) as pool:
                 for strategy in MULTIPROCESS:
                     self._step(f"{n} processes: {strategy}", None)
-                    batch_id = f"procs-{strategy}-n{n}"
-                    async with self.client() as client:
-                        await create_batch(client, self.collection, batch_id, n * cfg.process_ops)
-                    jobs = [
-                        _Job(
-                            self.emulator.host,
-                            self.emulator.project,
+                    cell = await self._processes(
+                        pool,
+                        "multiprocess",
+                        strategy,
+                        f"procs-{strategy}-n{n}",
+                        parts,
+                        concurrency=cfg.process_concurrency,
+                    )
+                    cells.append(cell)
+        return cells
+
+    async def redelivery(self) -> list[dict[str, Any]]:
+        """Pub/Sub's shape: a share of messages delivered again, to a random process.
+
+        Each cell runs without and with redeliveries, every strategy on the same
+        messages. The plain blind transaction counts a redelivered completion twice
+        (its consistency check fails: that is the finding); the manager must be exact.
+        """
+        cfg = self.cfg
+        cells = []
+        for n, concurrency, total in cfg.redelivery:
+            work = players(total, f"n{n}c{concurrency}-")
+            with self._pool(n) as pool:
+                for redeliver in (0.0, cfg.redeliver):
+                    parts = deliveries(work, n, redeliver, window=n * concurrency)
+                    for strategy in REDELIVERY:
+                        tag = f"{n}x{concurrency}, {redeliver:.0%} redelivered"
+                        self._step(f"{tag}: {strategy}", None)
+                        cell = await self._processes(
+                            pool,
+                            "redelivery",
+                            strategy,
+                            f"redeliver-{strategy}-n{n}c{concurrency}-r{round(redeliver * 100)}",
+                            parts,
+                            concurrency=concurrency,
+                            redeliver=redeliver,
+                        )
+                        cells.append(cell)
+        return cells
+
+    async def rpc_cost(self) -> list[dict[str, Any]]:
+        """RPCs per group, in isolation: a burst of fresh completions, then a mixed burst.
+
+        One recorder per strategy records one completion first (unmeasured: the
+        manager reads a batch's settings once), then ``rpc_burst`` callers at once
+        record fresh players, then as many again, half of them redelivering players of
+        the first burst. No background validation and no finalisation (the batch
+        expects more), so every RPC counted is the group writes' own.
+        """
+        n = self.cfg.rpc_burst
+        fresh = players(n, "fresh-")
+        again = fresh[: n // 2] + players(n - n // 2, "new-")
+        random.Random(2).shuffle(again)
+        phases = (("warm-up", players(1, "warm-")), ("fresh", fresh), ("half redelivered", again))
+        cells = []
+        for strategy in RPC_COST:
+            batch_id = f"rpcs-{strategy}"
+            advance = self._step(f"RPC cost: {strategy}", sum(len(w) for _, w in phases))
+            succeeded: dict[str, int] = {}
+            async with self.client() as client:
+                await create_batch(client, self.collection, batch_id, 10 * n)  # never final
+                recorder = STRATEGIES[strategy].open(client, self.collection)
+                try:
+                    for phase, work in phases:
+                        load = await drive(
+                            client,
                             self.collection,
                             strategy,
                             batch_id,
-                            f"w{i}-",
-                            cfg.process_ops,
-                            cfg.process_concurrency,
-                            cfg.process_budget,
+                            work,
+                            concurrency=len(work),
+                            budget=self.cfg.cell_budget,
+                            advance=advance,
+                            recorder=recorder,
                         )
-                        for i in range(n)
-                    ]
-                    loads = await asyncio.to_thread(pool.map, _worker, jobs, 1)
-                    succeeded = {p: c for load in loads for p, c in load.succeeded.items()}
-                    async with self.client() as client:
+                        succeeded.update(load.succeeded)
+                        if phase == "warm-up":
+                            continue
                         consistency = await check_batch(
                             client, self.collection, batch_id, succeeded
                         )
-                    cells.append(
-                        summarise(
-                            loads,
-                            scenario="multiprocess",
+                        cell = summarise(
+                            [load],
+                            scenario="rpc_cost",
                             strategy=strategy,
-                            concurrency=cfg.process_concurrency,
-                            ops=n * cfg.process_ops,
+                            concurrency=n,
+                            ops=n,
                             consistency=consistency,
-                            processes=n,
+                            redeliver=0.0 if phase == "fresh" else 0.5,
                         )
-                    )
-                    self._done()
+                        cells.append({**cell, "phase": phase})
+                finally:
+                    await recorder.aclose()
+            self._done()
         return cells

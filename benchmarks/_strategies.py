@@ -7,9 +7,10 @@ counters), so a cell's final documents can be checked the same way for all.
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP, ArrayUnion, Increment
@@ -160,6 +161,16 @@ async def rmw_txn(client: AsyncClient, batch: Any, comp: Any, p: str, n: int, ti
 # -- recorders: what the load driver calls --------------------------------------------
 
 
+@dataclass(frozen=True)
+class Costs:
+    """What a recorder spent since it was created."""
+
+    attempts: int = 0  # transaction (or write) attempts, committed or not
+    commits: int = 0  # committed transactions or batches (the manager: committed groups)
+    aborts: dict[str, int] = field(default_factory=dict)  # failed attempts by cause
+    duplicates: int = 0  # calls told "already recorded" (only the manager can tell)
+
+
 class Recorder(Protocol):
     """Records completions into one collection and counts what it cost."""
 
@@ -167,8 +178,8 @@ class Recorder(Protocol):
         """Record one completion; returns the transaction attempts it took."""
         ...
 
-    def counters(self) -> tuple[int, int, dict[str, int]]:
-        """``(attempts, commits, failed attempts by cause)`` since creation."""
+    def counters(self) -> Costs:
+        """What it cost since creation."""
         ...
 
     async def aclose(self) -> None:
@@ -205,8 +216,8 @@ class PlainRecorder:
         self.aborts["aborted"] += tries - 1
         return tries
 
-    def counters(self) -> tuple[int, int, dict[str, int]]:
-        return self.attempts, self.commits, {k: v for k, v in self.aborts.items() if v}
+    def counters(self) -> Costs:
+        return Costs(self.attempts, self.commits, {k: v for k, v in self.aborts.items() if v})
 
     async def aclose(self) -> None:
         return None
@@ -221,9 +232,9 @@ class ManagerRecorder:
     async def record(self, batch_id: str, player: str, count: int) -> int:
         return (await self.manager.record_completion(batch_id, player, count)).attempts
 
-    def counters(self) -> tuple[int, int, dict[str, int]]:
+    def counters(self) -> Costs:
         s = self.manager.stats()
-        return s.attempts, s.transactions, dict(s.aborts_by_cause)
+        return Costs(s.attempts, s.transactions, dict(s.aborts_by_cause), s.duplicates)
 
     async def aclose(self) -> None:
         await self.manager.aclose(drain_timeout=10.0)
@@ -242,8 +253,20 @@ def _plain(write: PlainWrite) -> Callable[[AsyncClient, str], Recorder]:
     return lambda client, collection: PlainRecorder(client, collection, write)
 
 
+_MANAGER_KNOBS = inspect.signature(AsyncBatchStateManager).parameters
+
+
 def _managed(**knobs: Any) -> Callable[[AsyncClient, str], Recorder]:
+    # ``write_path`` is newer than some managers this benchmark runs against: without it
+    # the manager has only the transactional path, which is what "transaction" asks for.
+    if "write_path" not in _MANAGER_KNOBS:
+        knobs.pop("write_path", None)
     return lambda client, collection: ManagerRecorder(client, collection, **knobs)
+
+
+def has_write_path() -> bool:
+    """Whether this manager has ``write_path`` (else ``manager`` is the transactional path)."""
+    return "write_path" in _MANAGER_KNOBS
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -259,10 +282,20 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("idempotent_txn", "plain idempotent txn", _plain(idempotent_txn)),
         Strategy("manager_no_coalesce", "(c) manager, coalesce=False", _managed(coalesce=False)),
         Strategy("manager", "(d) manager, defaults", _managed()),
+        Strategy(
+            "manager_txn",
+            "(d) manager, write_path=transaction",
+            _managed(write_path="transaction"),
+        ),
         # The defaults include sampled validation (10 % of completions start a background
         # scan of the batch); this variant shows what it costs.
         Strategy(
             "manager_no_validation", "(d) manager, validation_rate=0", _managed(validation_rate=0.0)
+        ),
+        Strategy(
+            "manager_txn_no_validation",
+            "(d) manager, write_path=transaction, validation_rate=0",
+            _managed(write_path="transaction", validation_rate=0.0),
         ),
     )
 }
@@ -274,7 +307,18 @@ OVERHEAD = (
     "idempotent_txn",
     "manager_no_coalesce",
     "manager",
+    "manager_txn",
     "manager_no_validation",
 )
-SWEEP = ("rmw_txn", "blind_txn", "manager_no_coalesce", "manager", "manager_no_validation")
-MULTIPROCESS = ("blind_txn", "manager")
+SWEEP = (
+    "rmw_txn",
+    "blind_txn",
+    "manager_no_coalesce",
+    "manager",
+    "manager_txn",
+    "manager_no_validation",
+)
+MULTIPROCESS = ("blind_txn", "manager", "manager_txn")
+REDELIVERY = ("blind_txn", "manager", "manager_txn")
+RPC_COST = ("batched_write", "blind_txn", "manager_no_validation", "manager_txn_no_validation")
+"""Strategies whose RPCs per group are counted in isolation (no background reads)."""

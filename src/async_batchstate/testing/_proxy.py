@@ -20,6 +20,18 @@ Three faults:
   nothing answers: the case that only timeouts detect). Bytes sent meanwhile
   are delivered after ``restore()``, as TCP would after a partition heals.
 
+And one condition, for every connection, fixed at construction: ``latency=``
+seconds (``+- jitter=``) added to every chunk in EACH direction, as a Toxiproxy
+latency toxic on both the upstream and the downstream stream. A request and its
+answer each cross the proxy once, so one round trip gains ``2 * latency``::
+
+    async with FaultyProxy(emulator.host, latency=0.007) as proxy:   # 14 ms round trip
+        ...
+
+Delay keeps the byte order of a connection and does not limit its throughput: a
+chunk read at ``t`` is written at ``t + delay`` (never before the chunk read
+before it), while later chunks keep being read meanwhile, as on a long link.
+
 Every connection is a pair of pump tasks owned by the proxy; ``aclose()``
 ends them all. It only ever listens on a loopback address.
 """
@@ -30,6 +42,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
+import random
 import socket
 import struct
 from types import TracebackType
@@ -42,6 +56,8 @@ __all__ = ["FaultyProxy", "ProxyState"]
 logger = logging.getLogger("async_batchstate.testing.proxy")
 
 _CHUNK = 64 * 1024
+_DELAYED_CHUNKS = 256
+"""Chunks held per direction by a delaying pump before it stops reading (backpressure)."""
 
 
 class ProxyState(enum.Enum):
@@ -89,17 +105,43 @@ class FaultyProxy:
 
     Args:
         target: ``host:port`` to forward to (e.g. ``FirestoreEmulator.host``).
+        latency: Seconds added to every chunk in each direction (one way), so a
+            request and its answer gain ``2 * latency``. 0 (default) forwards at once.
+        jitter: Each chunk's delay is ``latency`` plus a uniform draw from
+            ``[-jitter, +jitter]`` (never below 0); byte order is kept whatever the draw.
         listen_host: Loopback address to listen on.
         port: Port to listen on; 0 (default) picks a free one.
+        rng: Random source of the jitter (seed it for reproducible delays).
+
+    Raises:
+        ConfigurationError: A negative or non-finite ``latency`` or ``jitter``, a
+            malformed ``target``, or a ``listen_host`` that is not loopback.
 
     Attributes:
         connections_total: Connections accepted since start.
         resets: Connections this proxy reset.
     """
 
-    def __init__(self, target: str, *, listen_host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        listen_host: str = "127.0.0.1",
+        port: int = 0,
+        rng: random.Random | None = None,
+    ) -> None:
         if listen_host not in ("127.0.0.1", "::1", "localhost"):
             raise ConfigurationError("FaultyProxy listens on loopback only")
+        for name, value in (("latency", latency), ("jitter", jitter)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigurationError(
+                    f"{name} must be a finite number of seconds >= 0, got {value!r}"
+                )
+        self.latency = float(latency)
+        self.jitter = float(jitter)
+        self._rng = rng or random.Random()
         self._target = _split_host(target)
         self._listen_host = listen_host
         self._port = port
@@ -221,7 +263,15 @@ class FaultyProxy:
                     if w is not None:
                         w.transport.abort()
 
+    def _delay(self) -> float:
+        if not self.jitter:
+            return self.latency
+        return max(0.0, self.latency + self._rng.uniform(-self.jitter, self.jitter))
+
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.latency or self.jitter:
+            await self._delayed_pump(reader, writer)
+            return
         try:
             while True:
                 await self._flowing.wait()
@@ -237,10 +287,59 @@ class FaultyProxy:
             # One side ended: end the other too (a half-open pair would hang the client).
             writer.transport.abort()
 
+    async def _delayed_pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Read chunks as they come; a sender writes each one when its delay is up.
+
+        The queue carries ``(due, chunk)`` in read order, and ``due`` never goes
+        backwards, so jitter cannot reorder bytes. An empty chunk marks the end.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(_DELAYED_CHUNKS)
+        pump = asyncio.current_task()
+        assert pump is not None
+
+        async def send() -> None:
+            try:
+                while True:
+                    due, data = await queue.get()
+                    wait = due - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    if not data:
+                        return
+                    await self._flowing.wait()  # black-holed: hold what is due
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pump.cancel()  # the reader must not wait for bytes nobody can take
+
+        sender = asyncio.create_task(send())
+        last_due = 0.0
+        try:
+            while True:
+                await self._flowing.wait()
+                data = await reader.read(_CHUNK)
+                last_due = max(last_due, loop.time() + self._delay())
+                await queue.put((last_due, data))
+                if not data:
+                    break
+            await sender  # deliver what is held, then end this direction
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            writer.transport.abort()
+
     def __repr__(self) -> str:
         where = self.host if self._server is not None else "stopped"
         target = f"{self._target[0]}:{self._target[1]}"
+        delay = (
+            f" latency={self.latency:g}s+-{self.jitter:g}s" if self.latency or self.jitter else ""
+        )
         return (
-            f"<FaultyProxy {where} -> {target} {self.state.value} "
+            f"<FaultyProxy {where} -> {target} {self.state.value}{delay} "
             f"open={self.open_connections} resets={self.resets}>"
         )

@@ -76,6 +76,12 @@ class RpcCounter:
         await manager.record_completion("b", "p", 1)
         assert 1 == rpcs.counts["Commit"]
 
+    One counter may be attached to several clients (the counts are their sum).
+    ``detach()``, or leaving a ``with`` block, stops counting and keeps the counts::
+
+        with RpcCounter().attach(client) as rpcs:
+            await manager.record_completion("b", "p", 1)
+
     Attributes:
         counts: Requests sent since attached (or since ``reset()``), by method.
     """
@@ -83,17 +89,34 @@ class RpcCounter:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self._interceptor = _Count(self.counts)
+        self._channels: list[grpc.aio.Channel] = []
+
+    def _lists(self, channel: grpc.aio.Channel) -> tuple[list[Any], list[Any]]:
+        return channel._unary_unary_interceptors, channel._unary_stream_interceptors
 
     def attach(self, client: Any) -> Self:
         """Count every RPC ``client`` sends from now on; returns self."""
         channel = channel_of(client)
-        for interceptors in (
-            channel._unary_unary_interceptors,
-            channel._unary_stream_interceptors,
-        ):
+        for interceptors in self._lists(channel):
             if self._interceptor not in interceptors:
                 interceptors.append(self._interceptor)
+        if all(c is not channel for c in self._channels):
+            self._channels.append(channel)
         return self
+
+    def detach(self) -> None:
+        """Stop counting on every client attached (idempotent); the counts stay."""
+        for channel in self._channels:
+            for interceptors in self._lists(channel):
+                if self._interceptor in interceptors:
+                    interceptors.remove(self._interceptor)
+        self._channels.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
 
     def reset(self) -> dict[str, int]:
         """Start counting afresh; the counts until now."""
