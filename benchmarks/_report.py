@@ -620,8 +620,8 @@ def plot(results: dict[str, Any], out: Path, name: str) -> dict[str, str]:
             strategies = list(dict.fromkeys(x["strategy"] for x in mine))
             rates = sorted({x["redeliver"] for x in mine})
             width = 0.8 / len(rates)
-            for r, (key, unit) in enumerate((("completions_per_s", "/s"), ("p99_ms", "ms"))):
-                ax = grid[r][col]
+            for line, (key, unit) in enumerate((("completions_per_s", "/s"), ("p99_ms", "ms"))):
+                ax = grid[line][col]
                 for j, rate in enumerate(rates):
                     for i, strategy in enumerate(strategies):
                         x = next(
@@ -650,7 +650,9 @@ def plot(results: dict[str, Any], out: Path, name: str) -> dict[str, str]:
                 )
                 ax.set_yscale("log")
                 ax.set_ylabel(f"{'completions' if unit == '/s' else 'p99'} ({unit}, log)")
-                ax.set_title(f"{n} processes x {c} callers" + (" (hatched: NOT exact)" * (r == 0)))
+                ax.set_title(
+                    f"{n} processes x {c} callers" + (" (hatched: NOT exact)" * (line == 0))
+                )
                 handles = [
                     Patch(facecolor=f"C{j}", edgecolor="black", label=f"{rate:.0%} redelivered")
                     for j, rate in enumerate(rates)

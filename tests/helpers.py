@@ -146,3 +146,12 @@ class FaultGate:
     def release(self) -> None:
         """Let held calls, and every later one, through."""
         self.released.set()
+
+
+CALLBACK_RUNS: list[tuple[str, str | None]] = []
+"""What ``record_callback`` saw: (batch id, finalisation key); the CLI loads it by name."""
+
+
+def record_callback(batch_id: str, progress: Any) -> None:
+    """An ``on_complete`` for ``async-batchstate batch callbacks --run tests.helpers:...``."""
+    CALLBACK_RUNS.append((batch_id, progress.finalisation_key))

@@ -126,6 +126,12 @@ async def test_emulator_killed_mid_load_fails_callers_typed_then_same_manager_re
     restarted = FirestoreEmulator(port=killed.port)
     owned.emulator = restarted  # the fixture stops this one
     await asyncio.to_thread(restarted.start)
+    # The new JVM is cold (and the client's channel reconnecting): warm it through the
+    # same client, as the fixture warmed the first one, before the manager's short
+    # per-attempt timeouts are held against it.
+    async with asyncio.timeout(60):
+        for i in range(10):
+            await owned.client.collection("warmup").document(f"r{i}").set({"i": i})
 
     # The old data died with the process: a redelivery to the lost batch is refused
     # typed, and creates nothing (no phantom batch).

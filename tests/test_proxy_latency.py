@@ -11,6 +11,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -23,14 +24,14 @@ from async_batchstate.testing import EmulatorInfo, FaultyProxy, aclose_client, m
 
 
 @pytest.mark.parametrize(
-    ("latency", "jitter"),
-    [(-0.001, 0.0), (0.0, -1.0), (math.nan, 0.0), (0.0, math.inf)],
+    "kwargs",
+    [{"latency": -0.001}, {"jitter": -1.0}, {"latency": math.nan}, {"jitter": math.inf}],
     ids=["negative-latency", "negative-jitter", "nan-latency", "infinite-jitter"],
 )
-def test_a_bad_delay_is_a_configuration_error(latency: float, jitter: float) -> None:
+def test_a_bad_delay_is_a_configuration_error(kwargs: dict[str, Any]) -> None:
     """Negative or non-finite delays are refused at construction with ConfigurationError."""
     with pytest.raises(ConfigurationError, match="finite number of seconds >= 0"):
-        FaultyProxy("127.0.0.1:1", latency=latency, jitter=jitter)
+        FaultyProxy("127.0.0.1:1", **kwargs)
 
 
 @pytest_asyncio.fixture

@@ -372,6 +372,8 @@ async def test_cli_batch_list_and_expire(
         ["batch", "expire", "__x__", "--reason", "r"],
         ["batch", "list", "--older-than", "soon"],
         ["batch", "list", "--limit", "0"],
+        ["batch", "callbacks", "b", "--run", "no_such_module_here:f"],
+        ["batch", "callbacks", "b", "--run", "json"],
     ],
 )
 async def test_cli_batch_bad_input_is_one_line_and_exit_2(
@@ -406,3 +408,32 @@ async def test_retain_for_stamps_a_finished_batch_and_its_documents_for_ttl(
     assert dt.timedelta(days=29) < done["expire_at"] - now <= dt.timedelta(days=30)
     assert 1 == len(stamps) and dt.timedelta(days=29) < stamps.pop() - now
     assert "expire_at" not in still_open
+
+
+async def test_cli_batch_callbacks_runs_an_owed_callback_once(
+    make_manager: ManagerFactory,
+    batch_collection: str,
+    cli_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """on_complete failed in the finalising process, so the callback stays owed:
+    `batch callbacks ID --run MODULE:FUNCTION` runs it with the batch's key (exit 0);
+    run again, nothing is owed (exit 1)."""
+    from .helpers import CALLBACK_RUNS
+
+    def broken(batch_id: str, progress: BatchProgress) -> None:
+        raise RuntimeError("the coordinator's callback failed")
+
+    manager = make_manager(on_complete=broken)
+    await manager.create_batch("b", expected_count=1)
+    await manager.record_completion("b", "p", 1)
+    key = (await manager.get_progress("b")).finalisation_key
+    CALLBACK_RUNS.clear()
+    argv = ["batch", "callbacks", "b", "--collection", batch_collection]
+    argv += ["--run", "tests.helpers:record_callback", "--lease", "0.001"]
+
+    first = await _run(*argv)
+    second = await _run(*argv)
+
+    assert (0, 1) == (first, second)
+    assert [("b", key)] == CALLBACK_RUNS

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError
@@ -73,17 +74,60 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
     expire.add_argument("--reason", required=True, help="why (stored with the batch)")
     expire.set_defaults(handler=lambda args: _main(args, _expire))
 
+    owed = verbs.add_parser(
+        "callbacks",
+        parents=[common],
+        help="run a finished batch's owed on_complete/on_expired (its runner died)",
+    )
+    owed.add_argument("batch_id", type=batch_id_argument, metavar="ID")
+    owed.add_argument(
+        "--run",
+        type=callback_argument,
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="the coordinator's callback, called as f(batch_id, progress) (sync or async)",
+    )
+    owed.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        help="seconds the process that owes it keeps it before this one may run it (60)",
+    )
+    owed.set_defaults(handler=lambda args: _main(args, _callbacks))
+
+
+def callback_argument(text: str) -> Callable[..., Any]:
+    """``type=`` for ``MODULE:FUNCTION``: the callable it names."""
+    module, _, name = text.partition(":")
+    if not module or not name:
+        raise argparse.ArgumentTypeError(f"expected MODULE:FUNCTION, got {text!r}")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot load {text!r}: {exc}") from None
+    if not callable(found):
+        raise argparse.ArgumentTypeError(f"{text!r} is not callable")
+    return cast("Callable[..., Any]", found)
+
 
 def _main(args: argparse.Namespace, command: Command) -> int:
     """Connect and run ``command``; bad configuration propagates to ``cli.main`` (exit 2)."""
     mode = MigrationMode(args.mode) if args.mode else MigrationMode.from_env()
     client_from_env(args.project)  # fail fast, before any event loop
+    callback = getattr(args, "run", None)
+    lease = getattr(args, "lease", 60.0)
 
     async def run() -> int:
         client = client_from_env(args.project)  # an AsyncClient is bound to this loop
         try:
             async with AsyncBatchStateManager(
-                client, collection=args.collection, mode=mode, validation_rate=0.0
+                client,
+                collection=args.collection,
+                mode=mode,
+                validation_rate=0.0,
+                on_complete=callback,
+                on_expired=callback,
+                callback_lease=lease,
             ) as manager:
                 return await command(manager, args)
         finally:
@@ -196,3 +240,12 @@ async def _expire(manager: AsyncBatchStateManager, args: argparse.Namespace) -> 
             f"status {progress.status}"
         )
     return EXIT_OK if expired else EXIT_FAILED
+
+
+async def _callbacks(manager: AsyncBatchStateManager, args: argparse.Namespace) -> int:
+    ran = await manager.deliver_owed_callbacks(args.batch_id)
+    if args.json:
+        print(json.dumps({"ran": ran}))
+    else:
+        print(f"batch {args.batch_id}: {'ran the owed callback' if ran else 'nothing owed now'}")
+    return EXIT_OK if ran else EXIT_FAILED
