@@ -19,15 +19,8 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from hypothesis import settings
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
-from async_batchstate.testing import FakeClock  # noqa: F401 (compat: import it from there)
 
-from .helpers import (  # noqa: F401 (compat: import them from .helpers)
-    ManagerFactory,
-    fail_one_batch,
-    read_batch,
-    read_completions,
-    run_python,
-)
+from .helpers import ManagerFactory
 
 settings.register_profile("suite", max_examples=12)
 settings.register_profile("thorough", max_examples=200)

@@ -196,11 +196,6 @@ async def test_drained_shutdown_confirms_every_queued_completion(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the drain timeout cancels in-flight groups through gather(); each lane then "
-    "starts writes for its queued completions before cancel_all() fails them",
-)
 async def test_no_write_starts_after_the_drain_timeout(make_manager: ManagerFactory) -> None:
     """Once the drain time is over, queued completions are failed, never started."""
     stuck = FaultGate(FaultPoint.BEFORE_COMMIT, count=2, hold=True)

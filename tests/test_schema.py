@@ -26,10 +26,10 @@ from async_batchstate._write.finaliser import progress_from
 LIMITS = LegacyLimits()
 
 
-def _new(mode: MigrationMode = MigrationMode.DUAL_WRITE, **kwargs: object) -> f.NewBatch:
-    args: dict[str, object] = {"expected_players": None, "expected_count": None, "deadline": None}
+def _new(mode: MigrationMode = MigrationMode.DUAL_WRITE, **kwargs: Any) -> f.NewBatch:
+    args: dict[str, Any] = {"expected_players": None, "expected_count": None, "deadline": None}
     args.update(kwargs)
-    return new_batch(mode, "b", limits=LIMITS, **args)  # type: ignore[arg-type]
+    return new_batch(mode, "b", limits=LIMITS, **args)
 
 
 def test_a_dual_write_batch_is_born_with_both_structures_and_marked_backfilled() -> None:
@@ -95,7 +95,7 @@ def test_bad_arguments_are_refused_before_any_document_is_built(
 ) -> None:
     """Each bad argument raises its typed error."""
     with pytest.raises(error):
-        _new(**kwargs)
+        _new(MigrationMode.DUAL_WRITE, **kwargs)
 
 
 def test_a_timedelta_deadline_becomes_an_instant() -> None:

@@ -71,6 +71,9 @@ class Lane:
         self.tasks: set[asyncio.Task[bool]] = set()
         self._writing: set[str] = set()
         """Players in groups now in flight."""
+        self._starting = 0
+        """Writers created that have not taken their group yet."""
+        self._stopped = False
 
     @property
     def in_flight(self) -> int:
@@ -94,8 +97,27 @@ class Lane:
         self._maybe_idle()
         return True
 
+    def _takeable_beyond(self, count: int) -> bool:
+        """Whether more than ``count`` queued completions could go in a new group.
+
+        Redeliveries of players in flight wait; it stops looking as soon as it knows.
+        """
+        for pending in self.queue:
+            if pending.completion.player not in self._writing:
+                count -= 1
+                if count < 0:
+                    return True
+        return False
+
     def _pump(self) -> None:
-        while self.queue and len(self.tasks) < self.limit.limit:
+        # One writer per takeable completion at most: a spare writer that finds nothing
+        # would hold a slot of the in-flight limit while work queues behind it.
+        while (
+            not self._stopped
+            and len(self.tasks) < self.limit.limit
+            and self._takeable_beyond(self._starting)
+        ):
+            self._starting += 1
             task = asyncio.get_running_loop().create_task(
                 self._write_next(), name=f"async-batchstate lane {self.batch_id!r}"
             )
@@ -104,16 +126,18 @@ class Lane:
 
     async def _write_next(self) -> bool:
         """Write one group; False if every queued completion had to wait."""
-        if self._linger > 0:
-            await asyncio.sleep(self._linger)
+        try:
+            if self._linger > 0:
+                await asyncio.sleep(self._linger)
+        finally:
+            self._starting -= 1
         group: list[Pending] = []
         deferred: list[Pending] = []
         while self.queue and len(group) < self._max_group_size:
             pending = self.queue.popleft()
             if pending.completion.player in self._writing:
-                # A redelivery of a player in flight would make two of our own transactions
-                # lock the same completion doc (the emulator resolves that with a ~2 s lock
-                # timeout). It waits for the next group and comes back as a DUPLICATE.
+                # A redelivery of a player in flight waits for the next group and comes
+                # back as a DUPLICATE, instead of costing its group a conflict round.
                 deferred.append(pending)
                 continue
             pending.taken = True
@@ -131,16 +155,10 @@ class Lane:
 
     def _done(self, task: asyncio.Task[bool]) -> None:
         self.tasks.discard(task)
-        wrote = True
-        if task.cancelled():
-            pass
-        elif task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None:
             # The group runner resolves every member itself; reaching here is a bug.
             logger.error("lane writer of batch %r failed", self.batch_id, exc_info=task.exception())
-        else:
-            wrote = task.result()
-        if wrote:  # a writer that found only deferred work waits for the one in flight
-            self._pump()
+        self._pump()
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
@@ -148,12 +166,17 @@ class Lane:
             self._on_idle(self)
 
     async def drain(self) -> None:
-        """Wait until the queue is empty and no write is in flight."""
+        """Wait until the queue is empty and no write is in flight.
+
+        Cancelling the wait (a drain timeout) cancels no write: ``asyncio.wait``,
+        unlike ``gather``, leaves its tasks alone.
+        """
         while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            await asyncio.wait(list(self.tasks))
 
     def cancel_all(self, error: BaseException) -> None:
-        """Fail every queued caller with ``error`` and cancel in-flight writes."""
+        """Start no more writes, fail every queued caller with ``error``, cancel those in flight."""
+        self._stopped = True
         while self.queue:
             self.queue.popleft().fail(error)
         for task in list(self.tasks):
