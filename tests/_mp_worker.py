@@ -1,7 +1,9 @@
 """A worker process for the multi-process test: records players and prints its results as JSON.
 
-Usage: python -m tests._mp_worker COLLECTION BATCH_ID FIRST COUNT REDELIVER_FIRST START_AT
-(FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the environment).
+Usage: python -m tests._mp_worker COLLECTION BATCH_ID FIRST COUNT REDELIVER_FIRST
+(FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the environment). Once its
+manager is open it prints ``ready`` and waits for a line on stdin, so that the test starts
+every process's load together; then it prints its results as one line of JSON.
 """
 
 from __future__ import annotations
@@ -9,16 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
 from async_batchstate._store.connect import client_from_env
 from async_batchstate.testing import aclose_client
 
 
-async def main(
-    collection: str, batch_id: str, first: int, count: int, redeliver: int, start_at: float
-) -> None:
+async def main(collection: str, batch_id: str, first: int, count: int, redeliver: int) -> None:
     client = client_from_env()
     finalised: list[str] = []
     players = [f"p{i}" for i in range(first, first + count)]
@@ -29,7 +28,8 @@ async def main(
         mode=MigrationMode.DUAL_WRITE,
         on_complete=lambda b, p: finalised.append(b),
     ) as manager:
-        await asyncio.sleep(max(0.0, start_at - time.time()))  # start together
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # start together
         sem = asyncio.Semaphore(100)
 
         async def one(player: str) -> dict[str, object]:
@@ -55,5 +55,5 @@ async def main(
 
 
 if __name__ == "__main__":
-    c, b, f, n, r, s = sys.argv[1:7]
-    asyncio.run(main(c, b, int(f), int(n), int(r), float(s)))
+    c, b, f, n, r = sys.argv[1:6]
+    asyncio.run(main(c, b, int(f), int(n), int(r)))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from google.cloud.firestore_v1.async_client import AsyncClient
@@ -31,7 +31,6 @@ async def test_four_processes_with_redelivery_count_exactly_and_finalise_once(
         "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
         "GOOGLE_CLOUD_PROJECT": firestore_emulator.project,
     }
-    start_at = time.time() + 4.0
     procs = [
         subprocess.Popen(
             [
@@ -43,16 +42,23 @@ async def test_four_processes_with_redelivery_count_exactly_and_finalise_once(
                 str(k * 250),
                 "250",
                 str(((k + 1) % 4) * 250),
-                str(start_at),
             ],
             cwd=ROOT,
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for k in range(4)
     ]
+    for proc in procs:  # every process connected, its manager open
+        assert proc.stdout is not None
+        assert "ready\n" == await asyncio.to_thread(proc.stdout.readline)
+    for proc in procs:  # then all go at once
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     reports = []
     for proc in procs:
         out, err = proc.communicate(timeout=100)
