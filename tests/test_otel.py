@@ -1,4 +1,4 @@
-"""OpenTelemetry: the hook's metrics and spans through a real manager, and ``completion_span``."""
+"""OpenTelemetry: the hook's metrics and spans, through a real manager and event by event."""
 
 from __future__ import annotations
 
@@ -21,9 +21,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from async_batchstate import CompletionResult, CompletionStatus, RetryPolicy, WriteFailedError
-from async_batchstate.instrumentation import GroupFailed
-from async_batchstate.instrumentation._otel import OpenTelemetryHook, completion_span
+from async_batchstate import (
+    AsyncBatchStateManager,
+    CompletionResult,
+    CompletionStatus,
+    InvalidIdError,
+    RetryPolicy,
+    WriteFailedError,
+)
+from async_batchstate.instrumentation import CompletionFinished, GroupFailed, OpenTelemetryHook
 from async_batchstate.testing import FaultPoint
 
 from .helpers import ManagerFactory
@@ -42,13 +48,19 @@ def exporter() -> InMemorySpanExporter:
 
 
 @pytest.fixture
-def hook(reader: InMemoryMetricReader, exporter: InMemorySpanExporter) -> OpenTelemetryHook:
-    """A hook on private SDK providers (the global providers stay untouched)."""
+def provider(exporter: InMemorySpanExporter) -> TracerProvider:
+    """A private SDK tracer provider exporting to ``exporter`` (the global one stays untouched)."""
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return tracer_provider
+
+
+@pytest.fixture
+def hook(reader: InMemoryMetricReader, provider: TracerProvider) -> OpenTelemetryHook:
+    """A hook on private SDK providers (the global providers stay untouched)."""
     return OpenTelemetryHook(
         meter_provider=MeterProvider(metric_readers=[reader]),
-        tracer_provider=tracer_provider,
+        tracer_provider=provider,
     )
 
 
@@ -111,20 +123,24 @@ async def test_hook_counts_completions_groups_attempts_and_finalisation(
     assert 1 == found[("async_batchstate.batches.finalised", frozenset())]
 
     spans = exporter.get_finished_spans()
-    outcomes = sorted(str(attributes(s)["async_batchstate.outcome"]) for s in spans)
+    writes = [s for s in spans if s.name == "async_batchstate.transaction"]
+    outcomes = sorted(str(attributes(s)["async_batchstate.outcome"]) for s in writes)
     assert ["aborted"] + ["committed"] * stats.transactions == outcomes
-    assert {"b"} == {attributes(s)["async_batchstate.batch_id"] for s in spans}
-    assert all(s.parent is None for s in spans)
-
-
-def test_failed_attempt_span_has_error_status_and_exception() -> None:
-    """A failed group becomes an ERROR span with the exception event and a failed-completions count."""
-    reader, exporter = InMemoryMetricReader(), InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    hook = OpenTelemetryHook(
-        meter_provider=MeterProvider(metric_readers=[reader]), tracer_provider=tracer_provider
+    assert {"b"} == {attributes(s)["async_batchstate.batch_id"] for s in writes}
+    assert all(s.parent is None for s in writes)
+    calls = [s for s in spans if s.name == "async_batchstate.record_completion"]
+    assert ["duplicate"] + ["recorded"] * 3 == sorted(
+        str(attributes(s)["async_batchstate.outcome"]) for s in calls
     )
+    duration = "async_batchstate.completion.duration"
+    assert 3 == found[(duration, frozenset({("outcome", "recorded")}))]
+    assert 1 == found[(duration, frozenset({("outcome", "duplicate")}))]
+
+
+def test_failed_attempt_span_has_error_status_and_exception(
+    hook: OpenTelemetryHook, reader: InMemoryMetricReader, exporter: InMemorySpanExporter
+) -> None:
+    """A failed group becomes an ERROR span with the exception event and a failed-completions count."""
 
     hook(GroupFailed("b", 4, WriteFailedError("refused")))
 
@@ -147,71 +163,89 @@ def test_hook_without_spans_emits_none(
     assert 1 == points(reader)[("async_batchstate.completions.failed", frozenset())]
 
 
-async def test_completion_span_records_the_result(exporter: InMemorySpanExporter) -> None:
-    """The span carries the batch, the player and the result set inside the block."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("test")
-    result = CompletionResult("b", "p", CompletionStatus.RECORDED, True, attempts=2, group_size=3)
+async def test_record_completion_span_is_a_child_of_the_callers_span(
+    make_manager: ManagerFactory,
+    exporter: InMemorySpanExporter,
+    provider: TracerProvider,
+) -> None:
+    """Each call's span has the caller's current span as parent, and carries the result."""
+    manager = make_manager(hooks=[OpenTelemetryHook(tracer_provider=provider)])
+    await manager.create_batch("b", expected_count=1)
 
-    async with completion_span(tracer, "b", "p") as span:
-        span.set_result(result)
+    with provider.get_tracer("caller").start_as_current_span("handle message") as parent:
+        result = await manager.record_completion("b", "p", 3)
 
-    (finished,) = exporter.get_finished_spans()
-    assert "async_batchstate.record_completion" == finished.name
+    (call,) = [s for s in exporter.get_finished_spans() if s.name.endswith("record_completion")]
+    assert call.parent is not None
+    assert parent.get_span_context().span_id == call.parent.span_id
     assert {
         "async_batchstate.batch_id": "b",
         "async_batchstate.player": "p",
         "async_batchstate.outcome": "recorded",
-        "async_batchstate.group_size": 3,
-        "async_batchstate.attempt": 2,
+        "async_batchstate.group_size": result.group_size,
+        "async_batchstate.attempt": result.attempts,
         "async_batchstate.batch_completed": True,
-    } == dict(finished.attributes or {})
+    } == dict(call.attributes or {})
+    assert call.start_time is not None and call.end_time is not None
+    assert call.start_time < call.end_time
 
 
-async def test_completion_span_marks_an_exception(exporter: InMemorySpanExporter) -> None:
-    """An exception leaving the block sets ERROR status and names the exception as the outcome."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+async def test_a_refused_call_gets_an_error_span(
+    make_manager: ManagerFactory,
+    exporter: InMemorySpanExporter,
+    provider: TracerProvider,
+) -> None:
+    """A call refused before any write still gets its span: ERROR, outcome the error's class."""
+    manager = make_manager(hooks=[OpenTelemetryHook(tracer_provider=provider)])
 
-    with pytest.raises(WriteFailedError):
-        async with completion_span(provider.get_tracer("test"), "b", "p"):
-            raise WriteFailedError("refused")
+    with pytest.raises(InvalidIdError):
+        await manager.record_completion("b", "a/b", 1)
 
-    (finished,) = exporter.get_finished_spans()
-    assert StatusCode.ERROR == finished.status.status_code
-    assert "WriteFailedError" == attributes(finished)["async_batchstate.outcome"]
+    (call,) = exporter.get_finished_spans()
+    assert StatusCode.ERROR == call.status.status_code
+    assert "InvalidIdError" == attributes(call)["async_batchstate.outcome"]
+    assert ["exception"] == [e.name for e in call.events]
 
 
-async def test_completion_span_is_a_shared_noop_without_a_tracer_provider() -> None:
-    """With no global tracer provider set, ``completion_span`` allocates nothing per call."""
-    first = completion_span(None, "b", "p1")
-    async with first as span:
-        span.set_result(CompletionResult("b", "p1", CompletionStatus.DUPLICATE))
+def test_hook_turns_a_finished_call_into_a_span_event_by_event(
+    exporter: InMemorySpanExporter, provider: TracerProvider
+) -> None:
+    """Without a manager: the span starts ``seconds`` before it ends."""
+    hook = OpenTelemetryHook(tracer_provider=provider)
+    result = CompletionResult("b", "p", CompletionStatus.LATE, attempts=2, group_size=3)
 
-    assert first is completion_span(None, "b", "p2")
+    hook(CompletionFinished("b", "p", 1.5, result, None))
+
+    (span,) = exporter.get_finished_spans()
+    assert span.start_time is not None and span.end_time is not None
+    assert 1.5e9 == pytest.approx(span.end_time - span.start_time, abs=1e6)
+    assert "late" == attributes(span)["async_batchstate.outcome"]
+
+
+def test_the_removed_tracer_api_fails_loudly() -> None:
+    """0.1's ``completion_span`` and ``tracer=`` are gone, with the way out named."""
+    import async_batchstate.instrumentation as instrumentation
+
+    with pytest.raises(AttributeError, match="OpenTelemetryHook"):
+        instrumentation.completion_span  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(TypeError, match="tracer"):
+        AsyncBatchStateManager(None, tracer=object())  # type: ignore[arg-type,call-arg]
 
 
 def test_without_opentelemetry_installed() -> None:
-    """Not installed: the hook raises ImportError naming the extra; completion_span is a no-op."""
+    """Not installed: the hook raises ImportError naming the extra; the manager needs none."""
     script = textwrap.dedent(
         """
         import asyncio, sys
         sys.modules["opentelemetry"] = None  # as if not installed
-        from async_batchstate.instrumentation._otel import OpenTelemetryHook, completion_span
+        from async_batchstate.instrumentation import OpenTelemetryHook
         try:
             OpenTelemetryHook()
         except ImportError as exc:
             print("ERROR", exc)
-        async def main():
-            async with completion_span(None, "b", "p") as span:
-                span.set_result(None)
-        asyncio.run(main())
-        print("NOOP", completion_span(None, "b", "p") is completion_span(None, "c", "q"))
         """
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert "async-batchstate[otel]" in done.stdout
-    assert "NOOP True" in done.stdout

@@ -20,8 +20,7 @@ from async_batchstate import (
     MigrationMode,
 )
 from async_batchstate._store import schema as f
-from async_batchstate._store.schema import LegacyLimits, new_batch, split_roster
-from async_batchstate._write.finaliser import progress_from
+from async_batchstate._store.schema import LegacyLimits, new_batch, progress_from, split_roster
 
 LIMITS = LegacyLimits()
 

@@ -17,13 +17,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError
-from .._write.writer import GroupWriter
 from . import schema as f
+from .refs import Refs
 from .schema import BatchInfo
 
 SMALL_ROSTER = 1_000
@@ -31,24 +30,19 @@ SMALL_ROSTER = 1_000
 completion documents (one RPC); beyond, by listing the subcollection's ids."""
 
 
-def roster_ref(writer: GroupWriter, batch_id: str, index: int) -> Any:
-    """The ``index``-th roster chunk document of a batch."""
-    return writer.batch_ref(batch_id).collection(f.ROSTER).document(f"{index:05d}")
-
-
 class BatchInfoCache:
     """Batch settings by id, read at most once per batch while remembered (LRU, bounded)."""
 
     def __init__(
         self,
-        client: AsyncClient,
-        writer: GroupWriter,
+        refs: Refs,
         retrying: Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]],
+        on_backfilled: Callable[[str], None],
         *,
         size: int = 1_000,
     ) -> None:
-        self._client = client
-        self._writer = writer
+        self._refs = refs
+        self._on_backfilled = on_backfilled
         self._retrying = retrying
         self._size = size
         self._infos: OrderedDict[str, BatchInfo] = OrderedDict()
@@ -94,22 +88,22 @@ class BatchInfoCache:
             f.STATUS,
             f.COMPLETIONS_BACKFILLED,
         ]
-        snap = await self._writer.batch_ref(batch_id).get(field_paths=fields, retry=None)
+        snap = await self._refs.batch(batch_id).get(field_paths=fields, retry=None)
         if not snap.exists:
             raise BatchNotFoundError(
-                f"batch {batch_id!r} does not exist in {self._writer.layout.collection!r}; "
+                f"batch {batch_id!r} does not exist in {self._refs.layout.collection!r}; "
                 "call create_batch first"
             )
         data = snap.to_dict() or {}
         if data.get(f.COMPLETIONS_BACKFILLED) is True:  # spares the writer its own read
-            self._writer.remember_backfilled(batch_id)
+            self._on_backfilled(batch_id)
         roster: set[str] | None = None
         if isinstance(data.get(f.ROSTER), list):
             roster = set(data[f.ROSTER])
         elif int(data.get(f.ROSTER_CHUNKS, 0)):
-            refs = [roster_ref(self._writer, batch_id, i) for i in range(data[f.ROSTER_CHUNKS])]
+            refs = [self._refs.roster(batch_id, i) for i in range(data[f.ROSTER_CHUNKS])]
             roster = set()
-            async for chunk in self._client.get_all(refs, retry=None):
+            async for chunk in self._refs.client.get_all(refs, retry=None):
                 roster.update((chunk.to_dict() or {}).get(f.ROSTER_CHUNK_PLAYERS, ()))
         deadline = data.get(f.DEADLINE)
         return BatchInfo(
@@ -121,8 +115,7 @@ class BatchInfoCache:
 
 
 async def recorded_players(
-    client: AsyncClient,
-    writer: GroupWriter,
+    refs: Refs,
     mode: MigrationMode,
     batch_id: str,
     roster: frozenset[str] | None,
@@ -138,17 +131,15 @@ async def recorded_players(
     if not mode.reads_subcollection and f.COMPLETED_PLAYERS in data:
         return frozenset(data[f.COMPLETED_PLAYERS])
     if roster is not None and len(roster) <= SMALL_ROSTER:
-        refs = [writer.completion_ref(batch_id, p) for p in roster]
+        docs = [refs.completion(batch_id, p) for p in roster]
         return frozenset(
             [
                 snap.reference.id
-                async for snap in client.get_all(refs, field_paths=[f.PLAYER_LOOKUP], retry=None)
+                async for snap in refs.client.get_all(
+                    docs, field_paths=[f.PLAYER_LOOKUP], retry=None
+                )
                 if snap.exists
             ]
         )
-    query = (
-        writer.batch_ref(batch_id)
-        .collection(writer.layout.completions)
-        .select([FieldPath.document_id()])
-    )
+    query = refs.completions(batch_id).select([FieldPath.document_id()])
     return frozenset([snap.id async for snap in query.stream()])

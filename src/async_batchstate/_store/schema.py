@@ -26,6 +26,7 @@ from .._errors import (
     InvalidInputError,
     LegacyArrayLimitError,
 )
+from .._types import BatchProgress
 
 logger = logging.getLogger("async_batchstate")
 
@@ -225,6 +226,7 @@ class BatchInfo:
 class NewBatch:
     """A validated batch, ready to write: its document and its roster chunks."""
 
+    batch_id: str
     document: dict[str, Any]
     roster_chunks: list[list[str]]
     info: BatchInfo
@@ -310,7 +312,7 @@ def new_batch(
     elif chunks:
         data[ROSTER_CHUNKS] = len(chunks)
     roster = None if expected_players is None else frozenset(expected_players)
-    return NewBatch(data, chunks, BatchInfo(count, roster, when))
+    return NewBatch(batch_id, data, chunks, BatchInfo(count, roster, when))
 
 
 def _check_legacy_limits(
@@ -356,3 +358,46 @@ def split_roster(players: Sequence[str]) -> tuple[list[str] | None, list[list[st
         chunks[-1].append(player)
         used += size
     return None, chunks
+
+
+# -- reading ---------------------------------------------------------------------
+
+
+def progress_from(batch_id: str, mode: MigrationMode, data: dict[str, Any]) -> BatchProgress:
+    """The batch's progress as ``mode`` counts it, from the batch document's fields.
+
+    Modes that read the subcollection count its counters; the others count the
+    legacy array when the fields include it (a batch recorded partly by LEGACY
+    writers has players only there), else the counter that mirrors it.
+    """
+    players: tuple[str, ...] = ()
+    if mode.reads_subcollection:
+        completed = int(data.get(COMPLETED_COUNT, 0))
+        total = int(data.get(TOTAL_PREDICTIONS_SUBCOLL, 0))
+    elif COMPLETED_PLAYERS in data:
+        players = tuple(sorted(data[COMPLETED_PLAYERS]))
+        completed = len(players)
+        total = int(data.get(TOTAL_PREDICTIONS, 0))
+    else:
+        completed = int(data.get(COMPLETED_COUNT, 0))
+        total = int(data.get(TOTAL_PREDICTIONS, 0))
+    finaliser = data.get(FINALISED_BY)
+    reason = data.get(EXPIRED_REASON)
+    return BatchProgress(
+        batch_id=batch_id,
+        expected_count=int(data.get(EXPECTED_COUNT, 0)),
+        completed_count=completed,
+        total_predictions=total,
+        status=str(data.get(STATUS, STATUS_IN_PROGRESS)),
+        completed_players=players,
+        finaliser_id=finaliser if isinstance(finaliser, str) else None,
+        missing_players=tuple(data.get(MISSING_PLAYERS, ())),
+        deadline=_when(data.get(DEADLINE)),
+        created_at=_when(data.get(CREATED_AT)),
+        finished_at=_when(data.get(COMPLETED_AT)),
+        expired_reason=reason if isinstance(reason, str) else None,
+    )
+
+
+def _when(value: object) -> dt.datetime | None:
+    return value if isinstance(value, dt.datetime) else None

@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -32,8 +33,9 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
-from .._errors import BatchNotFoundError
+from .._errors import BatchNotFoundError, ConfigurationError
 from .._store import schema as f
+from .._store.schema import progress_from
 from .._types import BatchProgress
 from ..instrumentation._events import BatchFinalised, Recorder
 from .writer import BatchView, GroupOutcome, GroupWriter, new_write_id
@@ -63,46 +65,6 @@ _BASE_FIELDS = [
 ]
 
 
-def progress_from(batch_id: str, mode: MigrationMode, data: dict[str, Any]) -> BatchProgress:
-    """The batch's progress as ``mode`` counts it, from the batch document's fields.
-
-    Modes that read the subcollection count its counters; the others count the
-    legacy array when the fields include it (a batch recorded partly by LEGACY
-    writers has players only there), else the counter that mirrors it.
-    """
-    players: tuple[str, ...] = ()
-    if mode.reads_subcollection:
-        completed = int(data.get(f.COMPLETED_COUNT, 0))
-        total = int(data.get(f.TOTAL_PREDICTIONS_SUBCOLL, 0))
-    elif f.COMPLETED_PLAYERS in data:
-        players = tuple(sorted(data[f.COMPLETED_PLAYERS]))
-        completed = len(players)
-        total = int(data.get(f.TOTAL_PREDICTIONS, 0))
-    else:
-        completed = int(data.get(f.COMPLETED_COUNT, 0))
-        total = int(data.get(f.TOTAL_PREDICTIONS, 0))
-    finaliser = data.get(f.FINALISED_BY)
-    reason = data.get(f.EXPIRED_REASON)
-    return BatchProgress(
-        batch_id=batch_id,
-        expected_count=int(data.get(f.EXPECTED_COUNT, 0)),
-        completed_count=completed,
-        total_predictions=total,
-        status=str(data.get(f.STATUS, f.STATUS_IN_PROGRESS)),
-        completed_players=players,
-        finaliser_id=finaliser if isinstance(finaliser, str) else None,
-        missing_players=tuple(data.get(f.MISSING_PLAYERS, ())),
-        deadline=_when(data.get(f.DEADLINE)),
-        created_at=_when(data.get(f.CREATED_AT)),
-        finished_at=_when(data.get(f.COMPLETED_AT)),
-        expired_reason=reason if isinstance(reason, str) else None,
-    )
-
-
-def _when(value: object) -> dt.datetime | None:
-    return value if isinstance(value, dt.datetime) else None
-
-
 class Finaliser:
     """Flips batches to ``complete`` and runs (or owes) their completion callback."""
 
@@ -118,8 +80,16 @@ class Finaliser:
         callback_lease: float,
         owe_callbacks: bool | None = None,
         on_expired: OnComplete | None = None,
-        retain_for: dt.timedelta | None = None,
+        retain_for: dt.timedelta | float | None = None,
     ) -> None:
+        if not (isinstance(callback_lease, int | float) and math.isfinite(callback_lease)):
+            raise ConfigurationError("callback_lease must be a finite number of seconds")
+        if callback_lease <= 0:
+            raise ConfigurationError("callback_lease must be > 0 seconds")
+        if isinstance(retain_for, int | float):
+            retain_for = dt.timedelta(seconds=retain_for)
+        if retain_for is not None and retain_for <= dt.timedelta(0):
+            raise ConfigurationError("retain_for must be a positive duration")
         self._client = client
         self._writer = writer
         self._mode = mode
@@ -127,7 +97,7 @@ class Finaliser:
         self._recorder = recorder
         self._callbacks = {f.STATUS_COMPLETE: on_complete, f.STATUS_EXPIRED: on_expired}
         self._runs_callbacks = on_complete is not None or on_expired is not None
-        self._lease = callback_lease
+        self._lease = float(callback_lease)
         self._retain_for = retain_for
         # Managers owe a callback when they have one (a fleet shares its settings);
         # backfill, which has none, owes it to the coordinators that do.
@@ -163,7 +133,7 @@ class Finaliser:
 
     async def read(self, batch_id: str) -> tuple[BatchProgress, Any]:
         """The batch's progress (without players) and the snapshot it came from."""
-        snap = await self._writer.batch_ref(batch_id).get(
+        snap = await self._writer.refs.batch(batch_id).get(
             field_paths=self._fields(batch_id), retry=None
         )
         if not snap.exists:
@@ -236,7 +206,7 @@ class Finaliser:
             callback is owed (finished earlier, never confirmed done).
         """
         finish_id = new_write_id()
-        ref = self._writer.batch_ref(batch_id)
+        ref = self._writer.refs.batch(batch_id)
         owed: list[bool] = [False]
 
         async def attempt() -> BatchProgress | None:
@@ -297,6 +267,40 @@ class Finaliser:
             event.set()
         return finished, False
 
+    async def expire(
+        self,
+        batch_id: str,
+        reason: str,
+        missing: Callable[[dict[str, Any]], Awaitable[list[str]]],
+    ) -> bool:
+        """Finish an unfinished, incomplete batch as ``expired``; True for the one call that did.
+
+        Stores the reason and the first ``MISSING_KEPT`` of ``missing(document)``.
+        A complete batch is left to its completion's finaliser: one terminal status.
+        """
+
+        async def fields(progress: BatchProgress, data: dict[str, Any]) -> dict[str, Any]:
+            return {
+                f.EXPIRED_REASON: reason,
+                f.MISSING_PLAYERS: (await missing(data))[: f.MISSING_KEPT],
+                f.MISSING_COUNT: progress.remaining,
+            }
+
+        return await self.settle(batch_id, *await self.finish(batch_id, f.STATUS_EXPIRED, fields))
+
+    async def finalize(self, batch_id: str) -> bool:
+        """Flip the batch if it is complete; True for the one call that did."""
+        return await self.settle(batch_id, *await self.flip(batch_id))
+
+    async def settle(self, batch_id: str, finished: BatchProgress | None, owed: bool) -> bool:
+        """After ``finish``: run the callback if this call finished the batch, else an owed one."""
+        if finished is not None:
+            await self.notify(batch_id, finished)
+            return True
+        if owed:
+            await self.deliver_owed_logged(batch_id)
+        return False
+
     # -- the callback ----------------------------------------------------------------
 
     async def notify(self, batch_id: str, progress: BatchProgress) -> bool:
@@ -326,7 +330,7 @@ class Finaliser:
                 extra={"batch_id": batch_id},
             )
             return False
-        ref = self._writer.batch_ref(batch_id)
+        ref = self._writer.refs.batch(batch_id)
         done = {
             f.CALLBACK_OWED: DELETE_FIELD,
             f.CALLBACK_CLAIMED_BY: DELETE_FIELD,
@@ -369,7 +373,7 @@ class Finaliser:
         option = self._client.write_option(last_update_time=snap.update_time)
         claim = {f.CALLBACK_CLAIMED_BY: new_write_id(), f.CALLBACK_CLAIMED_AT: SERVER_TIMESTAMP}
         try:
-            await self._writer.batch_ref(batch_id).update(claim, option=option, retry=None)
+            await self._writer.refs.batch(batch_id).update(claim, option=option, retry=None)
         except (gexc.FailedPrecondition, gexc.Aborted):
             return False  # another process claimed it (or the batch changed): its turn
         logger.warning(
@@ -379,6 +383,17 @@ class Finaliser:
         )
         return await self.notify(batch_id, progress)
 
+    async def deliver_owed_logged(self, batch_id: str) -> None:
+        """``deliver_owed``, logging instead of raising: for touches that must not fail."""
+        try:
+            await self.deliver_owed(batch_id)
+        except Exception:
+            logger.exception(
+                "running the owed callback of batch %r failed",
+                batch_id,
+                extra={"batch_id": batch_id},
+            )
+
     async def _stamp_children(self, batch_id: str) -> None:
         """Stamp the batch's completion and roster documents with ``expire_at`` (TTL).
 
@@ -387,9 +402,9 @@ class Finaliser:
         """
         assert self._retain_for is not None
         expire_at = dt.datetime.now(dt.UTC) + self._retain_for
-        batch_ref = self._writer.batch_ref(batch_id)
+        batch_ref = self._writer.refs.batch(batch_id)
         try:
-            for name in (self._writer.layout.completions, f.ROSTER):
+            for name in (self._writer.refs.layout.completions, f.ROSTER):
                 stream = batch_ref.collection(name).select([FieldPath.document_id()]).stream()
                 write = self._client.batch()
                 staged = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiolimiter import AsyncLimiter
 
+from .._config import MigrationMode
 from .._errors import ConfigurationError
 
 
@@ -85,6 +86,23 @@ class AdaptiveLimit:
 
     def __repr__(self) -> str:
         return f"AdaptiveLimit(limit={self.limit}, minimum={self.minimum}, maximum={self.maximum})"
+
+
+def in_flight_bound(mode: MigrationMode, coalesce: bool, write_path: str, given: int | None) -> int:
+    """The bound of a batch's adaptive in-flight limit: ``given``, else the default.
+
+    Raises:
+        ConfigurationError: ``given`` below 1.
+    """
+    if given is not None:
+        if given < 1:
+            raise ConfigurationError("max_in_flight_per_batch must be >= 1")
+        return given
+    if mode is MigrationMode.LEGACY:
+        return 1  # LEGACY transactions read the hot document: two would wait on each other
+    if not coalesce:
+        return 32
+    return 16 if write_path == "auto" else 2
 
 
 def make_rate_limiter(rate: float | None) -> AsyncLimiter | None:

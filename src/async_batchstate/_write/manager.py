@@ -1,41 +1,36 @@
-"""``AsyncBatchStateManager``: the facade tying layout, writer, lanes, retry and limits together."""
+"""``AsyncBatchStateManager``: a facade over the batch store, group runner and finaliser."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
-import logging
-import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
-from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.async_client import AsyncClient
-from google.cloud.firestore_v1.base_query import FieldFilter
-from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import (
-    BatchExistsError,
-    BatchNotFoundError,
     CompletionTimeoutError,
-    ConfigurationError,
     InvalidCountError,
     InvalidInputError,
     ManagerClosedError,
     UnexpectedPlayerError,
 )
 from .._store import schema as f
-from .._store.roster import BatchInfoCache, recorded_players, roster_ref
+from .._store.batches import BatchReader, create_batch
+from .._store.roster import BatchInfoCache
 from .._store.schema import (
     Layout,
     LegacyLimits,
     new_batch,
+    progress_from,
     validate_count,
     validate_id,
     validate_player,
@@ -50,46 +45,17 @@ from ..consistency._validate import (
     reconcile,
     validate,
 )
-from ..instrumentation._events import (
-    Hook,
-    Recorder,
-    Stats,
-)
-from ..instrumentation._otel import completion_span
-from .finaliser import Finaliser, OnComplete, progress_from
-from .limits import make_rate_limiter
-from .retry import ErrorKind, RetryPolicy, run_with_retry
+from ..instrumentation._events import CompletionFinished, Hook, Recorder, Stats
+from .finaliser import Finaliser, OnComplete
+from .limits import in_flight_bound, make_rate_limiter
+from .retry import RetryPolicy, run_with_retry
 from .runner import GroupRunner
-from .writer import (
-    Completion,
-    FaultInjector,
-    GroupWriter,
-    WritePath,
-    new_write_id,
-)
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Tracer
-
-logger = logging.getLogger("async_batchstate")
-
-_CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
-MAX_GROUP_SIZE = 1500
-"""Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
+from .writer import Completion, FaultInjector, GroupWriter, WritePath, new_write_id
 
 
 def _now() -> dt.datetime:
     """Wall-clock now, UTC: deadlines are instants shared by every process."""
     return dt.datetime.now(dt.UTC)
-
-
-def _retention(value: dt.timedelta | float | None) -> dt.timedelta | None:
-    if value is None:
-        return None
-    delta = value if isinstance(value, dt.timedelta) else dt.timedelta(seconds=value)
-    if delta <= dt.timedelta(0):
-        raise ConfigurationError("retain_for must be a positive duration")
-    return delta
 
 
 class AsyncBatchStateManager:
@@ -142,7 +108,8 @@ class AsyncBatchStateManager:
         retain_for: Stamp finished batches (and their completion and roster
             documents) with ``expire_at = finish time + retain_for`` for a Firestore
             TTL policy on ``expire_at`` (see README). None (default): no stamp.
-        hooks: Receive every ``Event`` (attempts failed, groups committed, finalisations).
+        hooks: Receive every ``Event`` (calls answered, attempts failed, groups
+            committed, finalisations), e.g. ``OpenTelemetryHook()`` for metrics and spans.
         legacy_array_limit: Most players a batch may hold in a mode that writes
             the legacy array (each player costs 3 of a document's 40,000 index
             entries and ~50 bytes of its 1 MiB). Larger batches are refused with
@@ -161,8 +128,6 @@ class AsyncBatchStateManager:
         alert_hooks: Called with the ``ConsistencyReport`` of each mismatch found
             (sync or async), e.g. ``SlackWebhookAlerter(url)``.
         validation_rng: Random source for the sampling (inject a seeded one in tests).
-        tracer: OpenTelemetry ``Tracer`` for the ``record_completion`` spans; None:
-            the global tracer provider's when one is set, else no spans.
 
     Raises:
         ConfigurationError: Contradictory flags or invalid knobs.
@@ -192,47 +157,19 @@ class AsyncBatchStateManager:
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         fault_injector: FaultInjector | None = None,
-        tracer: Tracer | None = None,
         validation_rate: float = 0.1,
         validation_interval: float = 5.0,
         alert_hooks: Iterable[AlertHook] = (),
         validation_rng: random.Random | None = None,
     ) -> None:
+        self.mode = MigrationMode.from_env() if mode is None else mode
         self._client = client
         self._layout = Layout(collection, completions_subcollection)
-        self.mode = MigrationMode.from_env() if mode is None else mode
-        if not 1 <= max_group_size <= MAX_GROUP_SIZE:
-            raise ConfigurationError(
-                f"max_group_size must be in [1, {MAX_GROUP_SIZE}]: a group is one request, "
-                "and Firestore caps a request at 10 MiB (~6 KB per completion with 1,500-byte ids)"
-            )
-        if linger < 0:
-            raise ConfigurationError("linger must be >= 0 seconds")
         self._legacy_limits = LegacyLimits(legacy_array_limit, legacy_array_warn_ratio)
-        if write_path not in ("auto", "transaction"):
-            raise ConfigurationError(
-                f"write_path must be 'auto' or 'transaction', not {write_path!r}"
-            )
-        if not (isinstance(callback_lease, int | float) and math.isfinite(callback_lease)):
-            raise ConfigurationError("callback_lease must be a finite number of seconds")
-        if callback_lease <= 0:
-            raise ConfigurationError("callback_lease must be > 0 seconds")
-        if self.mode is MigrationMode.LEGACY:
-            # LEGACY transactions read the hot batch document, so two of ours in flight
-            # would wait on each other's locks.
-            default_in_flight = 1
-        elif not coalesce:
-            default_in_flight = 32
-        else:
-            default_in_flight = 16 if write_path == "auto" else 2
-        max_in_flight = (
-            default_in_flight if max_in_flight_per_batch is None else max_in_flight_per_batch
-        )
-        if max_in_flight < 1:
-            raise ConfigurationError("max_in_flight_per_batch must be >= 1")
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._clock = clock
+        self._closed = False
         self._writer = GroupWriter(client, self._layout, self.mode, fault_injector, write_path)
         self._recorder = Recorder(tuple(hooks))
         self._finaliser = Finaliser(
@@ -242,12 +179,13 @@ class AsyncBatchStateManager:
             retrying=self._retrying,
             recorder=self._recorder,
             on_complete=on_complete,
-            callback_lease=float(callback_lease),
+            callback_lease=callback_lease,
             on_expired=on_expired,
-            retain_for=_retention(retain_for),
+            retain_for=retain_for,
         )
-        self._infos = BatchInfoCache(client, self._writer, self._retrying)
-        self._closed = False
+        refs = self._writer.refs
+        self._infos = BatchInfoCache(refs, self._retrying, self._writer.remember_backfilled)
+        self._reader = BatchReader(refs, self.mode, self._infos, self._retrying)
         self._validator = SampledValidator(
             client,
             self._layout,
@@ -269,12 +207,10 @@ class AsyncBatchStateManager:
             rng=self._rng,
             rate=make_rate_limiter(rate_limit),
             max_group_size=max_group_size if coalesce else 1,
-            max_in_flight=max_in_flight,
+            max_in_flight=in_flight_bound(self.mode, coalesce, write_path, max_in_flight_per_batch),
             linger=linger,
             expected_count=self._expected_count,
-            deliver_owed=self._deliver_owed,
         )
-        self._tracer = tracer
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -295,8 +231,8 @@ class AsyncBatchStateManager:
         Args:
             drain_timeout: Seconds to wait for queued and in-flight groups to finish
                 (default: the retry deadline). After it, queued callers and groups
-                still in flight get ``ManagerClosedError``; a transaction cut short
-                either committed whole or not at all, so recording again is safe.
+                still in flight get ``ManagerClosedError``; a write cut short either
+                committed whole or not at all, so recording again is safe.
         """
         self._closed = True
         await self._runner.aclose(self._retry.deadline if drain_timeout is None else drain_timeout)
@@ -321,7 +257,7 @@ class AsyncBatchStateManager:
         """Where batches and completions live."""
         return self._layout
 
-    # -- public operations -----------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------
 
     async def create_batch(
         self,
@@ -367,40 +303,11 @@ class AsyncBatchStateManager:
             deadline=deadline,
             limits=self._legacy_limits,
         )
-        data, chunks, count = new.document, new.roster_chunks, new.info.expected
-        # The call's id, stored with the batch: when the answer to the create is lost,
-        # the retry's ALREADY_EXISTS is this call's own write, not someone else's.
-        data[f.CREATED_BY] = call_id = new_write_id()
-        ref = self._writer.batch_ref(batch_id)
-
-        async def create() -> None:
-            write = self._client.batch()  # the batch and its roster chunks, atomically
-            write.create(ref, data)
-            for index, chunk in enumerate(chunks):
-                write.set(
-                    roster_ref(self._writer, batch_id, index), {f.ROSTER_CHUNK_PLAYERS: chunk}
-                )
-            await write.commit(retry=None)
-
-        try:
-            await self._retrying(create, f"creating batch {batch_id!r}")
-            created = True
-        except gexc.Conflict:
-            snap = await self._retrying(
-                lambda: ref.get(field_paths=[f.EXPECTED_COUNT, f.CREATED_BY], retry=None),
-                f"reading batch {batch_id!r}",
-            )
-            existing = snap.to_dict() or {}
-            created = existing.get(f.CREATED_BY) == call_id
-            if existing.get(f.EXPECTED_COUNT) != count:
-                raise BatchExistsError(
-                    f"batch {batch_id!r} already exists with "
-                    f"expected_count={existing.get(f.EXPECTED_COUNT)}, not {count}"
-                ) from None
+        created = await create_batch(self._writer.refs, new, new_write_id(), self._retrying)
         if created:
             self._infos.remember(batch_id, new.info)
-        if data.get(f.COMPLETIONS_BACKFILLED) and created:
-            self._writer.remember_backfilled(batch_id)
+            if new.document.get(f.COMPLETIONS_BACKFILLED):
+                self._writer.remember_backfilled(batch_id)
         return created
 
     async def record_completion(
@@ -415,7 +322,7 @@ class AsyncBatchStateManager:
 
         Atomic (every structure of the mode or none), idempotent (a redelivery is
         a ``DUPLICATE`` and counts nothing; the first count wins) and safe under
-        any concurrency: concurrent completions of one batch share transactions.
+        any concurrency: concurrent completions of one batch share one write.
 
         Args:
             batch_id: The batch, created by ``create_batch``.
@@ -430,16 +337,84 @@ class AsyncBatchStateManager:
         Raises:
             InvalidIdError: Bad batch or player id; nothing written.
             InvalidCountError: Bad count; nothing written.
+            UnexpectedPlayerError: The player is not in the batch's roster; nothing written.
             BatchNotFoundError: The batch was never created; nothing written.
             RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
             CompletionTimeoutError: ``timeout`` passed first (recorded whole or not at all).
             ManagerClosedError: The manager is closed, or closed before confirming it.
             WriteFailedError: Firestore refused the write; nothing written.
         """
-        async with completion_span(self._tracer, batch_id, player) as span:
-            result = await self._record(batch_id, player, predictions_count, timeout)
-            span.set_result(result)
-        return result
+        started = self._clock.monotonic()
+        result: CompletionResult | None = None
+        error: BaseException | None = None
+        try:
+            result = await self._record(batch_id, player, predictions_count, timeout, started)
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            seconds = self._clock.monotonic() - started
+            self._recorder.emit(CompletionFinished(batch_id, player, seconds, result, error))
+
+    async def expire(self, batch_id: str, *, reason: str | None = None) -> bool:
+        """Move an unfinished batch to the terminal status ``expired``, exactly once.
+
+        Stores the reason and (with a roster) the missing players, at most 1,000 of
+        them (``missing_count`` has them all). Across processes exactly one call
+        returns True, and it runs ``on_expired`` (owed durably like ``on_complete``).
+        A batch whose every completion is already recorded is not expired: it
+        completes (an expiry racing the last completion ends in exactly one
+        terminal status). Completions arriving afterwards are stored and counted,
+        answered ``LATE``, and never finalise the batch.
+
+        Returns:
+            True for the one call that expired the batch.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        validate_id("batch id", batch_id)
+        info = await self._infos.get(batch_id)
+        missing = partial(self._reader.missing, batch_id)
+        expired = await self._finaliser.expire(batch_id, reason or "expired", missing)
+        info.terminal = info.terminal or expired
+        return expired
+
+    async def finalize(self, batch_id: str) -> bool:
+        """Finalise the batch if every completion is recorded and nobody has yet.
+
+        Runs automatically after completions; call it to recover a batch whose
+        finaliser crashed. Exactly one call across all processes returns True
+        (and runs ``on_complete``). On a finalised batch it runs an owed
+        ``on_complete`` whose lease expired.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        validate_id("batch id", batch_id)
+        return await self._finaliser.finalize(batch_id)
+
+    async def deliver_owed_callbacks(self, batch_id: str) -> bool:
+        """Run the callback of a finished batch that is still owed, once its lease passed.
+
+        A callback is owed from the flip until it returns; if the process running
+        it died (or the manager closed first), it stays owed, and any manager with
+        that callback may run it once ``callback_lease`` passed.
+
+        Returns:
+            True if this call ran the callback.
+
+        Raises:
+            InvalidIdError: Bad batch id.
+            BatchNotFoundError: No such batch.
+        """
+        validate_id("batch id", batch_id)
+        return await self._finaliser.deliver_owed(batch_id)
+
+    # -- reading ---------------------------------------------------------------------
 
     async def get_progress(self, batch_id: str, *, include_players: bool = True) -> BatchProgress:
         """Read a batch's progress from the structure this mode reads.
@@ -457,86 +432,17 @@ class AsyncBatchStateManager:
             BatchNotFoundError: No such batch.
         """
         validate_id("batch id", batch_id)
-        ref = self._writer.batch_ref(batch_id)
-        for _ in range(2):
-            snap = await self._retrying(lambda: ref.get(retry=None), f"reading batch {batch_id!r}")
-            if not snap.exists:
-                raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
-            data = snap.to_dict() or {}
-            progress = progress_from(batch_id, self.mode, data)
-            if not (progress.deadline and not progress.is_terminal and _now() >= progress.deadline):
-                break
+        data = await self._reader.document(batch_id)
+        progress = progress_from(batch_id, self.mode, data)
+        if self._overdue(progress):
             await self._expire_overdue(batch_id)
+            data = await self._reader.document(batch_id)
+            progress = progress_from(batch_id, self.mode, data)
         if not include_players:
             return dataclasses.replace(progress, completed_players=(), missing_players=())
-        info = await self._infos.get(batch_id)
-        if info.roster is not None:
-            recorded = await self._retrying(
-                lambda: recorded_players(
-                    self._client, self._writer, self.mode, batch_id, info.roster, data
-                ),
-                f"listing batch {batch_id!r}",
-            )
-            return dataclasses.replace(
-                progress,
-                completed_players=tuple(sorted(recorded)),
-                missing_players=tuple(sorted(info.roster - recorded)),
-            )
-        if self.mode.reads_subcollection:
-            players = await self._retrying(
-                lambda: self._subcollection_players(batch_id), f"listing batch {batch_id!r}"
-            )
-            progress = dataclasses.replace(progress, completed_players=players)
-        return progress
+        return await self._reader.with_players(progress, data)
 
-    async def expire(self, batch_id: str, *, reason: str | None = None) -> bool:
-        """Move an unfinished batch to the terminal status ``expired``, exactly once.
-
-        Stores the reason and (with a roster) the missing players, at most 1,000 of
-        them (``missing_count`` has them all). Across processes exactly one call
-        returns True, and it runs ``on_expired`` (owed durably like ``on_complete``).
-        A batch whose every completion is already recorded is not expired: it
-        completes (an expiry racing the last completion ends in exactly one
-        terminal status, and the last completion's caller is told it completed).
-        Completions arriving afterwards are stored and counted, answered ``LATE``,
-        and never finalise the batch.
-
-        Returns:
-            True for the one call that expired the batch.
-
-        Raises:
-            InvalidIdError: Bad batch id.
-            BatchNotFoundError: No such batch.
-        """
-        validate_id("batch id", batch_id)
-        info = await self._infos.get(batch_id)
-        why = reason if reason is not None else "expired"
-
-        async def fields(progress: BatchProgress, data: dict[str, Any]) -> dict[str, Any]:
-            missing: list[str] = []
-            if info.roster is not None:
-                recorded = await recorded_players(
-                    self._client, self._writer, self.mode, batch_id, info.roster, data
-                )
-                missing = sorted(info.roster - recorded)
-            return {
-                f.EXPIRED_REASON: why,
-                f.MISSING_PLAYERS: missing[: f.MISSING_KEPT],
-                f.MISSING_COUNT: progress.remaining,
-            }
-
-        finished, owed = await self._finaliser.finish(batch_id, f.STATUS_EXPIRED, fields)
-        if finished is None:
-            # Finished already, or complete: the completion that completed it finalises
-            # it (or, if that writer died, the next touch does). One terminal status.
-            if owed:
-                await self._deliver_owed(batch_id)
-            return False
-        info.terminal = True
-        await self._finaliser.notify(batch_id, finished)
-        return True
-
-    async def list_batches(
+    def list_batches(
         self,
         *,
         status: str | None = None,
@@ -544,10 +450,10 @@ class AsyncBatchStateManager:
         limit: int | None = None,
         page_size: int = 300,
     ) -> AsyncIterator[BatchProgress]:
-        """The batches of this collection, as progress without players, oldest id first.
+        """The batches of this collection, as progress without players.
 
         Single-field queries only (no composite index to deploy): by ``status``
-        (``created_before`` then filtered here), else by ``created_at``.
+        (``created_before`` then filtered here), else by ``created_at``, else by id.
 
         Args:
             status: Only batches with this status (``in_progress``, ``complete``,
@@ -559,54 +465,9 @@ class AsyncBatchStateManager:
         Raises:
             InvalidInputError: ``limit`` or ``page_size`` below 1, a naive datetime.
         """
-        if (limit is not None and limit < 1) or page_size < 1:
-            raise InvalidInputError("limit and page_size must be >= 1")
-        if created_before is not None and created_before.tzinfo is None:
-            raise InvalidInputError("created_before must be an aware datetime (e.g. UTC)")
-        fields = [
-            f.EXPECTED_COUNT,
-            f.STATUS,
-            f.COMPLETED_COUNT,
-            f.TOTAL_PREDICTIONS,
-            f.TOTAL_PREDICTIONS_SUBCOLL,
-            f.FINALISED_BY,
-            f.DEADLINE,
-            f.CREATED_AT,
-            f.COMPLETED_AT,
-            f.EXPIRED_REASON,
-            f.MISSING_PLAYERS,
-        ]
-        if self.mode is MigrationMode.LEGACY:  # no counter: the array is the count
-            fields.append(f.COMPLETED_PLAYERS)
-        base = self._client.collection(self._layout.collection)
-        if status is not None:
-            query = base.where(filter=FieldFilter(f.STATUS, "==", status))
-        elif created_before is not None:
-            query = base.where(filter=FieldFilter(f.CREATED_AT, "<", created_before)).order_by(
-                f.CREATED_AT
-            )
-        else:
-            query = base.order_by(FieldPath.document_id())
-        query = query.select(fields).limit(page_size)
-        yielded = 0
-        last = None
-        while True:
-            page = query if last is None else query.start_after(last)
-            snaps: list[Any] = await self._retrying(
-                partial(page.get, retry=None), "listing batches"
-            )
-            for snap in snaps:
-                progress = progress_from(snap.id, self.mode, snap.to_dict() or {})
-                created = progress.created_at
-                if created_before is not None and (created is None or created >= created_before):
-                    continue
-                yield dataclasses.replace(progress, completed_players=())
-                yielded += 1
-                if limit is not None and yielded >= limit:
-                    return
-            if len(snaps) < page_size:
-                return
-            last = snaps[-1]
+        return self._reader.listing(
+            status=status, created_before=created_before, limit=limit, page_size=page_size
+        )
 
     def stalled(self, older_than: dt.timedelta | float) -> AsyncIterator[BatchProgress]:
         """In-progress batches created more than ``older_than`` ago (seconds or a timedelta).
@@ -620,6 +481,46 @@ class AsyncBatchStateManager:
         if age < dt.timedelta(0):
             raise InvalidInputError("older_than must be >= 0")
         return self.list_batches(status=f.STATUS_IN_PROGRESS, created_before=_now() - age)
+
+    async def wait_until_complete(
+        self, batch_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
+    ) -> BatchProgress:
+        """Wait until the batch is finished (complete or expired); its final progress.
+
+        Wakes at once when this process finishes the batch, and polls otherwise
+        (another process may finish it). If every completion is recorded but
+        nobody finalised (the finaliser crashed), this call finalises it; if its
+        deadline passed, it expires it; an owed callback whose lease expired runs
+        here too. Nothing about the batch is kept once the call returns.
+
+        Raises:
+            BatchNotFoundError: No such batch.
+            CompletionTimeoutError: ``timeout`` seconds passed first.
+        """
+        validate_id("batch id", batch_id)
+        with self._finaliser.waiter(batch_id) as finished:
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        progress = await self._read_progress(batch_id)
+                        if not progress.is_terminal and progress.is_complete:
+                            await self._finaliser.finalize(batch_id)
+                            progress = await self._read_progress(batch_id)
+                        elif self._overdue(progress):
+                            await self._expire_overdue(batch_id)
+                            progress = await self._read_progress(batch_id)
+                        if progress.is_terminal:
+                            await self._finaliser.deliver_owed_logged(batch_id)
+                            return await self.get_progress(batch_id)
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(poll_interval):
+                                await finished.wait()
+            except TimeoutError:
+                raise CompletionTimeoutError(
+                    f"batch {batch_id!r} was not complete within {timeout}s"
+                ) from None
+
+    # -- consistency -----------------------------------------------------------------
 
     async def validate(self, batch_id: str) -> ConsistencyReport:
         """Compare the batch's legacy array with its completions subcollection.
@@ -663,94 +564,16 @@ class AsyncBatchStateManager:
             retry=self._retry,
         )
 
-    async def wait_until_complete(
-        self, batch_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
-    ) -> BatchProgress:
-        """Wait until the batch is finished (complete or expired); its final progress.
-
-        Wakes at once when this process finishes the batch, and polls otherwise
-        (another process may finish it). If every completion is recorded but
-        nobody finalised (the finaliser crashed), this call finalises it; if its
-        deadline passed, it expires it; an owed callback whose lease expired runs
-        here too. An expired batch's progress is returned, not waited on.
-        Nothing about the batch is kept once the call returns.
-
-        Raises:
-            BatchNotFoundError: No such batch.
-            CompletionTimeoutError: ``timeout`` seconds passed first.
-        """
-        validate_id("batch id", batch_id)
-        with self._finaliser.waiter(batch_id) as event:
-            try:
-                async with asyncio.timeout(timeout):
-                    while True:
-                        progress, _ = await self._retrying(
-                            lambda: self._finaliser.read(batch_id), f"reading batch {batch_id!r}"
-                        )
-                        overdue = progress.deadline is not None and _now() >= progress.deadline
-                        if not progress.is_terminal and (progress.is_complete or overdue):
-                            if progress.is_complete:
-                                await self.finalize(batch_id)
-                            else:
-                                await self._expire_overdue(batch_id)
-                            progress, _ = await self._finaliser.read(batch_id)
-                        if progress.is_terminal:
-                            await self._deliver_owed(batch_id)
-                            return await self.get_progress(batch_id)
-                        try:
-                            async with asyncio.timeout(poll_interval):
-                                await event.wait()
-                        except TimeoutError:
-                            pass
-            except TimeoutError:
-                raise CompletionTimeoutError(
-                    f"batch {batch_id!r} was not complete within {timeout}s"
-                ) from None
-
-    async def finalize(self, batch_id: str) -> bool:
-        """Finalise the batch if every completion is recorded and nobody has yet.
-
-        Runs automatically after completions; call it to recover a batch whose
-        finaliser crashed. Exactly one call across all processes returns True
-        (and runs ``on_complete``). On a finalised batch it runs an owed
-        ``on_complete`` whose lease expired.
-
-        Raises:
-            InvalidIdError: Bad batch id.
-            BatchNotFoundError: No such batch.
-        """
-        validate_id("batch id", batch_id)
-        flipped, owed = await self._finaliser.flip(batch_id)
-        if flipped is not None:
-            await self._finaliser.notify(batch_id, flipped)
-            return True
-        if owed:
-            await self._deliver_owed(batch_id)
-        return False
-
-    async def deliver_owed_callbacks(self, batch_id: str) -> bool:
-        """Run ``on_complete`` for a finalised batch whose callback is still owed.
-
-        A callback is owed from the flip until it returns; if the process running
-        it died (or the manager closed first), the callback stays owed. Any
-        manager with an ``on_complete`` may run it once ``callback_lease`` passed.
-
-        Returns:
-            True if this call ran the callback.
-
-        Raises:
-            InvalidIdError: Bad batch id.
-            BatchNotFoundError: No such batch.
-        """
-        validate_id("batch id", batch_id)
-        return await self._finaliser.deliver_owed(batch_id)
-
     # -- internals -------------------------------------------------------------------
 
     async def _record(
-        self, batch_id: str, player: str, predictions_count: int, timeout: float | None
+        self,
+        batch_id: str,
+        player: str,
+        predictions_count: int,
+        timeout: float | None,
+        started: float,
     ) -> CompletionResult:
-        started = self._clock.monotonic()
         self._check_open()
         validate_id("batch id", batch_id)
         validate_player(self.mode, player)
@@ -783,28 +606,22 @@ class AsyncBatchStateManager:
         )
         return result
 
-    async def _deliver_owed(self, batch_id: str) -> None:
-        try:
-            await self._finaliser.deliver_owed(batch_id)
-        except Exception:
-            logger.exception(
-                "running the owed callback of batch %r failed",
-                batch_id,
-                extra={"batch_id": batch_id},
-            )
+    async def _read_progress(self, batch_id: str) -> BatchProgress:
+        read = await self._retrying(
+            lambda: self._finaliser.read(batch_id), f"reading batch {batch_id!r}"
+        )
+        progress: BatchProgress = read[0]
+        return progress
 
     async def _expected_count(self, batch_id: str) -> int:
         return (await self._infos.get(batch_id)).expected
+
+    @staticmethod
+    def _overdue(progress: BatchProgress) -> bool:
+        deadline = progress.deadline
+        return deadline is not None and not progress.is_terminal and _now() >= deadline
 
     async def _expire_overdue(self, batch_id: str) -> None:
         """Expire a batch whose deadline passed (once per process: then it is terminal)."""
         await self.expire(batch_id, reason="deadline passed")
         (await self._infos.get(batch_id)).terminal = True
-
-    async def _subcollection_players(self, batch_id: str) -> tuple[str, ...]:
-        query = (
-            self._writer.batch_ref(batch_id)
-            .collection(self._layout.completions)
-            .select([FieldPath.document_id()])
-        )
-        return tuple(sorted([snap.id async for snap in query.stream()]))

@@ -21,6 +21,7 @@ from .._clock import Clock
 from .._errors import (
     BatchStateError,
     CompletionTimeoutError,
+    ConfigurationError,
     ManagerClosedError,
     WriteFailedError,
 )
@@ -36,6 +37,8 @@ from .writer import Completion, GroupOutcome, GroupState, GroupWriter
 logger = logging.getLogger("async_batchstate")
 
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
+MAX_GROUP_SIZE = 1500
+"""Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
 
 
 class GroupRunner:
@@ -56,8 +59,14 @@ class GroupRunner:
         max_in_flight: int,
         linger: float,
         expected_count: Callable[[str], Awaitable[int]],
-        deliver_owed: Callable[[str], Awaitable[None]],
     ) -> None:
+        if not 1 <= max_group_size <= MAX_GROUP_SIZE:
+            raise ConfigurationError(
+                f"max_group_size must be in [1, {MAX_GROUP_SIZE}]: a group is one request, "
+                "and Firestore caps a request at 10 MiB (~6 KB per completion with 1,500-byte ids)"
+            )
+        if linger < 0:
+            raise ConfigurationError("linger must be >= 0 seconds")
         self._writer = writer
         self._finaliser = finaliser
         self._recorder = recorder
@@ -70,7 +79,6 @@ class GroupRunner:
         self._max_in_flight = max_in_flight
         self._linger = linger
         self._expected_count = expected_count
-        self._deliver_owed = deliver_owed
         self._lanes: dict[str, Lane] = {}
         self._untold: set[str] = set()
         """Batches this process finalised while the finalising caller had stopped waiting."""
@@ -138,7 +146,6 @@ class GroupRunner:
             if arrived is not None and arrived.batch_completed:
                 self._hand_over(batch_id)  # never lost: the batch's next caller is told
             raise
-        self._recorder.latencies.append(self._clock.monotonic() - started)
         return result
 
     @staticmethod
@@ -280,10 +287,7 @@ class GroupRunner:
             self._validator.maybe_validate(batch_id)
         # The callback runs after the callers are told (its latency is not theirs); a
         # close cuts it after the drain timeout, and then it stays owed.
-        if flipped is not None:
-            await self._finaliser.notify(batch_id, flipped)
-        elif owed:
-            await self._deliver_owed(batch_id)
+        await self._finaliser.settle(batch_id, flipped, owed)
 
     def _resolve(
         self,

@@ -39,8 +39,9 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
-from .._errors import BatchNotFoundError, WriteFailedError
+from .._errors import BatchNotFoundError, ConfigurationError, WriteFailedError
 from .._store import schema as f
+from .._store.refs import Refs
 from .._store.schema import Layout
 
 WritePath = Literal["auto", "transaction"]
@@ -253,26 +254,17 @@ class GroupWriter:
         fault_injector: FaultInjector | None = None,
         write_path: WritePath = "auto",
     ) -> None:
+        if write_path not in ("auto", "transaction"):
+            raise ConfigurationError(
+                f"write_path must be 'auto' or 'transaction', not {write_path!r}"
+            )
         self._client = client
-        self._layout = layout
+        self.refs = Refs(client, layout)
         self._mode = mode
         self._inject = fault_injector
         self._write_path = write_path
         self._releases: set[asyncio.Task[None]] = set()
         self._backfilled_batches: set[str] = set()
-
-    @property
-    def layout(self) -> Layout:
-        """Where batches and completions live."""
-        return self._layout
-
-    def batch_ref(self, batch_id: str) -> Any:
-        """The batch document."""
-        return self._client.collection(self._layout.collection).document(batch_id)
-
-    def completion_ref(self, batch_id: str, player: str) -> Any:
-        """The completion document of ``player`` in ``batch_id``."""
-        return self.batch_ref(batch_id).collection(self._layout.completions).document(player)
 
     # -- transactions ----------------------------------------------------------------
 
@@ -371,7 +363,7 @@ class GroupWriter:
                 written = await self._write_transaction(batch_id, group, firsts, state, legacy_read)
         except gexc.NotFound as exc:
             raise BatchNotFoundError(
-                f"batch {batch_id!r} does not exist in {self._layout.collection!r}; "
+                f"batch {batch_id!r} does not exist in {self.refs.layout.collection!r}; "
                 "call create_batch first"
             ) from exc
         except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
@@ -390,14 +382,14 @@ class GroupWriter:
         state: GroupState,
     ) -> GroupOutcome:
         """Commit the unresolved members; on ALREADY_EXISTS find which exist and go again."""
-        batch_ref = self.batch_ref(batch_id)
+        batch_ref = self.refs.batch(batch_id)
         pending = [group[i] for p, i in firsts.items() if p not in state.resolved]
         seen = GroupOutcome(())
         await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
         for _ in range(_MAX_CONFLICT_ROUNDS):
             if not pending:
                 return seen
-            refs = {c.player: self.completion_ref(batch_id, c.player) for c in pending}
+            refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
             write = self._client.batch()
             for completion in pending:
                 write.create(refs[completion.player], self._completion_doc(completion, state))
@@ -499,9 +491,9 @@ class GroupWriter:
         legacy_read: bool,
     ) -> _Staged:
         """Stage the group's unresolved members in ``transaction``."""
-        batch_ref = self.batch_ref(batch_id)
+        batch_ref = self.refs.batch(batch_id)
         pending = [p for p in firsts if p not in state.resolved]
-        refs = {p: self.completion_ref(batch_id, p) for p in pending}
+        refs = {p: self.refs.completion(batch_id, p) for p in pending}
         if self._mode.writes_subcollection and refs:
             async for snap in self._client.get_all(
                 list(refs.values()), field_paths=[f.WRITE_ID], transaction=transaction, retry=None
@@ -580,7 +572,7 @@ class GroupWriter:
         """
         if batch_id in self._backfilled_batches:
             return True
-        snap = await self.batch_ref(batch_id).get(
+        snap = await self.refs.batch(batch_id).get(
             field_paths=[f.COMPLETIONS_BACKFILLED], retry=None
         )
         if not snap.exists:

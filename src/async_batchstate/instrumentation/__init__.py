@@ -5,21 +5,25 @@ Every hook receives every ``Event``; ``OpenTelemetryHook`` and
 lazily.
 """
 
+import typing
+
 from .._write.retry import ErrorKind
 from ._events import (
     AttemptFailed,
     BatchFinalised,
+    CompletionFinished,
     Event,
     GroupCommitted,
     GroupFailed,
     Hook,
 )
-from ._otel import OpenTelemetryHook, completion_span
+from ._otel import OpenTelemetryHook
 from ._prometheus import PrometheusCollector
 
 __all__ = [
     "AttemptFailed",
     "BatchFinalised",
+    "CompletionFinished",
     "ErrorKind",
     "Event",
     "GroupCommitted",
@@ -27,5 +31,16 @@ __all__ = [
     "Hook",
     "OpenTelemetryHook",
     "PrometheusCollector",
-    "completion_span",
 ]
+
+
+if not typing.TYPE_CHECKING:  # so type checkers still flag the removed names
+
+    def __getattr__(name: str) -> object:
+        """Fail loudly, with the way out, for names 0.1 exported from here."""
+        if name == "completion_span":
+            raise AttributeError(
+                "async_batchstate.instrumentation.completion_span was removed in 0.2: "
+                "OpenTelemetryHook makes the record_completion spans (hooks=[OpenTelemetryHook()])"
+            )
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

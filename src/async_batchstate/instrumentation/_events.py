@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .._types import BatchProgress
+from .._types import BatchProgress, CompletionResult
 from .._write.retry import ErrorKind
 
 logger = logging.getLogger("async_batchstate.metrics")
@@ -55,11 +55,37 @@ class BatchFinalised:
     progress: BatchProgress
 
 
-Event = AttemptFailed | GroupCommitted | GroupFailed | BatchFinalised
+@dataclass(frozen=True, slots=True)
+class CompletionFinished:
+    """One ``record_completion`` call returned or raised.
+
+    Emitted in the caller's task (so a hook sees the caller's context, e.g. its
+    current OpenTelemetry span), once per call, errors before any write included.
+
+    Attributes:
+        batch_id: The batch.
+        player: The player.
+        seconds: From the call to its answer.
+        result: The outcome; None when the call raised.
+        error: What the call raised (cancellation included); None on success.
+    """
+
+    batch_id: str
+    player: str
+    seconds: float
+    result: CompletionResult | None
+    error: BaseException | None
+
+
+Event = CompletionFinished | AttemptFailed | GroupCommitted | GroupFailed | BatchFinalised
 
 
 class Hook(Protocol):
-    """Receives every event; must not block. Exceptions are logged and ignored."""
+    """Receives every event; must not block. Exceptions are logged and ignored.
+
+    It runs in the task that emits the event: ``CompletionFinished`` in the
+    caller's, once per ``record_completion`` call.
+    """
 
     def __call__(self, event: Event) -> None:
         """Handle one event."""
@@ -136,7 +162,10 @@ class Recorder:
 
     def emit(self, event: Event) -> None:
         """Update counters from ``event`` and pass it to every hook."""
-        if isinstance(event, AttemptFailed):
+        if isinstance(event, CompletionFinished):
+            if event.result is not None:
+                self.latencies.append(event.seconds)
+        elif isinstance(event, AttemptFailed):
             self.aborts[event.kind.value] += 1
             if event.delay is not None:
                 self.retries += 1

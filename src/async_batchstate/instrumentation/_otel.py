@@ -1,30 +1,27 @@
 """OpenTelemetry instrumentation: the ``async-batchstate[otel]`` extra (``opentelemetry-api``).
 
-Two pieces:
-
-* ``OpenTelemetryHook``: a ``Hook`` turning the manager's events into metrics
-  (completions, failed attempts by kind, groups, finalisations, commit
-  latency) and a span per transaction outcome.
-* ``completion_span``: the span around one ``record_completion`` call. Without
-  ``opentelemetry-api`` installed it is a shared no-op object.
-
-Nothing here configures a provider or exporter: without an SDK configured the
-API's no-op providers make every call cheap.
+``OpenTelemetryHook`` is a ``Hook`` like any other: it turns the manager's
+events into metrics and spans. Nothing here configures a provider or exporter:
+without an SDK configured the API's no-op providers make every call cheap.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import AbstractAsyncContextManager
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
-from .._types import CompletionResult
-from ._events import AttemptFailed, BatchFinalised, Event, GroupCommitted, GroupFailed
+from ._events import (
+    AttemptFailed,
+    BatchFinalised,
+    CompletionFinished,
+    Event,
+    GroupCommitted,
+    GroupFailed,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
-    from opentelemetry.trace import Span, Tracer, TracerProvider
+    from opentelemetry.trace import Tracer, TracerProvider
 
 INSTRUMENTATION_NAME: Final = "async_batchstate"
 """The instrumentation scope of every meter and tracer here."""
@@ -58,8 +55,15 @@ class OpenTelemetryHook:
     * ``async_batchstate.batches.finalised`` (counter): batches this process finalised.
     * ``async_batchstate.group.duration`` (histogram, seconds): from a group's
       first attempt to its commit.
+    * ``async_batchstate.completion.duration`` (histogram, seconds): from a
+      ``record_completion`` call to its answer, by ``outcome``.
 
-    Spans: ``async_batchstate.transaction`` for every transaction outcome, with
+    Spans: ``async_batchstate.record_completion`` for every call, a child of the
+    caller's current span, with ``async_batchstate.batch_id``, ``.player``,
+    ``.outcome`` (``recorded``, ``duplicate``, ``late``, or the exception's class
+    name, with ERROR status and the exception recorded), and on success
+    ``.group_size``, ``.attempt`` and ``.batch_completed``.
+    ``async_batchstate.transaction`` for every transaction outcome, with
     attributes ``async_batchstate.batch_id``, ``.group_size``, ``.attempt`` and
     ``.outcome`` (``committed``, ``failed`` or the error kind of a failed
     attempt). A committed group's span covers its whole write, retries
@@ -70,7 +74,7 @@ class OpenTelemetryHook:
     Args:
         meter_provider: Where metrics go; None: the global meter provider.
         tracer_provider: Where spans go; None: the global tracer provider.
-        spans: Emit the transaction spans (metrics are always recorded).
+        spans: Emit the spans (metrics are always recorded).
 
     Raises:
         ImportError: ``opentelemetry-api`` is not installed (install the
@@ -132,13 +136,20 @@ class OpenTelemetryHook:
             unit="s",
             description="Seconds from a group's first transaction attempt to its commit.",
         )
+        self._completion_duration = meter.create_histogram(
+            "async_batchstate.completion.duration",
+            unit="s",
+            description="Seconds from a record_completion call to its answer, by outcome.",
+        )
 
     def __repr__(self) -> str:
         return f"<OpenTelemetryHook spans={self._tracer is not None}>"
 
     def __call__(self, event: Event) -> None:
         """Record one event."""
-        if isinstance(event, GroupCommitted):
+        if isinstance(event, CompletionFinished):
+            self._completion(event)
+        elif isinstance(event, GroupCommitted):
             if event.recorded:
                 self._completions.add(event.recorded, {"status": "recorded"})
             if event.duplicates:
@@ -157,6 +168,18 @@ class OpenTelemetryHook:
         elif isinstance(event, BatchFinalised):
             self._finalised.add(1)
 
+    def _completion(self, event: CompletionFinished) -> None:
+        result, error = event.result, event.error
+        outcome = result.status.value if result is not None else type(error).__name__
+        self._completion_duration.record(event.seconds, {"outcome": outcome})
+        attributes: dict[str, Any] = {"async_batchstate.player": event.player}
+        if result is not None:
+            attributes["async_batchstate.group_size"] = result.group_size
+            attributes["async_batchstate.attempt"] = result.attempts
+            attributes["async_batchstate.batch_completed"] = result.batch_completed
+        # Emitted in the caller's task: its current span is the parent.
+        self._emit("record_completion", event.batch_id, outcome, attributes, event.seconds, error)
+
     def _span(
         self,
         event: AttemptFailed | GroupCommitted | GroupFailed,
@@ -166,19 +189,31 @@ class OpenTelemetryHook:
         seconds: float = 0.0,
         error: BaseException | None = None,
     ) -> None:
+        attributes: dict[str, Any] = {"async_batchstate.group_size": event.group_size}
+        if attempt is not None:
+            attributes["async_batchstate.attempt"] = attempt
+        # A root: one write serves many callers, none of whose spans is its parent.
+        self._emit("transaction", event.batch_id, outcome, attributes, seconds, error, self._root)
+
+    def _emit(
+        self,
+        name: str,
+        batch_id: str,
+        outcome: str,
+        attributes: dict[str, Any],
+        seconds: float,
+        error: BaseException | None,
+        context: Any = None,
+    ) -> None:
+        """A span that began ``seconds`` ago and ends now."""
         if self._tracer is None:
             return
         end = time.time_ns()
-        attributes: dict[str, Any] = {
-            "async_batchstate.batch_id": event.batch_id,
-            "async_batchstate.group_size": event.group_size,
-            "async_batchstate.outcome": outcome,
-        }
-        if attempt is not None:
-            attributes["async_batchstate.attempt"] = attempt
+        attributes["async_batchstate.batch_id"] = batch_id
+        attributes["async_batchstate.outcome"] = outcome
         span = self._tracer.start_span(
-            "async_batchstate.transaction",
-            context=self._root,
+            f"async_batchstate.{name}",
+            context=context,
             attributes=attributes,
             start_time=end - int(seconds * 1e9),
         )
@@ -186,137 +221,3 @@ class OpenTelemetryHook:
             span.record_exception(error)
             span.set_status(self._error)
         span.end(end_time=end)
-
-
-class CompletionSpan(Protocol):
-    """What ``completion_span`` yields: lets the caller attach the result."""
-
-    def set_result(self, result: CompletionResult) -> None:
-        """Record the outcome of ``record_completion`` on the span."""
-        ...
-
-
-class _NoopCompletionSpan:
-    """The shared do-nothing span handle and context manager."""
-
-    __slots__ = ()
-
-    async def __aenter__(self) -> _NoopCompletionSpan:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    def set_result(self, result: CompletionResult) -> None:
-        """Do nothing."""
-
-
-_NOOP: Final = _NoopCompletionSpan()
-
-
-class _RecordingCompletionSpan:
-    """A span around one ``record_completion`` call, current while it runs."""
-
-    __slots__ = ("_batch_id", "_manager", "_player", "_span", "_tracer")
-
-    def __init__(self, tracer: Tracer, batch_id: str, player: str) -> None:
-        self._tracer = tracer
-        self._batch_id = batch_id
-        self._player = player
-        self._manager: Any = None
-        self._span: Span | None = None
-
-    async def __aenter__(self) -> _RecordingCompletionSpan:
-        self._manager = self._tracer.start_as_current_span(
-            "async_batchstate.record_completion",
-            attributes={
-                "async_batchstate.batch_id": self._batch_id,
-                "async_batchstate.player": self._player,
-            },
-        )
-        self._span = self._manager.__enter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None and self._span is not None and self._span.is_recording():
-            self._span.set_attribute("async_batchstate.outcome", exc_type.__name__)
-        self._manager.__exit__(exc_type, exc, tb)
-
-    def set_result(self, result: CompletionResult) -> None:
-        """Record the outcome of ``record_completion`` on the span."""
-        span = self._span
-        if span is None or not span.is_recording():
-            return
-        span.set_attributes(
-            {
-                "async_batchstate.outcome": result.status.value,
-                "async_batchstate.group_size": result.group_size,
-                "async_batchstate.attempt": result.attempts,
-                "async_batchstate.batch_completed": result.batch_completed,
-            }
-        )
-
-
-_trace_api: Any = None
-"""The ``opentelemetry.trace`` module once imported; False if it is not installed."""
-_global_tracer: Tracer | None = None
-
-
-def _default_tracer() -> Tracer | None:
-    """The global provider's tracer; None without OTel or while no provider is configured."""
-    global _trace_api, _global_tracer
-    if _trace_api is None:
-        try:
-            from opentelemetry import trace
-        except ImportError:
-            _trace_api = False
-            return None
-        _trace_api = trace
-    if _trace_api is False or isinstance(
-        _trace_api.get_tracer_provider(), _trace_api.ProxyTracerProvider
-    ):
-        return None
-    if _global_tracer is None:
-        _global_tracer = _trace_api.get_tracer(INSTRUMENTATION_NAME, _version())
-    return _global_tracer
-
-
-def completion_span(
-    tracer: Tracer | None, batch_id: str, player: str
-) -> AbstractAsyncContextManager[CompletionSpan]:
-    """An async context manager: a span around one ``record_completion`` call.
-
-    ``async with completion_span(tracer, batch_id, player) as span:`` then
-    ``span.set_result(result)``. The span ``async_batchstate.record_completion``
-    carries ``async_batchstate.batch_id``, ``.player`` and, once the result is
-    set, ``.outcome`` (``recorded``/``duplicate``, or the exception's class
-    name), ``.group_size``, ``.attempt`` and ``.batch_completed``. An exception
-    leaving the block is recorded on the span with ERROR status.
-
-    Args:
-        tracer: The tracer to use; None: the global tracer provider's, or no
-            span at all when ``opentelemetry-api`` is not installed or no
-            tracer provider has been set (``trace.set_tracer_provider``).
-        batch_id: The batch.
-        player: The player.
-
-    Returns:
-        A context manager yielding an object with ``set_result``. Without
-        OpenTelemetry, or with no tracer provider set, it is a shared no-op
-        object (no allocation per call).
-    """
-    if tracer is None:
-        tracer = _default_tracer()
-        if tracer is None:
-            return _NOOP
-    return _RecordingCompletionSpan(tracer, batch_id, player)
