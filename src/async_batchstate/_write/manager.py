@@ -378,7 +378,8 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         info = await self._infos.get(batch_id)
         missing = partial(self._reader.missing, batch_id)
-        expired = await self._finaliser.expire(batch_id, reason or "expired", missing)
+        why = "expired" if reason is None else reason
+        expired = await self._finaliser.expire(batch_id, why, missing)
         info.terminal = info.terminal or expired
         return expired
 
