@@ -96,6 +96,53 @@ async def test_backfill_creates_missing_docs_and_counters(
     assert (await verify(firestore_client, layout, DUAL)).ok
 
 
+async def test_carriage_return_ids_survive_every_migration_step(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """Players with CR (and their LF twins) recorded in LEGACY, then in DUAL_WRITE before the
+    backfill: backfill copies each count, verify and reconcile find nothing to fix, and the
+    subcollection reads the same progress after cleanup."""
+    players = {"a\rb": 1, "a\nb": 2, "\r": 3, "c\r\nd": 4, "c\nd": 5}
+    legacy = make_manager(mode=MigrationMode.LEGACY)
+    await legacy.create_batch("b", expected_count=len(players) + 1)
+    for player in list(players)[:3]:
+        await legacy.record_completion("b", player, players[player])
+    dual = make_manager(mode=DUAL)
+    for player in list(players)[3:]:
+        await dual.record_completion("b", player, players[player])
+    layout = Layout(batch_collection)
+    assert (
+        players
+        == (await read_batch(firestore_client, batch_collection, "b"))["predictions_by_player"]
+    )
+
+    summary = await backfill(firestore_client, layout, DUAL)
+
+    assert 3 == summary.completions_created
+    completions = await read_completions(firestore_client, batch_collection, "b")
+    assert players == {k: v["predictions_count"] for k, v in completions.items()}
+    assert (await verify(firestore_client, layout, DUAL)).ok
+    fixed = await reconcile(firestore_client, layout, DUAL, "b", dry_run=True)
+    assert ((), (), ()) == (
+        fixed.legacy_counts_fixed,
+        fixed.completions_created,
+        fixed.completions_updated,
+    )
+    before = await make_manager(mode=DUAL).get_progress("b")
+    assert (await cleanup_legacy(firestore_client, layout, SUB_ONLY)).ok
+    after = await make_manager(mode=SUB_ONLY).get_progress("b")
+    assert (5, 15, sorted(players)) == (
+        before.completed_count,
+        before.total_predictions,
+        list(before.completed_players),
+    )
+    assert (before.completed_count, before.total_predictions, before.completed_players) == (
+        after.completed_count,
+        after.total_predictions,
+        after.completed_players,
+    )
+
+
 async def test_backfill_twice_creates_nothing_the_second_time(
     firestore_client: AsyncClient, batch_collection: str
 ) -> None:

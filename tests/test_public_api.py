@@ -79,7 +79,7 @@ def test_a_name_that_moved_fails_loudly_with_its_new_home(name: str, where: str)
 def test_a_removed_name_fails_loudly_with_the_reason() -> None:
     """Internals that 0.1 exported say what replaces them."""
     with pytest.raises(AttributeError, match="max_in_flight_per_batch"):
-        async_batchstate.AdaptiveLimit  # noqa: B018
+        async_batchstate.AdaptiveLimit  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_package_ships_py_typed() -> None:

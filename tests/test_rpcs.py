@@ -127,3 +127,22 @@ async def test_a_dual_write_batch_not_backfilled_reads_its_array_in_a_transactio
     assert [CompletionStatus.DUPLICATE, CompletionStatus.RECORDED] == statuses
     # One plain read of the backfill flag, then begin, two reads (docs, array), commit.
     assert {"BatchGetDocuments": 3, "BeginTransaction": 1, "Commit": 1} == dict(rpcs.counts)
+
+
+async def test_a_carriage_return_id_is_written_with_the_whole_map_in_a_transaction(
+    make_manager: ManagerFactory, firestore_client: AsyncClient
+) -> None:
+    """A CR in a player id cannot go in a field path: its group reads the legacy map in a
+    transaction and writes the map whole; groups without such an id stay lock-free."""
+    manager = make_manager(validation_rate=0.0)
+    await manager.create_batch("b", expected_count=100)
+    rpcs = RpcCounter().attach(firestore_client)
+
+    statuses = await _group(manager, "b", ["a\rb", "p"])
+
+    assert [CompletionStatus.RECORDED] * 2 == statuses
+    # Begin, read the completion docs, read the map, commit.
+    assert {"BeginTransaction": 1, "BatchGetDocuments": 2, "Commit": 1} == dict(rpcs.counts)
+    rpcs.reset()
+    await _group(manager, "b", ["q", "r"])
+    assert {"Commit": 1} == dict(rpcs.counts)

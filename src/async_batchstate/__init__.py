@@ -7,6 +7,7 @@ alerts), ``async_batchstate.migration`` (backfill, verify, status, cleanup),
 Prometheus) and ``async_batchstate.testing`` (emulator, fault injection).
 """
 
+import typing
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -117,13 +118,17 @@ _REMOVED = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Fail loudly, with the way out, for the names 0.1 exported from here."""
-    if name in _MOVED:
-        raise AttributeError(
-            f"async_batchstate.{name} moved in 0.2: import it from {_MOVED[name]} "
-            f"(from {_MOVED[name]} import {name})"
-        )
-    if name in _REMOVED:
-        raise AttributeError(f"async_batchstate.{name} was removed in 0.2: {_REMOVED[name]}")
-    raise AttributeError(f"module 'async_batchstate' has no attribute {name!r}")
+# Only at run time: to a type checker the module has no __getattr__, so an import
+# of a moved or removed name is an error there too (not an Any).
+if not typing.TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """Fail loudly, with the way out, for the names 0.1 exported from here."""
+        if name in _MOVED:
+            raise AttributeError(
+                f"async_batchstate.{name} moved in 0.2: import it from {_MOVED[name]} "
+                f"(from {_MOVED[name]} import {name})"
+            )
+        if name in _REMOVED:
+            raise AttributeError(f"async_batchstate.{name} was removed in 0.2: {_REMOVED[name]}")
+        raise AttributeError(f"module 'async_batchstate' has no attribute {name!r}")

@@ -2,7 +2,9 @@
 
 Field paths into ``predictions_by_player`` are always built with ``FieldPath``:
 a player id such as ``a.b`` or ``total_predictions`` must become a literal map
-key, never a path to another field (the old code's ``'{}'.format`` bug).
+key, never a path to another field (the old code's ``'{}'.format`` bug). An
+id with a carriage return is never put in a field path at all: its entry is
+written with the whole map (``needs_whole_map_write``).
 """
 
 from __future__ import annotations
@@ -144,6 +146,21 @@ def validate_count(name: str, value: object, *, minimum: int = 0) -> int:
 def player_field(player: str) -> str:
     """The quoted field path of ``player``'s entry in ``predictions_by_player``."""
     return FieldPath(PREDICTIONS_BY_PLAYER, player).to_api_repr()
+
+
+def needs_whole_map_write(player: str) -> bool:
+    """Whether ``player``'s map entry must be written by rewriting the whole map.
+
+    A field path naming a key with a carriage return (CR) does not reach that
+    key: the Firestore emulator reads a raw CR in a quoted field path as a line
+    feed (and CR LF as LF). An update of ``predictions_by_player.`a<CR>b``` then
+    sets, or deletes, the key ``a<LF>b`` (another player's entry) and never
+    writes ``a<CR>b``. The client's quoting is the documented one (only
+    backticks and backslashes are escaped) and no documented escape names a CR.
+    A map *value* keeps its keys byte for byte, so such an entry is written as
+    part of the whole map, read in the same transaction.
+    """
+    return "\r" in player
 
 
 def validate_legacy_key(player: str) -> None:

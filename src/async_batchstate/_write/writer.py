@@ -15,6 +15,11 @@ array is the only guard: in LEGACY mode, and for a dual-write batch whose
 legacy-only players were not yet backfilled into completion documents. It
 reads the completion documents and, there, the batch document's array.
 
+A player id with a carriage return has its ``predictions_by_player`` entry
+written as part of the whole map, never through a field path naming it (see
+``schema.needs_whole_map_write``): a group with such a player goes through the
+transaction, which reads the map and writes it back with the new entries.
+
 Every write carries the group's write id (stored in each completion document;
 in LEGACY mode in the batch document's ``recent_writes``). After any uncertain
 outcome (a lost answer, a timeout) the retry reads what is stored: its own
@@ -28,7 +33,7 @@ import asyncio
 import dataclasses
 import enum
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
@@ -357,7 +362,7 @@ class GroupWriter:
             legacy_read = self._mode is MigrationMode.LEGACY or (
                 self._mode.writes_legacy and not await self._backfilled(batch_id)
             )
-            if self._write_path == "auto" and not legacy_read:
+            if self._write_path == "auto" and not legacy_read and not self._whole_map(firsts):
                 written = await self._write_lock_free(batch_id, group, firsts, state)
             else:
                 written = await self._write_transaction(batch_id, group, firsts, state, legacy_read)
@@ -503,10 +508,19 @@ class GroupWriter:
                     state.resolved[snap.reference.id] = mine
         array: set[str] | None = None
         recent: list[str] = []
+        whole_map: dict[str, Any] | None = None
+        fields = [f.COMPLETED_PLAYERS, f.RECENT_WRITES] if legacy_read else []
+        if self._whole_map(pending):
+            fields.append(f.PREDICTIONS_BY_PLAYER)
+        data = await self._read_batch(transaction, batch_ref, batch_id, fields) if fields else {}
+        if f.PREDICTIONS_BY_PLAYER in fields:
+            stored = data.get(f.PREDICTIONS_BY_PLAYER)
+            whole_map = dict(stored) if isinstance(stored, dict) else {}
         if legacy_read:
             # Players recorded in LEGACY mode are in the array without a completion
             # doc: they are duplicates too, or Increment counts them twice.
-            array, recent = await self._legacy_state(transaction, batch_ref, batch_id)
+            array = set(data.get(f.COMPLETED_PLAYERS, ()))
+            recent = list(data.get(f.RECENT_WRITES, ()))
             for attempt_id, players in state.plans.items():
                 if attempt_id in recent:  # an earlier attempt of ours committed
                     state.resolved.update(dict.fromkeys(players, True))
@@ -523,7 +537,7 @@ class GroupWriter:
                     transaction.create(
                         refs[completion.player], self._completion_doc(completion, state)
                     )
-            update, results_at = self._batch_update(new)
+            update, results_at = self._batch_update(new, whole_map)
             if not self._mode.writes_subcollection:
                 attempt_id = f"{state.write_id}.{len(state.plans)}"
                 state.plans[attempt_id] = frozenset(c.player for c in new)
@@ -582,28 +596,37 @@ class GroupWriter:
             self.remember_backfilled(batch_id)
         return done
 
-    async def _legacy_state(
-        self, transaction: AsyncTransaction, batch_ref: Any, batch_id: str
-    ) -> tuple[set[str], list[str]]:
+    def _whole_map(self, players: Iterable[str]) -> bool:
+        """Whether a write of ``players`` rewrites the whole legacy map (and must read it)."""
+        return self._mode.writes_legacy and any(f.needs_whole_map_write(p) for p in players)
+
+    async def _read_batch(
+        self, transaction: AsyncTransaction, batch_ref: Any, batch_id: str, fields: list[str]
+    ) -> dict[str, Any]:
         async for snap in self._client.get_all(
-            [batch_ref],
-            field_paths=[f.COMPLETED_PLAYERS, f.RECENT_WRITES],
-            transaction=transaction,
-            retry=None,
+            [batch_ref], field_paths=fields, transaction=transaction, retry=None
         ):
             if snap.exists:
-                data = snap.to_dict() or {}
-                return set(data.get(f.COMPLETED_PLAYERS, ())), list(data.get(f.RECENT_WRITES, ()))
+                return snap.to_dict() or {}
         raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
 
-    def _batch_update(self, new: Sequence[Completion]) -> tuple[dict[str, Any], _ResultsAt]:
-        """The batch-document update for ``new``, and where its transform results land."""
+    def _batch_update(
+        self, new: Sequence[Completion], whole_map: Mapping[str, Any] | None = None
+    ) -> tuple[dict[str, Any], _ResultsAt]:
+        """The batch-document update for ``new``, and where its transform results land.
+
+        ``whole_map``: the stored ``predictions_by_player``, read in this transaction,
+        when the new entries are to be written as part of the whole map.
+        """
         total = sum(c.predictions_count for c in new)
         data: dict[str, Any] = {f.EXPIRED_FLAG: Increment(0)}
         if self._mode.writes_legacy:
             data[f.COMPLETED_PLAYERS] = ArrayUnion([c.player for c in new])
-            for c in new:
-                data[f.player_field(c.player)] = c.predictions_count
+            entries = {c.player: c.predictions_count for c in new}
+            if whole_map is not None:
+                data[f.PREDICTIONS_BY_PLAYER] = {**whole_map, **entries}
+            else:
+                data |= {f.player_field(p): count for p, count in entries.items()}
             data[f.TOTAL_PREDICTIONS] = Increment(total)
             data[f.UPDATED_AT] = SERVER_TIMESTAMP
             if not self._mode.writes_subcollection:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 from rich.console import Console
@@ -25,6 +25,7 @@ from .._config import MigrationMode
 from .._errors import InvalidInputError
 from .._store.connect import client_from_env
 from .._store.schema import Layout
+from ..consistency import ConsistencyReport
 from ..migration import _run as m
 from ._common import (
     EXIT_FAILED,
@@ -39,6 +40,7 @@ from ._common import (
 )
 
 Command = Callable[[AsyncClient, argparse.Namespace, Console], Awaitable[int]]
+S = TypeVar("S")
 
 
 def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
@@ -198,14 +200,58 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Table:
     return table
 
 
-def _print_reasons(console: Console, title: str, reasons: list[tuple[str, str]]) -> None:
-    if reasons:
-        console.print(f"[bold red]{title}[/]")
-        for line in m.reasons_text(reasons):
-            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+Reasons = Sequence[tuple[str, str]]
+"""``(batch id or player, reason)`` rows, printed under a heading when there are any."""
+_FAILED = "failed batches (run again to retry):"
+_UNREADABLE = "unreadable batches:"
 
 
-async def _backfill(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+async def _run_step(
+    client: AsyncClient,
+    args: argparse.Namespace,
+    console: Console,
+    what: str,
+    step: Callable[..., Awaitable[S]],
+    **options: Any,
+) -> S:
+    """Run the migration ``step`` over the selected batches, with a progress bar on a terminal."""
+    with _progress(args, console, what) as progress:
+        return await step(
+            client,
+            args.layout,
+            args.migration_mode,
+            batch_ids=args.batch_ids,
+            concurrency=args.concurrency,
+            progress=progress,
+            **options,
+        )
+
+
+def _report(console: Console, ok: bool, *parts: Table | tuple[str, Reasons] | None) -> int:
+    """Print ``parts`` in order (tables; ``(heading, reasons)`` when there are reasons).
+
+    Returns:
+        The exit status: ``EXIT_OK`` if ``ok``, else ``EXIT_FAILED``.
+    """
+    for part in parts:
+        if isinstance(part, Table):
+            console.print(part)
+        elif part is not None and part[1]:
+            console.print(f"[bold red]{part[0]}[/]")
+            for line in m.reasons_text(part[1]):
+                console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _title(what: str, args: argparse.Namespace) -> str:
+    """A summary table's title: the step, and how it ran."""
+    if "dry_run" in args:
+        return what + (" (dry run)" if args.dry_run else "")
+    return f"{what} ({args.migration_mode.name} rules)"
+
+
+async def _checkpoint(client: AsyncClient, args: argparse.Namespace) -> m.Checkpoint | None:
+    """The checkpoint ``--checkpoint`` names, reset first with ``--restart``."""
     checkpoint: m.Checkpoint | None
     if args.checkpoint == "none":
         checkpoint = None
@@ -215,127 +261,109 @@ async def _backfill(client: AsyncClient, args: argparse.Namespace, console: Cons
         checkpoint = m.FileCheckpoint(args.checkpoint)
     if checkpoint is not None and args.restart and not args.dry_run:
         await checkpoint.save({"last_done": None, "finished": True})
-    with _progress(args, console, "backfill") as progress:
-        summary = await m.backfill(
-            client,
-            args.layout,
-            args.migration_mode,
-            batch_ids=args.batch_ids,
-            dry_run=args.dry_run,
-            concurrency=args.concurrency,
-            checkpoint=checkpoint,
-            progress=progress,
-        )
-    verb = "would create" if args.dry_run else "created"
-    console.print(
-        _table(
-            "backfill" + (" (dry run)" if args.dry_run else ""),
-            [
-                ("batches", str(summary.batches)),
-                ("resumed after", summary.resumed_after or "-"),
-                ("batches changed", str(summary.changed)),
-                (f"completion docs {verb}", str(summary.completions_created)),
-                ("predictions backfilled", str(summary.predictions_backfilled)),
-                ("players without a count", str(len(summary.unknown_counts))),
-                ("failed batches", str(len(summary.failures))),
-            ],
-        )
-    )
-    _print_reasons(
+    return checkpoint
+
+
+async def _backfill(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
+    summary = await _run_step(
+        client,
+        args,
         console,
-        "players left alone (no count in predictions_by_player; reconcile them):",
-        list(summary.unknown_counts),
+        "backfill",
+        m.backfill,
+        dry_run=args.dry_run,
+        checkpoint=await _checkpoint(client, args),
     )
-    _print_reasons(console, "failed batches (run again to retry):", list(summary.failures))
-    return EXIT_OK if summary.ok else EXIT_FAILED
+    verb = "would create" if args.dry_run else "created"
+    rows = [
+        ("batches", str(summary.batches)),
+        ("resumed after", summary.resumed_after or "-"),
+        ("batches changed", str(summary.changed)),
+        (f"completion docs {verb}", str(summary.completions_created)),
+        ("predictions backfilled", str(summary.predictions_backfilled)),
+        ("players without a count", str(len(summary.unknown_counts))),
+        ("failed batches", str(len(summary.failures))),
+    ]
+    return _report(
+        console,
+        summary.ok,
+        _table(_title("backfill", args), rows),
+        (
+            "players left alone (no count in predictions_by_player; reconcile them):",
+            summary.unknown_counts,
+        ),
+        (_FAILED, summary.failures),
+    )
+
+
+def _inconsistent(reports: Sequence[ConsistencyReport]) -> Table | None:
+    """The first 50 inconsistent batches, a row each."""
+    if not reports:
+        return None
+    table = Table(title="inconsistent batches")
+    for column in ("batch", "array", "completed_count", "docs", "problems"):
+        table.add_column(column)
+    for report in reports[:50]:
+        table.add_row(
+            report.batch_id,
+            str(report.legacy_array_length),
+            str(report.completed_count),
+            str(report.completion_docs),
+            "; ".join(report.problems),
+        )
+    return table
 
 
 async def _verify(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
-    with _progress(args, console, "verify") as progress:
-        summary = await m.verify(
-            client,
-            args.layout,
-            args.migration_mode,
-            batch_ids=args.batch_ids,
-            concurrency=args.concurrency,
-            progress=progress,
-        )
-    console.print(
-        _table(
-            f"verify ({args.migration_mode.name} rules)",
-            [
-                ("batches checked", str(summary.checked)),
-                ("consistent", str(summary.checked - len(summary.inconsistent))),
-                ("inconsistent", str(len(summary.inconsistent))),
-                ("unreadable", str(len(summary.failures))),
-            ],
-        )
+    summary = await _run_step(client, args, console, "verify", m.verify)
+    rows = [
+        ("batches checked", str(summary.checked)),
+        ("consistent", str(summary.checked - len(summary.inconsistent))),
+        ("inconsistent", str(len(summary.inconsistent))),
+        ("unreadable", str(len(summary.failures))),
+    ]
+    return _report(
+        console,
+        summary.ok,
+        _table(_title("verify", args), rows),
+        _inconsistent(summary.inconsistent),
+        (_UNREADABLE, summary.failures),
     )
-    if summary.inconsistent:
-        table = Table(title="inconsistent batches")
-        for column in ("batch", "array", "completed_count", "docs", "problems"):
-            table.add_column(column)
-        for report in summary.inconsistent[:50]:
-            table.add_row(
-                report.batch_id,
-                str(report.legacy_array_length),
-                str(report.completed_count),
-                str(report.completion_docs),
-                "; ".join(report.problems),
-            )
-        console.print(table)
-    _print_reasons(console, "unreadable batches:", list(summary.failures))
-    return EXIT_OK if summary.ok else EXIT_FAILED
 
 
 async def _cleanup(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
-    with _progress(args, console, "cleanup-legacy") as progress:
-        summary = await m.cleanup_legacy(
-            client,
-            args.layout,
-            args.migration_mode,
-            batch_ids=args.batch_ids,
-            dry_run=args.dry_run,
-            concurrency=args.concurrency,
-            progress=progress,
-        )
-    if summary.refused:
-        _print_reasons(
-            console, "cleanup-legacy refused; nothing was removed:", list(summary.reasons)
-        )
-        return EXIT_FAILED
-    verb = "would clean" if args.dry_run else "cleaned"
-    console.print(
-        _table(
-            "cleanup-legacy" + (" (dry run)" if args.dry_run else ""),
-            [
-                (f"batches {verb}", str(len(summary.cleaned))),
-                ("skipped", str(len(summary.skipped))),
-                ("failed batches", str(len(summary.failures))),
-            ],
-        )
+    summary = await _run_step(
+        client, args, console, "cleanup-legacy", m.cleanup_legacy, dry_run=args.dry_run
     )
-    _print_reasons(console, "skipped (changed meanwhile; run again):", list(summary.skipped))
-    _print_reasons(console, "failed batches (run again to retry):", list(summary.failures))
-    return EXIT_OK if summary.ok else EXIT_FAILED
+    if summary.refused:
+        refused = ("cleanup-legacy refused; nothing was removed:", summary.reasons)
+        return _report(console, False, refused)
+    verb = "would clean" if args.dry_run else "cleaned"
+    rows = [
+        (f"batches {verb}", str(len(summary.cleaned))),
+        ("skipped", str(len(summary.skipped))),
+        ("failed batches", str(len(summary.failures))),
+    ]
+    return _report(
+        console,
+        summary.ok,
+        _table(_title("cleanup-legacy", args), rows),
+        ("skipped (changed meanwhile; run again):", summary.skipped),
+        (_FAILED, summary.failures),
+    )
 
 
 async def _status(client: AsyncClient, args: argparse.Namespace, console: Console) -> int:
-    with _progress(args, console, "status") as progress:
-        summary = await m.status(
-            client,
-            args.layout,
-            args.migration_mode,
-            batch_ids=args.batch_ids,
-            concurrency=args.concurrency,
-            progress=progress,
-        )
+    summary = await _run_step(client, args, console, "status", m.status)
     rows = [(state.value, str(count)) for state, count in summary.counts.items()]
     rows += [("total", str(summary.total)), ("unreadable", str(len(summary.failures)))]
-    console.print(_table(f"status ({args.migration_mode.name} rules)", rows))
-    _print_reasons(console, "unreadable batches:", list(summary.failures))
     clean = not summary.failures and not summary.counts[m.BatchState.INCONSISTENT]
-    return EXIT_OK if clean else EXIT_FAILED
+    return _report(
+        console,
+        clean,
+        _table(_title("status", args), rows),
+        (_UNREADABLE, summary.failures),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,25 +63,6 @@ from ..consistency._validate import (
 )
 from ..instrumentation._events import Recorder
 
-__all__ = [
-    "BackfillSummary",
-    "BatchBackfill",
-    "BatchState",
-    "Checkpoint",
-    "CleanupSummary",
-    "FileCheckpoint",
-    "FirestoreCheckpoint",
-    "MigrationError",
-    "MigrationProgress",
-    "StatusSummary",
-    "VerifySummary",
-    "backfill",
-    "backfill_batch",
-    "cleanup_legacy",
-    "status",
-    "verify",
-]
-
 logger = logging.getLogger("async_batchstate.migration")
 
 T = TypeVar("T")
