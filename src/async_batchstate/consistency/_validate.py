@@ -33,6 +33,7 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError, ConfigurationError
 from .._store import schema as f
+from .._store.refs import Refs
 from .._store.schema import Layout, validate_id
 from .._write.retry import RetryPolicy, run_with_retry
 from .._write.writer import run_transactional
@@ -58,16 +59,6 @@ leaves headroom and stays far below the 10 MiB request limit with 1,500-byte ids
 """
 _LOGGED_PLAYERS = 20
 _LEGACY_FIELDS = (f.COMPLETED_PLAYERS, f.PREDICTIONS_BY_PLAYER, f.TOTAL_PREDICTIONS)
-
-
-def batch_ref(client: AsyncClient, layout: Layout, batch_id: str) -> Any:
-    """The batch document of ``batch_id``."""
-    return client.collection(layout.collection).document(batch_id)
-
-
-def completions_ref(client: AsyncClient, layout: Layout, batch_id: str) -> Any:
-    """The completions subcollection of ``batch_id``."""
-    return batch_ref(client, layout, batch_id).collection(layout.completions)
 
 
 def as_int(value: object) -> int:
@@ -303,14 +294,18 @@ async def read_report(
     Raises:
         BatchNotFoundError: No such batch.
     """
-    snap = await batch_ref(client, layout, batch_id).get(
-        field_paths=[*_LEGACY_FIELDS, f.COMPLETED_COUNT, f.TOTAL_PREDICTIONS_SUBCOLL],
-        transaction=transaction,
+    snap = (
+        await Refs(client, layout)
+        .batch(batch_id)
+        .get(
+            field_paths=[*_LEGACY_FIELDS, f.COMPLETED_COUNT, f.TOTAL_PREDICTIONS_SUBCOLL],
+            transaction=transaction,
+        )
     )
     if not snap.exists:
         raise BatchNotFoundError(f"batch {batch_id!r} does not exist in {layout.collection!r}")
     data = snap.to_dict() or {}
-    completions = completions_ref(client, layout, batch_id)
+    completions: Any = Refs(client, layout).completions(batch_id)  # count() is untyped
     aggregation = completions.count(alias="docs").sum(f.PREDICTIONS_COUNT, alias="total")
     values: dict[str, int] = {}
     for row in await aggregation.get(transaction=transaction):
@@ -486,14 +481,14 @@ def _set_counter(plan: _Plan, data: Mapping[str, Any], name: str, value: int) ->
 async def _read_for_repair(
     client: AsyncClient, layout: Layout, batch_id: str, transaction: AsyncTransaction | None
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    ref = batch_ref(client, layout, batch_id)
+    ref = Refs(client, layout).batch(batch_id)
     data: dict[str, Any] | None = None
     async for snap in client.get_all([ref], transaction=transaction):
         if snap.exists:
             data = snap.to_dict() or {}
     if data is None:
         raise BatchNotFoundError(f"batch {batch_id!r} does not exist in {layout.collection!r}")
-    query = completions_ref(client, layout, batch_id).select([f.PREDICTIONS_COUNT])
+    query = Refs(client, layout).completions(batch_id).select([f.PREDICTIONS_COUNT])
     docs = {
         s.id: as_int((s.to_dict() or {}).get(f.PREDICTIONS_COUNT))
         async for s in query.stream(transaction=transaction)
@@ -554,7 +549,8 @@ async def reconcile(
     async def step(transaction: AsyncTransaction) -> tuple[_Plan, bool]:
         data, docs = await _read_for_repair(client, layout, batch_id, transaction)
         plan = _plan(mode, source, data, docs)
-        completions = completions_ref(client, layout, batch_id)
+        refs = Refs(client, layout)
+        completions = refs.completions(batch_id)
         final = plan.doc_writes <= MAX_DOC_WRITES_PER_TRANSACTION
         if not final:
             _truncate(plan)
@@ -567,11 +563,11 @@ async def reconcile(
         if final and plan.batch_update:
             update = dict(plan.batch_update)
             update[f.LAST_UPDATED if mode.writes_subcollection else f.UPDATED_AT] = SERVER_TIMESTAMP
-            transaction.update(batch_ref(client, layout, batch_id), update)
+            transaction.update(refs.batch(batch_id), update)
         elif not final and (f.COMPLETED_COUNT in data or mode.writes_subcollection):
             # Keep the counters' (possibly wrong) offset from the documents unchanged
             # meanwhile, so a partial repair never makes them worse.
-            transaction.update(batch_ref(client, layout, batch_id), _counter_delta(plan, docs))
+            transaction.update(refs.batch(batch_id), _counter_delta(plan, docs))
         return plan, final
 
     plans: list[_Plan] = []

@@ -51,14 +51,13 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from .._config import MigrationMode
 from .._errors import BatchStateError, ConfigurationError, InvalidInputError
 from .._store import schema as f
+from .._store.refs import Refs
 from .._store.schema import Layout, validate_id
 from .._write.finaliser import Finaliser
 from .._write.retry import RetryPolicy, run_with_retry
 from .._write.writer import GroupWriter, run_transactional
 from ..consistency._validate import (
     ConsistencyReport,
-    batch_ref,
-    completions_ref,
     validate,
 )
 from ..instrumentation._events import Recorder
@@ -444,7 +443,7 @@ async def _backfill_step(
     limit: int | None,
 ) -> _Step:
     """Read a batch, and (given a transaction) create up to ``limit`` missing docs."""
-    ref = batch_ref(client, layout, batch_id)
+    ref = Refs(client, layout).batch(batch_id)
     data: dict[str, Any] | None = None
     fields = [f.COMPLETED_PLAYERS, f.PREDICTIONS_BY_PLAYER, COMPLETIONS_BACKFILLED]
     async for snap in client.get_all([ref], field_paths=fields, transaction=transaction):
@@ -455,7 +454,7 @@ async def _backfill_step(
     array = data.get(f.COMPLETED_PLAYERS)
     if not isinstance(array, list):
         return _Step((), 0, True, False, (), "no legacy array")
-    completions = completions_ref(client, layout, batch_id)
+    completions = Refs(client, layout).completions(batch_id)
     have = await existing_completions(client, completions, array, transaction)
     raw_map = data.get(f.PREDICTIONS_BY_PLAYER)
     legacy_map = raw_map if isinstance(raw_map, dict) else {}
@@ -980,7 +979,7 @@ async def cleanup_legacy(
     async def remove(transaction: AsyncTransaction, batch_id: str) -> tuple[bool, str]:
         # Re-check in the transaction what removal could lose: an array player
         # without a completion document (a straggling LEGACY writer since verify).
-        ref = batch_ref(client, layout, batch_id)
+        ref = Refs(client, layout).batch(batch_id)
         data: dict[str, Any] = {}
         async for snap in client.get_all(
             [ref], field_paths=list(_LEGACY_FIELDS), transaction=transaction
@@ -990,7 +989,7 @@ async def cleanup_legacy(
             return False, ""
         array = data.get(f.COMPLETED_PLAYERS)
         players = [p for p in array if isinstance(p, str)] if isinstance(array, list) else []
-        completions = completions_ref(client, layout, batch_id)
+        completions = Refs(client, layout).completions(batch_id)
         missing = set(players) - await existing_completions(
             client, completions, players, transaction
         )
