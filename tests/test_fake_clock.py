@@ -1,6 +1,8 @@
 """``async_batchstate.testing.FakeClock``: a ``Clock`` whose time only sleeps (or the test) move.
 
-No emulator needed: sleeps, ``advance``, ``now`` and timeouts in fake time.
+The unit tests need no emulator: sleeps, ``advance``, ``now`` and timeouts in
+fake time. The last ones run a manager on the emulator and show that its
+timeouts and batch deadlines follow the fake clock, not the real one.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ import datetime as dt
 import pytest
 
 from async_batchstate import (
+    BatchProgress,
     Clock,
+    CompletionStatus,
+    CompletionTimeoutError,
     InvalidInputError,
 )
 from async_batchstate.testing import FakeClock
+
+from .helpers import ManagerFactory
 
 WALL_START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -209,3 +216,71 @@ async def test_cancelling_a_task_in_a_timeout_is_a_cancellation_not_a_timeout() 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert "timeouts=0" in repr(clock)
+
+
+# -- a manager on the fake clock (emulator) ----------------------------------------------
+
+
+@pytest.mark.emulator
+async def test_wait_until_complete_times_out_in_fake_time(make_manager: ManagerFactory) -> None:
+    """wait_until_complete(timeout=5) polls with the clock's sleeps: 10 polls of 0.5 fake
+    seconds, then CompletionTimeoutError, without waiting 5 real seconds."""
+    clock = FakeClock()
+    manager = make_manager(clock=clock)
+    await manager.create_batch("b", expected_count=2)
+    await manager.record_completion("b", "p1", 1)
+    clock.sleeps.clear()
+    loop = asyncio.get_running_loop()
+    started, real_start = clock.monotonic(), loop.time()
+
+    with pytest.raises(CompletionTimeoutError):
+        await manager.wait_until_complete("b", timeout=5, poll_interval=0.5)
+
+    assert 5.0 == clock.monotonic() - started
+    assert [0.5] * 10 == clock.sleeps
+    assert loop.time() - real_start < 4.0
+
+
+@pytest.mark.emulator
+async def test_a_batch_deadline_is_judged_on_the_clocks_now(make_manager: ManagerFactory) -> None:
+    """deadline=timedelta(30 s) counts from clock.now(); the batch expires when fake time
+    reaches it (its fixed 2026-01-01 start is long past in real time: real time plays no part)."""
+    clock = FakeClock()
+    expired: list[str] = []
+
+    def on_expired(batch_id: str, progress: BatchProgress) -> None:
+        expired.append(progress.status)
+
+    manager = make_manager(clock=clock, on_expired=on_expired)
+    await manager.create_batch(
+        "b", expected_players=["p1", "p2"], deadline=dt.timedelta(seconds=30)
+    )
+    first = await manager.record_completion("b", "p1", 1)
+    clock.advance(29.0)
+    before = await manager.get_progress("b")
+    clock.advance(1.0)
+    late = await manager.record_completion("b", "p2", 1)
+    after = await manager.get_progress("b")
+
+    assert WALL_START + dt.timedelta(seconds=30) == before.deadline
+    assert CompletionStatus.RECORDED == first.status
+    assert "in_progress" == before.status
+    assert CompletionStatus.LATE == late.status
+    assert ("expired", "deadline passed") == (after.status, after.expired_reason)
+    assert ["expired"] == expired
+
+
+@pytest.mark.emulator
+async def test_wait_until_complete_sees_a_deadline_pass_in_fake_time(
+    make_manager: ManagerFactory,
+) -> None:
+    """A wait on an unfinished batch: its polls move fake time past the deadline, the wait
+    expires the batch and returns it."""
+    clock = FakeClock()
+    manager = make_manager(clock=clock)
+    await manager.create_batch("b", expected_count=2, deadline=dt.timedelta(seconds=3))
+
+    progress = await manager.wait_until_complete("b", timeout=60, poll_interval=1.0)
+
+    assert ("expired", "deadline passed") == (progress.status, progress.expired_reason)
+    assert 3.0 <= clock.monotonic() - 1000.0 < 60.0

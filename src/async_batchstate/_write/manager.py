@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -18,7 +17,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from .._clock import SYSTEM_CLOCK, Clock
+from .._clock import SYSTEM_CLOCK, Clock, wait_event
 from .._config import MigrationMode
 from .._errors import (
     BatchExistsError,
@@ -76,11 +75,6 @@ logger = logging.getLogger("async_batchstate")
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
 MAX_GROUP_SIZE = 1500
 """Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
-
-
-def _now() -> dt.datetime:
-    """Wall-clock now, UTC: deadlines are instants shared by every process."""
-    return dt.datetime.now(dt.UTC)
 
 
 def _retention(value: dt.timedelta | float | None) -> dt.timedelta | None:
@@ -149,7 +143,9 @@ class AsyncBatchStateManager:
             ``LegacyArrayLimitError``: use ``SUBCOLLECTION_ONLY`` for them.
         legacy_array_warn_ratio: Fraction of ``legacy_array_limit`` at which
             ``create_batch`` logs a warning.
-        clock: Time source for retries and deadlines (inject a fake one in tests).
+        clock: Time source of every delay, timeout and deadline: backoff, attempt
+            and caller timeouts, linger, drain, batch deadlines (``clock.now()``)
+            and retention stamps (inject ``testing.FakeClock`` in tests).
         rng: Randomness for backoff jitter.
         fault_injector: Test seam called at each ``FaultPoint`` of a write attempt.
         validation_rate: Probability that a commit which recorded completions schedules
@@ -233,7 +229,9 @@ class AsyncBatchStateManager:
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._clock = clock
-        self._writer = GroupWriter(client, self._layout, self.mode, fault_injector, write_path)
+        self._writer = GroupWriter(
+            client, self._layout, self.mode, fault_injector, write_path, clock=clock
+        )
         self._recorder = Recorder(tuple(hooks))
         self._finaliser = Finaliser(
             client,
@@ -245,6 +243,7 @@ class AsyncBatchStateManager:
             callback_lease=float(callback_lease),
             on_expired=on_expired,
             retain_for=_retention(retain_for),
+            clock=clock,
         )
         self._infos = BatchInfoCache(client, self._writer, self._retrying)
         self._closed = False
@@ -366,6 +365,7 @@ class AsyncBatchStateManager:
             expected_count=expected_count,
             deadline=deadline,
             limits=self._legacy_limits,
+            now=self._clock.now(),
         )
         data, chunks, count = new.document, new.roster_chunks, new.info.expected
         # The call's id, stored with the batch: when the answer to the create is lost,
@@ -464,7 +464,11 @@ class AsyncBatchStateManager:
                 raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
             data = snap.to_dict() or {}
             progress = progress_from(batch_id, self.mode, data)
-            if not (progress.deadline and not progress.is_terminal and _now() >= progress.deadline):
+            if not (
+                progress.deadline
+                and not progress.is_terminal
+                and self._clock.now() >= progress.deadline
+            ):
                 break
             await self._expire_overdue(batch_id)
         if not include_players:
@@ -619,7 +623,9 @@ class AsyncBatchStateManager:
         )
         if age < dt.timedelta(0):
             raise InvalidInputError("older_than must be >= 0")
-        return self.list_batches(status=f.STATUS_IN_PROGRESS, created_before=_now() - age)
+        return self.list_batches(
+            status=f.STATUS_IN_PROGRESS, created_before=self._clock.now() - age
+        )
 
     async def validate(self, batch_id: str) -> ConsistencyReport:
         """Compare the batch's legacy array with its completions subcollection.
@@ -632,7 +638,9 @@ class AsyncBatchStateManager:
             InvalidIdError: Bad batch id.
             BatchNotFoundError: No such batch.
         """
-        return await validate(self._client, self._layout, self.mode, batch_id, retry=self._retry)
+        return await validate(
+            self._client, self._layout, self.mode, batch_id, retry=self._retry, clock=self._clock
+        )
 
     async def reconcile(
         self, batch_id: str, *, source: Source | None = None, dry_run: bool = False
@@ -661,6 +669,7 @@ class AsyncBatchStateManager:
             source,
             dry_run=dry_run,
             retry=self._retry,
+            clock=self._clock,
         )
 
     async def wait_until_complete(
@@ -682,12 +691,14 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         with self._finaliser.waiter(batch_id) as event:
             try:
-                async with asyncio.timeout(timeout):
+                async with self._clock.timeout(timeout):
                     while True:
                         progress, _ = await self._retrying(
                             lambda: self._finaliser.read(batch_id), f"reading batch {batch_id!r}"
                         )
-                        overdue = progress.deadline is not None and _now() >= progress.deadline
+                        overdue = (
+                            progress.deadline is not None and self._clock.now() >= progress.deadline
+                        )
                         if not progress.is_terminal and (progress.is_complete or overdue):
                             if progress.is_complete:
                                 await self.finalize(batch_id)
@@ -697,11 +708,7 @@ class AsyncBatchStateManager:
                         if progress.is_terminal:
                             await self._deliver_owed(batch_id)
                             return await self.get_progress(batch_id)
-                        try:
-                            async with asyncio.timeout(poll_interval):
-                                await event.wait()
-                        except TimeoutError:
-                            pass
+                        await wait_event(self._clock, event, poll_interval)
             except TimeoutError:
                 raise CompletionTimeoutError(
                     f"batch {batch_id!r} was not complete within {timeout}s"
@@ -768,7 +775,7 @@ class AsyncBatchStateManager:
                 f"predictions_count {count} could overflow the 64-bit total of batch "
                 f"{batch_id!r} ({info.expected} completions of at most {most})"
             )
-        if info.deadline is not None and not info.terminal and _now() >= info.deadline:
+        if info.deadline is not None and not info.terminal and self._clock.now() >= info.deadline:
             await self._expire_overdue(batch_id)
         wait = self._retry.deadline if timeout is None else timeout
         return await self._runner.record(batch_id, Completion(player, count), wait, started)

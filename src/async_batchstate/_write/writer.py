@@ -38,6 +38,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError, WriteFailedError
 from .._store import schema as f
@@ -252,8 +253,11 @@ class GroupWriter:
         mode: MigrationMode,
         fault_injector: FaultInjector | None = None,
         write_path: WritePath = "auto",
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._client = client
+        self._clock = clock
         self._layout = layout
         self._mode = mode
         self._inject = fault_injector
@@ -320,11 +324,11 @@ class GroupWriter:
             # No public API rolls back by id; the server's answer is all that matters.
             orphan._id = transaction_id  # type: ignore[assignment]
             try:
-                async with asyncio.timeout(2.0):
+                async with self._clock.timeout(2.0):
                     await orphan._rollback()
                 return
             except (TimeoutError, gexc.ServiceUnavailable, gexc.DeadlineExceeded):
-                await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+                await self._clock.sleep(min(4.0, 0.25 * 2**attempt))
             except Exception:  # already rolled back or expired: nothing holds a lock
                 return
 

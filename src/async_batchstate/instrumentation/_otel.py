@@ -168,6 +168,8 @@ class OpenTelemetryHook:
     ) -> None:
         if self._tracer is None:
             return
+        # Real epoch time, not the manager's Clock: a tracing backend places spans
+        # by it. Their length is the event's seconds, which the Clock measured.
         end = time.time_ns()
         attributes: dict[str, Any] = {
             "async_batchstate.batch_id": event.batch_id,
