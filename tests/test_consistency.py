@@ -410,9 +410,9 @@ async def test_sampled_validation_of_one_batch_waits_its_interval(
 
     first = validator.maybe_validate("b")
     await validator.wait_idle()
-    clock.now += 4.0
+    clock.advance(4.0)
     second = validator.maybe_validate("b")
-    clock.now += 1.0
+    clock.advance(1.0)
     third = validator.maybe_validate("b")
     await validator.aclose()
 

@@ -36,7 +36,7 @@ from async_batchstate.migration._run import (
     status,
     verify,
 )
-from async_batchstate.testing import EmulatorInfo
+from async_batchstate.testing import EmulatorInfo, FakeClock
 
 from .helpers import ManagerFactory, fail_one_batch, read_batch, read_completions
 
@@ -334,6 +334,48 @@ async def test_a_cancelled_backfill_returns_promptly(
 
     assert {run} == done
     assert run.cancelled()
+
+
+class _SavesCheckpoint:
+    """A ``Checkpoint`` in memory that keeps every state saved."""
+
+    def __init__(self) -> None:
+        self.saves: list[dict[str, Any]] = []
+
+    async def load(self) -> dict[str, Any] | None:
+        return self.saves[-1] if self.saves else None
+
+    async def save(self, state: Mapping[str, Any]) -> None:
+        self.saves.append(dict(state))
+
+
+async def test_backfill_saves_its_checkpoint_by_the_interval_of_its_clock(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """checkpoint_interval is measured on ``clock``: with half a fake second per batch and
+    an interval of 1 s, every second batch is saved, then the finished run."""
+    await _seed_legacy(firestore_client, batch_collection, 6)
+    clock = FakeClock()
+    checkpoint = _SavesCheckpoint()
+
+    summary = await backfill(
+        firestore_client,
+        Layout(batch_collection),
+        DUAL,
+        concurrency=1,
+        checkpoint=checkpoint,
+        checkpoint_interval=1.0,
+        progress=lambda _: clock.advance(0.5),
+        clock=clock,
+    )
+
+    assert (6, True) == (summary.batches, summary.ok)
+    assert [
+        ("b00001", False),
+        ("b00003", False),
+        ("b00005", False),
+        ("b00005", True),
+    ] == [(s["last_done"], s["finished"]) for s in checkpoint.saves]
 
 
 async def test_file_checkpoint_resumes_after_saved_batch(

@@ -153,6 +153,36 @@ async def test_deadline_stops_before_a_sleep_that_would_cross_it() -> None:
     assert [2.0, 2.0] == clock.sleeps
 
 
+async def test_the_attempt_timeout_is_on_the_clock() -> None:
+    """An attempt that takes 3 fake seconds under a 2 s attempt timeout is cut off there
+    (TIMEOUT, retried), without a real second passing."""
+    clock = FakeClock()
+    failures: list[AttemptFailure] = []
+    calls = 0
+
+    async def slow_then_quick() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await clock.sleep(3.0)
+            return "too late"
+        return "ok"
+
+    result = await run_with_retry(
+        slow_then_quick,
+        RetryPolicy(base_delay=0.1, max_delay=1.0, attempt_timeout=2.0),
+        what="t",
+        clock=clock,
+        rng=MaxRandom(),
+        on_failure=failures.append,
+    )
+
+    assert ("ok", 2) == result
+    assert [ErrorKind.TIMEOUT] == [f.kind for f in failures]
+    assert isinstance(failures[0].error, TimeoutError)
+    assert [3.0, 0.1] == pytest.approx(clock.sleeps)
+
+
 def test_invalid_policies_are_configuration_errors() -> None:
     """Nonsense knobs fail at construction."""
     from async_batchstate import ConfigurationError

@@ -23,12 +23,13 @@ from async_batchstate._store import schema as f
 from async_batchstate._store.schema import LegacyLimits, new_batch, progress_from, split_roster
 
 LIMITS = LegacyLimits()
+NOW = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 
 
 def _new(mode: MigrationMode = MigrationMode.DUAL_WRITE, **kwargs: Any) -> f.NewBatch:
     args: dict[str, Any] = {"expected_players": None, "expected_count": None, "deadline": None}
     args.update(kwargs)
-    return new_batch(mode, "b", limits=LIMITS, **args)
+    return new_batch(mode, "b", limits=LIMITS, now=NOW, **args)
 
 
 def test_a_dual_write_batch_is_born_with_both_structures_and_marked_backfilled() -> None:
@@ -98,11 +99,9 @@ def test_bad_arguments_are_refused_before_any_document_is_built(
 
 
 def test_a_timedelta_deadline_becomes_an_instant() -> None:
-    """deadline=timedelta: now + delta, stored as an aware datetime."""
-    before = dt.datetime.now(dt.UTC)
+    """deadline=timedelta: the given now (the manager's clock) + delta, an aware datetime."""
     batch = _new(expected_count=1, deadline=dt.timedelta(minutes=5))
-    assert batch.info.deadline is not None
-    assert dt.timedelta(minutes=5) <= batch.info.deadline - before < dt.timedelta(minutes=6)
+    assert NOW + dt.timedelta(minutes=5) == batch.info.deadline
     assert batch.info.deadline == batch.document["deadline"]
 
 

@@ -6,6 +6,7 @@ fails here before a user's type checker does.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any, assert_type
 
@@ -28,6 +29,7 @@ from async_batchstate import (
     RetryExhaustedError,
     RetryPolicy,
     Stats,
+    SystemClock,
     WriteFailedError,
 )
 from async_batchstate.consistency import ConsistencyReport, ReconcileResult
@@ -148,7 +150,14 @@ async def testing_helpers(emulator: EmulatorInfo) -> None:
     clock = FakeClock()
     as_clock: Clock = clock
     assert_type(as_clock.monotonic(), float)
+    assert_type(as_clock.now(), dt.datetime)
+    async with as_clock.timeout(1.0):
+        await as_clock.sleep(0.5)
+    clock.advance(2.0)
     assert_type(clock.sleeps, list[float])
+    real: Clock = SystemClock()
+    async with real.timeout(None):
+        pass
     client = make_client(emulator)
     assert_type(client, AsyncClient)
     manager = AsyncBatchStateManager(client, clock=clock, mode=MigrationMode.DUAL_WRITE)

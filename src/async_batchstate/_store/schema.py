@@ -258,8 +258,10 @@ def validate_player(mode: MigrationMode, player: object) -> str:
     return player
 
 
-def absolute_deadline(deadline: dt.datetime | dt.timedelta | None) -> dt.datetime | None:
-    """An aware datetime for ``deadline`` (a timedelta counts from now), or None.
+def absolute_deadline(
+    deadline: dt.datetime | dt.timedelta | None, *, now: dt.datetime
+) -> dt.datetime | None:
+    """An aware datetime for ``deadline`` (a timedelta counts from ``now``), or None.
 
     Raises:
         InvalidInputError: A naive datetime, or neither a datetime nor a timedelta.
@@ -267,7 +269,7 @@ def absolute_deadline(deadline: dt.datetime | dt.timedelta | None) -> dt.datetim
     if deadline is None:
         return None
     if isinstance(deadline, dt.timedelta):
-        return dt.datetime.now(dt.UTC) + deadline
+        return now + deadline
     if isinstance(deadline, dt.datetime):
         if deadline.tzinfo is None:
             raise InvalidInputError("deadline must be an aware datetime (e.g. UTC) or a timedelta")
@@ -285,15 +287,18 @@ def new_batch(
     expected_count: int | None,
     deadline: dt.datetime | dt.timedelta | None,
     limits: LegacyLimits,
+    now: dt.datetime,
 ) -> NewBatch:
     """Validate ``create_batch``'s arguments and build the batch document (no I/O).
+
+    ``now`` is the instant a timedelta ``deadline`` counts from (the manager's clock).
 
     Raises:
         InvalidIdError, DuplicatePlayerError, InvalidCountError, InvalidInputError,
         LegacyArrayLimitError, ConfigurationError: as ``create_batch`` documents.
     """
     validate_id("batch id", batch_id)
-    when = absolute_deadline(deadline)
+    when = absolute_deadline(deadline, now=now)
     if (expected_players is None) == (expected_count is None):
         raise ConfigurationError("give exactly one of expected_players or expected_count")
     if expected_players is not None:

@@ -32,6 +32,7 @@ from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError, ConfigurationError
 from .._store import schema as f
@@ -81,6 +82,7 @@ class Finaliser:
         owe_callbacks: bool | None = None,
         on_expired: OnComplete | None = None,
         retain_for: dt.timedelta | float | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not (isinstance(callback_lease, int | float) and math.isfinite(callback_lease)):
             raise ConfigurationError("callback_lease must be a finite number of seconds")
@@ -91,6 +93,7 @@ class Finaliser:
         if retain_for is not None and retain_for <= dt.timedelta(0):
             raise ConfigurationError("retain_for must be a positive duration")
         self._client = client
+        self._clock = clock
         self._writer = writer
         self._mode = mode
         self._retrying = retrying
@@ -227,7 +230,7 @@ class Finaliser:
             if status == f.STATUS_EXPIRED:
                 update[f.EXPIRED_FLAG] = 1
             if self._retain_for is not None:
-                update[f.EXPIRE_AT] = dt.datetime.now(dt.UTC) + self._retain_for
+                update[f.EXPIRE_AT] = self._clock.now() + self._retain_for
             if fields is not None:
                 update |= await fields(progress, data)
             if self._owe:
@@ -366,6 +369,8 @@ class Finaliser:
         if self._callbacks.get(progress.status) is None:
             return False  # this manager has no callback for that ending
         claimed_at = data.get(f.CALLBACK_CLAIMED_AT)
+        # The lease is judged on the server's clock (its read time against its own
+        # claim stamp), not on the manager's Clock: it is held between processes.
         if claimed_at is not None:
             held = (snap.read_time - claimed_at).total_seconds()
             if held < self._lease:
@@ -401,7 +406,7 @@ class Finaliser:
         stay (reconcile-free: a TTL policy only ever deletes stamped documents).
         """
         assert self._retain_for is not None
-        expire_at = dt.datetime.now(dt.UTC) + self._retain_for
+        expire_at = self._clock.now() + self._retain_for
         batch_ref = self._writer.refs.batch(batch_id)
         try:
             for name in (self._writer.refs.layout.completions, f.ROSTER):

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._types import CompletionResult
 from .limits import AdaptiveLimit
 from .writer import Completion
@@ -27,7 +28,7 @@ class Pending:
 
     completion: Completion
     deadline: float
-    """Loop time after which the caller stops waiting."""
+    """Time on the manager's clock (``monotonic()``) after which the caller stops waiting."""
     future: asyncio.Future[CompletionResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -60,6 +61,7 @@ class Lane:
         limit: AdaptiveLimit,
         linger: float,
         on_idle: Callable[[Lane], None],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.batch_id = batch_id
         self.limit = limit
@@ -67,6 +69,7 @@ class Lane:
         self._max_group_size = max_group_size
         self._linger = linger
         self._on_idle = on_idle
+        self._clock = clock
         self.queue: deque[Pending] = deque()
         self.tasks: set[asyncio.Task[bool]] = set()
         self._writing: set[str] = set()
@@ -128,7 +131,7 @@ class Lane:
         """Write one group; False if every queued completion had to wait."""
         try:
             if self._linger > 0:
-                await asyncio.sleep(self._linger)
+                await self._clock.sleep(self._linger)
         finally:
             self._starting -= 1
         group: list[Pending] = []

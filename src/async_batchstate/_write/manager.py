@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import random
@@ -14,7 +12,7 @@ from typing import Any, Self
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from .._clock import SYSTEM_CLOCK, Clock
+from .._clock import SYSTEM_CLOCK, Clock, wait_event
 from .._config import MigrationMode
 from .._errors import (
     CompletionTimeoutError,
@@ -51,11 +49,6 @@ from .limits import in_flight_bound, make_rate_limiter
 from .retry import RetryPolicy, run_with_retry
 from .runner import GroupRunner
 from .writer import Completion, FaultInjector, GroupWriter, WritePath, new_write_id
-
-
-def _now() -> dt.datetime:
-    """Wall-clock now, UTC: deadlines are instants shared by every process."""
-    return dt.datetime.now(dt.UTC)
 
 
 class AsyncBatchStateManager:
@@ -116,7 +109,9 @@ class AsyncBatchStateManager:
             ``LegacyArrayLimitError``: use ``SUBCOLLECTION_ONLY`` for them.
         legacy_array_warn_ratio: Fraction of ``legacy_array_limit`` at which
             ``create_batch`` logs a warning.
-        clock: Time source for retries and deadlines (inject a fake one in tests).
+        clock: Time source of every delay, timeout and deadline: backoff, attempt
+            and caller timeouts, linger, drain, batch deadlines (``clock.now()``)
+            and retention stamps (inject ``testing.FakeClock`` in tests).
         rng: Randomness for backoff jitter.
         fault_injector: Test seam called at each ``FaultPoint`` of a write attempt.
         validation_rate: Probability that a commit which recorded completions schedules
@@ -170,7 +165,9 @@ class AsyncBatchStateManager:
         self._rng = rng or random.Random()
         self._clock = clock
         self._closed = False
-        self._writer = GroupWriter(client, self._layout, self.mode, fault_injector, write_path)
+        self._writer = GroupWriter(
+            client, self._layout, self.mode, fault_injector, write_path, clock=clock
+        )
         self._recorder = Recorder(tuple(hooks))
         self._finaliser = Finaliser(
             client,
@@ -182,6 +179,7 @@ class AsyncBatchStateManager:
             callback_lease=callback_lease,
             on_expired=on_expired,
             retain_for=retain_for,
+            clock=clock,
         )
         refs = self._writer.refs
         self._infos = BatchInfoCache(refs, self._retrying, self._writer.remember_backfilled)
@@ -302,6 +300,7 @@ class AsyncBatchStateManager:
             expected_count=expected_count,
             deadline=deadline,
             limits=self._legacy_limits,
+            now=self._clock.now(),
         )
         created = await create_batch(self._writer.refs, new, new_write_id(), self._retrying)
         if created:
@@ -481,7 +480,9 @@ class AsyncBatchStateManager:
         )
         if age < dt.timedelta(0):
             raise InvalidInputError("older_than must be >= 0")
-        return self.list_batches(status=f.STATUS_IN_PROGRESS, created_before=_now() - age)
+        return self.list_batches(
+            status=f.STATUS_IN_PROGRESS, created_before=self._clock.now() - age
+        )
 
     async def wait_until_complete(
         self, batch_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
@@ -501,7 +502,7 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         with self._finaliser.waiter(batch_id) as finished:
             try:
-                async with asyncio.timeout(timeout):
+                async with self._clock.timeout(timeout):
                     while True:
                         progress = await self._read_progress(batch_id)
                         if not progress.is_terminal and progress.is_complete:
@@ -513,9 +514,7 @@ class AsyncBatchStateManager:
                         if progress.is_terminal:
                             await self._finaliser.deliver_owed_logged(batch_id)
                             return await self.get_progress(batch_id)
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(poll_interval):
-                                await finished.wait()
+                        await wait_event(self._clock, finished, poll_interval)
             except TimeoutError:
                 raise CompletionTimeoutError(
                     f"batch {batch_id!r} was not complete within {timeout}s"
@@ -534,7 +533,9 @@ class AsyncBatchStateManager:
             InvalidIdError: Bad batch id.
             BatchNotFoundError: No such batch.
         """
-        return await validate(self._client, self._layout, self.mode, batch_id, retry=self._retry)
+        return await validate(
+            self._client, self._layout, self.mode, batch_id, retry=self._retry, clock=self._clock
+        )
 
     async def reconcile(
         self, batch_id: str, *, source: Source | None = None, dry_run: bool = False
@@ -563,6 +564,7 @@ class AsyncBatchStateManager:
             source,
             dry_run=dry_run,
             retry=self._retry,
+            clock=self._clock,
         )
 
     # -- internals -------------------------------------------------------------------
@@ -592,7 +594,7 @@ class AsyncBatchStateManager:
                 f"predictions_count {count} could overflow the 64-bit total of batch "
                 f"{batch_id!r} ({info.expected} completions of at most {most})"
             )
-        if info.deadline is not None and not info.terminal and _now() >= info.deadline:
+        if info.deadline is not None and not info.terminal and self._clock.now() >= info.deadline:
             await self._expire_overdue(batch_id)
         wait = self._retry.deadline if timeout is None else timeout
         return await self._runner.record(batch_id, Completion(player, count), wait, started)
@@ -617,10 +619,9 @@ class AsyncBatchStateManager:
     async def _expected_count(self, batch_id: str) -> int:
         return (await self._infos.get(batch_id)).expected
 
-    @staticmethod
-    def _overdue(progress: BatchProgress) -> bool:
+    def _overdue(self, progress: BatchProgress) -> bool:
         deadline = progress.deadline
-        return deadline is not None and not progress.is_terminal and _now() >= deadline
+        return deadline is not None and not progress.is_terminal and self._clock.now() >= deadline
 
     async def _expire_overdue(self, batch_id: str) -> None:
         """Expire a batch whose deadline passed (once per process: then it is terminal)."""

@@ -8,7 +8,6 @@ answer was lost is recognised by the next one from what is stored.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import random
 from collections.abc import Awaitable, Callable
@@ -152,7 +151,8 @@ async def run_with_retry(
         policy: Backoff, attempts and timeouts.
         what: Describes the operation in the error message.
         deadline: Seconds of budget, overriding ``policy.deadline``.
-        clock: Time source (inject a fake one in tests).
+        clock: Time source of the per-attempt timeout, the budget and the backoff
+            sleeps (inject a fake one in tests).
         rng: Randomness for the jitter.
         on_failure: Called after each failed attempt, before sleeping.
 
@@ -171,7 +171,7 @@ async def run_with_retry(
         number += 1
         remaining = budget - (clock.monotonic() - start)
         try:
-            async with asyncio.timeout(min(policy.attempt_timeout, max(remaining, 0.001))):
+            async with clock.timeout(min(policy.attempt_timeout, max(remaining, 0.001))):
                 return await attempt(), number
         except Exception as exc:
             kind = classify(exc)

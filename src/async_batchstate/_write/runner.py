@@ -102,7 +102,7 @@ class GroupRunner:
         """Drain writes in flight for ``drain_timeout`` seconds, then fail what is left."""
         lanes = list(self._lanes.values())
         try:
-            async with asyncio.timeout(drain_timeout):
+            async with self._clock.timeout(drain_timeout):
                 for lane in lanes:
                     await lane.drain()
         except TimeoutError:
@@ -130,7 +130,7 @@ class GroupRunner:
         player = completion.player
         lane.submit(pending)
         try:
-            async with asyncio.timeout(wait):
+            async with self._clock.timeout(wait):
                 result = await asyncio.shield(pending.future)
         except TimeoutError:
             arrived = self._settle(lane, pending)
@@ -364,6 +364,7 @@ class GroupRunner:
                 limit=AdaptiveLimit(self._max_in_flight),
                 linger=self._linger,
                 on_idle=self._drop_lane,
+                clock=self._clock,
             )
             self._lanes[batch_id] = lane
         return lane

@@ -43,6 +43,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError, ConfigurationError, WriteFailedError
 from .._store import schema as f
@@ -258,6 +259,8 @@ class GroupWriter:
         mode: MigrationMode,
         fault_injector: FaultInjector | None = None,
         write_path: WritePath = "auto",
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if write_path not in ("auto", "transaction"):
             raise ConfigurationError(
@@ -265,6 +268,7 @@ class GroupWriter:
             )
         self._client = client
         self.refs = Refs(client, layout)
+        self._clock = clock
         self._mode = mode
         self._inject = fault_injector
         self._write_path = write_path
@@ -317,11 +321,11 @@ class GroupWriter:
             # No public API rolls back by id; the server's answer is all that matters.
             orphan._id = transaction_id  # type: ignore[assignment]
             try:
-                async with asyncio.timeout(2.0):
+                async with self._clock.timeout(2.0):
                     await orphan._rollback()
                 return
             except (TimeoutError, gexc.ServiceUnavailable, gexc.DeadlineExceeded):
-                await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+                await self._clock.sleep(min(4.0, 0.25 * 2**attempt))
             except Exception:  # already rolled back or expired: nothing holds a lock
                 return
 

@@ -15,6 +15,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from .._clock import SYSTEM_CLOCK
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError
 from .._store.connect import aclose_client, client_from_env
@@ -202,7 +203,8 @@ async def _show(manager: AsyncBatchStateManager, args: argparse.Namespace) -> in
 
 
 async def _list(manager: AsyncBatchStateManager, args: argparse.Namespace) -> int:
-    before = None if args.older_than is None else dt.datetime.now(dt.UTC) - args.older_than
+    # Real time: it is compared with the server's created_at stamps.
+    before = None if args.older_than is None else SYSTEM_CLOCK.now() - args.older_than
     found = [
         p
         async for p in manager.list_batches(

@@ -85,6 +85,8 @@ class SlackWebhookAlerter:
         try:
             # The socket timeout bounds connect and read; the outer one also bounds
             # what it does not (name resolution), leaving the thread to finish alone.
+            # Both are real time on purpose, not a manager's Clock: they guard a
+            # blocking socket in a thread, which a fake clock's time never reaches.
             async with asyncio.timeout(self.timeout * 2 + 1):
                 status = await asyncio.to_thread(self._post, body)
         except Exception as exc:  # refused, HTTP error, timeout, bad response: all logged

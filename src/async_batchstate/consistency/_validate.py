@@ -329,6 +329,7 @@ async def validate(
     batch_id: str,
     *,
     retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> ConsistencyReport:
     """Compare a batch's legacy array with its completions subcollection.
 
@@ -341,6 +342,7 @@ async def validate(
         mode: The mode whose rules apply (the mode the writers run in).
         batch_id: The batch.
         retry: Retry policy for the reads.
+        clock: Time source of the retries' timeouts and backoff.
 
     Raises:
         InvalidIdError: Bad batch id.
@@ -356,7 +358,7 @@ async def validate(
         return report
 
     report, _ = await run_with_retry(
-        attempt, retry or RetryPolicy(), what=f"validating batch {batch_id!r}"
+        attempt, retry or RetryPolicy(), what=f"validating batch {batch_id!r}", clock=clock
     )
     return report
 
@@ -505,6 +507,7 @@ async def reconcile(
     *,
     dry_run: bool = False,
     retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> ReconcileResult:
     """Rewrite a batch's counters, array, map and completion documents from one source of truth.
 
@@ -529,6 +532,7 @@ async def reconcile(
         source: The truth; default ``Source.default_for(mode)``.
         dry_run: Compute the changes without writing.
         retry: Retry policy for each transaction.
+        clock: Time source of the retries' timeouts and backoff.
 
     Raises:
         InvalidIdError: Bad batch id.
@@ -579,7 +583,7 @@ async def reconcile(
             return outcome
 
         (plan, final), _ = await run_with_retry(
-            attempt, policy, what=f"reconciling batch {batch_id!r}"
+            attempt, policy, what=f"reconciling batch {batch_id!r}", clock=clock
         )
         plans.append(plan)
         if final:
@@ -721,7 +725,7 @@ class SampledValidator:
         retry: Retry policy for the validation reads.
         max_outstanding: Most validations in flight.
         min_interval: Least seconds between two validations of one batch here.
-        clock: Time source for ``min_interval``.
+        clock: Time source for ``min_interval`` and the validations' retries.
 
     Raises:
         ConfigurationError: ``rate`` outside ``[0, 1]``, ``max_outstanding < 1`` or
@@ -804,7 +808,9 @@ class SampledValidator:
         Raises:
             BatchNotFoundError: No such batch.
         """
-        report = await validate(self._client, self._layout, self._mode, batch_id, retry=self._retry)
+        report = await validate(
+            self._client, self._layout, self._mode, batch_id, retry=self._retry, clock=self._clock
+        )
         self.validated += 1
         if report.awaiting_backfill:
             # A batch recorded before the dual-write rollout: expected until backfill.

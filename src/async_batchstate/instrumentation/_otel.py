@@ -208,6 +208,8 @@ class OpenTelemetryHook:
         """A span that began ``seconds`` ago and ends now."""
         if self._tracer is None:
             return
+        # Real epoch time, not the manager's Clock: a tracing backend places spans
+        # by it. Their length is the event's seconds, which the Clock measured.
         end = time.time_ns()
         attributes["async_batchstate.batch_id"] = batch_id
         attributes["async_batchstate.outcome"] = outcome

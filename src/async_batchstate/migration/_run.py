@@ -36,7 +36,6 @@ import dataclasses
 import enum
 import json
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchStateError, ConfigurationError, InvalidInputError
 from .._store import schema as f
@@ -493,9 +493,9 @@ async def _backfill_step(
 
 
 async def _retrying(
-    call: Callable[[], Awaitable[Any]], policy: RetryPolicy | None, what: str
+    call: Callable[[], Awaitable[Any]], policy: RetryPolicy | None, what: str, clock: Clock
 ) -> Any:
-    result, _ = await run_with_retry(call, policy or RetryPolicy(), what=what)
+    result, _ = await run_with_retry(call, policy or RetryPolicy(), what=what, clock=clock)
     return result
 
 
@@ -506,6 +506,7 @@ async def backfill_batch(
     *,
     dry_run: bool = False,
     retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> BatchBackfill:
     """Create the missing completion documents of one batch from its legacy array.
 
@@ -515,7 +516,8 @@ async def backfill_batch(
     up to ``CHUNK`` missing documents (count from ``predictions_by_player``)
     and increments ``completed_count`` and ``total_predictions_subcoll`` by what
     it created; the one that finds nothing left also sets
-    ``completions_backfilled``. Running it again creates nothing.
+    ``completions_backfilled``. Running it again creates nothing. ``clock``
+    times the retries (the real clock by default).
     """
     validate_id("batch id", batch_id)
     if dry_run:
@@ -536,7 +538,9 @@ async def backfill_batch(
             )
             return done
 
-        step, _ = await run_with_retry(attempt, policy, what=f"backfilling batch {batch_id!r}")
+        step, _ = await run_with_retry(
+            attempt, policy, what=f"backfilling batch {batch_id!r}", clock=clock
+        )
         transactions += 1
         created += step.created
         predictions += step.predictions
@@ -598,6 +602,7 @@ async def backfill(
     checkpoint_interval: float = 1.0,
     progress: ProgressCallback | None = None,
     retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> BackfillSummary:
     """Backfill every batch with a legacy array (or only ``batch_ids``).
 
@@ -616,6 +621,7 @@ async def backfill(
             fails is logged and the run goes on (the checkpoint only saves work).
         progress: Called after each batch.
         retry: Retry policy of each transaction.
+        clock: Time source of the retries and ``checkpoint_interval``.
 
     A batch that fails (after ``retry`` gave up) is listed in the summary's
     ``failures`` and the run goes on with the others.
@@ -643,7 +649,7 @@ async def backfill(
     finished_ids: set[str] = set()
     watermark = start_after
     saved = watermark
-    last_save = time.monotonic()
+    last_save = clock.monotonic()
     save_lock = asyncio.Lock()
 
     async def save(*, finished: bool = False) -> None:
@@ -664,9 +670,9 @@ async def backfill(
                     exc_info=True,
                     extra={"checkpoint": repr(checkpoint), "last_done": watermark},
                 )
-                last_save = time.monotonic()  # try again after an interval, not per batch
+                last_save = clock.monotonic()  # try again after an interval, not per batch
                 return
-            saved, last_save = watermark, time.monotonic()
+            saved, last_save = watermark, clock.monotonic()
 
     async def tracked() -> AsyncIterator[str]:
         async for batch_id in _ids(client, layout, batch_ids, start_after):
@@ -675,17 +681,20 @@ async def backfill(
 
     finaliser = Finaliser(
         client,
-        GroupWriter(client, layout, mode),
+        GroupWriter(client, layout, mode, clock=clock),
         mode,
-        retrying=lambda call, what: _retrying(call, retry, what),
+        retrying=lambda call, what: _retrying(call, retry, what, clock),
         recorder=Recorder(()),
         on_complete=None,
         callback_lease=60.0,
         owe_callbacks=True,
+        clock=clock,
     )
 
     async def work(batch_id: str) -> BatchBackfill:
-        done = await backfill_batch(client, layout, batch_id, dry_run=dry_run, retry=retry)
+        done = await backfill_batch(
+            client, layout, batch_id, dry_run=dry_run, retry=retry, clock=clock
+        )
         if dry_run or done.skipped is not None:
             return done
         # A batch recorded partly by LEGACY writers may be complete only now (as a
@@ -707,7 +716,7 @@ async def backfill(
         while dispatched and dispatched[0] in finished_ids:
             watermark = dispatched.popleft()
             finished_ids.discard(watermark)
-        if time.monotonic() - last_save >= checkpoint_interval:
+        if clock.monotonic() - last_save >= checkpoint_interval:
             await save()
 
     await for_each_batch(tracked(), work, concurrency=concurrency, on_done=on_done)
@@ -770,12 +779,13 @@ async def _validate_all(
     progress: ProgressCallback | None,
     retry: RetryPolicy | None,
     sink: Callable[[ConsistencyReport], None],
+    clock: Clock,
 ) -> _Tally:
     batch_ids = _checked_ids(batch_ids)
     tally = _Tally(await _total(client, layout, batch_ids, None), progress)
 
     async def work(batch_id: str) -> ConsistencyReport:
-        return await validate(client, layout, mode, batch_id, retry=retry)
+        return await validate(client, layout, mode, batch_id, retry=retry, clock=clock)
 
     async def on_done(batch_id: str, result: ConsistencyReport | Exception) -> None:
         if tally.record(batch_id, result) and isinstance(result, ConsistencyReport):
@@ -796,11 +806,13 @@ async def verify(
     concurrency: int = 16,
     progress: ProgressCallback | None = None,
     retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> VerifySummary:
     """Validate every batch (or ``batch_ids``) under ``mode``'s rules.
 
     A batch that cannot be validated (missing, or still failing after
-    ``retry`` gave up) is listed in ``failures`` and the run goes on.
+    ``retry`` gave up) is listed in ``failures`` and the run goes on. ``clock``
+    times the retries (the real clock by default).
 
     Raises:
         InvalidIdError: A batch id in ``batch_ids`` Firestore cannot store.
@@ -811,7 +823,9 @@ async def verify(
         if not report.is_consistent:
             bad.append(report)
 
-    tally = await _validate_all(client, layout, mode, batch_ids, concurrency, progress, retry, sink)
+    tally = await _validate_all(
+        client, layout, mode, batch_ids, concurrency, progress, retry, sink, clock
+    )
     bad.sort(key=lambda r: r.batch_id)
     return VerifySummary(tally.done - tally.failed, tuple(bad), tuple(sorted(tally.failures)))
 
@@ -872,11 +886,12 @@ async def status(
     concurrency: int = 16,
     progress: ProgressCallback | None = None,
     retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> StatusSummary:
     """Count batches per ``BatchState`` (consistency judged under ``mode``'s rules).
 
     A batch that cannot be read is listed in ``failures`` (not counted) and the
-    run goes on.
+    run goes on. ``clock`` times the retries (the real clock by default).
 
     Raises:
         InvalidIdError: A batch id in ``batch_ids`` Firestore cannot store.
@@ -886,7 +901,9 @@ async def status(
     def sink(report: ConsistencyReport) -> None:
         counts[classify(report)] += 1
 
-    tally = await _validate_all(client, layout, mode, batch_ids, concurrency, progress, retry, sink)
+    tally = await _validate_all(
+        client, layout, mode, batch_ids, concurrency, progress, retry, sink, clock
+    )
     return StatusSummary(counts, tuple(sorted(tally.failures)))
 
 
@@ -931,6 +948,7 @@ async def cleanup_legacy(
     concurrency: int = 8,
     progress: ProgressCallback | None = None,
     retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> CleanupSummary:
     """Delete ``completed_players``, ``predictions_by_player`` and ``total_predictions``.
 
@@ -950,6 +968,7 @@ async def cleanup_legacy(
         concurrency: Batches in flight at once.
         progress: Called after each batch of the removal pass.
         retry: Retry policy of each read and transaction.
+        clock: Time source of the retries' timeouts and backoff.
 
     A batch whose removal fails is listed in ``failures`` and the run goes on.
 
@@ -964,7 +983,13 @@ async def cleanup_legacy(
         )
         return CleanupSummary(True, (("*", reason),), dry_run=dry_run)
     checked = await verify(
-        client, layout, mode, batch_ids=batch_ids, concurrency=concurrency, retry=retry
+        client,
+        layout,
+        mode,
+        batch_ids=batch_ids,
+        concurrency=concurrency,
+        retry=retry,
+        clock=clock,
     )
     if not checked.ok:
         reasons = [(r.batch_id, problem) for r in checked.inconsistent for problem in r.problems]
@@ -1006,7 +1031,7 @@ async def cleanup_legacy(
             return outcome
 
         outcome, _ = await run_with_retry(
-            attempt, policy, what=f"removing legacy fields of {batch_id!r}"
+            attempt, policy, what=f"removing legacy fields of {batch_id!r}", clock=clock
         )
         return outcome
 
