@@ -13,7 +13,7 @@ from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import AsyncBatchStateManager
-from async_batchstate._write.writer import run_transactional
+from async_batchstate._store.transactions import run_transactional
 from async_batchstate.migration import _run as _migration
 from async_batchstate.testing import FaultPoint
 

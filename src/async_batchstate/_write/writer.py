@@ -35,12 +35,12 @@ import enum
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal
 
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, ArrayUnion, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._clock import SYSTEM_CLOCK, Clock
@@ -49,6 +49,7 @@ from .._errors import BatchNotFoundError, ConfigurationError, WriteFailedError
 from .._store import schema as f
 from .._store.refs import Refs
 from .._store.schema import Layout
+from .._store.transactions import REFUSED_AT_COMMIT, P, T, run_transactional
 
 WritePath = Literal["auto", "transaction"]
 """``"auto"``: lock-free wherever completion documents are the guard; ``"transaction"``:
@@ -159,68 +160,6 @@ class _Staged:
     legacy_count: int | None
     """The array's length after the commit, when the transaction read and counts it."""
 
-
-T = TypeVar("T")
-P = ParamSpec("P")
-
-
-async def run_transactional(
-    fn: Callable[Concatenate[AsyncTransaction, P], Awaitable[T]],
-    transaction: AsyncTransaction,
-    *args: P.args,
-    **kwargs: P.kwargs,
-) -> T:
-    """``async_transactional(fn)(transaction, ...)``, without hiding why an attempt failed.
-
-    Two things the plain client gets wrong for a retry loop above it:
-
-    * On any failure it rolls back, and an error of that rollback replaces the
-      real one (which survives only as ``__context__``): when
-      ``begin_transaction`` failed or was cancelled it raises ``ValueError("...
-      cannot be rolled back")``. That turned a retryable UNAVAILABLE into a
-      fatal error and swallowed the ``CancelledError`` of a timeout. Re-raise
-      the real one.
-    * Its commit retries UNAVAILABLE with the same transaction. When the first
-      commit was applied and only its answer lost, the server refuses the
-      re-sent one (INVALID_ARGUMENT or FAILED_PRECONDITION: the transaction is
-      closed). Refused once the commit was sent, the outcome is unknown, not
-      refused: raise ``ServiceUnavailable`` (the original as ``__cause__``) so
-      the caller's retry reads what is stored and decides. Decided by the
-      phase and the status code, never by the error's text.
-    """
-    sent: list[bool] = []
-
-    async def body(txn: AsyncTransaction, /, *a: P.args, **kw: P.kwargs) -> T:
-        result = await fn(txn, *a, **kw)
-        sent.append(True)  # the plain client commits right after the body returns
-        return result
-
-    try:
-        return await async_transactional(body)(transaction, *args, **kwargs)
-    except _REFUSED_AT_COMMIT as exc:
-        if sent:
-            unknown = f"transaction outcome unknown ({type(exc).__name__} at commit)"
-            raise gexc.ServiceUnavailable(unknown) from exc  # type: ignore[no-untyped-call]
-        raise
-    except Exception as exc:
-        hidden = exc.__context__
-        if exc.__cause__ is None and hidden is not None and _raised_by_rollback(exc):
-            raise hidden from None
-        raise
-
-
-def _raised_by_rollback(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "_rollback":
-            return True
-        tb = tb.tb_next
-    return False
-
-
-_REFUSED_AT_COMMIT = (gexc.InvalidArgument, gexc.FailedPrecondition)
-"""What a transaction commit gets when the plain client re-sent a commit whose answer
-was lost and the server had already committed (or closed) the transaction."""
 
 _CUT_OFF = (
     asyncio.CancelledError,
@@ -474,7 +413,7 @@ class GroupWriter:
                 self._stage, batch_id, group, firsts, state, legacy_read
             )
         except gexc.ServiceUnavailable as exc:
-            if isinstance(exc.__cause__, _REFUSED_AT_COMMIT):
+            if isinstance(exc.__cause__, REFUSED_AT_COMMIT):
                 # The next attempt's reads decide by write id; a commit refused again
                 # and again is refused for real.
                 state.uncertain_commits += 1

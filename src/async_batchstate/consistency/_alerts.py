@@ -33,7 +33,7 @@ class SlackWebhookAlerter:
         username: Optional display name for the message.
 
     Raises:
-        ValueError: ``url`` is not http(s) or ``timeout`` is not positive.
+        ConfigurationError: ``url`` is not http(s) or ``timeout`` is not positive.
     """
 
     def __init__(self, url: str, timeout: float = 5.0, *, username: str | None = None) -> None:

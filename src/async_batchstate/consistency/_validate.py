@@ -35,18 +35,8 @@ from .._errors import BatchNotFoundError, ConfigurationError
 from .._store import schema as f
 from .._store.refs import Refs
 from .._store.schema import Layout, validate_id
+from .._store.transactions import run_transactional
 from .._write.retry import RetryPolicy, run_with_retry
-from .._write.writer import run_transactional
-
-__all__ = [
-    "AlertHook",
-    "ConsistencyReport",
-    "ReconcileResult",
-    "SampledValidator",
-    "Source",
-    "reconcile",
-    "validate",
-]
 
 logger = logging.getLogger("async_batchstate.consistency")
 
