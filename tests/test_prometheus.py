@@ -16,7 +16,7 @@ from google.api_core import exceptions as gexc
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from async_batchstate import RetryPolicy, Stats
+from async_batchstate import ConfigurationError, RetryPolicy, Stats
 from async_batchstate.instrumentation._prometheus import PrometheusCollector
 from async_batchstate.testing import FaultPoint
 
@@ -113,11 +113,11 @@ def test_namespace_and_labels_let_two_managers_share_a_registry() -> None:
 
 
 def test_same_namespace_twice_is_refused() -> None:
-    """The registry refuses a second collector with the same metric names."""
+    """The registry refuses a second collector with the same metric names: a typed error."""
     registry = CollectorRegistry()
     PrometheusCollector(FixedStats(Stats())).register(registry)
 
-    with pytest.raises(ValueError, match="Duplicated timeseries"):
+    with pytest.raises(ConfigurationError, match=r"Duplicated timeseries.*namespace="):
         PrometheusCollector(FixedStats(Stats())).register(registry)
 
 

@@ -86,12 +86,17 @@ class PrometheusCollector:
             This collector, for chaining.
 
         Raises:
-            ValueError: The registry already has metrics with these names (use
-                another ``namespace``), or this collector is registered already.
+            ConfigurationError: The registry already has metrics with these names
+                (use another ``namespace``), or this collector is registered already.
         """
         if self._registry is not None:
             raise ConfigurationError(f"{self!r} is already registered")
-        registry.register(self)
+        try:
+            registry.register(self)
+        except ValueError as exc:  # prometheus_client: "Duplicated timeseries"
+            raise ConfigurationError(
+                f"{exc}; give this collector another namespace= (now {self._ns!r})"
+            ) from exc
         self._registry = registry
         return self
 
