@@ -18,6 +18,7 @@ from async_batchstate import (
     InvalidInputError,
     LegacyArrayLimitError,
     MigrationMode,
+    UnexpectedPlayerError,
 )
 from async_batchstate._store import schema as f
 from async_batchstate._store.schema import LegacyLimits, new_batch, progress_from, split_roster
@@ -122,3 +123,23 @@ def test_progress_counts_what_the_mode_reads(mode: MigrationMode, completed: int
         "status": "in_progress",
     }
     assert completed == progress_from("b", mode, data).completed_count
+
+
+def test_a_completion_outside_the_roster_is_refused_without_io() -> None:
+    """``BatchInfo.check_completion``: a roster refuses strangers, names batch and player."""
+    info = f.BatchInfo(expected=2, roster=frozenset({"p1", "p2"}))
+
+    info.check_completion("b", "p1", 5)
+    with pytest.raises(UnexpectedPlayerError, match=r"'p3'.*'b'"):
+        info.check_completion("b", "p3", 5)
+    f.BatchInfo(expected=2).check_completion("b", "anyone", 5)  # no roster: anyone
+
+
+def test_a_count_that_could_overflow_the_total_is_refused_without_io() -> None:
+    """The batch's total must stay within 64 bits even if every completion has the count."""
+    info = f.BatchInfo(expected=4)
+    most = f.MAX_COUNT // 4
+
+    info.check_completion("b", "p", most)
+    with pytest.raises(InvalidCountError, match="overflow"):
+        info.check_completion("b", "p", most + 1)

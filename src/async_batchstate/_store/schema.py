@@ -27,6 +27,7 @@ from .._errors import (
     InvalidIdError,
     InvalidInputError,
     LegacyArrayLimitError,
+    UnexpectedPlayerError,
 )
 from .._types import BatchProgress
 
@@ -237,6 +238,26 @@ class BatchInfo:
     deadline: dt.datetime | None = None
     terminal: bool = field(default=False, compare=False)
     """This process saw the batch finished (no more deadline checks)."""
+
+    def check_completion(self, batch_id: str, player: str, count: int) -> None:
+        """Refuse a completion this batch cannot take, before anything is written.
+
+        Raises:
+            UnexpectedPlayerError: The batch has a roster without ``player``.
+            InvalidCountError: ``count`` could overflow the batch's 64-bit total.
+        """
+        if self.roster is not None and player not in self.roster:
+            raise UnexpectedPlayerError(
+                f"player {player!r} is not in the roster of batch {batch_id!r}; nothing written"
+            )
+        # Increment saturates at 2**63 - 1 instead of failing: refuse a count that
+        # could take the batch's total there.
+        most = MAX_COUNT // max(self.expected, 1)
+        if count > most:
+            raise InvalidCountError(
+                f"predictions_count {count} could overflow the 64-bit total of batch "
+                f"{batch_id!r} ({self.expected} completions of at most {most})"
+            )
 
 
 @dataclass(frozen=True)

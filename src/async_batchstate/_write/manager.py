@@ -16,10 +16,8 @@ from .._clock import SYSTEM_CLOCK, Clock, wait_event
 from .._config import MigrationMode
 from .._errors import (
     CompletionTimeoutError,
-    InvalidCountError,
     InvalidInputError,
     ManagerClosedError,
-    UnexpectedPlayerError,
 )
 from .._store import schema as f
 from .._store.batches import BatchReader, create_batch
@@ -582,18 +580,7 @@ class AsyncBatchStateManager:
         validate_player(self.mode, player)
         count = validate_count("predictions_count", predictions_count)
         info = await self._infos.get(batch_id)  # cached per batch: one read at most
-        if info.roster is not None and player not in info.roster:
-            raise UnexpectedPlayerError(
-                f"player {player!r} is not in the roster of batch {batch_id!r}; nothing written"
-            )
-        # Increment saturates at 2**63 - 1 instead of failing: refuse a count that
-        # could take the batch's total there.
-        most = f.MAX_COUNT // max(info.expected, 1)
-        if count > most:
-            raise InvalidCountError(
-                f"predictions_count {count} could overflow the 64-bit total of batch "
-                f"{batch_id!r} ({info.expected} completions of at most {most})"
-            )
+        info.check_completion(batch_id, player, count)
         if info.deadline is not None and not info.terminal and self._clock.now() >= info.deadline:
             await self._expire_overdue(batch_id)
         wait = self._retry.deadline if timeout is None else timeout
