@@ -19,7 +19,7 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
-from async_batchstate._write.retry import classify
+from async_batchstate._retry import classify
 
 MODE = MigrationMode.DUAL_WRITE
 COMPLETIONS = "completions"

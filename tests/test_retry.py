@@ -9,8 +9,8 @@ import pytest
 from google.api_core import exceptions as gexc
 
 from async_batchstate import RetryExhaustedError, RetryPolicy
+from async_batchstate._retry import AttemptFailure, classify, run_with_retry
 from async_batchstate._write.limits import AdaptiveLimit
-from async_batchstate._write.retry import AttemptFailure, classify, run_with_retry
 from async_batchstate.instrumentation import ErrorKind
 from async_batchstate.testing import FakeClock
 

@@ -29,11 +29,11 @@ from ._errors import (
     UnexpectedPlayerError,
     WriteFailedError,
 )
+from ._retry import RetryPolicy
 from ._store.schema import Layout
 from ._types import BatchProgress, CompletionResult, CompletionStatus
 from ._write.finaliser import OnComplete
 from ._write.manager import AsyncBatchStateManager
-from ._write.retry import RetryPolicy
 from .instrumentation._events import Stats
 
 try:

@@ -19,6 +19,7 @@ from .._errors import (
     InvalidInputError,
     ManagerClosedError,
 )
+from .._retry import RetryPolicy, run_with_retry
 from .._store import schema as f
 from .._store.batches import BatchReader, create_batch
 from .._store.roster import BatchInfoCache
@@ -44,7 +45,6 @@ from ..consistency._validate import (
 from ..instrumentation._events import CompletionFinished, Hook, Recorder, Stats
 from .finaliser import Finaliser, OnComplete
 from .limits import in_flight_bound, make_rate_limiter
-from .retry import RetryPolicy, run_with_retry
 from .runner import GroupRunner
 from .writer import Completion, FaultInjector, GroupWriter, WritePath, new_write_id
 

@@ -25,13 +25,13 @@ from .._errors import (
     ManagerClosedError,
     WriteFailedError,
 )
+from .._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
 from .._types import BatchProgress, CompletionResult, CompletionStatus
 from ..consistency._validate import SampledValidator
 from ..instrumentation._events import AttemptFailed, GroupCommitted, GroupFailed, Recorder
 from .finaliser import Finaliser
 from .lanes import Lane, Pending
 from .limits import AdaptiveLimit
-from .retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
 from .writer import Completion, GroupOutcome, GroupState, GroupWriter
 
 logger = logging.getLogger("async_batchstate")

@@ -32,11 +32,11 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError, ConfigurationError
+from .._retry import RetryPolicy, run_with_retry
 from .._store import schema as f
 from .._store.refs import Refs
 from .._store.schema import Layout, validate_id
 from .._store.transactions import run_transactional
-from .._write.retry import RetryPolicy, run_with_retry
 
 logger = logging.getLogger("async_batchstate.consistency")
 

@@ -7,7 +7,7 @@ lazily.
 
 import typing
 
-from .._write.retry import ErrorKind
+from .._retry import ErrorKind
 from ._events import (
     AttemptFailed,
     BatchFinalised,

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .._retry import ErrorKind
 from .._types import BatchProgress, CompletionResult
-from .._write.retry import ErrorKind
 
 logger = logging.getLogger("async_batchstate.metrics")
 

@@ -50,12 +50,12 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchStateError, ConfigurationError, InvalidInputError
+from .._retry import RetryPolicy, run_with_retry
 from .._store import schema as f
 from .._store.refs import Refs
 from .._store.schema import Layout, validate_id
 from .._store.transactions import run_transactional
 from .._write.finaliser import Finaliser
-from .._write.retry import RetryPolicy, run_with_retry
 from .._write.writer import GroupWriter
 from ..consistency._validate import (
     ConsistencyReport,

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 from google.api_core import exceptions as gexc
 
-from .._clock import SYSTEM_CLOCK, Clock
-from .._errors import RetryExhaustedError
+from ._clock import SYSTEM_CLOCK, Clock
+from ._errors import ConfigurationError, RetryExhaustedError
 
 T = TypeVar("T")
 
@@ -106,8 +106,6 @@ class RetryPolicy:
     attempt_timeout: float = 20.0
 
     def __post_init__(self) -> None:
-        from .._errors import ConfigurationError
-
         if self.base_delay <= 0 or self.max_delay < self.base_delay:
             raise ConfigurationError("need 0 < base_delay <= max_delay")
         if self.max_attempts < 1:
