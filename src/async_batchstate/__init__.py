@@ -8,7 +8,6 @@ Prometheus) and ``async_batchstate.testing`` (emulator, fault injection).
 """
 
 import typing
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ._clock import Clock, SystemClock
@@ -32,14 +31,10 @@ from ._errors import (
 from ._retry import RetryPolicy
 from ._store.schema import Layout
 from ._types import BatchProgress, CompletionResult, CompletionStatus
+from ._version import __version__
 from ._write.finaliser import OnComplete
 from ._write.manager import AsyncBatchStateManager
 from .instrumentation._events import Stats
-
-try:
-    __version__ = version("async-batchstate")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 __all__ = [
     "AsyncBatchStateManager",

@@ -1,1 +1,1 @@
-"""The hot path: manager facade, lanes, group runner, writer, finaliser, retry, limits."""
+"""The hot path: manager facade, group runner, lanes, writer, finaliser, limits."""

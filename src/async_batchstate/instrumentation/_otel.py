@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from .._version import __version__
 from ._events import (
     AttemptFailed,
     BatchFinalised,
@@ -29,12 +30,6 @@ INSTRUMENTATION_NAME: Final = "async_batchstate"
 _MISSING = (
     "OpenTelemetry instrumentation needs opentelemetry-api: pip install 'async-batchstate[otel]'"
 )
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 class OpenTelemetryHook:
@@ -92,7 +87,7 @@ class OpenTelemetryHook:
             from opentelemetry import context, metrics, trace
         except ImportError as exc:
             raise ImportError(_MISSING) from exc
-        version = _version()
+        version = __version__
         meter = metrics.get_meter(INSTRUMENTATION_NAME, version, meter_provider=meter_provider)
         self._tracer: Tracer | None = (
             trace.get_tracer(INSTRUMENTATION_NAME, version, tracer_provider=tracer_provider)
