@@ -86,6 +86,22 @@ def run_python(
     return pytester.run(sys.executable, "-c", prelude + textwrap.dedent(code))
 
 
+INNER_PYTEST_ARGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+"""Options of every pytest that a test runs in a subprocess (``run_pytest``).
+
+Without the cache (nothing left in pytester's directory) and without hypothesis's
+plugin: hypothesis, installed for this suite's own property tests, imports all of
+itself when its plugin loads (about 2 s of each run on 2 cores), and no test file
+run this way uses it. Every other installed plugin loads as in a user's run,
+``async_batchstate``'s and pytest-asyncio's included.
+"""
+
+
+def run_pytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """``pytest *args`` in a fresh interpreter, in pytester's directory, as a user runs it."""
+    return pytester.runpytest_subprocess(*INNER_PYTEST_ARGS, *args)
+
+
 class FaultGate:
     """A ``fault_injector`` that tells a test when write attempts reach ``point``, and can
     hold them there: synchronisation by events instead of sleeping and hoping.
