@@ -25,6 +25,7 @@ from rich.progress import Progress
 from async_batchstate.testing import EmulatorInfo, aclose_client, find_emulator_jar, make_client
 
 from ._load import (
+    CANCEL_GRACE,
     Advance,
     Load,
     Player,
@@ -73,6 +74,7 @@ class Config:
     redelivery: tuple[tuple[int, int, int], ...] = ()
     redeliver: float = 0.1
     rpc_burst: int = 200  # concurrent callers of the RPC-cost cells
+    cancel_grace: float = CANCEL_GRACE  # seconds a cut cell's cancelled callers get to end
 
 
 FULL = Config(
@@ -107,23 +109,27 @@ QUICK = Config(
     warmup_min_rounds=2,
     redelivery=((4, 100, 600), (8, 10, 400)),
 )
-TINY = Config(  # the smoke test: every scenario, a few completions each
+TINY = Config(  # the smoke test: every scenario, cell and code path, as few completions as can
     name="tiny",
-    overhead_ops=6,
+    overhead_ops=2,  # one measured completion per round (after one unmeasured), two rounds
     overhead_rounds=2,
-    sweep=((1, 4), (10, 20)),
-    cell_budget=4.0,
+    sweep=((1, 2), (4, 8)),  # one caller, and contention
+    # (a) read-modify-write stalls under any contention on the emulator (lock waits): its
+    # contended cell is cut at the budget and reported stalled, its callers cancelled and
+    # abandoned after the grace. Those two are its cost.
+    cell_budget=2.0,
     processes=(2,),
-    process_ops=10,
-    process_concurrency=5,
+    process_ops=3,
+    process_concurrency=2,
     process_budget=10.0,
-    ceiling_docs=60,
+    ceiling_docs=20,
     warmup_min_s=0.0,
     warmup_max_s=0.0,
     warmup_min_rounds=1,
-    redelivery=((2, 5, 20),),
-    redeliver=0.25,
-    rpc_burst=10,
+    redelivery=((2, 2, 8),),
+    redeliver=0.25,  # 2 of the 8 players delivered twice
+    rpc_burst=4,  # the mixed burst: 2 redelivered players and 2 new ones
+    cancel_grace=0.5,
 )
 
 
@@ -230,6 +236,7 @@ class _Job:
     work: tuple[Player, ...]
     concurrency: int
     budget: float
+    grace: float
 
 
 def _worker(job: _Job) -> Load:
@@ -252,6 +259,7 @@ async def _worker_load(job: _Job) -> Load:
             job.work,
             concurrency=job.concurrency,
             budget=job.budget,
+            grace=job.grace,
         )
     finally:
         await aclose_client(client)
@@ -386,7 +394,7 @@ class Bench:
         while warming():
             n = len(rounds)
             async with self.client() as client:
-                docs = max(250, cfg.ceiling_docs // 2)
+                docs = max(min(250, cfg.ceiling_docs), cfg.ceiling_docs // 2)
                 cell = await ceiling(client, self.collection, f"warm{n}-bulk", docs)
                 rounds.append(cell["docs_per_s"])
                 for strategy, ops, concurrency in (("manager", 300, 100), ("blind_txn", 100, 10)):
@@ -401,6 +409,7 @@ class Bench:
                         players(ops),
                         concurrency=concurrency,
                         budget=self.cfg.cell_budget,
+                        grace=self.cfg.cancel_grace,
                         advance=advance,
                     )
         self._done()
@@ -439,6 +448,7 @@ class Bench:
                     part,
                     concurrency=concurrency,
                     budget=self.cfg.cell_budget,
+                    grace=self.cfg.cancel_grace,
                     advance=advance,
                 )
                 for part in (warm, work)
@@ -527,6 +537,7 @@ class Bench:
                 tuple(part),
                 concurrency,
                 self.cfg.process_budget,
+                self.cfg.cancel_grace,
             )
             for part in parts
         ]
@@ -634,6 +645,7 @@ class Bench:
                             work,
                             concurrency=len(work),
                             budget=self.cfg.cell_budget,
+                            grace=self.cfg.cancel_grace,
                             advance=advance,
                             recorder=recorder,
                         )
