@@ -13,9 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-import grpc
 import pytest
 import pytest_asyncio
 from google.cloud.firestore_v1.async_client import AsyncClient
@@ -39,7 +37,7 @@ from async_batchstate.testing import (
     make_client,
 )
 
-from .helpers import FaultGate
+from .helpers import FaultGate, fast_reconnect
 
 pytestmark = pytest.mark.emulator
 
@@ -53,29 +51,13 @@ class Proxied:
     client: AsyncClient
 
 
-FAST_RECONNECT = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 300),
-]
-"""gRPC's reconnect backoff starts at 1 s and grows 1.6x: after a cut the channel would
-reconnect seconds after ``restore()``. The tests wait for the library, not that timer."""
-
-
 @pytest_asyncio.fixture
 async def proxied(
     firestore_emulator: EmulatorInfo, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Proxied]:
-    """A client whose every connection to the emulator goes through a ``FaultyProxy``.
-
-    Its channel (made at its first RPC) retries connecting every 0.1-0.3 s (``FAST_RECONNECT``).
-    """
-    insecure_channel = grpc.aio.insecure_channel
-
-    def channel(target: str, options: Any = (), *args: Any, **kwargs: Any) -> grpc.aio.Channel:
-        return insecure_channel(target, [*options, *FAST_RECONNECT], *args, **kwargs)
-
-    monkeypatch.setattr(grpc.aio, "insecure_channel", channel)
+    """A client whose every connection to the emulator goes through a ``FaultyProxy``
+    (reconnecting quickly after a cut: ``fast_reconnect``)."""
+    fast_reconnect(monkeypatch)
     async with FaultyProxy(firestore_emulator.host) as proxy:
         client = make_client(EmulatorInfo(proxy.host, firestore_emulator.project, None))
         try:
