@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from typing import Any
@@ -313,6 +313,7 @@ class Bench:
         self.emulator = EmulatorInfo(host, project, None)
         self.collection = f"bench_{uuid.uuid4().hex[:8]}"
         self.progress = progress
+        self._workers: tuple[int, Any] | None = None  # the last process pool: (size, pool)
         self._overall = progress.add_task("benchmark", total=self._steps())
         self._current = progress.add_task("", total=None)
 
@@ -364,8 +365,11 @@ class Bench:
         first = await self.ceiling("ceiling-start")
         results["overhead"] = await self.overhead()
         results["sweep"] = await self.sweep()
-        results["multiprocess"] = await self.multiprocess()
-        results["redelivery"] = await self.redelivery()
+        try:
+            results["multiprocess"] = await self.multiprocess()
+            results["redelivery"] = await self.redelivery()
+        finally:
+            self._close_pool()
         results["rpc_cost"] = await self.rpc_cost()
         last = await self.ceiling("ceiling-end")
         best = max(first["docs_per_s"], last["docs_per_s"])
@@ -557,12 +561,26 @@ class Bench:
             redeliver=redeliver,
         )
 
-    @contextlib.contextmanager
-    def _pool(self, n: int) -> Iterator[Any]:
-        """``n`` spawned worker processes that start each job together."""
+    def _pool(self, n: int) -> Any:
+        """``n`` spawned worker processes that start each job together.
+
+        The last pool is kept for the next scenario that wants as many processes (they
+        need not start again: each job opens its own client anyway); it is terminated
+        when one wants another number, and at the end of the run.
+        """
+        if self._workers is not None and self._workers[0] == n:
+            return self._workers[1]
+        self._close_pool()
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(n, initializer=_init_worker, initargs=(ctx.Barrier(n),)) as pool:
-            yield pool
+        pool = ctx.Pool(n, initializer=_init_worker, initargs=(ctx.Barrier(n),))
+        self._workers = (n, pool)
+        return pool
+
+    def _close_pool(self) -> None:
+        if self._workers is not None:
+            self._workers[1].terminate()
+            self._workers[1].join()
+            self._workers = None
 
     async def multiprocess(self) -> list[dict[str, Any]]:
         """N spawned processes, each with its own client and players, into one batch."""
@@ -570,18 +588,18 @@ class Bench:
         cells = []
         for n in cfg.processes:
             parts = [players(cfg.process_ops, f"w{i}-") for i in range(n)]
-            with self._pool(n) as pool:
-                for strategy in MULTIPROCESS:
-                    self._step(f"{n} processes: {strategy}", None)
-                    cell = await self._processes(
-                        pool,
-                        "multiprocess",
-                        strategy,
-                        f"procs-{strategy}-n{n}",
-                        parts,
-                        concurrency=cfg.process_concurrency,
-                    )
-                    cells.append(cell)
+            pool = self._pool(n)
+            for strategy in MULTIPROCESS:
+                self._step(f"{n} processes: {strategy}", None)
+                cell = await self._processes(
+                    pool,
+                    "multiprocess",
+                    strategy,
+                    f"procs-{strategy}-n{n}",
+                    parts,
+                    concurrency=cfg.process_concurrency,
+                )
+                cells.append(cell)
         return cells
 
     async def redelivery(self) -> list[dict[str, Any]]:
@@ -595,22 +613,22 @@ class Bench:
         cells = []
         for n, concurrency, total in cfg.redelivery:
             work = players(total, f"n{n}c{concurrency}-")
-            with self._pool(n) as pool:
-                for redeliver in (0.0, cfg.redeliver):
-                    parts = deliveries(work, n, redeliver, window=n * concurrency)
-                    for strategy in REDELIVERY:
-                        tag = f"{n}x{concurrency}, {redeliver:.0%} redelivered"
-                        self._step(f"{tag}: {strategy}", None)
-                        cell = await self._processes(
-                            pool,
-                            "redelivery",
-                            strategy,
-                            f"redeliver-{strategy}-n{n}c{concurrency}-r{round(redeliver * 100)}",
-                            parts,
-                            concurrency=concurrency,
-                            redeliver=redeliver,
-                        )
-                        cells.append(cell)
+            pool = self._pool(n)
+            for redeliver in (0.0, cfg.redeliver):
+                parts = deliveries(work, n, redeliver, window=n * concurrency)
+                for strategy in REDELIVERY:
+                    tag = f"{n}x{concurrency}, {redeliver:.0%} redelivered"
+                    self._step(f"{tag}: {strategy}", None)
+                    cell = await self._processes(
+                        pool,
+                        "redelivery",
+                        strategy,
+                        f"redeliver-{strategy}-n{n}c{concurrency}-r{round(redeliver * 100)}",
+                        parts,
+                        concurrency=concurrency,
+                        redeliver=redeliver,
+                    )
+                    cells.append(cell)
         return cells
 
     async def rpc_cost(self) -> list[dict[str, Any]]:
