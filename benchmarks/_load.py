@@ -35,7 +35,8 @@ Advance = Callable[[int], None]
 Player = tuple[str, int]
 
 CANCEL_GRACE = 2.0
-"""Seconds a stalled cell's cancelled callers get to finish before they are abandoned."""
+"""Seconds a stalled cell's cancelled callers get to finish before they are abandoned
+(the default of ``drive``'s ``grace``)."""
 _ABANDONED: set[asyncio.Task[None]] = set()  # referenced until their client is closed
 
 
@@ -111,8 +112,12 @@ async def drive(
     budget: float,
     advance: Advance = lambda n: None,
     recorder: Recorder | None = None,
+    grace: float = CANCEL_GRACE,
 ) -> Load:
     """``concurrency`` callers record ``work`` in a closed loop; stop them after ``budget`` s.
+
+    Callers still running then are cancelled, and abandoned if they have not ended
+    ``grace`` s later.
 
     Every RPC the strategy makes on ``client`` meanwhile is counted, by method (for
     the manager that includes its background validation reads). A ``recorder`` given
@@ -159,7 +164,7 @@ async def drive(
             # A cancelled plain transaction sends a Rollback, and the emulator can hold a
             # Rollback behind the lock waits of the very reads that were cancelled: do not
             # wait for those for ever. Closing the client (after the cell) ends them.
-            _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE)
+            _, stuck = await asyncio.wait(pending, timeout=grace)
             _ABANDONED.update(stuck)
             for task in stuck:
                 task.add_done_callback(_ABANDONED.discard)

@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from typing import Any
@@ -25,6 +25,7 @@ from rich.progress import Progress
 from async_batchstate.testing import EmulatorInfo, aclose_client, find_emulator_jar, make_client
 
 from ._load import (
+    CANCEL_GRACE,
     Advance,
     Load,
     Player,
@@ -73,6 +74,7 @@ class Config:
     redelivery: tuple[tuple[int, int, int], ...] = ()
     redeliver: float = 0.1
     rpc_burst: int = 200  # concurrent callers of the RPC-cost cells
+    cancel_grace: float = CANCEL_GRACE  # seconds a cut cell's cancelled callers get to end
 
 
 FULL = Config(
@@ -107,23 +109,27 @@ QUICK = Config(
     warmup_min_rounds=2,
     redelivery=((4, 100, 600), (8, 10, 400)),
 )
-TINY = Config(  # the smoke test: every scenario, a few completions each
+TINY = Config(  # the smoke test: every scenario, cell and code path, as few completions as can
     name="tiny",
-    overhead_ops=6,
+    overhead_ops=2,  # one measured completion per round (after one unmeasured), two rounds
     overhead_rounds=2,
-    sweep=((1, 4), (10, 20)),
-    cell_budget=4.0,
+    sweep=((1, 2), (4, 8)),  # one caller, and contention
+    # (a) read-modify-write stalls under any contention on the emulator (lock waits): its
+    # contended cell is cut at the budget and reported stalled, its callers cancelled and
+    # abandoned after the grace. Those two are its cost.
+    cell_budget=2.0,
     processes=(2,),
-    process_ops=10,
-    process_concurrency=5,
+    process_ops=3,
+    process_concurrency=2,
     process_budget=10.0,
-    ceiling_docs=60,
+    ceiling_docs=20,
     warmup_min_s=0.0,
     warmup_max_s=0.0,
     warmup_min_rounds=1,
-    redelivery=((2, 5, 20),),
-    redeliver=0.25,
-    rpc_burst=10,
+    redelivery=((2, 2, 8),),
+    redeliver=0.25,  # 2 of the 8 players delivered twice
+    rpc_burst=4,  # the mixed burst: 2 redelivered players and 2 new ones
+    cancel_grace=0.5,
 )
 
 
@@ -230,6 +236,7 @@ class _Job:
     work: tuple[Player, ...]
     concurrency: int
     budget: float
+    grace: float
 
 
 def _worker(job: _Job) -> Load:
@@ -252,6 +259,7 @@ async def _worker_load(job: _Job) -> Load:
             job.work,
             concurrency=job.concurrency,
             budget=job.budget,
+            grace=job.grace,
         )
     finally:
         await aclose_client(client)
@@ -305,6 +313,7 @@ class Bench:
         self.emulator = EmulatorInfo(host, project, None)
         self.collection = f"bench_{uuid.uuid4().hex[:8]}"
         self.progress = progress
+        self._workers: tuple[int, Any] | None = None  # the last process pool: (size, pool)
         self._overall = progress.add_task("benchmark", total=self._steps())
         self._current = progress.add_task("", total=None)
 
@@ -356,8 +365,11 @@ class Bench:
         first = await self.ceiling("ceiling-start")
         results["overhead"] = await self.overhead()
         results["sweep"] = await self.sweep()
-        results["multiprocess"] = await self.multiprocess()
-        results["redelivery"] = await self.redelivery()
+        try:
+            results["multiprocess"] = await self.multiprocess()
+            results["redelivery"] = await self.redelivery()
+        finally:
+            self._close_pool()
         results["rpc_cost"] = await self.rpc_cost()
         last = await self.ceiling("ceiling-end")
         best = max(first["docs_per_s"], last["docs_per_s"])
@@ -386,7 +398,7 @@ class Bench:
         while warming():
             n = len(rounds)
             async with self.client() as client:
-                docs = max(250, cfg.ceiling_docs // 2)
+                docs = max(min(250, cfg.ceiling_docs), cfg.ceiling_docs // 2)
                 cell = await ceiling(client, self.collection, f"warm{n}-bulk", docs)
                 rounds.append(cell["docs_per_s"])
                 for strategy, ops, concurrency in (("manager", 300, 100), ("blind_txn", 100, 10)):
@@ -401,6 +413,7 @@ class Bench:
                         players(ops),
                         concurrency=concurrency,
                         budget=self.cfg.cell_budget,
+                        grace=self.cfg.cancel_grace,
                         advance=advance,
                     )
         self._done()
@@ -439,6 +452,7 @@ class Bench:
                     part,
                     concurrency=concurrency,
                     budget=self.cfg.cell_budget,
+                    grace=self.cfg.cancel_grace,
                     advance=advance,
                 )
                 for part in (warm, work)
@@ -527,6 +541,7 @@ class Bench:
                 tuple(part),
                 concurrency,
                 self.cfg.process_budget,
+                self.cfg.cancel_grace,
             )
             for part in parts
         ]
@@ -546,12 +561,26 @@ class Bench:
             redeliver=redeliver,
         )
 
-    @contextlib.contextmanager
-    def _pool(self, n: int) -> Iterator[Any]:
-        """``n`` spawned worker processes that start each job together."""
+    def _pool(self, n: int) -> Any:
+        """``n`` spawned worker processes that start each job together.
+
+        The last pool is kept for the next scenario that wants as many processes (they
+        need not start again: each job opens its own client anyway); it is terminated
+        when one wants another number, and at the end of the run.
+        """
+        if self._workers is not None and self._workers[0] == n:
+            return self._workers[1]
+        self._close_pool()
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(n, initializer=_init_worker, initargs=(ctx.Barrier(n),)) as pool:
-            yield pool
+        pool = ctx.Pool(n, initializer=_init_worker, initargs=(ctx.Barrier(n),))
+        self._workers = (n, pool)
+        return pool
+
+    def _close_pool(self) -> None:
+        if self._workers is not None:
+            self._workers[1].terminate()
+            self._workers[1].join()
+            self._workers = None
 
     async def multiprocess(self) -> list[dict[str, Any]]:
         """N spawned processes, each with its own client and players, into one batch."""
@@ -559,18 +588,18 @@ class Bench:
         cells = []
         for n in cfg.processes:
             parts = [players(cfg.process_ops, f"w{i}-") for i in range(n)]
-            with self._pool(n) as pool:
-                for strategy in MULTIPROCESS:
-                    self._step(f"{n} processes: {strategy}", None)
-                    cell = await self._processes(
-                        pool,
-                        "multiprocess",
-                        strategy,
-                        f"procs-{strategy}-n{n}",
-                        parts,
-                        concurrency=cfg.process_concurrency,
-                    )
-                    cells.append(cell)
+            pool = self._pool(n)
+            for strategy in MULTIPROCESS:
+                self._step(f"{n} processes: {strategy}", None)
+                cell = await self._processes(
+                    pool,
+                    "multiprocess",
+                    strategy,
+                    f"procs-{strategy}-n{n}",
+                    parts,
+                    concurrency=cfg.process_concurrency,
+                )
+                cells.append(cell)
         return cells
 
     async def redelivery(self) -> list[dict[str, Any]]:
@@ -584,22 +613,22 @@ class Bench:
         cells = []
         for n, concurrency, total in cfg.redelivery:
             work = players(total, f"n{n}c{concurrency}-")
-            with self._pool(n) as pool:
-                for redeliver in (0.0, cfg.redeliver):
-                    parts = deliveries(work, n, redeliver, window=n * concurrency)
-                    for strategy in REDELIVERY:
-                        tag = f"{n}x{concurrency}, {redeliver:.0%} redelivered"
-                        self._step(f"{tag}: {strategy}", None)
-                        cell = await self._processes(
-                            pool,
-                            "redelivery",
-                            strategy,
-                            f"redeliver-{strategy}-n{n}c{concurrency}-r{round(redeliver * 100)}",
-                            parts,
-                            concurrency=concurrency,
-                            redeliver=redeliver,
-                        )
-                        cells.append(cell)
+            pool = self._pool(n)
+            for redeliver in (0.0, cfg.redeliver):
+                parts = deliveries(work, n, redeliver, window=n * concurrency)
+                for strategy in REDELIVERY:
+                    tag = f"{n}x{concurrency}, {redeliver:.0%} redelivered"
+                    self._step(f"{tag}: {strategy}", None)
+                    cell = await self._processes(
+                        pool,
+                        "redelivery",
+                        strategy,
+                        f"redeliver-{strategy}-n{n}c{concurrency}-r{round(redeliver * 100)}",
+                        parts,
+                        concurrency=concurrency,
+                        redeliver=redeliver,
+                    )
+                    cells.append(cell)
         return cells
 
     async def rpc_cost(self) -> list[dict[str, Any]]:
@@ -634,6 +663,7 @@ class Bench:
                             work,
                             concurrency=len(work),
                             budget=self.cfg.cell_budget,
+                            grace=self.cfg.cancel_grace,
                             advance=advance,
                             recorder=recorder,
                         )

@@ -22,7 +22,7 @@ from async_batchstate import AsyncBatchStateManager, MigrationMode
 
 from .helpers import ManagerFactory
 
-settings.register_profile("suite", max_examples=12)
+settings.register_profile("suite", max_examples=8)
 settings.register_profile("thorough", max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 

@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import grpc
 import pytest
 from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
 from google.cloud.firestore_v1.async_client import AsyncClient
@@ -84,6 +85,47 @@ def run_python(
     """
     prelude = f"BLOCKED = {sorted(blocked)!r}\n{_BLOCK_IMPORTS}" if blocked else ""
     return pytester.run(sys.executable, "-c", prelude + textwrap.dedent(code))
+
+
+INNER_PYTEST_ARGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+"""Options of every pytest that a test runs in a subprocess (``run_pytest``).
+
+Without the cache (nothing left in pytester's directory) and without hypothesis's
+plugin: hypothesis, installed for this suite's own property tests, imports all of
+itself when its plugin loads (about 2 s of each run on 2 cores), and no test file
+run this way uses it. Every other installed plugin loads as in a user's run,
+``async_batchstate``'s and pytest-asyncio's included.
+"""
+
+
+def run_pytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """``pytest *args`` in a fresh interpreter, in pytester's directory, as a user runs it."""
+    return pytester.runpytest_subprocess(*INNER_PYTEST_ARGS, *args)
+
+
+FAST_RECONNECT = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 300),
+)
+"""Channel options: retry connecting every 0.1-0.3 s."""
+
+
+def fast_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Emulator clients whose channel is made during this test reconnect within 0.3 s.
+
+    gRPC's reconnect backoff starts at 1 s and grows 1.6x (to 2 minutes): a channel
+    that lost its server for a few seconds connects again seconds after the server is
+    back. A test of what the library does once the network or the emulator is back
+    waits for the library, not for that timer. (The clients' emulator channel is
+    ``grpc.aio.insecure_channel``, made at the first RPC.)
+    """
+    insecure_channel = grpc.aio.insecure_channel
+
+    def channel(target: str, options: Any = (), *args: Any, **kwargs: Any) -> grpc.aio.Channel:
+        return insecure_channel(target, [*options, *FAST_RECONNECT], *args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", channel)
 
 
 class FaultGate:

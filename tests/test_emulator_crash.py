@@ -39,7 +39,7 @@ from async_batchstate.testing import (
     make_client,
 )
 
-from .helpers import FaultGate
+from .helpers import FaultGate, fast_reconnect
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -55,8 +55,12 @@ class Owned:
 
 
 @pytest_asyncio.fixture
-async def owned(firestore_emulator: EmulatorInfo) -> AsyncIterator[Owned]:
-    """An emulator of this test's own (the session's emulator is never killed) and a client."""
+async def owned(
+    firestore_emulator: EmulatorInfo, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Owned]:
+    """An emulator of this test's own (the session's emulator is never killed) and a client
+    that reconnects within 0.3 s of its restart (``fast_reconnect``)."""
+    fast_reconnect(monkeypatch)
     emulator = FirestoreEmulator()
     try:
         await asyncio.to_thread(emulator.start)

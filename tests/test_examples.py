@@ -11,6 +11,8 @@ import pytest
 
 from async_batchstate.testing import EmulatorInfo
 
+from .helpers import run_pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -61,6 +63,6 @@ def test_plugin_example_passes_as_a_users_test_file(
     )
     pytester.makepyfile(test_with_plugin=(EXAMPLES / "test_with_plugin.py").read_text())
 
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--require-firestore-emulator")
+    result = run_pytest(pytester, "--require-firestore-emulator")
 
     result.assert_outcomes(passed=4)

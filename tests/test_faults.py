@@ -37,7 +37,7 @@ from async_batchstate.testing import (
     make_client,
 )
 
-from .helpers import FaultGate
+from .helpers import FaultGate, fast_reconnect
 
 pytestmark = pytest.mark.emulator
 
@@ -52,8 +52,12 @@ class Proxied:
 
 
 @pytest_asyncio.fixture
-async def proxied(firestore_emulator: EmulatorInfo) -> AsyncIterator[Proxied]:
-    """A client whose every connection to the emulator goes through a ``FaultyProxy``."""
+async def proxied(
+    firestore_emulator: EmulatorInfo, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Proxied]:
+    """A client whose every connection to the emulator goes through a ``FaultyProxy``
+    (reconnecting quickly after a cut: ``fast_reconnect``)."""
+    fast_reconnect(monkeypatch)
     async with FaultyProxy(firestore_emulator.host) as proxy:
         client = make_client(EmulatorInfo(proxy.host, firestore_emulator.project, None))
         try:
@@ -150,7 +154,7 @@ async def assert_exact(
     ("outage", "deadline"),
     [
         pytest.param(1.5, 10.0, id="short-cut-callers-ride-it-out"),
-        pytest.param(4.0, 2.0, id="long-cut-callers-fail-typed"),
+        pytest.param(3.0, 2.0, id="long-cut-callers-fail-typed"),
     ],
 )
 async def test_connection_cut_mid_load_then_redelivery_is_exact(
@@ -203,7 +207,7 @@ async def test_blackhole_mid_load_then_redelivery_is_exact(
 ) -> None:
     """Traffic silently dropped mid-load: attempt timeouts fire, typed errors in time, exact after."""
     finalised: list[str] = []
-    deadline = 3.0
+    deadline = 2.0  # two attempt timeouts and more fit in it
     loading = FaultGate(FaultPoint.AFTER_COMMIT, count=2)
     policy = RetryPolicy(base_delay=0.05, max_delay=0.5, deadline=deadline, attempt_timeout=0.8)
     manager = AsyncBatchStateManager(

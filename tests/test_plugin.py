@@ -6,7 +6,7 @@ import pytest
 
 from async_batchstate.testing import EmulatorInfo
 
-from .helpers import run_python
+from .helpers import run_pytest, run_python
 
 USER_TESTS = """
 import pytest
@@ -45,7 +45,7 @@ def test_plugin_starts_an_emulator_and_isolates_tests(
 ) -> None:
     """With no FIRESTORE_EMULATOR_HOST the plugin starts one; each test gets its own collection."""
     pytester.makepyfile(USER_TESTS)
-    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    result = run_pytest(pytester, "-s")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*PROCESS True*"])
 
@@ -56,7 +56,7 @@ def test_plugin_reuses_the_emulator_named_in_the_environment(
     """FIRESTORE_EMULATOR_HOST set: the plugin starts nothing and uses that emulator."""
     clean_env.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
     pytester.makepyfile(USER_TESTS)
-    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    result = run_pytest(pytester, "-s")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*PROCESS False*"])
 
@@ -67,7 +67,7 @@ def test_plugin_skips_with_a_reason_when_no_emulator(
     """No emulator installed (jar path points nowhere): tests skip and say why."""
     clean_env.setenv("ASYNC_BATCHSTATE_EMULATOR_JAR", "/nonexistent/emulator.jar")
     pytester.makepyfile(USER_TESTS)
-    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result = run_pytest(pytester, "-rs")
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(["*Firestore emulator unavailable*/nonexistent/emulator.jar*"])
 
@@ -78,13 +78,13 @@ def test_plugin_errors_when_the_emulator_is_required_and_absent(
 ) -> None:
     """--require-firestore-emulator or ASYNC_BATCHSTATE_REQUIRE_EMULATOR=1 turns the skip into an error."""
     clean_env.setenv("ASYNC_BATCHSTATE_EMULATOR_JAR", "/nonexistent/emulator.jar")
-    args = ["-p", "no:cacheprovider"]
+    args: list[str] = []
     if how == "option":
         args.append("--require-firestore-emulator")
     else:
         clean_env.setenv("ASYNC_BATCHSTATE_REQUIRE_EMULATOR", "1")
     pytester.makepyfile(USER_TESTS)
-    result = pytester.runpytest_subprocess(*args)
+    result = run_pytest(pytester, *args)
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*required by --require-firestore-emulator*"])
 
@@ -137,7 +137,7 @@ def test_a_session_that_uses_no_fixture_never_imports_the_library(
             assert "google.cloud.firestore_v1" not in sys.modules
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = run_pytest(pytester)
     result.assert_outcomes(passed=1)
 
 
@@ -159,7 +159,7 @@ def test_without_pytest_asyncio_sync_fixtures_work_and_the_client_says_what_to_i
 ) -> None:
     """pytest-asyncio disabled: sync fixtures work; ``firestore_client`` errors that one test, saying why."""
     pytester.makepyfile(WITHOUT_PYTEST_ASYNCIO)
-    result = pytester.runpytest_subprocess("-p", "no:asyncio", "-p", "no:cacheprovider")
+    result = run_pytest(pytester, "-p", "no:asyncio")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*firestore_client fixture is async and needs pytest-asyncio*"])
     result.stdout.no_fnmatch_line("*not reached*")
