@@ -219,9 +219,12 @@ async def test_repeated_waits_on_finished_batches_leave_nothing_behind(
     """wait_until_complete 10 times on each of 20 finalised batches: no Event (per-batch
     state) survives."""
     manager = make_manager(validation_rate=0.0)
-    for i in range(20):
-        await manager.create_batch(f"b{i}", expected_count=1)
-        await manager.record_completion(f"b{i}", "p", 1)
+
+    async def finished(batch_id: str) -> None:
+        await manager.create_batch(batch_id, expected_count=1)
+        await manager.record_completion(batch_id, "p", 1)
+
+    await asyncio.gather(*(finished(f"b{i}") for i in range(20)))
     gc.collect()
     before = sum(isinstance(o, asyncio.Event) for o in gc.get_objects())
 
