@@ -99,34 +99,27 @@ class BatchReader:
 
     async def missing(self, batch_id: str, data: dict[str, Any]) -> list[str]:
         """The roster's players not recorded, sorted (none without a roster); one attempt."""
-        recorded = await self._recorded(batch_id, data)
-        if recorded is None:
+        roster = (await self._infos.get(batch_id)).roster
+        if roster is None:
             return []
-        return sorted(((await self._infos.get(batch_id)).roster or frozenset()) - recorded)
+        return sorted(
+            roster - await recorded_players(self._refs, self._mode, batch_id, roster, data)
+        )
 
     async def with_players(self, progress: BatchProgress, data: dict[str, Any]) -> BatchProgress:
         """``progress`` with its recorded players and, with a roster, the missing ones."""
         batch_id = progress.batch_id
-        what = f"listing batch {batch_id!r}"
-        recorded = await self._retrying(lambda: self._recorded(batch_id, data), what)
-        if recorded is not None:
-            roster = (await self._infos.get(batch_id)).roster or frozenset()
-            return dataclasses.replace(
-                progress,
-                completed_players=tuple(sorted(recorded)),
-                missing_players=tuple(sorted(roster - recorded)),
-            )
-        if not self._mode.reads_subcollection:
+        roster = (await self._infos.get(batch_id)).roster
+        if roster is None and not self._mode.reads_subcollection:
             return progress  # the array, already decoded
-        query = self._refs.completions(batch_id).select([FieldPath.document_id()])
-        players = await self._retrying(lambda: _ids(query), what)
-        return dataclasses.replace(progress, completed_players=players)
-
-    async def _recorded(self, batch_id: str, data: dict[str, Any]) -> frozenset[str] | None:
-        info = await self._infos.get(batch_id)
-        if info.roster is None:
-            return None
-        return await recorded_players(self._refs, self._mode, batch_id, info.roster, data)
+        recorded: frozenset[str] = await self._retrying(
+            lambda: recorded_players(self._refs, self._mode, batch_id, roster, data),
+            f"listing batch {batch_id!r}",
+        )
+        progress = dataclasses.replace(progress, completed_players=tuple(sorted(recorded)))
+        if roster is None:
+            return progress
+        return dataclasses.replace(progress, missing_players=tuple(sorted(roster - recorded)))
 
     async def listing(
         self,
@@ -177,7 +170,3 @@ class BatchReader:
             if len(snaps) < page_size:
                 return
             last = snaps[-1]
-
-
-async def _ids(query: Any) -> tuple[str, ...]:
-    return tuple(sorted([snap.id async for snap in query.stream()]))
