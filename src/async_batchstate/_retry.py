@@ -12,7 +12,7 @@ import enum
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 
@@ -20,6 +20,10 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._errors import ConfigurationError, RetryExhaustedError
 
 T = TypeVar("T")
+
+
+Retrying = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
+"""``retrying(call, what)``: run ``call`` under the owner's retry policy, clock and jitter."""
 
 
 class ErrorKind(enum.Enum):

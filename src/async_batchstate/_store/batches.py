@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
@@ -14,14 +14,12 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
 from .._errors import BatchExistsError, BatchNotFoundError, InvalidInputError
+from .._retry import Retrying
 from .._types import BatchProgress
 from . import schema as f
 from .refs import Refs
 from .roster import BatchInfoCache, recorded_players
 from .schema import NewBatch, progress_from
-
-Retrying = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
-"""``retrying(call, what)``: run ``call`` under the owner's retry policy."""
 
 _LISTED = [
     f.EXPECTED_COUNT,

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError
+from .._retry import Retrying
 from . import schema as f
 from .refs import Refs
 from .schema import BatchInfo
@@ -36,7 +37,7 @@ class BatchInfoCache:
     def __init__(
         self,
         refs: Refs,
-        retrying: Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]],
+        retrying: Retrying,
         on_backfilled: Callable[[str], None],
         *,
         size: int = 1_000,

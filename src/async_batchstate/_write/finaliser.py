@@ -35,6 +35,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError, ConfigurationError
+from .._retry import Retrying
 from .._store import schema as f
 from .._store.schema import progress_from
 from .._types import BatchProgress
@@ -43,8 +44,6 @@ from .writer import BatchView, GroupOutcome, GroupWriter, new_write_id
 
 logger = logging.getLogger("async_batchstate")
 
-Retrying = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
-"""``retrying(call, what)``: run ``call`` under the owner's retry policy, clock and jitter."""
 
 OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
 """``on_complete(batch_id, progress)``: sync or async; runs at least once per finalised
