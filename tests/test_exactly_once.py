@@ -272,14 +272,14 @@ async def test_counts_whose_total_could_overflow_are_refused_before_writing(
     assert (["q"], limit) == (doc["completed_players"], doc["total_predictions"])
 
 
-async def test_backfill_finalises_a_rollout_batch_and_owes_its_callback(
+async def test_a_rollout_batch_finalises_on_every_mode_s_count_and_backfill_keeps_it(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """DUAL_WRITE_SUBCOLLECTION_READS counts completion docs: a batch whose first players were
-    recorded by LEGACY writers completes only once backfilled; backfill finalises it, and the
-    next coordinator to touch it runs the owed on_complete."""
+    """DUAL_WRITE_SUBCOLLECTION_READS counts completion docs plus legacy-only players: a batch
+    whose first players were recorded by LEGACY writers completes with its last completion,
+    which tells its caller and runs on_complete; backfill then finalises nothing again."""
     from async_batchstate import Layout
-    from async_batchstate.migration._run import backfill
+    from async_batchstate.migration import backfill
 
     mode = MigrationMode.DUAL_WRITE_SUBCOLLECTION_READS
     legacy = make_manager(mode=MigrationMode.LEGACY)
@@ -289,13 +289,13 @@ async def test_backfill_finalises_a_rollout_batch_and_owes_its_callback(
     keys = Keys()
     dual = make_manager(mode=mode, on_complete=keys, callback_lease=0.001)
     last = await dual.record_completion("b", "p3", 3)
-    assert (False, []) == (last.batch_completed, keys.keys)
-
-    summary = await backfill(firestore_client, Layout(batch_collection), mode)
     final = await dual.wait_until_complete("b", timeout=10)
 
-    assert 1 == summary.finalised
-    assert (True, 3, 6) == (final.is_finalised, final.completed_count, final.total_predictions)
+    summary = await backfill(firestore_client, Layout(batch_collection), mode)
+
+    assert last.batch_completed
+    assert 0 == summary.finalised
+    assert (True, 3) == (final.is_finalised, final.completed_count)
     assert [final.finalisation_key] == keys.keys
     assert [] == await batch_violations(
         firestore_client, batch_collection, "b", mode, require_finalised=True

@@ -33,6 +33,7 @@ _LISTED = [
     f.COMPLETED_AT,
     f.EXPIRED_REASON,
     f.MISSING_PLAYERS,
+    *f.COUNT_FIELDS,
 ]
 
 
@@ -108,8 +109,9 @@ class BatchReader:
         """``progress`` with its recorded players and, with a roster, the missing ones."""
         batch_id = progress.batch_id
         roster = (await self._infos.get(batch_id)).roster
-        if roster is None and not self._mode.reads_subcollection:
-            return progress  # the array, already decoded
+        array_whole = len(progress.completed_players) >= progress.completed_count
+        if roster is None and not self._mode.reads_subcollection and array_whole:
+            return progress  # the array, already decoded, holds every completion
         recorded: frozenset[str] = await self._retrying(
             lambda: recorded_players(self._refs, self._mode, batch_id, roster, data),
             f"listing batch {batch_id!r}",

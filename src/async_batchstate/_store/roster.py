@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError
 from .._retry import Retrying
@@ -32,18 +32,23 @@ completion documents (one RPC); beyond, by listing the subcollection's ids."""
 
 
 class BatchInfoCache:
-    """Batch settings by id, read at most once per batch while remembered (LRU, bounded)."""
+    """What this process knows of each batch (``BatchInfo``), read once while remembered.
+
+    The one owner of a process's beliefs about a batch: settings read at most once
+    per batch (LRU, bounded), and the guard belief, which the write path confirms
+    or refutes with each commit and re-reads once it is older than ``GUARD_TTL``.
+    """
 
     def __init__(
         self,
         refs: Refs,
         retrying: Retrying,
-        on_backfilled: Callable[[str], None],
         *,
         size: int = 1_000,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._refs = refs
-        self._on_backfilled = on_backfilled
+        self._clock = clock
         self._retrying = retrying
         self._size = size
         self._infos: OrderedDict[str, BatchInfo] = OrderedDict()
@@ -51,6 +56,8 @@ class BatchInfoCache:
 
     def remember(self, batch_id: str, info: BatchInfo) -> None:
         """Cache ``info`` (evicting the least recently used beyond the bound)."""
+        if info.guarded and info.guarded_at is None:
+            info.guarded_at = self._clock.monotonic()
         self._infos[batch_id] = info
         self._infos.move_to_end(batch_id)
         while len(self._infos) > self._size:
@@ -80,6 +87,24 @@ class BatchInfoCache:
         self.remember(batch_id, read)
         return read
 
+    def known_guarded(self, batch_id: str) -> bool:
+        """Whether this process believes completion documents guard the batch (no read)."""
+        info = self._infos.get(batch_id)
+        return info is not None and info.guarded
+
+    async def refresh_guard(self, batch_id: str, info: BatchInfo) -> bool:
+        """Re-read whether completion documents guard the batch (one masked read; one attempt).
+
+        Raises:
+            BatchNotFoundError: No such batch.
+        """
+        asked = self._clock.monotonic()
+        snap = await self._refs.batch(batch_id).get(field_paths=list(f.GUARD_FIELDS), retry=None)
+        if not snap.exists:
+            raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
+        info.confirm_guard(f.guarded(snap.to_dict() or {}), asked)
+        return info.guarded
+
     async def _read(self, batch_id: str) -> BatchInfo:
         fields = [
             f.EXPECTED_COUNT,
@@ -87,8 +112,9 @@ class BatchInfoCache:
             f.ROSTER_CHUNKS,
             f.DEADLINE,
             f.STATUS,
-            f.COMPLETIONS_BACKFILLED,
+            *f.GUARD_FIELDS,
         ]
+        asked = self._clock.monotonic()
         snap = await self._refs.batch(batch_id).get(field_paths=fields, retry=None)
         if not snap.exists:
             raise BatchNotFoundError(
@@ -96,8 +122,6 @@ class BatchInfoCache:
                 "call create_batch first"
             )
         data = snap.to_dict() or {}
-        if data.get(f.COMPLETIONS_BACKFILLED) is True:  # spares the writer its own read
-            self._on_backfilled(batch_id)
         roster: set[str] | None = None
         if isinstance(data.get(f.ROSTER), list):
             roster = set(data[f.ROSTER])
@@ -112,6 +136,8 @@ class BatchInfoCache:
             roster=None if roster is None else frozenset(roster),
             deadline=deadline if isinstance(deadline, dt.datetime) else None,
             terminal=data.get(f.STATUS) in f.TERMINAL_STATUSES,
+            guarded=f.guarded(data),
+            guarded_at=asked,
         )
 
 
@@ -122,18 +148,23 @@ async def recorded_players(
     roster: frozenset[str] | None,
     data: dict[str, Any],
 ) -> frozenset[str]:
-    """The players recorded as ``mode`` reads them, at the least cost.
+    """The players recorded, as every mode that wrote the batch counts them, at the least cost.
 
-    Array modes: the array already read. Subcollection modes with a small roster:
-    point reads of the roster's completion documents (one RPC, ``len(roster)``
-    document reads). Otherwise the subcollection's ids are listed (one document
-    read per completion).
+    Array modes: the array already read, when it holds every completion (a batch
+    written by SUBCOLLECTION_ONLY during a rollout has players only in the
+    subcollection: then the array and the subcollection together). Otherwise, with
+    a small roster: point reads of the roster's completion documents (one RPC,
+    ``len(roster)`` document reads); else the subcollection's ids are listed (one
+    document read per completion).
     """
-    if not mode.reads_subcollection and f.COMPLETED_PLAYERS in data:
-        return frozenset(data[f.COMPLETED_PLAYERS])
+    array: frozenset[str] = frozenset()
+    if not mode.reads_subcollection and isinstance(data.get(f.COMPLETED_PLAYERS), list):
+        array = frozenset(data[f.COMPLETED_PLAYERS])
+        if len(array) >= f.counted(data):
+            return array
     if roster is not None and len(roster) <= SMALL_ROSTER:
         docs = [refs.completion(batch_id, p) for p in roster]
-        return frozenset(
+        return array | frozenset(
             [
                 snap.reference.id
                 async for snap in refs.client.get_all(
@@ -143,4 +174,4 @@ async def recorded_players(
             ]
         )
     query = refs.completions(batch_id).select([FieldPath.document_id()])
-    return frozenset([snap.id async for snap in query.stream()])
+    return array | frozenset([snap.id async for snap in query.stream()])

@@ -46,10 +46,20 @@ TOTAL_PREDICTIONS = "total_predictions"
 COMPLETED_COUNT = "completed_count"
 TOTAL_PREDICTIONS_SUBCOLL = "total_predictions_subcoll"
 # True when every player in completed_players has a completion document: set by
-# create_batch in the modes that write both structures and by migrate backfill,
-# deleted by every LEGACY-mode write. Writers in the dual modes trust it to skip
-# reading the array in their transaction.
+# create_batch in the modes that write completion documents and by migrate backfill,
+# deleted by every LEGACY-mode write that adds a player. Writers of completion
+# documents trust it (for at most GUARD_TTL seconds unconfirmed) to write lock-free.
 COMPLETIONS_BACKFILLED = "completions_backfilled"
+# Players in completed_players WITHOUT a completion document: +n by each LEGACY-mode
+# write that adds n, -n by backfill as it creates their documents (0 once backfilled).
+# completed_count + legacy_only_count is the batch's count as every mode that wrote it
+# counts (the union of both structures), and each lock-free Commit reads it back with
+# Increment(0): a value above 0 tells, atomically with the write, that a LEGACY writer
+# has been at the batch.
+LEGACY_ONLY_COUNT = "legacy_only_count"
+GUARD_TTL = 1.0
+"""Seconds a process writes a batch lock-free on its belief that completion documents
+guard it, without a commit or a read confirming it (the rollout window, README)."""
 # Who wrote what, so an outcome whose answer was lost is decided by what is stored
 # (a retry finds its own id: "this call wrote it") and never by error text.
 CREATED_BY = "created_by"  # create_batch's call id
@@ -231,13 +241,32 @@ class LegacyLimits:
 
 @dataclass
 class BatchInfo:
-    """The settings of a batch that never change after ``create_batch``."""
+    """What this process knows about a batch: its fixed settings, and one belief that ages.
+
+    The settings (expected count, roster, deadline) never change after
+    ``create_batch``. Whether completion documents guard the batch (every legacy
+    player has one, so a lock-free Commit cannot count a player twice) can change
+    under a rolling deploy, when a LEGACY writer records a player: the belief is
+    trusted for ``GUARD_TTL`` seconds after a commit or a read confirmed it.
+    """
 
     expected: int
     roster: frozenset[str] | None = None
     deadline: dt.datetime | None = None
     terminal: bool = field(default=False, compare=False)
     """This process saw the batch finished (no more deadline checks)."""
+    guarded: bool = field(default=False, compare=False)
+    """Completion documents guard the batch: every legacy-array player has one."""
+    guarded_at: float | None = field(default=None, compare=False)
+    """``clock.monotonic()`` when ``guarded`` was last confirmed (None: never)."""
+
+    def trusts_guard(self, now: float) -> bool:
+        """Whether a lock-free write may rely on ``guarded`` without confirming it first."""
+        return self.guarded and self.guarded_at is not None and now - self.guarded_at < GUARD_TTL
+
+    def confirm_guard(self, guarded: bool, now: float) -> None:
+        """Record what a commit or a read just said about the guard."""
+        self.guarded, self.guarded_at = guarded, now
 
     def check_completion(self, batch_id: str, player: str, count: int) -> None:
         """Refuse a completion this batch cannot take, before anything is written.
@@ -344,9 +373,8 @@ def new_batch(
     if mode.writes_legacy:
         data |= {COMPLETED_PLAYERS: [], PREDICTIONS_BY_PLAYER: {}, TOTAL_PREDICTIONS: 0}
     if mode.writes_subcollection:
-        data |= {COMPLETED_COUNT: 0, TOTAL_PREDICTIONS_SUBCOLL: 0}
-        if mode.writes_legacy:  # born with both structures: nothing to backfill
-            data[COMPLETIONS_BACKFILLED] = True
+        # Born with completion documents: nothing to backfill, ever, until a LEGACY write.
+        data |= {COMPLETED_COUNT: 0, TOTAL_PREDICTIONS_SUBCOLL: 0, COMPLETIONS_BACKFILLED: True}
     if when is not None:
         data[DEADLINE] = when
     inline, chunks = split_roster(expected_players or ())
@@ -355,7 +383,8 @@ def new_batch(
     elif chunks:
         data[ROSTER_CHUNKS] = len(chunks)
     roster = None if expected_players is None else frozenset(expected_players)
-    return NewBatch(batch_id, data, chunks, BatchInfo(count, roster, when))
+    info = BatchInfo(count, roster, when, guarded=mode.writes_subcollection)
+    return NewBatch(batch_id, data, chunks, info)
 
 
 def _check_legacy_limits(
@@ -406,24 +435,60 @@ def split_roster(players: Sequence[str]) -> tuple[list[str] | None, list[list[st
 # -- reading ---------------------------------------------------------------------
 
 
-def progress_from(batch_id: str, mode: MigrationMode, data: dict[str, Any]) -> BatchProgress:
-    """The batch's progress as ``mode`` counts it, from the batch document's fields.
+def as_int(value: object) -> int:
+    """A stored count as an ``int``; anything that is not a number counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
 
-    Modes that read the subcollection count its counters; the others count the
-    legacy array when the fields include it (a batch recorded partly by LEGACY
-    writers has players only there), else the counter that mirrors it.
+
+def guarded(data: dict[str, Any]) -> bool:
+    """Whether completion documents guard the batch (read with ``GUARD_FIELDS``).
+
+    Backfilled (or born with completion documents), or never given a legacy structure.
+    """
+    if data.get(COMPLETIONS_BACKFILLED) is True:
+        return True
+    return TOTAL_PREDICTIONS not in data and not as_int(data.get(LEGACY_ONLY_COUNT))
+
+
+GUARD_FIELDS = (COMPLETIONS_BACKFILLED, LEGACY_ONLY_COUNT, TOTAL_PREDICTIONS)
+COUNT_FIELDS = (COMPLETED_COUNT, LEGACY_ONLY_COUNT, COMPLETIONS_BACKFILLED)
+"""What ``counted`` needs (and ``COMPLETED_PLAYERS`` where the batch is not guarded)."""
+
+
+def counted(data: dict[str, Any]) -> int:
+    """The players completed as every mode that wrote the batch counts them.
+
+    Completion documents plus legacy-only players is the union of both structures,
+    whichever modes wrote the batch (LEGACY, the dual modes, SUBCOLLECTION_ONLY, in
+    any order). Where the array was read and the batch is not backfilled, the array
+    is a lower bound too: batches written by LEGACY writers of 0.1 kept no
+    ``legacy_only_count``.
+    """
+    count = as_int(data.get(COMPLETED_COUNT)) + as_int(data.get(LEGACY_ONLY_COUNT))
+    array = data.get(COMPLETED_PLAYERS)
+    if isinstance(array, list) and data.get(COMPLETIONS_BACKFILLED) is not True:
+        count = max(count, len(set(array)))
+    return count
+
+
+def progress_from(batch_id: str, mode: MigrationMode, data: dict[str, Any]) -> BatchProgress:
+    """The batch's progress from the batch document's fields.
+
+    ``completed_count`` is the batch's count as every mode that wrote it counts
+    (``counted``): a batch created or written by another mode during a rolling
+    deploy finishes on it all the same. The total comes from the structure
+    ``mode`` reads; the array modes list the players from the array.
     """
     players: tuple[str, ...] = ()
+    completed = counted(data)
     if mode.reads_subcollection:
-        completed = int(data.get(COMPLETED_COUNT, 0))
-        total = int(data.get(TOTAL_PREDICTIONS_SUBCOLL, 0))
-    elif COMPLETED_PLAYERS in data:
-        players = tuple(sorted(data[COMPLETED_PLAYERS]))
-        completed = len(players)
-        total = int(data.get(TOTAL_PREDICTIONS, 0))
+        total = as_int(data.get(TOTAL_PREDICTIONS_SUBCOLL))
     else:
-        completed = int(data.get(COMPLETED_COUNT, 0))
-        total = int(data.get(TOTAL_PREDICTIONS, 0))
+        if isinstance(data.get(COMPLETED_PLAYERS), list):
+            players = tuple(sorted(set(data[COMPLETED_PLAYERS])))
+        total = as_int(data.get(TOTAL_PREDICTIONS))
     finaliser = data.get(FINALISED_BY)
     reason = data.get(EXPIRED_REASON)
     return BatchProgress(

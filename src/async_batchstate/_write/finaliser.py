@@ -37,10 +37,12 @@ from .._config import MigrationMode
 from .._errors import BatchNotFoundError, ConfigurationError
 from .._retry import Retrying
 from .._store import schema as f
+from .._store.refs import Refs
+from .._store.roster import BatchInfoCache
 from .._store.schema import progress_from
 from .._types import BatchProgress
 from ..instrumentation._events import BatchFinalised, Recorder
-from .writer import BatchView, GroupOutcome, GroupWriter, new_write_id
+from .writer import BatchView, GroupOutcome, new_write_id
 
 logger = logging.getLogger("async_batchstate")
 
@@ -57,11 +59,11 @@ _BASE_FIELDS = [
     f.COMPLETED_AT,
     f.EXPIRED_REASON,
     f.FINALISED_BY,
-    f.COMPLETED_COUNT,
     f.TOTAL_PREDICTIONS_SUBCOLL,
     f.TOTAL_PREDICTIONS,
     f.CALLBACK_OWED,
     f.CALLBACK_CLAIMED_AT,
+    *f.COUNT_FIELDS,
 ]
 
 
@@ -71,7 +73,7 @@ class Finaliser:
     def __init__(
         self,
         client: AsyncClient,
-        writer: GroupWriter,
+        refs: Refs,
         mode: MigrationMode,
         *,
         retrying: Retrying,
@@ -82,6 +84,7 @@ class Finaliser:
         on_expired: OnComplete | None = None,
         retain_for: dt.timedelta | float | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        infos: BatchInfoCache | None = None,
     ) -> None:
         if not (isinstance(callback_lease, int | float) and math.isfinite(callback_lease)):
             raise ConfigurationError("callback_lease must be a finite number of seconds")
@@ -93,8 +96,9 @@ class Finaliser:
             raise ConfigurationError("retain_for must be a positive duration")
         self._client = client
         self._clock = clock
-        self._writer = writer
+        self._refs = refs
         self._mode = mode
+        self._infos = infos
         self._retrying = retrying
         self._recorder = recorder
         self._callbacks = {f.STATUS_COMPLETE: on_complete, f.STATUS_EXPIRED: on_expired}
@@ -129,15 +133,15 @@ class Finaliser:
     # -- reading ---------------------------------------------------------------------
 
     def _fields(self, batch_id: str) -> list[str]:
-        if not self._mode.reads_subcollection and not self._writer.known_backfilled(batch_id):
+        # The array counts only where completion documents may not guard the batch
+        # (LEGACY writers of 0.1 kept no legacy_only_count): read it only there.
+        if self._infos is None or not self._infos.known_guarded(batch_id):
             return [*_BASE_FIELDS, f.COMPLETED_PLAYERS]
         return _BASE_FIELDS
 
     async def read(self, batch_id: str) -> tuple[BatchProgress, Any]:
         """The batch's progress (without players) and the snapshot it came from."""
-        snap = await self._writer.refs.batch(batch_id).get(
-            field_paths=self._fields(batch_id), retry=None
-        )
+        snap = await self._refs.batch(batch_id).get(field_paths=self._fields(batch_id), retry=None)
         if not snap.exists:
             raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
         progress = progress_from(batch_id, self._mode, snap.to_dict() or {})
@@ -160,7 +164,7 @@ class Finaliser:
         whose finaliser crashed gets finalised by a later redelivery.
         """
         batch: BatchView | None = outcome.batch
-        if outcome.late:
+        if outcome.expired:
             return None, False  # the batch expired: a late completion never finalises it
         if batch is not None:
             if batch.status != f.STATUS_IN_PROGRESS:
@@ -208,7 +212,7 @@ class Finaliser:
             callback is owed (finished earlier, never confirmed done).
         """
         finish_id = new_write_id()
-        ref = self._writer.refs.batch(batch_id)
+        ref = self._refs.batch(batch_id)
         owed: list[bool] = [False]
 
         async def attempt() -> BatchProgress | None:
@@ -332,7 +336,7 @@ class Finaliser:
                 extra={"batch_id": batch_id},
             )
             return False
-        ref = self._writer.refs.batch(batch_id)
+        ref = self._refs.batch(batch_id)
         done = {
             f.CALLBACK_OWED: DELETE_FIELD,
             f.CALLBACK_CLAIMED_BY: DELETE_FIELD,
@@ -377,7 +381,7 @@ class Finaliser:
         option = self._client.write_option(last_update_time=snap.update_time)
         claim = {f.CALLBACK_CLAIMED_BY: new_write_id(), f.CALLBACK_CLAIMED_AT: SERVER_TIMESTAMP}
         try:
-            await self._writer.refs.batch(batch_id).update(claim, option=option, retry=None)
+            await self._refs.batch(batch_id).update(claim, option=option, retry=None)
         except (gexc.FailedPrecondition, gexc.Aborted):
             return False  # another process claimed it (or the batch changed): its turn
         logger.warning(
@@ -406,9 +410,9 @@ class Finaliser:
         """
         assert self._retain_for is not None
         expire_at = self._clock.now() + self._retain_for
-        batch_ref = self._writer.refs.batch(batch_id)
+        batch_ref = self._refs.batch(batch_id)
         try:
-            for name in (self._writer.refs.layout.completions, f.ROSTER):
+            for name in (self._refs.layout.completions, f.ROSTER):
                 stream = batch_ref.collection(name).select([FieldPath.document_id()]).stream()
                 write = self._client.batch()
                 staged = 0

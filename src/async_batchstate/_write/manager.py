@@ -22,6 +22,7 @@ from .._errors import (
 from .._retry import RetryPolicy, run_with_retry
 from .._store import schema as f
 from .._store.batches import BatchReader, create_batch
+from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
 from .._store.schema import (
     Layout,
@@ -163,13 +164,14 @@ class AsyncBatchStateManager:
         self._rng = rng or random.Random()
         self._clock = clock
         self._closed = False
+        self._infos = BatchInfoCache(Refs(client, self._layout), self._retrying, clock=clock)
         self._writer = GroupWriter(
-            client, self._layout, self.mode, fault_injector, write_path, clock=clock
+            client, self._layout, self.mode, self._infos, fault_injector, write_path, clock=clock
         )
         self._recorder = Recorder(tuple(hooks))
         self._finaliser = Finaliser(
             client,
-            self._writer,
+            self._writer.refs,
             self.mode,
             retrying=self._retrying,
             recorder=self._recorder,
@@ -178,9 +180,9 @@ class AsyncBatchStateManager:
             on_expired=on_expired,
             retain_for=retain_for,
             clock=clock,
+            infos=self._infos,
         )
         refs = self._writer.refs
-        self._infos = BatchInfoCache(refs, self._retrying, self._writer.remember_backfilled)
         self._reader = BatchReader(refs, self.mode, self._infos, self._retrying)
         self._validator = SampledValidator(
             client,
@@ -303,8 +305,6 @@ class AsyncBatchStateManager:
         created = await create_batch(self._writer.refs, new, new_write_id(), self._retrying)
         if created:
             self._infos.remember(batch_id, new.info)
-            if new.document.get(f.COMPLETIONS_BACKFILLED):
-                self._writer.remember_backfilled(batch_id)
         return created
 
     async def record_completion(

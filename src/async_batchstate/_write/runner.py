@@ -309,20 +309,22 @@ class GroupRunner:
         elif waiting and batch_id in self._untold:
             self._untold.discard(batch_id)
             completer = waiting[-1]
-        new_status = CompletionStatus.LATE if outcome.late else CompletionStatus.RECORDED
+        late = outcome.late or (False,) * len(group)
         for index, (pending, is_new) in enumerate(zip(group, outcome.recorded, strict=True)):
             if pending.future.done():
                 continue
+            status = CompletionStatus.DUPLICATE
             if is_new:
                 self._recorder.recorded += 1
-                self._recorder.late += outcome.late
+                self._recorder.late += late[index]
+                status = CompletionStatus.LATE if late[index] else CompletionStatus.RECORDED
             else:
                 self._recorder.duplicates += 1
             pending.resolve(
                 CompletionResult(
                     batch_id,
                     pending.completion.player,
-                    new_status if is_new else CompletionStatus.DUPLICATE,
+                    status,
                     batch_completed=index == completer,
                     attempts=attempts,
                     group_size=len(group),

@@ -24,7 +24,18 @@ Every write carries the group's write id (stored in each completion document;
 in LEGACY mode in the batch document's ``recent_writes``). After any uncertain
 outcome (a lost answer, a timeout) the retry reads what is stored: its own
 id means "this group wrote it" (RECORDED), another id "someone else did"
-(DUPLICATE). No outcome is decided from error text.
+(DUPLICATE). Whether a write landed after the batch expired (LATE) is decided
+the same way: the transform result of the write itself, or, for a write found
+again after a lost answer, its commit time (``completed_at``) against the
+expiry's. No outcome is decided from error text.
+
+Rolling deploys: whether completion documents guard a batch is a belief a
+process holds for at most ``GUARD_TTL`` seconds unconfirmed (``BatchInfo``).
+Every lock-free Commit reads ``legacy_only_count`` back (``Increment(0)``): a
+LEGACY write since the last confirmation shows there, and the batch goes
+through the transaction from then on. Every write reports the batch's count as
+every mode counts it (``schema.counted``), so whichever mode finishes it
+finalises it.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,8 +60,11 @@ from .._config import MigrationMode
 from .._errors import BatchNotFoundError, ConfigurationError, WriteFailedError
 from .._store import schema as f
 from .._store.refs import Refs
-from .._store.schema import Layout
+from .._store.roster import BatchInfoCache
+from .._store.schema import BatchInfo, Layout
 from .._store.transactions import REFUSED_AT_COMMIT, P, T, run_transactional
+
+logger = logging.getLogger("async_batchstate")
 
 WritePath = Literal["auto", "transaction"]
 """``"auto"``: lock-free wherever completion documents are the guard; ``"transaction"``:
@@ -100,17 +115,20 @@ class GroupOutcome:
 
     Attributes:
         recorded: Per input completion, True if this group's write counted it.
-        completed_count: The batch's count, as the mode counts it, right after
-            this write or as read by it; None if the write neither committed
-            nor read the batch document.
+        completed_count: The batch's count as every mode counts it
+            (``schema.counted``) right after this write or as read by it; None if
+            the write neither committed nor read the batch document.
         batch: The batch document's status, when the write read it.
-        late: The batch had expired when this group's write landed.
+        expired: The batch had expired when this write landed (or was read).
+        late: Per input completion, True if this group recorded it after the
+            batch expired (as stored: a retry after a lost answer included).
     """
 
     recorded: tuple[bool, ...]
     completed_count: int | None = None
     batch: BatchView | None = None
-    late: bool = False
+    expired: bool = False
+    late: tuple[bool, ...] = ()
 
     @property
     def new_count(self) -> int:
@@ -127,14 +145,21 @@ class GroupState:
         resolved: Player -> True if this group's write recorded it, False if
             someone else's did. Facts about stored data: they survive attempts.
         plans: LEGACY only: attempt id -> players that attempt was to add (the
-            batch document's ``recent_writes`` tells which attempt committed).
+            batch document's ``recent_writes`` tells which attempt committed, and
+            whether the batch had expired then: ``LATE_SUFFIX``).
+        late: Players this group recorded after the batch expired.
         uncertain_commits: Transaction commits whose outcome was unknown.
     """
 
     write_id: str = field(default_factory=new_write_id)
     resolved: dict[str, bool] = field(default_factory=dict)
     plans: dict[str, frozenset[str]] = field(default_factory=dict)
+    late: set[str] = field(default_factory=set)
     uncertain_commits: int = 0
+
+
+LATE_SUFFIX = ".late"
+"""Appended to a LEGACY attempt id in ``recent_writes`` when the batch had expired."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,23 +167,34 @@ class _ResultsAt:
     """Where the batch update's transform results land (sorted by field path)."""
 
     counter: int | None
-    """The completed counter's Increment: its value after the commit (the count)."""
+    """The completed counter's Increment: its value after the commit."""
+    legacy_only: int
+    """``legacy_only_count``'s Increment: players only in the legacy array, after."""
     expired: int
     """The ``Increment(0)`` of the expired flag: 1 if the batch had expired."""
 
-    def read(self, write_result: Any) -> GroupOutcome:
+    def read(self, write_result: Any) -> tuple[GroupOutcome, int]:
+        """The outcome (count, expired) and ``legacy_only_count`` after the commit."""
         results = write_result.transform_results
-        count = None if self.counter is None else int(results[self.counter].integer_value)
-        return GroupOutcome((), count, late=int(results[self.expired].integer_value) == 1)
+        legacy_only = int(results[self.legacy_only].integer_value)
+        count = None
+        if self.counter is not None:
+            count = int(results[self.counter].integer_value) + legacy_only
+        expired = int(results[self.expired].integer_value) == 1
+        return GroupOutcome((), count, expired=expired), legacy_only
 
 
 @dataclass(frozen=True, slots=True)
 class _Staged:
     new: tuple[str, ...]
     """Players the transaction creates; empty when it writes nothing."""
-    results_at: _ResultsAt
-    legacy_count: int | None
-    """The array's length after the commit, when the transaction read and counts it."""
+    results_at: _ResultsAt | None
+    counted: int | None
+    """The batch's count after the commit, when the transaction read the batch."""
+    expired: bool = False
+    """The batch had expired, as the transaction read it."""
+    guarded: bool | None = None
+    """Whether completion documents guard the batch, when the transaction read it."""
 
 
 _CUT_OFF = (
@@ -174,6 +210,22 @@ _CUT_OFF = (
 
 _MAX_UNCERTAIN_COMMITS = 3
 _MAX_CONFLICT_ROUNDS = 8
+_MEMBER_FIELDS = [f.WRITE_ID, f.COMPLETED_AT]
+_BATCH_FINISH = [f.STATUS, f.COMPLETED_AT]
+
+
+def _landed_late(member: dict[str, Any], batch: dict[str, Any]) -> bool:
+    """Whether a completion found stored landed after its batch expired.
+
+    Both are commit times of writes to the batch document (the completion's Commit
+    updates it too), so they are ordered: later than the expiry's means LATE.
+    """
+    if batch.get(f.STATUS) != f.STATUS_EXPIRED:
+        return False
+    landed, expired = member.get(f.COMPLETED_AT), batch.get(f.COMPLETED_AT)
+    if landed is None or expired is None:
+        return False
+    return bool(landed > expired)
 
 
 def _is_transform(value: object) -> bool:
@@ -196,6 +248,7 @@ class GroupWriter:
         client: AsyncClient,
         layout: Layout,
         mode: MigrationMode,
+        infos: BatchInfoCache,
         fault_injector: FaultInjector | None = None,
         write_path: WritePath = "auto",
         *,
@@ -212,7 +265,7 @@ class GroupWriter:
         self._inject = fault_injector
         self._write_path = write_path
         self._releases: set[asyncio.Task[None]] = set()
-        self._backfilled_batches: set[str] = set()
+        self._infos = infos
 
     # -- transactions ----------------------------------------------------------------
 
@@ -299,16 +352,19 @@ class GroupWriter:
         firsts = _firsts(group)
         await self._fault(FaultPoint.BEFORE_BEGIN, batch_id, list(firsts))
         try:
+            info = await self._infos.get(batch_id)
             # LEGACY players have no completion document: where the batch may have
-            # some (LEGACY mode; a dual-write batch not yet backfilled), the array is
-            # read, in a transaction.
-            legacy_read = self._mode is MigrationMode.LEGACY or (
-                self._mode.writes_legacy and not await self._backfilled(batch_id)
+            # some (LEGACY mode; a batch not backfilled, or whose guard this process
+            # cannot confirm), the array is read, in a transaction.
+            legacy_read = self._mode is MigrationMode.LEGACY or not await self._guarded(
+                batch_id, info
             )
             if self._write_path == "auto" and not legacy_read and not self._whole_map(firsts):
-                written = await self._write_lock_free(batch_id, group, firsts, state)
+                written = await self._write_lock_free(batch_id, group, firsts, state, info)
             else:
-                written = await self._write_transaction(batch_id, group, firsts, state, legacy_read)
+                written = await self._write_transaction(
+                    batch_id, group, firsts, state, legacy_read, info
+                )
         except gexc.NotFound as exc:
             raise BatchNotFoundError(
                 f"batch {batch_id!r} does not exist in {self.refs.layout.collection!r}; "
@@ -320,7 +376,34 @@ class GroupWriter:
             firsts[c.player] == i and state.resolved.get(c.player, False)
             for i, c in enumerate(group)
         )
-        return dataclasses.replace(written, recorded=recorded)
+        late = tuple(r and c.player in state.late for r, c in zip(recorded, group, strict=True))
+        return dataclasses.replace(written, recorded=recorded, late=late)
+
+    async def _guarded(self, batch_id: str, info: BatchInfo) -> bool:
+        """Whether completion documents guard the batch, confirmed within ``GUARD_TTL``.
+
+        A belief confirmed by a commit or a read less than ``GUARD_TTL`` ago is
+        trusted; an older one is read again (one masked read). A batch known not
+        to be guarded goes through the transaction, whose read confirms it anew.
+        """
+        if not self._mode.writes_subcollection:
+            return False
+        if info.trusts_guard(self._clock.monotonic()):
+            return True
+        if not info.guarded:
+            return False
+        return await self._infos.refresh_guard(batch_id, info)
+
+    def _confirm(self, batch_id: str, info: BatchInfo, legacy_only: int, asked: float) -> None:
+        """What a lock-free Commit read back: no legacy-only player means still guarded."""
+        if legacy_only > 0 and info.guarded:
+            logger.warning(
+                "batch %r: a LEGACY writer recorded players while this process wrote it "
+                "lock-free; its next writes go through a transaction",
+                batch_id,
+                extra={"batch_id": batch_id, "legacy_only_count": legacy_only},
+            )
+        info.confirm_guard(legacy_only == 0, asked)
 
     async def _write_lock_free(
         self,
@@ -328,6 +411,7 @@ class GroupWriter:
         group: Sequence[Completion],
         firsts: dict[str, int],
         state: GroupState,
+        info: BatchInfo,
     ) -> GroupOutcome:
         """Commit the unresolved members; on ALREADY_EXISTS find which exist and go again."""
         batch_ref = self.refs.batch(batch_id)
@@ -344,14 +428,13 @@ class GroupWriter:
             update, results_at = self._batch_update(pending)
             write.update(batch_ref, update)
             await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
+            asked = self._clock.monotonic()
             try:
                 results = await write.commit(retry=None)
             except gexc.Conflict:
                 # Some member exists. One lock-free read of the batch and the members
                 # says which, whose they are, and where the batch stands.
-                found, seen = await self._read_after_conflict(batch_ref, refs)
-                for player, write_id in found.items():
-                    state.resolved[player] = write_id == state.write_id
+                found, seen = await self._read_after_conflict(batch_ref, refs, state)
                 still = [c for c in pending if c.player not in found]
                 if len(still) == len(pending):
                     # Nothing we meant to create exists after all (deleted meanwhile?):
@@ -360,45 +443,63 @@ class GroupWriter:
                 pending = still
                 await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
                 continue
+            outcome, legacy_only = results_at.read(results[-1])
             for completion in pending:
                 state.resolved[completion.player] = True
-            outcome = results_at.read(results[-1])
+                if outcome.expired:
+                    state.late.add(completion.player)
+            self._confirm(batch_id, info, legacy_only, asked)
             await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
             return outcome
         raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
 
     async def _read_after_conflict(
-        self, batch_ref: Any, refs: dict[str, Any]
-    ) -> tuple[dict[str, str | None], GroupOutcome]:
-        """The existing members' write ids, and the batch's status and count (one RPC)."""
+        self, batch_ref: Any, refs: dict[str, Any], state: GroupState
+    ) -> tuple[set[str], GroupOutcome]:
+        """Which members exist (resolved into ``state``) and where the batch stands (one RPC).
+
+        A member with this group's write id is this group's (an earlier attempt
+        whose answer was lost): LATE if its commit came after the batch's expiry.
+        """
         fields = [
-            f.WRITE_ID,
+            *_MEMBER_FIELDS,
             f.STATUS,
             f.EXPECTED_COUNT,
-            f.COMPLETED_COUNT,
+            *f.COUNT_FIELDS,
             f.CALLBACK_OWED,
         ]
-        found: dict[str, str | None] = {}
-        batch: BatchView | None = None
-        count = 0
+        members: dict[str, dict[str, Any]] = {}
+        data: dict[str, Any] | None = None
         async for snap in self._client.get_all(
             [batch_ref, *refs.values()], field_paths=fields, retry=None
         ):
             if not snap.exists:
                 continue
-            data = snap.to_dict() or {}
             if snap.reference.path == batch_ref.path:
-                batch = BatchView(
-                    str(data.get(f.STATUS, f.STATUS_IN_PROGRESS)),
-                    int(data.get(f.EXPECTED_COUNT, 0)),
-                    data.get(f.CALLBACK_OWED) is True,
-                )
-                count = int(data.get(f.COMPLETED_COUNT, 0))
+                data = snap.to_dict() or {}
             else:
-                found[snap.reference.id] = data.get(f.WRITE_ID)
-        if batch is None:
+                members[snap.reference.id] = snap.to_dict() or {}
+        if data is None:
             raise BatchNotFoundError(f"batch {batch_ref.id!r} does not exist")
-        return found, GroupOutcome((), count, batch, late=batch.status == f.STATUS_EXPIRED)
+        self._resolve_found(members, data, state)
+        batch = BatchView(
+            str(data.get(f.STATUS, f.STATUS_IN_PROGRESS)),
+            f.as_int(data.get(f.EXPECTED_COUNT)),
+            data.get(f.CALLBACK_OWED) is True,
+        )
+        expired = batch.status == f.STATUS_EXPIRED
+        return set(members), GroupOutcome((), f.counted(data), batch, expired=expired)
+
+    @staticmethod
+    def _resolve_found(
+        members: dict[str, dict[str, Any]], batch: dict[str, Any], state: GroupState
+    ) -> None:
+        """Record found members as this group's (its write id) or someone else's."""
+        for player, member in members.items():
+            mine = member.get(f.WRITE_ID) == state.write_id
+            state.resolved[player] = mine
+            if mine and _landed_late(member, batch):
+                state.late.add(player)
 
     async def _write_transaction(
         self,
@@ -407,7 +508,9 @@ class GroupWriter:
         firsts: dict[str, int],
         state: GroupState,
         legacy_read: bool,
+        info: BatchInfo,
     ) -> GroupOutcome:
+        asked = self._clock.monotonic()
         try:
             staged, transaction = await self.transact(
                 self._stage, batch_id, group, firsts, state, legacy_read
@@ -420,14 +523,19 @@ class GroupWriter:
                 if state.uncertain_commits > _MAX_UNCERTAIN_COMMITS:
                     raise exc.__cause__ from None
             raise
-        if not staged.new:
-            return GroupOutcome(())
+        if staged.guarded is not None:
+            info.confirm_guard(staged.guarded, asked)
+        outcome = GroupOutcome((), staged.counted, expired=staged.expired)
+        if not staged.new or staged.results_at is None:
+            return outcome
         state.resolved.update(dict.fromkeys(staged.new, True))
+        committed, _ = staged.results_at.read((transaction.write_results or [])[-1])
+        if committed.expired:
+            state.late.update(staged.new)
         await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(firsts))
-        outcome = staged.results_at.read((transaction.write_results or [])[-1])
-        if staged.legacy_count is not None:
-            return dataclasses.replace(outcome, completed_count=staged.legacy_count)
-        return outcome
+        if staged.counted is None:
+            return committed
+        return dataclasses.replace(outcome, expired=committed.expired)
 
     async def _stage(
         self,
@@ -442,62 +550,82 @@ class GroupWriter:
         batch_ref = self.refs.batch(batch_id)
         pending = [p for p in firsts if p not in state.resolved]
         refs = {p: self.refs.completion(batch_id, p) for p in pending}
-        if self._mode.writes_subcollection and refs:
-            async for snap in self._client.get_all(
-                list(refs.values()), field_paths=[f.WRITE_ID], transaction=transaction, retry=None
-            ):
-                if snap.exists:
-                    mine = (snap.to_dict() or {}).get(f.WRITE_ID) == state.write_id
-                    state.resolved[snap.reference.id] = mine
-        array: set[str] | None = None
-        recent: list[str] = []
-        whole_map: dict[str, Any] | None = None
-        fields = [f.COMPLETED_PLAYERS, f.RECENT_WRITES] if legacy_read else []
+        fields: list[str] = []
+        if legacy_read:
+            fields = [
+                f.COMPLETED_PLAYERS,
+                f.RECENT_WRITES,
+                *f.GUARD_FIELDS,
+                *f.COUNT_FIELDS,
+                *_BATCH_FINISH,
+            ]
         if self._whole_map(pending):
             fields.append(f.PREDICTIONS_BY_PLAYER)
         data = await self._read_batch(transaction, batch_ref, batch_id, fields) if fields else {}
+        array = set(data.get(f.COMPLETED_PLAYERS) or ()) if legacy_read else set()
+        # Completion documents: every mode that writes them, and LEGACY where the batch
+        # has some outside the array (written by SUBCOLLECTION_ONLY during a rollout).
+        members: dict[str, dict[str, Any]] = {}
+        if refs and (self._mode.writes_subcollection or f.counted(data) > len(array)):
+            async for snap in self._client.get_all(
+                list(refs.values()), field_paths=_MEMBER_FIELDS, transaction=transaction, retry=None
+            ):
+                if snap.exists:
+                    members[snap.reference.id] = snap.to_dict() or {}
+        if not legacy_read and any(m.get(f.WRITE_ID) == state.write_id for m in members.values()):
+            # Our own earlier attempt committed: was the batch expired by then?
+            data = await self._read_batch(transaction, batch_ref, batch_id, _BATCH_FINISH)
+        self._resolve_found(members, data, state)
+        whole_map: dict[str, Any] | None = None
         if f.PREDICTIONS_BY_PLAYER in fields:
             stored = data.get(f.PREDICTIONS_BY_PLAYER)
             whole_map = dict(stored) if isinstance(stored, dict) else {}
+        recent: list[str] = []
         if legacy_read:
             # Players recorded in LEGACY mode are in the array without a completion
             # doc: they are duplicates too, or Increment counts them twice.
-            array = set(data.get(f.COMPLETED_PLAYERS, ()))
             recent = list(data.get(f.RECENT_WRITES, ()))
             for attempt_id, players in state.plans.items():
-                if attempt_id in recent:  # an earlier attempt of ours committed
-                    state.resolved.update(dict.fromkeys(players, True))
+                if attempt_id in recent or attempt_id + LATE_SUFFIX in recent:
+                    state.resolved.update(dict.fromkeys(players, True))  # ours committed
+                    if attempt_id + LATE_SUFFIX in recent:
+                        state.late.update(players)
             for player in pending:
                 if player in array:
                     state.resolved.setdefault(player, False)
         await self._fault(FaultPoint.AFTER_READS, batch_id, list(firsts))
 
         new = [group[firsts[p]] for p in pending if p not in state.resolved]
-        staged = _Staged((), _ResultsAt(None, 0), None)
-        if new:
+        guarded = f.guarded(data) if legacy_read else None
+        expired = data.get(f.STATUS) == f.STATUS_EXPIRED
+        if not new:
+            counted = f.counted(data) if legacy_read else None
+            await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(firsts))
+            return _Staged((), None, counted, expired, guarded)
+        names = [c.player for c in new]
+        if self._mode.writes_subcollection:
+            for completion in new:
+                transaction.create(refs[completion.player], self._completion_doc(completion, state))
+        update, results_at = self._batch_update(new, whole_map)
+        if not self._mode.writes_subcollection:
+            attempt_id = f"{state.write_id}.{len(state.plans)}"
+            state.plans[attempt_id] = frozenset(names)
+            stored_id = attempt_id + (LATE_SUFFIX if expired else "")
+            update[f.RECENT_WRITES] = [*recent, stored_id][-f.RECENT_WRITES_KEPT :]
+            guarded = False
+        transaction.update(batch_ref, update)
+        counted = None
+        if legacy_read:  # the batch's count after this commit, from what the transaction read
+            after = dict(data)
             if self._mode.writes_subcollection:
-                for completion in new:
-                    transaction.create(
-                        refs[completion.player], self._completion_doc(completion, state)
-                    )
-            update, results_at = self._batch_update(new, whole_map)
-            if not self._mode.writes_subcollection:
-                attempt_id = f"{state.write_id}.{len(state.plans)}"
-                state.plans[attempt_id] = frozenset(c.player for c in new)
-                update[f.RECENT_WRITES] = [*recent, attempt_id][-f.RECENT_WRITES_KEPT :]
-            transaction.update(batch_ref, update)
-            # The mode that reads the array counts the array: a batch recorded partly
-            # by LEGACY writers (not yet backfilled) finalises on the array's length.
-            counts_array = array is not None and not self._mode.reads_subcollection
-            staged = _Staged(
-                tuple(c.player for c in new),
-                results_at,
-                len(array | {c.player for c in new})
-                if counts_array and array is not None
-                else None,
-            )
+                after[f.COMPLETED_COUNT] = f.as_int(data.get(f.COMPLETED_COUNT)) + len(new)
+            else:
+                after[f.LEGACY_ONLY_COUNT] = f.as_int(data.get(f.LEGACY_ONLY_COUNT)) + len(new)
+            if self._mode.writes_legacy:
+                after[f.COMPLETED_PLAYERS] = [*array, *names]
+            counted = f.counted(after)
         await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(firsts))
-        return staged
+        return _Staged(tuple(names), results_at, counted, expired, guarded)
 
     # -- pieces ----------------------------------------------------------------------
 
@@ -508,36 +636,6 @@ class GroupWriter:
             f.COMPLETED_AT: SERVER_TIMESTAMP,
             f.WRITE_ID: state.write_id,
         }
-
-    def remember_backfilled(self, batch_id: str) -> None:
-        """Note that ``batch_id`` has a completion doc for every legacy player."""
-        if len(self._backfilled_batches) >= 10_000:  # bounded for long-lived coordinators
-            self._backfilled_batches.clear()
-        self._backfilled_batches.add(batch_id)
-
-    def known_backfilled(self, batch_id: str) -> bool:
-        """Whether ``batch_id`` is known (without a read) to need no legacy read."""
-        return not self._mode.writes_legacy or batch_id in self._backfilled_batches
-
-    async def _backfilled(self, batch_id: str) -> bool:
-        """Whether every player in the batch's legacy array has a completion document.
-
-        A plain read outside any transaction: it takes no lock on the hot batch
-        document. Once true it is remembered (batches this manager created are
-        known without a read): the flag is only cleared by a LEGACY writer,
-        which during a rollout may race with dual writers anyway (see README).
-        """
-        if batch_id in self._backfilled_batches:
-            return True
-        snap = await self.refs.batch(batch_id).get(
-            field_paths=[f.COMPLETIONS_BACKFILLED], retry=None
-        )
-        if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
-        done = (snap.to_dict() or {}).get(f.COMPLETIONS_BACKFILLED) is True
-        if done:
-            self.remember_backfilled(batch_id)
-        return done
 
     def _whole_map(self, players: Iterable[str]) -> bool:
         """Whether a write of ``players`` rewrites the whole legacy map (and must read it)."""
@@ -562,7 +660,13 @@ class GroupWriter:
         when the new entries are to be written as part of the whole map.
         """
         total = sum(c.predictions_count for c in new)
-        data: dict[str, Any] = {f.EXPIRED_FLAG: Increment(0)}
+        # LEGACY adds players without completion documents; the others read the count
+        # back (a LEGACY write since this process last looked shows there).
+        legacy_only = 0 if self._mode.writes_subcollection else len(new)
+        data: dict[str, Any] = {
+            f.EXPIRED_FLAG: Increment(0),
+            f.LEGACY_ONLY_COUNT: Increment(legacy_only),
+        }
         if self._mode.writes_legacy:
             data[f.COMPLETED_PLAYERS] = ArrayUnion([c.player for c in new])
             entries = {c.player: c.predictions_count for c in new}
@@ -584,5 +688,6 @@ class GroupWriter:
         counter = FieldPath(f.COMPLETED_COUNT)
         return data, _ResultsAt(
             transforms.index(counter) if counter in transforms else None,
+            transforms.index(FieldPath(f.LEGACY_ONLY_COUNT)),
             transforms.index(FieldPath(f.EXPIRED_FLAG)),
         )

@@ -56,7 +56,6 @@ from .._store.refs import Refs
 from .._store.schema import Layout, validate_id
 from .._store.transactions import run_transactional
 from .._write.finaliser import Finaliser
-from .._write.writer import GroupWriter
 from ..consistency._validate import (
     ConsistencyReport,
     validate,
@@ -486,8 +485,11 @@ async def _backfill_step(
             update[f.COMPLETED_COUNT] = Increment(len(chunk))
             update[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(sum(chunk.values()))
             update[f.LAST_UPDATED] = SERVER_TIMESTAMP
+            # They are no longer only in the array: the union count stays the same.
+            update[f.LEGACY_ONLY_COUNT] = Increment(-len(chunk))
         if mark:
             update[COMPLETIONS_BACKFILLED] = True
+            update[f.LEGACY_ONLY_COUNT] = 0  # every array player has a document now
         if update:
             transaction.update(ref, update)
     return _Step(tuple(chunk), sum(chunk.values()), final, mark, tuple(unknown), None)
@@ -682,7 +684,7 @@ async def backfill(
 
     finaliser = Finaliser(
         client,
-        GroupWriter(client, layout, mode, clock=clock),
+        Refs(client, layout),
         mode,
         retrying=lambda call, what: _retrying(call, retry, what, clock),
         recorder=Recorder(()),

@@ -1,0 +1,327 @@
+"""Rolling deploys and rollbacks: modes side by side on one batch, each in its own client.
+
+During a rollout old and new modes write the same batches. Every completion counts
+once (outside the documented ``GUARD_TTL`` window), whichever mode created the batch
+and whichever modes wrote it, the batch is finalised once all its completions are
+recorded, and the finishing caller is told. Each manager here has its own
+``AsyncClient``, as a process of its own would.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from async_batchstate import (
+    AsyncBatchStateManager,
+    BatchProgress,
+    CompletionStatus,
+    MigrationMode,
+    RetryPolicy,
+)
+from async_batchstate.testing import (
+    EmulatorInfo,
+    FakeClock,
+    FaultPoint,
+    LostAnswers,
+    aclose_client,
+    make_client,
+)
+
+from .helpers import ManagerFactory, read_batch
+
+pytestmark = pytest.mark.emulator
+
+FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=30.0, attempt_timeout=10.0)
+GUARD_TTL = 1.0  # async_batchstate._store.schema.GUARD_TTL, the documented window
+
+
+class Keys:
+    """on_complete / on_expired recording each run's key."""
+
+    def __init__(self) -> None:
+        self.keys: list[str | None] = []
+
+    def __call__(self, batch_id: str, progress: BatchProgress) -> None:
+        self.keys.append(progress.finalisation_key)
+
+
+@pytest_asyncio.fixture
+async def other_process(
+    firestore_emulator: EmulatorInfo, batch_collection: str
+) -> AsyncIterator[Any]:
+    """Managers on a second client (another process's view of the same batches)."""
+    client = make_client(firestore_emulator)
+    made: list[AsyncBatchStateManager] = []
+
+    def factory(**kwargs: Any) -> AsyncBatchStateManager:
+        kwargs.setdefault("collection", batch_collection)
+        manager = AsyncBatchStateManager(client, **kwargs)
+        made.append(manager)
+        return manager
+
+    yield factory
+    for manager in made:
+        await manager.aclose()
+    await aclose_client(client)
+
+
+async def test_a_legacy_write_ends_the_lock_free_belief_at_the_next_commit(
+    make_manager: ManagerFactory,
+    other_process: Any,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A DUAL_WRITE process that created a batch writes it lock-free. A LEGACY process records
+    p1; the dual process's very next commit reads that back, so a redelivery of p1 to it right
+    after (well inside GUARD_TTL) is a DUPLICATE, and the last player finalises the batch (its
+    count includes the LEGACY player), tells its caller and runs on_complete."""
+    keys = Keys()
+    dual = make_manager(mode=MigrationMode.DUAL_WRITE, on_complete=keys, validation_rate=0.0)
+    legacy = other_process(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    await dual.create_batch("b", expected_count=4)
+    await dual.record_completion("b", "p0", 1)
+
+    await legacy.record_completion("b", "p1", 10)
+    second = await dual.record_completion("b", "p2", 100)  # commits; sees the LEGACY write
+    again = await dual.record_completion("b", "p1", 10)
+    last = await dual.record_completion("b", "p3", 1000)
+    final = await dual.wait_until_complete("b", timeout=10)
+
+    assert CompletionStatus.RECORDED == second.status
+    assert CompletionStatus.DUPLICATE == again.status
+    assert last.batch_completed
+    assert (True, 4, 1111) == (final.is_finalised, final.completed_count, final.total_predictions)
+    assert [final.finalisation_key] == keys.keys
+    doc = await read_batch(firestore_client, batch_collection, "b")
+    assert 1111 == doc["total_predictions"]
+
+
+async def test_a_redelivery_after_the_guard_window_to_an_idle_dual_process_counts_once(
+    make_manager: ManagerFactory, other_process: Any, firestore_client: AsyncClient
+) -> None:
+    """The dual process has not committed since the LEGACY write: once its belief is older than
+    GUARD_TTL it reads the flag again before writing, so the redelivery is a DUPLICATE."""
+    clock = FakeClock()
+    dual = make_manager(mode=MigrationMode.DUAL_WRITE, clock=clock, validation_rate=0.0)
+    legacy = other_process(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    await dual.create_batch("b", expected_count=3)
+    await dual.record_completion("b", "p0", 1)
+    await legacy.record_completion("b", "p1", 10)
+
+    clock.advance(GUARD_TTL + 0.1)
+    again = await dual.record_completion("b", "p1", 10)
+
+    assert CompletionStatus.DUPLICATE == again.status
+    progress = await dual.get_progress("b")
+    assert (2, 11) == (progress.completed_count, progress.total_predictions)
+
+
+@pytest.mark.parametrize(
+    "finisher",
+    [MigrationMode.DUAL_WRITE, MigrationMode.DUAL_WRITE_SUBCOLLECTION_READS, MigrationMode.LEGACY],
+)
+async def test_a_batch_created_by_subcollection_only_is_finalised_by_a_rolled_back_process(
+    finisher: MigrationMode,
+    make_manager: ManagerFactory,
+    other_process: Any,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """Rolling back from SUBCOLLECTION_ONLY: a batch it created and half recorded is finished by
+    a process in another mode; that process finalises it, tells its caller, runs on_complete,
+    and reports every player (not only those in the array it wrote)."""
+    keys = Keys()
+    new = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY, validation_rate=0.0)
+    old = other_process(mode=finisher, on_complete=keys, validation_rate=0.0)
+    await new.create_batch("b", expected_players=["p1", "p2", "p3"])
+    await new.record_completion("b", "p1", 1)
+    await new.record_completion("b", "p2", 2)
+
+    again = await old.record_completion("b", "p1", 1)
+    last = await old.record_completion("b", "p3", 3)
+    final = await old.wait_until_complete("b", timeout=10)
+
+    assert CompletionStatus.DUPLICATE == again.status
+    assert last.batch_completed
+    assert (True, 3) == (final.is_finalised, final.completed_count)
+    assert ("p1", "p2", "p3") == final.completed_players
+    assert [final.finalisation_key] == keys.keys
+
+
+async def test_an_explicit_finalize_in_dual_write_counts_what_subcollection_only_wrote(
+    make_manager: ManagerFactory,
+    other_process: Any,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A SUBCOLLECTION_ONLY process recorded the last player and died before flipping (its
+    write is planted as it makes it): a DUAL_WRITE finalize() counts the completion documents
+    and flips the batch."""
+    from google.cloud.firestore_v1 import Increment
+
+    new = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY, validation_rate=0.0)
+    old = other_process(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
+    await new.create_batch("b", expected_count=2)
+    await new.record_completion("b", "p1", 1)
+    ref = firestore_client.collection(batch_collection).document("b")
+    write = firestore_client.batch()
+    write.create(ref.collection("completions").document("p2"), {"predictions_count": 2})
+    write.update(ref, {"completed_count": Increment(1), "total_predictions_subcoll": Increment(2)})
+    await write.commit()
+
+    assert await old.finalize("b")
+    assert (True, 2) == ((p := await old.get_progress("b")).is_finalised, p.completed_count)
+
+
+@pytest.mark.parametrize(
+    "writers",
+    [
+        (MigrationMode.LEGACY, MigrationMode.DUAL_WRITE),
+        (MigrationMode.DUAL_WRITE, MigrationMode.SUBCOLLECTION_ONLY),
+        (MigrationMode.LEGACY, MigrationMode.DUAL_WRITE_SUBCOLLECTION_READS),
+    ],
+    ids=lambda w: "+".join(m.value for m in w),
+)
+async def test_two_modes_alternating_on_one_batch_finalise_it_once_with_exact_players(
+    writers: tuple[MigrationMode, MigrationMode],
+    make_manager: ManagerFactory,
+    other_process: Any,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A rollout in both directions: two modes alternate over 12 players with every player
+    redelivered to the other mode. Exactly one finalisation, one caller told, and the batch's
+    count as every mode counts it is the roster."""
+    keys = Keys()
+    first = make_manager(mode=writers[0], on_complete=keys, validation_rate=0.0)
+    second = other_process(mode=writers[1], on_complete=keys, validation_rate=0.0)
+    players = [f"p{i}" for i in range(12)]
+    await first.create_batch("b", expected_players=players)
+    told = 0
+    for index, player in enumerate(players):
+        mine, theirs = (first, second) if index % 2 else (second, first)
+        result = await mine.record_completion("b", player, 1)
+        told += result.batch_completed
+        result = await theirs.record_completion("b", player, 1)  # the redelivery
+        told += result.batch_completed
+        assert CompletionStatus.DUPLICATE == result.status
+
+    final = await first.wait_until_complete("b", timeout=10)
+    assert (1, True, 12) == (told, final.is_finalised, final.completed_count)
+    assert 1 == len(keys.keys)
+
+
+@pytest.mark.parametrize(
+    ("mode", "path"),
+    [
+        (MigrationMode.DUAL_WRITE, "auto"),
+        (MigrationMode.DUAL_WRITE, "transaction"),
+        (MigrationMode.SUBCOLLECTION_ONLY, "auto"),
+        (MigrationMode.SUBCOLLECTION_ONLY, "transaction"),
+        (MigrationMode.LEGACY, "auto"),
+    ],
+)
+@pytest.mark.parametrize("expired_first", [True, False], ids=["written-late", "expired-between"])
+async def test_late_or_recorded_is_what_held_when_the_write_landed_despite_a_lost_answer(
+    mode: MigrationMode,
+    path: str,
+    expired_first: bool,
+    make_manager: ManagerFactory,
+    other_process: Any,
+    firestore_client: AsyncClient,
+) -> None:
+    """The first attempt's Commit lands, its answer is lost, the retry finds it. Written after
+    the expiry: LATE. Written before an expiry that happened between the two attempts:
+    RECORDED."""
+    expirer = other_process(mode=mode)
+    begins = 0
+
+    async def expire_between(point: FaultPoint, batch_id: str, players: Any) -> None:
+        nonlocal begins
+        if point is FaultPoint.BEFORE_BEGIN:
+            begins += 1
+            if begins == 2 and not expired_first:
+                assert await expirer.expire(batch_id)
+
+    manager = make_manager(mode=mode, write_path=path, retry=FAST, fault_injector=expire_between)
+    await manager.create_batch("b", expected_count=3)
+    await manager.record_completion("b", "p0", 1)
+    begins = 0
+    if expired_first:
+        assert await expirer.expire("b")
+    lost = LostAnswers(times=1, when=_records_completions).attach(firestore_client)
+
+    result = await manager.record_completion("b", "p1", 1)
+
+    assert 1 == lost.total_lost
+    expected = CompletionStatus.LATE if expired_first else CompletionStatus.RECORDED
+    assert expected == result.status
+
+
+def _records_completions(request: Any) -> bool:
+    fields = {t.field_path for w in request.writes for t in w.update_transforms}
+    return "total_predictions" in fields or "completed_count" in fields
+
+
+async def test_counts_stay_exact_across_a_full_rollout_and_rollback(
+    make_manager: ManagerFactory,
+    other_process: Any,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """LEGACY -> DUAL_WRITE -> SUBCOLLECTION_ONLY -> DUAL_WRITE -> LEGACY over one batch, two
+    processes always one step apart (a rolling deploy), each player redelivered to both."""
+    steps = [
+        MigrationMode.LEGACY,
+        MigrationMode.DUAL_WRITE,
+        MigrationMode.SUBCOLLECTION_ONLY,
+        MigrationMode.DUAL_WRITE,
+        MigrationMode.LEGACY,
+    ]
+    clock = FakeClock()
+    players = {f"p{i}": i for i in range(len(steps) * 3)}
+    creator = make_manager(mode=steps[0], validation_rate=0.0)
+    await creator.create_batch("b", expected_players=list(players))
+    names = iter(players)
+    told = 0
+    for old_mode, new_mode in itertools.pairwise(steps):
+        old = make_manager(mode=old_mode, clock=clock, validation_rate=0.0)
+        new = other_process(mode=new_mode, validation_rate=0.0)
+        for _ in range(3):
+            player = next(names)
+            for manager in (new, old, new):
+                told += (
+                    await manager.record_completion("b", player, players[player])
+                ).batch_completed
+            clock.advance(GUARD_TTL + 0.1)
+    rest = list(names)
+    last = make_manager(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
+    for player in rest:
+        told += (await last.record_completion("b", player, players[player])).batch_completed
+
+    final = await last.wait_until_complete("b", timeout=10)
+    assert (1, True, len(players)) == (told, final.is_finalised, final.completed_count)
+    # Each structure is whole in itself; together they hold every player exactly once.
+    doc = await read_batch(firestore_client, batch_collection, "b")
+    docs = {
+        d.id: (d.to_dict() or {})["predictions_count"]
+        async for d in firestore_client.collection(batch_collection)
+        .document("b")
+        .collection("completions")
+        .stream()
+    }
+    legacy = dict(doc["predictions_by_player"])
+    assert sorted(legacy) == sorted(doc["completed_players"])
+    assert (sum(legacy.values()), sum(docs.values())) == (
+        doc["total_predictions"],
+        doc["total_predictions_subcoll"],
+    )
+    assert len(docs) == doc["completed_count"]
+    assert players == {**legacy, **docs}
+    assert len(set(legacy) - set(docs)) == doc["legacy_only_count"]
