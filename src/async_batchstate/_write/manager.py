@@ -579,12 +579,25 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         validate_player(self.mode, player)
         count = validate_count("predictions_count", predictions_count)
-        info = await self._infos.get(batch_id)  # cached per batch: one read at most
-        info.check_completion(batch_id, player, count)
-        if info.deadline is not None and not info.terminal and self._clock.now() >= info.deadline:
-            await self._expire_overdue(batch_id)
         wait = self._retry.deadline if timeout is None else timeout
-        return await self._runner.record(batch_id, Completion(player, count), wait, started)
+        if not (isinstance(wait, int | float) and wait >= 0):  # NaN included
+            raise InvalidInputError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        try:
+            # The timeout bounds the whole call: reading the batch's settings and
+            # expiring an overdue batch count against it too.
+            async with self._clock.timeout(wait):
+                info = await self._infos.get(batch_id)  # cached per batch: one read at most
+                info.check_completion(batch_id, player, count)
+                now = self._clock.now()
+                if info.deadline is not None and not info.terminal and now >= info.deadline:
+                    await self._expire_overdue(batch_id)
+        except TimeoutError:
+            raise CompletionTimeoutError(
+                f"batch {batch_id!r} could not be read within {wait}s; nothing was written "
+                f"for player {player!r}: record it again"
+            ) from None
+        completion = Completion(player, count)
+        return await self._runner.record(batch_id, completion, started + wait)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -37,6 +37,8 @@ from .writer import Completion, GroupOutcome, GroupState, GroupWriter
 logger = logging.getLogger("async_batchstate")
 
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
+FLIP_GRACE = 2.0
+"""Seconds a close that cut a group waits for its finalisation flip (a read and an update)."""
 MAX_GROUP_SIZE = 1500
 """Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
 
@@ -117,17 +119,18 @@ class GroupRunner:
             await lane.drain()
 
     async def record(
-        self, batch_id: str, completion: Completion, wait: float, started: float
+        self, batch_id: str, completion: Completion, deadline: float
     ) -> CompletionResult:
-        """Queue ``completion`` in its batch's lane; its outcome within ``wait`` seconds.
+        """Queue ``completion`` in its batch's lane; its outcome by ``deadline`` (``monotonic``).
 
         Raises:
-            CompletionTimeoutError: No outcome within ``wait``.
+            CompletionTimeoutError: No outcome by ``deadline``.
             BatchStateError: The group's write failed for this completion.
         """
         lane = self._lane(batch_id)
-        pending = Pending(completion, deadline=started + wait)
+        pending = Pending(completion, deadline=deadline)
         player = completion.player
+        wait = max(deadline - self._clock.monotonic(), 0.0)
         lane.submit(pending)
         try:
             async with self._clock.timeout(wait):
@@ -268,10 +271,17 @@ class GroupRunner:
         )
         flipped: BatchProgress | None = None
         owed = False
+        check = asyncio.ensure_future(
+            self._finaliser.after_write(batch_id, outcome, self._expected_count)
+        )
         try:
-            flipped, owed = await self._finaliser.after_write(
-                batch_id, outcome, self._expected_count
-            )
+            flipped, owed = await asyncio.shield(check)
+        except asyncio.CancelledError:
+            # A close cut this group while its flip was in flight. The flip is not cut
+            # with it: waiting a moment for it tells the finishing caller the truth; a
+            # flip still unanswered after that leaves its callback owed (to any process).
+            flipped = await self._flip_within_grace(batch_id, check)
+            raise
         except Exception:
             # The completions are committed; a later completion, redelivery,
             # wait_until_complete() or finalize() finalises the batch.
@@ -288,6 +298,28 @@ class GroupRunner:
         # The callback runs after the callers are told (its latency is not theirs); a
         # close cuts it after the drain timeout, and then it stays owed.
         await self._finaliser.settle(batch_id, flipped, owed)
+
+    async def _flip_within_grace(
+        self, batch_id: str, check: asyncio.Future[tuple[BatchProgress | None, bool]]
+    ) -> BatchProgress | None:
+        """The flip's progress if it finishes within ``FLIP_GRACE``; else cancel it."""
+        try:
+            async with self._clock.timeout(FLIP_GRACE):
+                flipped, _ = await asyncio.shield(check)
+                return flipped
+        except (TimeoutError, asyncio.CancelledError):
+            check.cancel()
+            logger.warning(
+                "closing with the finalisation of batch %r unanswered; if it landed, its "
+                "callback stays owed",
+                batch_id,
+                extra={"batch_id": batch_id},
+            )
+        except Exception:
+            logger.exception(
+                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
+            )
+        return None
 
     def _resolve(
         self,
