@@ -18,7 +18,6 @@ from typing import Any
 
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError
 from .._retry import Retrying
@@ -35,8 +34,8 @@ class BatchInfoCache:
     """What this process knows of each batch (``BatchInfo``), read once while remembered.
 
     The one owner of a process's beliefs about a batch: settings read at most once
-    per batch (LRU, bounded), and the guard belief, which the write path confirms
-    or refutes with each commit and re-reads once it is older than ``GUARD_TTL``.
+    per batch (LRU, bounded), and whether completion documents guard it, which the
+    write path confirms with each commit and each transaction's read.
     """
 
     def __init__(
@@ -45,10 +44,8 @@ class BatchInfoCache:
         retrying: Retrying,
         *,
         size: int = 1_000,
-        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._refs = refs
-        self._clock = clock
         self._retrying = retrying
         self._size = size
         self._infos: OrderedDict[str, BatchInfo] = OrderedDict()
@@ -56,8 +53,6 @@ class BatchInfoCache:
 
     def remember(self, batch_id: str, info: BatchInfo) -> None:
         """Cache ``info`` (evicting the least recently used beyond the bound)."""
-        if info.guarded and info.guarded_at is None:
-            info.guarded_at = self._clock.monotonic()
         self._infos[batch_id] = info
         self._infos.move_to_end(batch_id)
         while len(self._infos) > self._size:
@@ -92,19 +87,6 @@ class BatchInfoCache:
         info = self._infos.get(batch_id)
         return info is not None and info.guarded
 
-    async def refresh_guard(self, batch_id: str, info: BatchInfo) -> bool:
-        """Re-read whether completion documents guard the batch (one masked read; one attempt).
-
-        Raises:
-            BatchNotFoundError: No such batch.
-        """
-        asked = self._clock.monotonic()
-        snap = await self._refs.batch(batch_id).get(field_paths=list(f.GUARD_FIELDS), retry=None)
-        if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
-        info.confirm_guard(f.guarded(snap.to_dict() or {}), asked)
-        return info.guarded
-
     async def _read(self, batch_id: str) -> BatchInfo:
         fields = [
             f.EXPECTED_COUNT,
@@ -114,7 +96,6 @@ class BatchInfoCache:
             f.STATUS,
             *f.GUARD_FIELDS,
         ]
-        asked = self._clock.monotonic()
         snap = await self._refs.batch(batch_id).get(field_paths=fields, retry=None)
         if not snap.exists:
             raise BatchNotFoundError(
@@ -137,7 +118,6 @@ class BatchInfoCache:
             deadline=deadline if isinstance(deadline, dt.datetime) else None,
             terminal=data.get(f.STATUS) in f.TERMINAL_STATUSES,
             guarded=f.guarded(data),
-            guarded_at=asked,
         )
 
 

@@ -46,20 +46,18 @@ TOTAL_PREDICTIONS = "total_predictions"
 COMPLETED_COUNT = "completed_count"
 TOTAL_PREDICTIONS_SUBCOLL = "total_predictions_subcoll"
 # True when every player in completed_players has a completion document: set by
-# create_batch in the modes that write completion documents and by migrate backfill,
-# deleted by every LEGACY-mode write that adds a player. Writers of completion
-# documents trust it (for at most GUARD_TTL seconds unconfirmed) to write lock-free.
+# create_batch in the modes that write completion documents and by migrate backfill.
+# Writers of completion documents trust it to write lock-free; a LEGACY-mode writer
+# that finds it keeps it true (it creates the completion documents too), so during a
+# rolling deploy or a rollback nothing makes a guarded batch unguarded.
 COMPLETIONS_BACKFILLED = "completions_backfilled"
 # Players in completed_players WITHOUT a completion document: +n by each LEGACY-mode
-# write that adds n, -n by backfill as it creates their documents (0 once backfilled).
-# completed_count + legacy_only_count is the batch's count as every mode that wrote it
-# counts (the union of both structures), and each lock-free Commit reads it back with
-# Increment(0): a value above 0 tells, atomically with the write, that a LEGACY writer
-# has been at the batch.
+# write that adds n to an unguarded batch, -n by backfill as it creates their
+# documents (0 once backfilled). completed_count + legacy_only_count is the batch's
+# count as every mode that wrote it counts (the union of both structures), and each
+# lock-free Commit reads it back with Increment(0): above 0 means the batch is not
+# guarded after all (a LEGACY writer of 0.1 was at it).
 LEGACY_ONLY_COUNT = "legacy_only_count"
-GUARD_TTL = 1.0
-"""Seconds a process writes a batch lock-free on its belief that completion documents
-guard it, without a commit or a read confirming it (the rollout window, README)."""
 # Who wrote what, so an outcome whose answer was lost is decided by what is stored
 # (a retry finds its own id: "this call wrote it") and never by error text.
 CREATED_BY = "created_by"  # create_batch's call id
@@ -241,13 +239,13 @@ class LegacyLimits:
 
 @dataclass
 class BatchInfo:
-    """What this process knows about a batch: its fixed settings, and one belief that ages.
+    """What this process knows about a batch: its fixed settings and whether it is guarded.
 
     The settings (expected count, roster, deadline) never change after
-    ``create_batch``. Whether completion documents guard the batch (every legacy
-    player has one, so a lock-free Commit cannot count a player twice) can change
-    under a rolling deploy, when a LEGACY writer records a player: the belief is
-    trusted for ``GUARD_TTL`` seconds after a commit or a read confirmed it.
+    ``create_batch``. ``guarded`` (completion documents guard the batch: every
+    legacy player has one, so a lock-free Commit cannot count a player twice) only
+    ever turns true (backfill), which the transaction's read of an unguarded batch
+    notices; every lock-free Commit confirms it.
     """
 
     expected: int
@@ -257,16 +255,6 @@ class BatchInfo:
     """This process saw the batch finished (no more deadline checks)."""
     guarded: bool = field(default=False, compare=False)
     """Completion documents guard the batch: every legacy-array player has one."""
-    guarded_at: float | None = field(default=None, compare=False)
-    """``clock.monotonic()`` when ``guarded`` was last confirmed (None: never)."""
-
-    def trusts_guard(self, now: float) -> bool:
-        """Whether a lock-free write may rely on ``guarded`` without confirming it first."""
-        return self.guarded and self.guarded_at is not None and now - self.guarded_at < GUARD_TTL
-
-    def confirm_guard(self, guarded: bool, now: float) -> None:
-        """Record what a commit or a read just said about the guard."""
-        self.guarded, self.guarded_at = guarded, now
 
     def check_completion(self, batch_id: str, player: str, count: int) -> None:
         """Refuse a completion this batch cannot take, before anything is written.
@@ -373,8 +361,9 @@ def new_batch(
     if mode.writes_legacy:
         data |= {COMPLETED_PLAYERS: [], PREDICTIONS_BY_PLAYER: {}, TOTAL_PREDICTIONS: 0}
     if mode.writes_subcollection:
-        # Born with completion documents: nothing to backfill, ever, until a LEGACY write.
-        data |= {COMPLETED_COUNT: 0, TOTAL_PREDICTIONS_SUBCOLL: 0, COMPLETIONS_BACKFILLED: True}
+        data |= {COMPLETED_COUNT: 0, TOTAL_PREDICTIONS_SUBCOLL: 0}
+        if mode.writes_legacy:  # born with both structures: nothing to backfill
+            data[COMPLETIONS_BACKFILLED] = True
     if when is not None:
         data[DEADLINE] = when
     inline, chunks = split_roster(expected_players or ())
@@ -457,17 +446,17 @@ COUNT_FIELDS = (COMPLETED_COUNT, LEGACY_ONLY_COUNT, COMPLETIONS_BACKFILLED)
 """What ``counted`` needs (and ``COMPLETED_PLAYERS`` where the batch is not guarded)."""
 
 
-def counted(data: dict[str, Any]) -> int:
+def counted(data: dict[str, Any], *, array_counts: bool = True) -> int:
     """The players completed as every mode that wrote the batch counts them.
 
     Completion documents plus legacy-only players is the union of both structures,
     whichever modes wrote the batch (LEGACY, the dual modes, SUBCOLLECTION_ONLY, in
-    any order). Where the array was read and the batch is not backfilled, the array
-    is a lower bound too: batches written by LEGACY writers of 0.1 kept no
-    ``legacy_only_count``.
+    any order). For a mode that reads the array (``array_counts``), where the array
+    was read and the batch is not backfilled, the array is a lower bound too:
+    batches written by LEGACY writers of 0.1 kept no ``legacy_only_count``.
     """
     count = as_int(data.get(COMPLETED_COUNT)) + as_int(data.get(LEGACY_ONLY_COUNT))
-    array = data.get(COMPLETED_PLAYERS)
+    array = data.get(COMPLETED_PLAYERS) if array_counts else None
     if isinstance(array, list) and data.get(COMPLETIONS_BACKFILLED) is not True:
         count = max(count, len(set(array)))
     return count
@@ -482,7 +471,7 @@ def progress_from(batch_id: str, mode: MigrationMode, data: dict[str, Any]) -> B
     ``mode`` reads; the array modes list the players from the array.
     """
     players: tuple[str, ...] = ()
-    completed = counted(data)
+    completed = counted(data, array_counts=not mode.reads_subcollection)
     if mode.reads_subcollection:
         total = as_int(data.get(TOTAL_PREDICTIONS_SUBCOLL))
     else:

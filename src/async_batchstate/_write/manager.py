@@ -164,7 +164,7 @@ class AsyncBatchStateManager:
         self._rng = rng or random.Random()
         self._clock = clock
         self._closed = False
-        self._infos = BatchInfoCache(Refs(client, self._layout), self._retrying, clock=clock)
+        self._infos = BatchInfoCache(Refs(client, self._layout), self._retrying)
         self._writer = GroupWriter(
             client, self._layout, self.mode, self._infos, fault_injector, write_path, clock=clock
         )

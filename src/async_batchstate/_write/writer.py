@@ -29,13 +29,14 @@ the same way: the transform result of the write itself, or, for a write found
 again after a lost answer, its commit time (``completed_at``) against the
 expiry's. No outcome is decided from error text.
 
-Rolling deploys: whether completion documents guard a batch is a belief a
-process holds for at most ``GUARD_TTL`` seconds unconfirmed (``BatchInfo``).
-Every lock-free Commit reads ``legacy_only_count`` back (``Increment(0)``): a
-LEGACY write since the last confirmation shows there, and the batch goes
-through the transaction from then on. Every write reports the batch's count as
-every mode counts it (``schema.counted``), so whichever mode finishes it
-finalises it.
+Rolling deploys and rollbacks: once completion documents guard a batch, they
+stay its guard whatever mode writes it. A LEGACY-mode writer reads the batch in
+its transaction anyway; on a guarded batch it creates the completion documents
+and moves the subcollection counters too, so a player it records is a DUPLICATE
+for every other mode at once, with no window. Every lock-free Commit still reads
+``legacy_only_count`` back (``Increment(0)``) and goes transactional on a batch
+it finds unguarded. Every write reports the batch's count as every mode counts
+it (``schema.counted``), so whichever mode finishes a batch finalises it.
 """
 
 from __future__ import annotations
@@ -354,11 +355,9 @@ class GroupWriter:
         try:
             info = await self._infos.get(batch_id)
             # LEGACY players have no completion document: where the batch may have
-            # some (LEGACY mode; a batch not backfilled, or whose guard this process
-            # cannot confirm), the array is read, in a transaction.
-            legacy_read = self._mode is MigrationMode.LEGACY or not await self._guarded(
-                batch_id, info
-            )
+            # some (LEGACY mode; a batch not backfilled), the array is read, in a
+            # transaction.
+            legacy_read = not (self._mode.writes_subcollection and info.guarded)
             if self._write_path == "auto" and not legacy_read and not self._whole_map(firsts):
                 written = await self._write_lock_free(batch_id, group, firsts, state, info)
             else:
@@ -379,31 +378,17 @@ class GroupWriter:
         late = tuple(r and c.player in state.late for r, c in zip(recorded, group, strict=True))
         return dataclasses.replace(written, recorded=recorded, late=late)
 
-    async def _guarded(self, batch_id: str, info: BatchInfo) -> bool:
-        """Whether completion documents guard the batch, confirmed within ``GUARD_TTL``.
-
-        A belief confirmed by a commit or a read less than ``GUARD_TTL`` ago is
-        trusted; an older one is read again (one masked read). A batch known not
-        to be guarded goes through the transaction, whose read confirms it anew.
-        """
-        if not self._mode.writes_subcollection:
-            return False
-        if info.trusts_guard(self._clock.monotonic()):
-            return True
-        if not info.guarded:
-            return False
-        return await self._infos.refresh_guard(batch_id, info)
-
-    def _confirm(self, batch_id: str, info: BatchInfo, legacy_only: int, asked: float) -> None:
-        """What a lock-free Commit read back: no legacy-only player means still guarded."""
+    @staticmethod
+    def _confirm(batch_id: str, info: BatchInfo, legacy_only: int) -> None:
+        """What a lock-free Commit read back: a legacy-only player means not guarded."""
         if legacy_only > 0 and info.guarded:
             logger.warning(
-                "batch %r: a LEGACY writer recorded players while this process wrote it "
-                "lock-free; its next writes go through a transaction",
+                "batch %r has players only in the legacy array (a LEGACY writer older than "
+                "this version?); its next writes go through a transaction",
                 batch_id,
                 extra={"batch_id": batch_id, "legacy_only_count": legacy_only},
             )
-        info.confirm_guard(legacy_only == 0, asked)
+            info.guarded = False
 
     async def _write_lock_free(
         self,
@@ -425,10 +410,9 @@ class GroupWriter:
             write = self._client.batch()
             for completion in pending:
                 write.create(refs[completion.player], self._completion_doc(completion, state))
-            update, results_at = self._batch_update(pending)
+            update, results_at = self._batch_update(pending, docs=True)
             write.update(batch_ref, update)
             await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
-            asked = self._clock.monotonic()
             try:
                 results = await write.commit(retry=None)
             except gexc.Conflict:
@@ -448,7 +432,7 @@ class GroupWriter:
                 state.resolved[completion.player] = True
                 if outcome.expired:
                     state.late.add(completion.player)
-            self._confirm(batch_id, info, legacy_only, asked)
+            self._confirm(batch_id, info, legacy_only)
             await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
             return outcome
         raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
@@ -510,7 +494,6 @@ class GroupWriter:
         legacy_read: bool,
         info: BatchInfo,
     ) -> GroupOutcome:
-        asked = self._clock.monotonic()
         try:
             staged, transaction = await self.transact(
                 self._stage, batch_id, group, firsts, state, legacy_read
@@ -524,7 +507,7 @@ class GroupWriter:
                     raise exc.__cause__ from None
             raise
         if staged.guarded is not None:
-            info.confirm_guard(staged.guarded, asked)
+            info.guarded = staged.guarded
         outcome = GroupOutcome((), staged.counted, expired=staged.expired)
         if not staged.new or staged.results_at is None:
             return outcome
@@ -561,21 +544,15 @@ class GroupWriter:
             ]
         if self._whole_map(pending):
             fields.append(f.PREDICTIONS_BY_PLAYER)
-        data = await self._read_batch(transaction, batch_ref, batch_id, fields) if fields else {}
-        array = set(data.get(f.COMPLETED_PLAYERS) or ()) if legacy_read else set()
-        # Completion documents: every mode that writes them, and LEGACY where the batch
-        # has some outside the array (written by SUBCOLLECTION_ONLY during a rollout).
-        members: dict[str, dict[str, Any]] = {}
-        if refs and (self._mode.writes_subcollection or f.counted(data) > len(array)):
-            async for snap in self._client.get_all(
-                list(refs.values()), field_paths=_MEMBER_FIELDS, transaction=transaction, retry=None
-            ):
-                if snap.exists:
-                    members[snap.reference.id] = snap.to_dict() or {}
+        # One read: the batch (where it is read) and the members' completion documents.
+        data, members = await self._read_group(transaction, batch_ref, refs, fields)
         if not legacy_read and any(m.get(f.WRITE_ID) == state.write_id for m in members.values()):
             # Our own earlier attempt committed: was the batch expired by then?
-            data = await self._read_batch(transaction, batch_ref, batch_id, _BATCH_FINISH)
+            data, _ = await self._read_group(transaction, batch_ref, {}, _BATCH_FINISH)
         self._resolve_found(members, data, state)
+        array = set(data.get(f.COMPLETED_PLAYERS) or ()) if legacy_read else set()
+        # Completion documents guard the batch: every writer keeps them, LEGACY included.
+        docs = self._mode.writes_subcollection or f.guarded(data)
         whole_map: dict[str, Any] | None = None
         if f.PREDICTIONS_BY_PLAYER in fields:
             stored = data.get(f.PREDICTIONS_BY_PLAYER)
@@ -596,34 +573,39 @@ class GroupWriter:
         await self._fault(FaultPoint.AFTER_READS, batch_id, list(firsts))
 
         new = [group[firsts[p]] for p in pending if p not in state.resolved]
+        # What the batch's guard is (this write does not change it: a write that creates
+        # completion documents keeps it, one that does not is on an unguarded batch).
         guarded = f.guarded(data) if legacy_read else None
         expired = data.get(f.STATUS) == f.STATUS_EXPIRED
         if not new:
-            counted = f.counted(data) if legacy_read else None
+            counted = (
+                f.counted(data, array_counts=not self._mode.reads_subcollection)
+                if legacy_read
+                else None
+            )
             await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(firsts))
             return _Staged((), None, counted, expired, guarded)
         names = [c.player for c in new]
-        if self._mode.writes_subcollection:
+        if docs:
             for completion in new:
                 transaction.create(refs[completion.player], self._completion_doc(completion, state))
-        update, results_at = self._batch_update(new, whole_map)
+        update, results_at = self._batch_update(new, whole_map, docs=docs)
         if not self._mode.writes_subcollection:
             attempt_id = f"{state.write_id}.{len(state.plans)}"
             state.plans[attempt_id] = frozenset(names)
             stored_id = attempt_id + (LATE_SUFFIX if expired else "")
             update[f.RECENT_WRITES] = [*recent, stored_id][-f.RECENT_WRITES_KEPT :]
-            guarded = False
         transaction.update(batch_ref, update)
         counted = None
         if legacy_read:  # the batch's count after this commit, from what the transaction read
             after = dict(data)
-            if self._mode.writes_subcollection:
+            if docs:
                 after[f.COMPLETED_COUNT] = f.as_int(data.get(f.COMPLETED_COUNT)) + len(new)
             else:
                 after[f.LEGACY_ONLY_COUNT] = f.as_int(data.get(f.LEGACY_ONLY_COUNT)) + len(new)
             if self._mode.writes_legacy:
                 after[f.COMPLETED_PLAYERS] = [*array, *names]
-            counted = f.counted(after)
+            counted = f.counted(after, array_counts=not self._mode.reads_subcollection)
         await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(firsts))
         return _Staged(tuple(names), results_at, counted, expired, guarded)
 
@@ -641,28 +623,54 @@ class GroupWriter:
         """Whether a write of ``players`` rewrites the whole legacy map (and must read it)."""
         return self._mode.writes_legacy and any(f.needs_whole_map_write(p) for p in players)
 
-    async def _read_batch(
-        self, transaction: AsyncTransaction, batch_ref: Any, batch_id: str, fields: list[str]
-    ) -> dict[str, Any]:
+    async def _read_group(
+        self,
+        transaction: AsyncTransaction,
+        batch_ref: Any,
+        refs: Mapping[str, Any],
+        fields: list[str],
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """In one RPC: the batch's ``fields`` (none: not read) and the members that exist.
+
+        Raises:
+            BatchNotFoundError: The batch was to be read and does not exist.
+        """
+        wanted = ([batch_ref] if fields else []) + list(refs.values())
+        if not wanted:
+            return {}, {}
+        batch: dict[str, Any] | None = None
+        members: dict[str, dict[str, Any]] = {}
         async for snap in self._client.get_all(
-            [batch_ref], field_paths=fields, transaction=transaction, retry=None
+            wanted, field_paths=[*fields, *_MEMBER_FIELDS], transaction=transaction, retry=None
         ):
-            if snap.exists:
-                return snap.to_dict() or {}
-        raise BatchNotFoundError(f"batch {batch_id!r} does not exist; call create_batch first")
+            if snap.reference.path == batch_ref.path:
+                batch = (snap.to_dict() or {}) if snap.exists else None
+            elif snap.exists:
+                members[snap.reference.id] = snap.to_dict() or {}
+        if fields and batch is None:
+            raise BatchNotFoundError(
+                f"batch {batch_ref.id!r} does not exist; call create_batch first"
+            )
+        return batch or {}, members
 
     def _batch_update(
-        self, new: Sequence[Completion], whole_map: Mapping[str, Any] | None = None
+        self,
+        new: Sequence[Completion],
+        whole_map: Mapping[str, Any] | None = None,
+        *,
+        docs: bool,
     ) -> tuple[dict[str, Any], _ResultsAt]:
         """The batch-document update for ``new``, and where its transform results land.
 
         ``whole_map``: the stored ``predictions_by_player``, read in this transaction,
-        when the new entries are to be written as part of the whole map.
+        when the new entries are to be written as part of the whole map. ``docs``:
+        the write creates the completion documents (every mode but LEGACY on an
+        unguarded batch), so the subcollection counters move with them.
         """
         total = sum(c.predictions_count for c in new)
-        # LEGACY adds players without completion documents; the others read the count
-        # back (a LEGACY write since this process last looked shows there).
-        legacy_only = 0 if self._mode.writes_subcollection else len(new)
+        # Players written without a completion document are counted apart; the others
+        # read that count back (above 0: the batch is not guarded after all).
+        legacy_only = 0 if docs else len(new)
         data: dict[str, Any] = {
             f.EXPIRED_FLAG: Increment(0),
             f.LEGACY_ONLY_COUNT: Increment(legacy_only),
@@ -676,10 +684,10 @@ class GroupWriter:
                 data |= {f.player_field(p): count for p, count in entries.items()}
             data[f.TOTAL_PREDICTIONS] = Increment(total)
             data[f.UPDATED_AT] = SERVER_TIMESTAMP
-            if not self._mode.writes_subcollection:
+            if not docs:
                 # This write adds players without completion documents.
                 data[f.COMPLETIONS_BACKFILLED] = DELETE_FIELD
-        if self._mode.writes_subcollection:
+        if docs:
             data[f.COMPLETED_COUNT] = Increment(len(new))
             data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)
             data[f.LAST_UPDATED] = SERVER_TIMESTAMP
