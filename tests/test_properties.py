@@ -41,6 +41,7 @@ WRITTEN_FIELDS = {
     "status",
     "finalised_by",
     "expired_flag",
+    "legacy_only_count",
     "callback_owed",
     "callback_claimed_by",
     "callback_claimed_at",
