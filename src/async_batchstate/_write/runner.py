@@ -27,7 +27,7 @@ from .._errors import (
 )
 from .._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
 from .._types import BatchProgress, CompletionResult, CompletionStatus
-from ..consistency._validate import SampledValidator
+from ..consistency._sampled import SampledValidator
 from ..instrumentation._events import AttemptFailed, GroupCommitted, GroupFailed, Recorder
 from .finaliser import Finaliser
 from .lanes import Lane, Pending

@@ -57,7 +57,7 @@ from .._store.schema import Layout, validate_id
 from .._store.transactions import run_transactional
 from .._write.finaliser import Finaliser
 from .._write.writer import GroupWriter
-from ..consistency._validate import (
+from ..consistency import (
     ConsistencyReport,
     validate,
 )
