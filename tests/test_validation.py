@@ -16,7 +16,7 @@ from async_batchstate import AsyncBatchStateManager, Layout, MigrationMode
 from async_batchstate.consistency import ConsistencyReport
 from async_batchstate.consistency._alerts import MISMATCH_PREFIX
 from async_batchstate.consistency._sampled import SampledValidator
-from async_batchstate.instrumentation._events import ValidationRan
+from async_batchstate.instrumentation import ValidationRan
 from async_batchstate.testing import EmulatorInfo, FakeClock, aclose_client, make_client
 
 from .helpers import ManagerFactory
