@@ -17,6 +17,7 @@ from async_batchstate.consistency import ConsistencyReport
 from async_batchstate.consistency._alerts import MISMATCH_PREFIX
 from async_batchstate.consistency._sampled import SampledValidator
 from async_batchstate.instrumentation import ValidationRan
+from async_batchstate.instrumentation._events import Recorder
 from async_batchstate.testing import EmulatorInfo, FakeClock, aclose_client, make_client
 
 from .helpers import ManagerFactory
@@ -293,6 +294,23 @@ async def test_sampled_validation_of_one_batch_waits_its_interval(
     await validator.aclose()
 
     assert (True, False, True) == (first, second, third)
+
+
+def test_recorder_counts_validations_and_their_reads() -> None:
+    """ValidationRan events feed Stats.validations, validation_reads and their per-completion
+    average."""
+    recorder = Recorder(())
+    recorder.recorded = 10
+
+    recorder.emit(ValidationRan("b", reads=1))
+    recorder.emit(ValidationRan("b", reads=10, suspected=True, confirmed=True))
+
+    stats = recorder.snapshot()
+    assert (2, 11, 1.1) == (
+        stats.validations,
+        stats.validation_reads,
+        stats.validation_reads_per_completion,
+    )
 
 
 async def test_manager_stats_count_validations_and_their_reads(

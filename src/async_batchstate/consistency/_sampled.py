@@ -307,6 +307,12 @@ class _Check:
             # Players recorded by LEGACY writers, not yet backfilled: expected until backfill.
             logger.debug("batch %r awaits backfill", batch_id, extra={"batch_id": batch_id})
         if not _is_mismatch(report):
+            logger.info(
+                "batch %r disagreed on two reads; its full check agrees: %s",
+                batch_id,
+                report.summary(),
+                extra={"batch_id": batch_id},
+            )
             return ValidationRan(batch_id, self.reads, suspected=True), None
         first = "count re-read" if self._finished else "document re-read"
         report = dataclasses.replace(report, confirmation=f"{first} + {DEEP_CHECKS} deep reads")
