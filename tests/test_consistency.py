@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
-import logging
-import random
-
-import pytest
 from google.cloud.firestore_v1 import ArrayUnion, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from async_batchstate import Layout, MigrationMode
-from async_batchstate.consistency._validate import (
-    MISMATCH_PREFIX,
-    ConsistencyReport,
-    SampledValidator,
-    Source,
-    reconcile,
-    validate,
-)
+from async_batchstate.consistency import Source, reconcile, validate
 
 from .helpers import ManagerFactory, read_batch, read_completions
 
 DUAL = MigrationMode.DUAL_WRITE
 
 
-async def _healthy_batch(make_manager: ManagerFactory) -> None:
+async def healthy_batch(make_manager: ManagerFactory) -> None:
     manager = make_manager(mode=DUAL)
     await manager.create_batch("b", expected_count=10)
     await manager.record_completion("b", "p1", predictions_count=3)
     await manager.record_completion("b", "p2", predictions_count=4)
 
 
-async def _corrupt(client: AsyncClient, collection: str) -> None:
+async def corrupt(client: AsyncClient, collection: str) -> None:
     """The old torn dual-write: the array gets ``ghost`` but no completion doc; a counter +1."""
     await (
         client.collection(collection)
@@ -52,7 +41,7 @@ async def test_validate_healthy_batch_is_consistent(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """A batch written only through the manager has equal structures and no problem."""
-    await _healthy_batch(make_manager)
+    await healthy_batch(make_manager)
 
     report = await validate(firestore_client, Layout(batch_collection), DUAL, "b")
 
@@ -70,8 +59,8 @@ async def test_validate_catches_corrupted_batch(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """Array-only player and off-by-one counter show up as the exact numbers and names."""
-    await _healthy_batch(make_manager)
-    await _corrupt(firestore_client, batch_collection)
+    await healthy_batch(make_manager)
+    await corrupt(firestore_client, batch_collection)
 
     report = await validate(firestore_client, Layout(batch_collection), DUAL, "b")
 
@@ -91,8 +80,8 @@ async def test_report_summary_is_one_line_with_the_problems(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """summary() names the compared numbers and, for a mismatch, the problems."""
-    await _healthy_batch(make_manager)
-    await _corrupt(firestore_client, batch_collection)
+    await healthy_batch(make_manager)
+    await corrupt(firestore_client, batch_collection)
 
     report = await validate(firestore_client, Layout(batch_collection), DUAL, "b")
 
@@ -105,7 +94,7 @@ async def test_validate_names_players_only_in_subcollection(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """A completion doc whose player is missing from the array is listed by name."""
-    await _healthy_batch(make_manager)
+    await healthy_batch(make_manager)
     ref = firestore_client.collection(batch_collection).document("b")
     await (
         ref.collection("completions")
@@ -140,7 +129,7 @@ async def test_stale_legacy_subset_is_consistent_in_subcollection_only(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """In SUBCOLLECTION_ONLY the array stops growing: players only in the subcollection are fine."""
-    await _healthy_batch(make_manager)
+    await healthy_batch(make_manager)
     sub_only = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY)
     await sub_only.record_completion("b", "p3", predictions_count=1)
 
@@ -152,163 +141,12 @@ async def test_stale_legacy_subset_is_consistent_in_subcollection_only(
     assert report.is_consistent
 
 
-async def test_sampled_validator_logs_one_mismatch_and_alerts_once(
-    make_manager: ManagerFactory,
-    firestore_client: AsyncClient,
-    batch_collection: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """One sampled mismatch: one CONSISTENCY MISMATCH record, one hook call, the right report."""
-    await _healthy_batch(make_manager)
-    await _corrupt(firestore_client, batch_collection)
-    seen: list[ConsistencyReport] = []
-
-    async def hook(report: ConsistencyReport) -> None:
-        seen.append(report)
-
-    validator = SampledValidator(
-        firestore_client, Layout(batch_collection), DUAL, rate=1.0, alert_hooks=[hook]
-    )
-    caplog.set_level(logging.ERROR, logger="async_batchstate.consistency")
-
-    scheduled = validator.maybe_validate("b")
-    await validator.aclose()
-
-    records = [r for r in caplog.records if r.getMessage().startswith(MISMATCH_PREFIX)]
-    assert scheduled
-    assert 1 == len(records)
-    assert 1 == len(seen)
-    assert ("ghost",) == seen[0].players_only_in_array
-    assert "b" == records[0].batch_id  # type: ignore[attr-defined]
-    assert ["ghost"] == records[0].players_only_in_array  # type: ignore[attr-defined]
-    assert 2 == records[0].completion_docs  # type: ignore[attr-defined]
-
-
-async def test_sampled_validator_calls_sync_hooks_too(
-    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
-) -> None:
-    """A plain function is a valid alert hook."""
-    await _healthy_batch(make_manager)
-    await _corrupt(firestore_client, batch_collection)
-    seen: list[str] = []
-    validator = SampledValidator(
-        firestore_client,
-        Layout(batch_collection),
-        DUAL,
-        rate=1.0,
-        alert_hooks=[lambda report: seen.append(report.batch_id)],
-    )
-
-    validator.maybe_validate("b")
-    await validator.aclose()
-
-    assert ["b"] == seen
-
-
-async def test_sampled_validator_stays_silent_on_consistent_batch(
-    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
-) -> None:
-    """No mismatch, no alert."""
-    await _healthy_batch(make_manager)
-    seen: list[ConsistencyReport] = []
-    validator = SampledValidator(
-        firestore_client, Layout(batch_collection), DUAL, rate=1.0, alert_hooks=[seen.append]
-    )
-
-    validator.maybe_validate("b")
-    await validator.aclose()
-
-    assert [] == seen
-    assert 1 == validator.validated
-
-
-async def test_sampled_validator_does_not_alert_on_batch_awaiting_backfill(
-    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
-) -> None:
-    """A legacy-only batch under DUAL_WRITE rules is backfill's work, not an alert."""
-    legacy = make_manager(mode=MigrationMode.LEGACY)
-    await legacy.create_batch("b", expected_count=3)
-    await legacy.record_completion("b", "p1", predictions_count=2)
-    seen: list[ConsistencyReport] = []
-    validator = SampledValidator(
-        firestore_client, Layout(batch_collection), DUAL, rate=1.0, alert_hooks=[seen.append]
-    )
-
-    report = await validator.check("b")
-
-    assert report.awaiting_backfill
-    assert [] == seen
-
-
-async def test_sampling_follows_the_injected_random_source(
-    firestore_client: AsyncClient, batch_collection: str
-) -> None:
-    """With rate r, exactly the calls whose rng draw is below r are scheduled."""
-    draws = random.Random(7)
-    expected = [draws.random() < 0.3 for _ in range(40)]
-    validator = SampledValidator(
-        firestore_client,
-        Layout(batch_collection),
-        DUAL,
-        rate=0.3,
-        rng=random.Random(7),
-        max_outstanding=100,
-    )
-
-    scheduled = [validator.maybe_validate(f"b{i}") for i in range(40)]
-    await validator.aclose()
-
-    assert expected == scheduled
-
-
-async def test_sampled_validation_failure_never_reaches_caller(
-    firestore_client: AsyncClient, batch_collection: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Validating a batch that does not exist is logged as a warning, never raised."""
-    validator = SampledValidator(firestore_client, Layout(batch_collection), DUAL, rate=1.0)
-    caplog.set_level(logging.WARNING, logger="async_batchstate.consistency")
-
-    validator.maybe_validate("missing")
-    await validator.aclose()
-
-    assert any("sampled validation" in r.getMessage() for r in caplog.records)
-
-
-async def test_failing_alert_hook_is_logged_not_raised(
-    make_manager: ManagerFactory,
-    firestore_client: AsyncClient,
-    batch_collection: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A hook that raises does not stop the validation nor the hooks after it."""
-    await _healthy_batch(make_manager)
-    await _corrupt(firestore_client, batch_collection)
-    seen: list[str] = []
-
-    def broken(report: ConsistencyReport) -> None:
-        raise RuntimeError("webhook down")
-
-    validator = SampledValidator(
-        firestore_client,
-        Layout(batch_collection),
-        DUAL,
-        rate=1.0,
-        alert_hooks=[broken, lambda r: seen.append(r.batch_id)],
-    )
-
-    report = await validator.check("b")
-
-    assert not report.is_consistent
-    assert ["b"] == seen
-    assert any("alert hook" in r.getMessage() for r in caplog.records)
-
-
 async def test_reconcile_repairs_corrupted_batch_from_subcollection(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """The subcollection wins: the ghost leaves the array and map, counters match the docs."""
-    await _healthy_batch(make_manager)
-    await _corrupt(firestore_client, batch_collection)
+    await healthy_batch(make_manager)
+    await corrupt(firestore_client, batch_collection)
     layout = Layout(batch_collection)
 
     result = await reconcile(firestore_client, layout, DUAL, "b")
@@ -325,8 +163,8 @@ async def test_second_reconcile_changes_nothing(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """Reconciling a repaired (consistent) batch reports and writes no change."""
-    await _healthy_batch(make_manager)
-    await _corrupt(firestore_client, batch_collection)
+    await healthy_batch(make_manager)
+    await corrupt(firestore_client, batch_collection)
     layout = Layout(batch_collection)
     await reconcile(firestore_client, layout, DUAL, "b")
     before = await read_batch(firestore_client, batch_collection, "b")
@@ -341,8 +179,8 @@ async def test_reconcile_from_legacy_creates_missing_completion_doc(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """The array wins: the ghost gets a completion doc with its map count; counters follow."""
-    await _healthy_batch(make_manager)
-    await _corrupt(firestore_client, batch_collection)
+    await healthy_batch(make_manager)
+    await corrupt(firestore_client, batch_collection)
     layout = Layout(batch_collection)
 
     result = await reconcile(firestore_client, layout, DUAL, "b", source=Source.LEGACY)
@@ -359,8 +197,8 @@ async def test_reconcile_dry_run_writes_nothing(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """A dry run reports the repair and leaves the batch as it was."""
-    await _healthy_batch(make_manager)
-    await _corrupt(firestore_client, batch_collection)
+    await healthy_batch(make_manager)
+    await corrupt(firestore_client, batch_collection)
     before = await read_batch(firestore_client, batch_collection, "b")
 
     result = await reconcile(firestore_client, Layout(batch_collection), DUAL, "b", dry_run=True)
@@ -394,26 +232,3 @@ async def test_reconcile_over_transaction_write_limit_uses_several_transactions(
     assert 450 == len(result.completions_created)
     assert 2 == result.transactions
     assert (await validate(firestore_client, layout, DUAL, "b")).is_consistent
-
-
-async def test_sampled_validation_of_one_batch_waits_its_interval(
-    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
-) -> None:
-    """A hot batch is validated at most once per min_interval here, whatever the rate."""
-    from async_batchstate.testing import FakeClock
-
-    await _healthy_batch(make_manager)
-    clock = FakeClock()
-    validator = SampledValidator(
-        firestore_client, Layout(batch_collection), DUAL, rate=1.0, min_interval=5.0, clock=clock
-    )
-
-    first = validator.maybe_validate("b")
-    await validator.wait_idle()
-    clock.advance(4.0)
-    second = validator.maybe_validate("b")
-    clock.advance(1.0)
-    third = validator.maybe_validate("b")
-    await validator.aclose()
-
-    assert (True, False, True) == (first, second, third)

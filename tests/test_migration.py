@@ -22,7 +22,7 @@ from async_batchstate import (
     MigrationMode,
 )
 from async_batchstate.cli import main
-from async_batchstate.consistency._validate import reconcile, validate
+from async_batchstate.consistency import reconcile, validate
 from async_batchstate.migration._run import (
     COMPLETIONS_BACKFILLED,
     BatchState,

@@ -34,15 +34,15 @@ from .._store.schema import (
     validate_player,
 )
 from .._types import BatchProgress, CompletionResult
-from ..consistency._validate import (
+from ..consistency import (
     AlertHook,
     ConsistencyReport,
     ReconcileResult,
-    SampledValidator,
     Source,
     reconcile,
     validate,
 )
+from ..consistency._sampled import SampledValidator
 from ..instrumentation._events import CompletionFinished, Hook, Recorder, Stats
 from .finaliser import Finaliser, OnComplete
 from .limits import in_flight_bound, make_rate_limiter
@@ -115,10 +115,11 @@ class AsyncBatchStateManager:
         fault_injector: Test seam called at each ``FaultPoint`` of a write attempt.
         validation_rate: Probability that a commit which recorded completions schedules
             a background consistency check of its batch (at most one per batch at a
-            time; 0 disables).
+            time; 0 disables): one read of the batch document. Only a disagreement
+            that persists on a re-read is checked against the subcollection, and
+            alerted only if two such checks confirm it.
         validation_interval: Least seconds between two sampled validations of one
-            batch in this process (default 5): each validation aggregates the
-            batch's whole subcollection, and a hot batch commits many times a second.
+            batch in this process (default 5).
         alert_hooks: Called with the ``ConsistencyReport`` of each mismatch found
             (sync or async), e.g. ``SlackWebhookAlerter(url)``.
         validation_rng: Random source for the sampling (inject a seeded one in tests).
@@ -194,6 +195,7 @@ class AsyncBatchStateManager:
             retry=self._retry,
             min_interval=validation_interval,
             clock=clock,
+            emit=self._recorder.emit,
         )
         self._runner = GroupRunner(
             self._writer,

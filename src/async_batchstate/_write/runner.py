@@ -27,7 +27,7 @@ from .._errors import (
 )
 from .._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
 from .._types import BatchProgress, CompletionResult, CompletionStatus
-from ..consistency._validate import SampledValidator
+from ..consistency._sampled import SampledValidator
 from ..instrumentation._events import AttemptFailed, GroupCommitted, GroupFailed, Recorder
 from .finaliser import Finaliser
 from .lanes import Lane, Pending
@@ -291,7 +291,9 @@ class GroupRunner:
         finally:
             # Tell every caller, even when cancelled mid-check: their writes are committed.
             self._resolve(batch_id, group, outcome, attempts, flipped is not None)
-        if recorded:
+        if flipped is not None:
+            self._validator.on_finished(batch_id)  # one full check of a finished batch
+        elif recorded:
             # Sampled per commit, not per completion: a hot batch commits groups of
             # hundreds, and a check per completion would rescan it continuously.
             self._validator.maybe_validate(batch_id)

@@ -4,8 +4,10 @@
 to check batches without a manager.
 """
 
-from ._alerts import SlackWebhookAlerter
-from ._validate import AlertHook, ConsistencyReport, ReconcileResult, Source, reconcile, validate
+from ._alerts import AlertHook, SlackWebhookAlerter
+from ._read import validate
+from ._reconcile import ReconcileResult, Source, reconcile
+from ._report import ConsistencyReport
 
 __all__ = [
     "AlertHook",

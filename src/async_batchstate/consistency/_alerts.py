@@ -1,22 +1,66 @@
-"""Alert hooks for consistency mismatches: a Slack incoming-webhook poster."""
+"""Alerts for consistency mismatches: the hook protocol, the mismatch log record, Slack."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, Protocol
 
 from .._errors import ConfigurationError
-from ._validate import ConsistencyReport
-
-__all__ = ["SlackWebhookAlerter"]
+from ._report import ConsistencyReport
 
 logger = logging.getLogger("async_batchstate.alerts")
+consistency_logger = logging.getLogger("async_batchstate.consistency")
+
+MISMATCH_PREFIX = "CONSISTENCY MISMATCH"
 
 _MAX_PLAYERS_SHOWN = 10
+
+
+class AlertHook(Protocol):
+    """Called with the report of every confirmed mismatch found by sampled validation.
+
+    Sync or async; exceptions are logged and ignored. ``report.confirmation``
+    says how the mismatch was confirmed.
+    """
+
+    def __call__(self, report: ConsistencyReport, /) -> Awaitable[None] | None:
+        """Handle one mismatch."""
+        ...
+
+
+async def run_alert_hooks(hooks: Iterable[AlertHook], report: ConsistencyReport) -> None:
+    """Call every hook with ``report``; a hook's failure never reaches the caller."""
+    for hook in hooks:
+        try:
+            maybe = hook(report)
+            if inspect.isawaitable(maybe):
+                await maybe
+        except Exception:
+            consistency_logger.exception(
+                "alert hook %r failed for batch %r",
+                hook,
+                report.batch_id,
+                extra={"batch_id": report.batch_id},
+            )
+
+
+def log_mismatch(report: ConsistencyReport) -> None:
+    """Log ONE ``CONSISTENCY MISMATCH`` record at ERROR, the report in ``extra=`` fields."""
+    consistency_logger.error(
+        "%s in batch %r (mode %s, confirmed by %s): %s",
+        MISMATCH_PREFIX,
+        report.batch_id,
+        report.mode.name,
+        report.confirmation or "one read",
+        "; ".join(report.problems),
+        extra=report.log_fields(),
+    )
 
 
 class SlackWebhookAlerter:
@@ -64,6 +108,7 @@ class SlackWebhookAlerter:
             f":warning: *CONSISTENCY MISMATCH* in batch `{report.batch_id}` "
             f"(mode {report.mode.name})",
             *(f"- {problem}" for problem in report.problems),
+            *([f"confirmed by: {report.confirmation}"] if report.confirmation else []),
             f"legacy array: {report.legacy_array_length}, completed_count: "
             f"{report.completed_count}, completion docs: {report.completion_docs}",
             f"total_predictions: {report.total_predictions}, total_predictions_subcoll: "

@@ -16,6 +16,7 @@ from ._events import (
     GroupCommitted,
     GroupFailed,
     Hook,
+    ValidationRan,
 )
 from ._otel import OpenTelemetryHook
 from ._prometheus import PrometheusCollector
@@ -31,6 +32,7 @@ __all__ = [
     "Hook",
     "OpenTelemetryHook",
     "PrometheusCollector",
+    "ValidationRan",
 ]
 
 

@@ -77,7 +77,41 @@ class CompletionFinished:
     error: BaseException | None
 
 
-Event = CompletionFinished | AttemptFailed | GroupCommitted | GroupFailed | BatchFinalised
+@dataclass(frozen=True, slots=True)
+class ValidationRan:
+    """A background consistency check of a batch ended (sampled after a commit, or at finish).
+
+    Emitted by the validator's task. A mismatch is alerted only once confirmed:
+    a disagreement of the first read is read again after a delay, then checked
+    in full twice.
+
+    Attributes:
+        batch_id: The batch.
+        reads: Document reads it cost, as Firestore bills them: 1 per document,
+            1 per up-to-1,000 index entries of an aggregation, 1 per completion id listed.
+        suspected: The first read disagreed (a candidate, confirmed or not).
+        confirmed: A mismatch was confirmed (and logged and alerted).
+        confirmation: How it was confirmed, e.g. ``"document re-read + 2 deep reads"``;
+            empty unless confirmed.
+        problems: The confirmed mismatch's problems; empty unless confirmed.
+    """
+
+    batch_id: str
+    reads: int
+    suspected: bool = False
+    confirmed: bool = False
+    confirmation: str = ""
+    problems: tuple[str, ...] = ()
+
+
+Event = (
+    CompletionFinished
+    | AttemptFailed
+    | GroupCommitted
+    | GroupFailed
+    | BatchFinalised
+    | ValidationRan
+)
 
 
 class Hook(Protocol):
@@ -111,6 +145,8 @@ class Stats:
         latency_p95: 95th percentile, seconds.
         latency_p99: 99th percentile, seconds.
         latency_max: Largest, seconds.
+        validations: Background consistency checks run (sampled, or at a batch's finish).
+        validation_reads: Billed document reads they cost.
     """
 
     recorded: int = 0
@@ -127,12 +163,20 @@ class Stats:
     latency_p95: float = 0.0
     latency_p99: float = 0.0
     latency_max: float = 0.0
+    validations: int = 0
+    validation_reads: int = 0
 
     @property
     def commits_per_completion(self) -> float:
         """Committed transactions per recorded or duplicate completion."""
         done = self.recorded + self.duplicates
         return self.transactions / done if done else 0.0
+
+    @property
+    def validation_reads_per_completion(self) -> float:
+        """Document reads spent on validation per recorded or duplicate completion."""
+        done = self.recorded + self.duplicates
+        return self.validation_reads / done if done else 0.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -159,6 +203,8 @@ class Recorder:
         self.aborts: Counter[str] = Counter()
         self.group_sizes: Counter[int] = Counter()
         self.latencies: deque[float] = deque(maxlen=window)
+        self.validations = 0
+        self.validation_reads = 0
 
     def emit(self, event: Event) -> None:
         """Update counters from ``event`` and pass it to every hook."""
@@ -174,6 +220,9 @@ class Recorder:
             self.group_sizes[event.group_size] += 1
         elif isinstance(event, BatchFinalised):
             self.finalised += 1
+        elif isinstance(event, ValidationRan):
+            self.validations += 1
+            self.validation_reads += event.reads
         for hook in self.hooks:
             try:
                 hook(event)
@@ -198,4 +247,6 @@ class Recorder:
             latency_p95=percentile(ordered, 95),
             latency_p99=percentile(ordered, 99),
             latency_max=ordered[-1] if ordered else 0.0,
+            validations=self.validations,
+            validation_reads=self.validation_reads,
         )

@@ -56,7 +56,7 @@ from .._store.refs import Refs
 from .._store.schema import Layout, validate_id
 from .._store.transactions import run_transactional
 from .._write.finaliser import Finaliser
-from ..consistency._validate import (
+from ..consistency import (
     ConsistencyReport,
     validate,
 )

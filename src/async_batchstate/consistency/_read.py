@@ -1,0 +1,154 @@
+"""Reading a batch for its consistency report: one snapshot, and what it costs.
+
+Every read of one check happens at the ``read_time`` of its batch-document
+read: the ``count()`` and ``sum()`` aggregation over the completion documents
+(one billed read per 1,000 index entries instead of one per document) and,
+when a legacy array exists, the completion ids through a projection. So the
+document, the aggregation and the ids are one snapshot even while writers
+commit (a read-only transaction does not give that on the emulator, where a
+commit landing between the document read and the aggregation once raised a
+false mismatch).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from .._clock import SYSTEM_CLOCK, Clock
+from .._config import MigrationMode
+from .._errors import BatchNotFoundError
+from .._retry import RetryPolicy, run_with_retry
+from .._store import schema as f
+from .._store.refs import Refs
+from .._store.schema import Layout, validate_id
+from ._report import BATCH_FIELDS, LEGACY_FIELDS, ConsistencyReport, as_int, build_report
+
+_INDEX_ENTRIES_PER_READ = 1_000
+
+
+def aggregation_reads(entries: int) -> int:
+    """Billed reads of one aggregation query: 1 per up-to-1,000 index entries, at least 1."""
+    return max(1, -(-entries // _INDEX_ENTRIES_PER_READ))
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One snapshot of a batch: its document and, when read, the aggregation of its completions.
+
+    Attributes:
+        batch_id: The batch.
+        data: The batch document's ``BATCH_FIELDS``.
+        read_time: When the snapshot was taken; every later read of the check uses it.
+        reads: Billed document reads spent on it so far.
+        completion_docs: Completion documents (aggregation ``count()``), None if not read.
+        completion_sum: Their ``predictions_count`` summed, None if not read.
+    """
+
+    batch_id: str
+    data: Mapping[str, Any]
+    read_time: dt.datetime
+    reads: int
+    completion_docs: int | None = None
+    completion_sum: int | None = None
+
+
+async def read_document(refs: Refs, batch_id: str) -> Reading:
+    """One masked read of the batch document (1 billed read).
+
+    Raises:
+        BatchNotFoundError: No such batch.
+    """
+    snap = await refs.batch(batch_id).get(field_paths=list(BATCH_FIELDS), retry=None)
+    if not snap.exists or snap.read_time is None:
+        raise BatchNotFoundError(f"batch {batch_id!r} does not exist in {refs.layout.collection!r}")
+    return Reading(batch_id, snap.to_dict() or {}, snap.read_time, 1)
+
+
+async def read_aggregation(refs: Refs, reading: Reading) -> Reading:
+    """``reading`` with the count and sum of its completion documents, at its read time."""
+    completions: Any = refs.completions(reading.batch_id)  # count() is untyped
+    aggregation = completions.count(alias="docs").sum(f.PREDICTIONS_COUNT, alias="total")
+    values: dict[str, int] = {}
+    for row in await aggregation.get(read_time=reading.read_time, retry=None):
+        for result in row:
+            values[result.alias] = as_int(result.value)  # empty sets come back as 0.0
+    docs = values.get("docs", 0)
+    return Reading(
+        reading.batch_id,
+        reading.data,
+        reading.read_time,
+        reading.reads + aggregation_reads(docs),
+        docs,
+        values.get("total", 0),
+    )
+
+
+async def read_report(
+    refs: Refs, mode: MigrationMode, batch_id: str
+) -> tuple[ConsistencyReport, int]:
+    """Read one batch's full report from one snapshot, and the billed reads it cost.
+
+    The completion ids are listed (1 read each) only when there is a legacy
+    array to compare them with.
+
+    Raises:
+        BatchNotFoundError: No such batch.
+    """
+    reading = await read_aggregation(refs, await read_document(refs, batch_id))
+    docs, reads = reading.completion_docs or 0, reading.reads
+    ids: set[str] | None = None
+    if any(name in reading.data for name in LEGACY_FIELDS):
+        ids = set()
+        if docs:  # ids only when there is an array to compare them with
+            query = refs.completions(batch_id).select([FieldPath.document_id()])
+            ids = {s.id async for s in query.stream(read_time=reading.read_time, retry=None)}
+            reads += max(1, len(ids))  # a query is billed at least one read
+    report = build_report(batch_id, mode, reading.data, docs, reading.completion_sum or 0, ids)
+    return report, reads
+
+
+async def validate(
+    client: AsyncClient,
+    layout: Layout,
+    mode: MigrationMode,
+    batch_id: str,
+    *,
+    retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> ConsistencyReport:
+    """Compare a batch's legacy array with its completions subcollection.
+
+    Reads one snapshot without a transaction (it takes no locks, so it never
+    slows writers down): the batch document, then the aggregation and the
+    completion ids at that document's read time. It costs 1 read, plus 1 per
+    1,000 completions, plus 1 per completion when the batch has a legacy array.
+
+    Args:
+        client: The Firestore client.
+        layout: Where batches live.
+        mode: The mode whose rules apply (the mode the writers run in).
+        batch_id: The batch.
+        retry: Retry policy for the reads.
+        clock: Time source of the retries' timeouts and backoff.
+
+    Raises:
+        InvalidIdError: Bad batch id.
+        BatchNotFoundError: No such batch.
+    """
+    validate_id("batch id", batch_id)
+    refs = Refs(client, layout)
+
+    async def attempt() -> ConsistencyReport:
+        report, _ = await read_report(refs, mode, batch_id)
+        return report
+
+    report, _ = await run_with_retry(
+        attempt, retry or RetryPolicy(), what=f"validating batch {batch_id!r}", clock=clock
+    )
+    return report
