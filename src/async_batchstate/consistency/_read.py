@@ -26,8 +26,8 @@ from .._errors import BatchNotFoundError
 from .._retry import RetryPolicy, run_with_retry
 from .._store import schema as f
 from .._store.refs import Refs
-from .._store.schema import Layout, validate_id
-from ._report import BATCH_FIELDS, LEGACY_FIELDS, ConsistencyReport, as_int, build_report
+from .._store.schema import Layout, as_int, validate_id
+from ._report import BATCH_FIELDS, LEGACY_FIELDS, ConsistencyReport, build_report
 
 _INDEX_ENTRIES_PER_READ = 1_000
 

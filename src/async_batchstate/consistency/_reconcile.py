@@ -23,9 +23,9 @@ from .._errors import BatchNotFoundError, ConfigurationError
 from .._retry import RetryPolicy, run_with_retry
 from .._store import schema as f
 from .._store.refs import Refs
-from .._store.schema import Layout, validate_id
+from .._store.schema import Layout, as_int, validate_id
 from .._store.transactions import run_transactional
-from ._report import LEGACY_FIELDS, as_int, opt_int
+from ._report import LEGACY_FIELDS, opt_int
 
 logger = logging.getLogger("async_batchstate.consistency")
 
