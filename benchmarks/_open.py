@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from google.cloud.firestore_v1.async_client import AsyncClient
+from rich.progress import Progress
 
 from async_batchstate.testing import (
     EmulatorInfo,
@@ -317,6 +318,7 @@ def step_summary(
     consistency: dict[str, Any],
     emulator_cpu_s: float | None,
     ceiling_aborts: int | None = None,
+    ceiling_proxy_cpu_s: float | None = None,
 ) -> dict[str, Any]:
     """One step of a sweep, from its processes' loads; ``ok`` is whether it met the SLO."""
     messages = sum(x.messages for x in loads)
@@ -377,6 +379,9 @@ def step_summary(
             None if None in reads else sum(r or 0 for r in reads) / done
         ),
         "ceiling_aborts": ceiling_aborts,
+        "ceiling_proxy_cpu_ms_per_message": (
+            None if ceiling_proxy_cpu_s is None else ceiling_proxy_cpu_s * 1e3 / max(1, messages)
+        ),
         "errors": dict(errors),
         "error_examples": {k: v for x in loads for k, v in x.error_examples.items()},
         "consistency": consistency,
@@ -437,7 +442,7 @@ class OpenBench(Bench):
         open_cfg: OpenConfig,
         host: str,
         project: str,
-        progress: Any,
+        progress: Progress,
         *,
         network: dict[str, Any] | None = None,
         emulator_pid: int | None = None,
@@ -577,10 +582,10 @@ class OpenBench(Bench):
             for part in parts
         ]
         pool = self._pool(cell.processes)
-        emulator0 = self._emulator_cpu()
+        emulator0, proxy0 = self._emulator_cpu(), self._proxy_cpu(proxy)
         aborted0 = proxy.aborted if proxy else 0
         loads: list[OpenLoad] = await asyncio.to_thread(pool.map, _open_worker, jobs, 1)
-        emulator1 = self._emulator_cpu()
+        emulator1, proxy1 = self._emulator_cpu(), self._proxy_cpu(proxy)
         succeeded: defaultdict[str, dict[str, int]] = defaultdict(dict)
         for load in loads:
             for batch_id, done in load.succeeded.items():
@@ -594,10 +599,16 @@ class OpenBench(Bench):
             consistency=consistency,
             emulator_cpu_s=None if emulator0 is None else (emulator1 or 0.0) - emulator0,
             ceiling_aborts=(proxy.aborted - aborted0) if proxy else None,
+            ceiling_proxy_cpu_s=None if proxy0 is None else (proxy1 or 0.0) - proxy0,
         )
 
     def _emulator_cpu(self) -> float | None:
         return _cpu_seconds(self.emulator_pid) if self.emulator_pid else None
+
+    @staticmethod
+    def _proxy_cpu(proxy: WriteCeilingProxy | None) -> float | None:
+        """CPU of the ceiling proxy's process: it competes with the clients on 2 cores."""
+        return _cpu_seconds(proxy.pid) if proxy is not None and proxy.pid else None
 
     async def _check(
         self, batch_ids: list[str], succeeded: dict[str, dict[str, int]]

@@ -137,6 +137,7 @@ _STEP_HEADERS = [
     "validation reads/compl.",
     "dispatch lag p99 ms",
     "ceiling aborts",
+    "ceiling proxy CPU ms/msg",
     "verdict",
 ]
 
@@ -166,6 +167,7 @@ def _step_row(step: dict[str, Any]) -> list[Any]:
         _num(step["validation_reads_per_completion"], 3),
         _num(step["dispatch_lag_p99_ms"], 1),
         _num(step["ceiling_aborts"]),
+        _num(step.get("ceiling_proxy_cpu_ms_per_message")),
         _verdict(step),
     ]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from benchmarks import TINY, Bench, target_lines, targets, write
+from benchmarks.__main__ import main
 from benchmarks._load import deliveries, drive, players
 from benchmarks._open import (
     OPEN_QUICK,
@@ -298,6 +299,9 @@ def test_open_loop_steps_have_every_figure(
     for step in steps:
         for key, kind in STEP_KEYS.items():
             value = step[key]
+            if value is None and key == "emulator_cpu_ms_per_message":
+                assert not results["emulator_pid_known"]  # a reused emulator: pid unknown
+                continue
             assert isinstance(value, kind) or (kind is float and isinstance(value, int)), key
         assert "latencies_ms" not in step
     assert all(st["client_cpu_ms_per_message"] > 0 and st["rpcs"].get("Commit") for st in steps)
@@ -308,14 +312,16 @@ def test_open_loop_steps_have_every_figure(
 def test_open_loop_manager_steps_are_exact_and_ceiling_cells_count_aborts(
     open_run: tuple[dict[str, Any], dict[str, Path]],
 ) -> None:
-    """The manager stays exact with redeliveries; only ceiling cells report proxy aborts."""
+    """The manager stays exact with redeliveries; only ceiling cells report the proxy's aborts
+    and CPU."""
     results, _ = open_run
     manager = [
         st for s in results["sweeps"] if s["strategy"].startswith("manager") for st in s["steps"]
     ]
     assert [] == [st["consistency"]["failed_checks"] for st in manager if not st["exact"]]
     assert all(
-        (st["ceiling_aborts"] is None) == (not s["ceiling_writes_per_s"])
+        (st["ceiling_aborts"] is None, st["ceiling_proxy_cpu_ms_per_message"] is None)
+        == (not s["ceiling_writes_per_s"],) * 2
         for s in results["sweeps"]
         for st in s["steps"]
     )
@@ -378,3 +384,15 @@ def test_a_step_whose_arrivals_fall_behind_is_cpu_bound() -> None:
         emulator_cpu_s=None,
     )
     assert (False, True, "cpu-bound") == (step["ok"], step["cpu_bound"], capacity([step])["limit"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--only", "hot"], ["--open-loop", "--only", "nope"], ["--open-loop", "--step-s", "0"]],
+    ids=["needs-open-loop", "unknown-cell", "zero-step"],
+)
+def test_bad_open_loop_flags_are_refused_before_anything_starts(argv: list[str]) -> None:
+    """Argument errors exit with status 2 before the emulator starts."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
