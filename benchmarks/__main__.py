@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     loop.add_argument("--max-steps", type=int, help="steps per sweep at most (default 6)")
     loop.add_argument(
+        "--ceilings",
+        type=_floats,
+        help="writes/s per document of the ceiling cells, comma-separated (default 20,100,400)",
+    )
+    loop.add_argument(
         "--strategies",
         type=_names(OPEN_LOOP),
         help=f"comma-separated from {','.join(OPEN_LOOP)} (default: all)",
@@ -75,12 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rtt_ms < 0 or args.jitter_ms < 0:
         parser.error("--rtt-ms and --jitter-ms must be >= 0")
-    tuning = ("only", "processes", "step_s", "start_rate", "max_steps", "strategies")
+    tuning = ("only", "processes", "step_s", "start_rate", "max_steps", "strategies", "ceilings")
     if not args.open_loop and any(getattr(args, k) is not None for k in tuning):
-        parser.error(
-            "--only, --processes, --step-s, --start-rate, --max-steps and --strategies "
-            "need --open-loop"
-        )
+        parser.error(f"{', '.join('--' + k.replace('_', '-') for k in tuning)} need --open-loop")
     for k in ("step_s", "start_rate", "max_steps"):
         if getattr(args, k) is not None and getattr(args, k) <= 0:
             parser.error(f"--{k.replace('_', '-')} must be > 0")
@@ -150,12 +152,16 @@ def _names(allowed: tuple[str, ...]) -> Any:
 
 
 def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in _floats(text, integers=True))
+
+
+def _floats(text: str, *, integers: bool = False) -> tuple[float, ...]:
     try:
-        values = tuple(int(n) for n in text.split(","))
+        values = tuple((int if integers else float)(n) for n in text.split(","))
     except ValueError:
         values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers like 4,8, got {text!r}")
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers like 4,8, got {text!r}")
     return values
 
 
