@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--rtt-ms MS] [--name NAME] [--out DIR]``."""
+"""``python -m benchmarks [--quick] [--rtt-ms MS] [--open-loop [--only ...]] [--name NAME]``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ from async_batchstate.testing import FirestoreEmulator
 
 from . import FULL, QUICK, Bench, target_lines, wan, write
 from ._delay import delay_proxy
+from ._open import GROUPS, OPEN_FULL, OPEN_QUICK, OpenBench, open_wan
+from ._open_report import write_open
+from ._strategies import OPEN_LOOP
 
 PROJECT = "demo-bench"
 
@@ -45,14 +48,55 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    loop = parser.add_argument_group("open loop (capacity at SLO)")
+    loop.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="run the open-loop rate sweeps instead of the closed-loop scenarios",
+    )
+    loop.add_argument(
+        "--only",
+        type=_names(GROUPS),
+        help=f"open-loop cells to run, comma-separated from {','.join(GROUPS)} (default: all)",
+    )
+    loop.add_argument(
+        "--processes", type=_ints, help="open-loop W values, comma-separated (default 4,8)"
+    )
+    loop.add_argument("--step-s", type=float, help="seconds of arrivals per step (default 8)")
+    loop.add_argument(
+        "--start-rate", type=float, help="first offered rate of a sweep, messages/s (default 100)"
+    )
+    loop.add_argument("--max-steps", type=int, help="steps per sweep at most (default 6)")
+    loop.add_argument(
+        "--ceilings",
+        type=_floats,
+        help="writes/s per document of the ceiling cells, comma-separated (default 20,100,400)",
+    )
+    loop.add_argument(
+        "--strategies",
+        type=_names(OPEN_LOOP),
+        help=f"comma-separated from {','.join(OPEN_LOOP)} (default: all)",
+    )
     args = parser.parse_args(argv)
     if args.rtt_ms < 0 or args.jitter_ms < 0:
         parser.error("--rtt-ms and --jitter-ms must be >= 0")
+    tuning = ("only", "processes", "step_s", "start_rate", "max_steps", "strategies", "ceilings")
+    if not args.open_loop and any(getattr(args, k) is not None for k in tuning):
+        parser.error(f"{', '.join('--' + k.replace('_', '-') for k in tuning)} need --open-loop")
+    for k in ("step_s", "start_rate", "max_steps"):
+        if getattr(args, k) is not None and getattr(args, k) <= 0:
+            parser.error(f"--{k.replace('_', '-')} must be > 0")
     cfg = QUICK if args.quick else FULL
     if args.rtt_ms:
         cfg = wan(cfg, args.rtt_ms)
     if args.name:
         cfg = dataclasses.replace(cfg, name=args.name)
+    ocfg = OPEN_QUICK if args.quick else OPEN_FULL
+    if args.rtt_ms:
+        ocfg = open_wan(ocfg, args.rtt_ms)
+    overrides = {k: getattr(args, k) for k in ("name", *tuning) if k != "only"}
+    overrides["groups"] = args.only
+    ocfg = dataclasses.replace(ocfg, **{k: v for k, v in overrides.items() if v is not None})
     console = Console()
     with FirestoreEmulator() as emulator, contextlib.ExitStack() as stack:
         host, network = emulator.host, None
@@ -61,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             host, network = proxy.host, proxy.facts()
             console.print(f"delay proxy on {host}: {args.rtt_ms:g} ms round trip")
         os.environ["FIRESTORE_EMULATOR_HOST"] = host
-        console.print(f"emulator on {emulator.host}; run [bold]{cfg.name}[/]")
+        name = ocfg.name if args.open_loop else cfg.name
+        console.print(f"emulator on {emulator.host}; run [bold]{name}[/]")
         columns = (
             TextColumn("{task.description:<42}"),
             BarColumn(),
@@ -69,17 +114,55 @@ def main(argv: list[str] | None = None) -> int:
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console) as progress:
-            bench = Bench(cfg, host, PROJECT, progress, network=network)
+            bench = (
+                OpenBench(
+                    cfg,
+                    ocfg,
+                    host,
+                    PROJECT,
+                    progress,
+                    network=network,
+                    emulator_pid=emulator.pid,
+                )
+                if args.open_loop
+                else Bench(cfg, host, PROJECT, progress, network=network)
+            )
             results: dict[str, Any] = asyncio.run(bench.run())
         if args.rtt_ms:
             results["network"]["proxy_cpu_s"] = round(proxy.cpu_seconds(), 1)
-    paths = write(results, args.out, plots=not args.no_plots)
+    writer = write_open if args.open_loop else write
+    paths = writer(results, args.out, plots=not args.no_plots)
     console.print(f"run took {results['duration_s']:.0f} s; wrote:")
     for path in paths.values():
         console.print(f"  {path}")
     for line in [*results["warnings"], *target_lines(results)]:
         console.print(line, style="green" if line.startswith("PASS") else "yellow", markup=False)
     return 0
+
+
+def _names(allowed: tuple[str, ...]) -> Any:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        unknown = sorted(set(names) - set(allowed))
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}, got {text!r}")
+        return names
+
+    return parse
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in _floats(text, integers=True))
+
+
+def _floats(text: str, *, integers: bool = False) -> tuple[float, ...]:
+    try:
+        values = tuple((int if integers else float)(n) for n in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers like 4,8, got {text!r}")
+    return values
 
 
 if __name__ == "__main__":

@@ -82,6 +82,13 @@ def test_a_removed_name_fails_loudly_with_the_reason() -> None:
         async_batchstate.AdaptiveLimit  # type: ignore[attr-defined]  # noqa: B018
 
 
+def test_testing_exports_the_write_ceiling_proxy() -> None:
+    """``WriteCeilingProxy`` (the modelled per-document write ceiling) is public in ``testing``."""
+    testing = importlib.import_module("async_batchstate.testing")
+    assert "WriteCeilingProxy" in testing.__all__
+    assert testing.WriteCeilingProxy.__module__ == "async_batchstate.testing._ceiling"
+
+
 def test_package_ships_py_typed() -> None:
     """PEP 561 marker present."""
     assert files("async_batchstate").joinpath("py.typed").is_file()

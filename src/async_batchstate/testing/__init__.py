@@ -1,4 +1,4 @@
-"""Testing helpers: the emulator, what its pytest fixtures hand out, fault injection, a fake clock.
+"""Testing helpers: the emulator, its fixtures' values, faults, a fake clock, a write ceiling.
 
 Importing this package needs no pytest. The pytest plugin with the fixtures
 (``firestore_emulator``, ``firestore_client``, ``firestore_namespace``,
@@ -9,6 +9,7 @@ Importing this package needs no pytest. The pytest plugin with the fixtures
 
 from .._store.connect import aclose_client
 from .._write.writer import FaultInjector, FaultPoint
+from ._ceiling import WriteCeilingProxy
 from ._clock import FakeClock
 from ._emulator import (
     EmulatorNotFoundError,
@@ -34,6 +35,7 @@ __all__ = [
     "LostAnswers",
     "ProxyState",
     "RpcCounter",
+    "WriteCeilingProxy",
     "aclose_client",
     "batch_violations",
     "find_emulator_jar",
