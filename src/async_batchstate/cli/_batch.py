@@ -15,10 +15,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from .. import AsyncBatchStateManager, BatchProgress, MigrationMode
 from .._clock import SYSTEM_CLOCK
-from .._config import MigrationMode
-from .._types import BatchProgress
-from .._write.manager import AsyncBatchStateManager
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .._errors import BatchNotFoundError, BatchStateError, ConfigurationError, InvalidInputError
-from .._store.schema import Layout, validate_id
+from .. import BatchNotFoundError, BatchStateError, ConfigurationError, InvalidInputError, Layout
+from .._store.schema import validate_id
 
 if TYPE_CHECKING:
     from google.cloud.firestore_v1.async_client import AsyncClient
@@ -204,7 +204,7 @@ checkpoint_argument = _argument_type("checkpoint", _check_checkpoint)
 
 def connection_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--collection``, ``--project`` and ``--mode``: where batches live, how writers run."""
-    from .._config import MigrationMode
+    from .. import MigrationMode
 
     parser.add_argument(
         "--collection",

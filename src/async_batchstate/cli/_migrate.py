@@ -21,10 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .. import InvalidInputError, Layout, MigrationMode
 from .. import migration as m
-from .._config import MigrationMode
-from .._errors import InvalidInputError
-from .._store.schema import Layout
 from ..consistency import ConsistencyReport
 from ._common import (
     EXIT_FAILED,
@@ -204,7 +202,7 @@ async def _run_step(
         )
 
 
-def reasons_text(reasons: Iterable[tuple[str, str]], limit: int = 50) -> list[str]:
+def _reasons_text(reasons: Iterable[tuple[str, str]], limit: int = 50) -> list[str]:
     """``batch: reason`` lines, at most ``limit`` plus a count of the rest."""
     items = list(reasons)
     lines = [f"{batch}: {reason}" for batch, reason in items[:limit]]
@@ -213,7 +211,7 @@ def reasons_text(reasons: Iterable[tuple[str, str]], limit: int = 50) -> list[st
     return lines
 
 
-def _report(console: Console, ok: bool, *parts: Table | tuple[str, Reasons] | None) -> int:
+def _print_summary(console: Console, ok: bool, *parts: Table | tuple[str, Reasons] | None) -> int:
     """Print ``parts`` in order (tables; ``(heading, reasons)`` when there are reasons).
 
     Returns:
@@ -224,7 +222,7 @@ def _report(console: Console, ok: bool, *parts: Table | tuple[str, Reasons] | No
             console.print(part)
         elif part is not None and part[1]:
             console.print(f"[bold red]{part[0]}[/]")
-            for line in reasons_text(part[1]):
+            for line in _reasons_text(part[1]):
                 console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -270,7 +268,7 @@ async def _backfill(client: AsyncClient, args: argparse.Namespace, console: Cons
         ("players without a count", str(len(summary.unknown_counts))),
         ("failed batches", str(len(summary.failures))),
     ]
-    return _report(
+    return _print_summary(
         console,
         summary.ok,
         key_value_table(_title("backfill", args), rows),
@@ -308,7 +306,7 @@ async def _verify(client: AsyncClient, args: argparse.Namespace, console: Consol
         ("inconsistent", str(len(summary.inconsistent))),
         ("unreadable", str(len(summary.failures))),
     ]
-    return _report(
+    return _print_summary(
         console,
         summary.ok,
         key_value_table(_title("verify", args), rows),
@@ -323,14 +321,14 @@ async def _cleanup(client: AsyncClient, args: argparse.Namespace, console: Conso
     )
     if summary.refused:
         refused = ("cleanup-legacy refused; nothing was removed:", summary.reasons)
-        return _report(console, False, refused)
+        return _print_summary(console, False, refused)
     verb = "would clean" if args.dry_run else "cleaned"
     rows = [
         (f"batches {verb}", str(len(summary.cleaned))),
         ("skipped", str(len(summary.skipped))),
         ("failed batches", str(len(summary.failures))),
     ]
-    return _report(
+    return _print_summary(
         console,
         summary.ok,
         key_value_table(_title("cleanup-legacy", args), rows),
@@ -344,7 +342,7 @@ async def _status(client: AsyncClient, args: argparse.Namespace, console: Consol
     rows = [(state.value, str(count)) for state, count in summary.counts.items()]
     rows += [("total", str(summary.total)), ("unreadable", str(len(summary.failures)))]
     clean = not summary.failures and not summary.counts[m.BatchState.INCONSISTENT]
-    return _report(
+    return _print_summary(
         console,
         clean,
         key_value_table(_title("status", args), rows),
