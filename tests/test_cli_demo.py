@@ -48,7 +48,7 @@ def test_demo_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
     err = capsys.readouterr().err
     assert 2 == exited.value.code
-    assert ["async-batchstate: error: argument --workers: must be >= 1, got 0"] == [
+    assert ["async-batchstate: error: argument --workers: must be in [1, 10,000], got 0"] == [
         line.split(" (see ")[0] for line in err.splitlines()
     ]
 

@@ -8,6 +8,7 @@ with its id, the run goes on with the others, exit status 1.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import subprocess
@@ -29,7 +30,8 @@ from async_batchstate import (
     consistency,
 )
 from async_batchstate.cli import main
-from async_batchstate.cli._common import report
+from async_batchstate.cli._common import one_line_logs, report
+from async_batchstate.migration import MigrationError
 from async_batchstate.migration import _run as _migration
 from async_batchstate.testing import EmulatorInfo
 
@@ -518,3 +520,43 @@ def test_report_reraises_what_is_not_a_known_kind_of_error() -> None:
     """A bug (here a TypeError) keeps its traceback: it is re-raised, not turned into a line."""
     with pytest.raises(TypeError, match="a bug"):
         report(TypeError("a bug"))
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (BatchNotFoundError("batch 'b' does not exist"), "not found: batch 'b' does not exist"),
+        (MigrationError("backfill needs\na subcollection mode"), "refused: backfill needs a"),
+    ],
+)
+def test_report_labels_a_missing_batch_and_a_refused_step_exit_1(
+    error: Exception, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one place that turns a failure into a line labels what is not an error of the
+    run itself: a batch that does not exist, a migration step that refused to run."""
+    status = report(error)
+
+    err = capsys.readouterr().err
+    assert 1 == status
+    assert 1 == len(err.splitlines()), err
+    assert err.startswith(f"async-batchstate: {line}"), err
+
+
+def test_a_library_warning_with_its_exception_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """While the command runs, a warning the library logs with exc_info (a checkpoint save
+    that failed) is one line on stderr naming the exception, not a traceback."""
+    logger = logging.getLogger("async_batchstate.migration")
+    try:
+        raise ServiceUnavailable("connection\nreset")
+    except ServiceUnavailable:
+        with one_line_logs():
+            logger.warning("saving the backfill checkpoint failed", exc_info=True)
+        logger.warning("after the command: not printed by it")
+
+    err = capsys.readouterr().err
+    assert [
+        "async-batchstate: warning: saving the backfill checkpoint failed "
+        "(ServiceUnavailable: 503 connection reset)"
+    ] == err.splitlines()

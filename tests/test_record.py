@@ -344,7 +344,7 @@ async def test_create_batch_is_idempotent_and_detects_conflicts(
     """Same expectation again: False (no-op); a different one: BatchExistsError."""
     manager = make_manager()
     assert await manager.create_batch("b", expected_count=3) is True
-    assert await manager.create_batch("b", expected_players=["x", "y", "z"]) is False
+    assert await manager.create_batch("b", expected_count=3) is False
     with pytest.raises(BatchExistsError, match="expected_count=3"):
         await manager.create_batch("b", expected_count=4)
 

@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import (
     AsyncBatchStateManager,
+    BatchExistsError,
     BatchProgress,
     CompletionStatus,
     InvalidInputError,
     MigrationMode,
+    RetryPolicy,
     UnexpectedPlayerError,
 )
-from async_batchstate.testing import EmulatorInfo, RpcCounter, aclose_client, make_client
+from async_batchstate._store.batches import batch_difference
+from async_batchstate._store.schema import BatchInfo
+from async_batchstate.testing import (
+    EmulatorInfo,
+    LostAnswers,
+    RpcCounter,
+    aclose_client,
+    make_client,
+)
 
 from .helpers import ManagerFactory, read_batch, read_completions
 
@@ -24,6 +35,10 @@ pytestmark = pytest.mark.emulator
 
 MODES = pytest.mark.parametrize("mode", list(MigrationMode), ids=lambda m: m.value)
 PAST = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+INLINE = [f"p{i}" for i in range(5)]
+CHUNKED = [f"player-{i:05d}-" + "x" * 20 for i in range(3000)]  # ~90 KB: chunk documents
+ROSTERS = pytest.mark.parametrize("players", [INLINE, CHUNKED], ids=["inline", "chunked"])
+FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=30.0, attempt_timeout=10.0)
 
 
 class Calls:
@@ -116,7 +131,7 @@ async def test_a_large_roster_lives_in_chunk_documents_and_is_enforced(
 ) -> None:
     """3,000 long ids (~90 KB) do not fit inline: chunk documents hold them, outside the
     batch document; a fresh manager still enforces them and finds who is missing."""
-    players = [f"player-{i:05d}-" + "x" * 20 for i in range(3000)]
+    players = CHUNKED
     await make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY).create_batch(
         "b", expected_players=players
     )
@@ -131,6 +146,140 @@ async def test_a_large_roster_lives_in_chunk_documents_and_is_enforced(
 
     assert 2999 == len(progress.missing_players)
     assert players[0] not in progress.missing_players
+
+
+# -- create_batch again: the same roster is a no-op, another one is refused ----------
+
+
+@ROSTERS
+async def test_the_same_roster_in_another_order_is_the_same_batch(
+    players: list[str], make_manager: ManagerFactory
+) -> None:
+    """create_batch again with the roster reversed (as a fresh process would): False, and
+    every player of it is still accepted."""
+    await make_manager().create_batch("b", expected_players=players)
+    fresh = make_manager()
+
+    again = await fresh.create_batch("b", expected_players=players[::-1])
+    result = await fresh.record_completion("b", players[-1], 1)
+
+    assert (False, CompletionStatus.RECORDED) == (again, result.status)
+
+
+@ROSTERS
+async def test_another_roster_of_the_same_size_is_refused_saying_how_it_differs(
+    players: list[str],
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """Two players swapped for two others: BatchExistsError naming how many players only
+    each roster has and the first of each; the stored batch is untouched."""
+    await make_manager().create_batch("b", expected_players=players)
+    before = await read_batch(firestore_client, batch_collection, "b")
+    other = [*players[2:], "zz-new-1", "zz-new-2"]
+
+    with pytest.raises(BatchExistsError) as caught:
+        await make_manager().create_batch("b", expected_players=other)
+
+    message = str(caught.value)
+    assert "2 player(s) only in the stored one" in message
+    assert f"{players[0][:37]!r}" in message or f"{players[0]!r}" in message
+    assert "2 only in this call's ('zz-new-1', 'zz-new-2')" in message
+    assert before == await read_batch(firestore_client, batch_collection, "b")
+
+
+@ROSTERS
+async def test_a_roster_batch_and_a_count_only_batch_of_the_same_size_differ(
+    players: list[str], make_manager: ManagerFactory
+) -> None:
+    """A roster batch re-created with expected_count only, and a count-only batch
+    re-created with a roster of its size: both BatchExistsError (either way the caller
+    would be held to rules it did not ask for)."""
+    manager = make_manager()
+    await manager.create_batch("roster", expected_players=players)
+    await manager.create_batch("count", expected_count=len(players))
+
+    with pytest.raises(BatchExistsError, match=r"a roster of \d+ players, not expected_count"):
+        await make_manager().create_batch("roster", expected_count=len(players))
+    with pytest.raises(BatchExistsError, match="and no roster, not a roster of"):
+        await make_manager().create_batch("count", expected_players=players)
+
+
+@ROSTERS
+async def test_a_lost_answer_to_a_roster_create_is_still_this_calls_creation(
+    players: list[str], make_manager: ManagerFactory, firestore_client: AsyncClient
+) -> None:
+    """The create of a roster batch applied, its answer lost: the retry's ALREADY_EXISTS is
+    this call's own write (True); another call with the same roster then gets False."""
+    manager = make_manager(retry=FAST)
+    lost = LostAnswers(times=1, when=_is_create).attach(firestore_client)
+
+    first = await manager.create_batch("b", expected_players=players)
+    second = await manager.create_batch("b", expected_players=sorted(players, reverse=True))
+
+    assert (1, True, False) == (lost.total_lost, first, second)
+
+
+def _is_create(request: Any) -> bool:
+    return any("created_by" in w.update.fields for w in request.writes)
+
+
+@pytest.mark.parametrize(
+    ("stored_count", "stored", "new", "expected"),
+    [
+        (3, None, BatchInfo(3), None),
+        (3, frozenset("abc"), BatchInfo(3, frozenset("cab")), None),
+        (3, None, BatchInfo(4), "expected_count=3, not 4"),
+        (None, None, BatchInfo(4), "expected_count=None, not 4"),
+        (3, None, BatchInfo(3, frozenset("abc")), "expected_count=3 and no roster, not a roster"),
+        (3, frozenset("abc"), BatchInfo(3), "a roster of 3 players, not expected_count=3"),
+        (
+            3,
+            frozenset("abc"),
+            BatchInfo(3, frozenset("abd")),
+            "another roster: 1 player(s) only in the stored one ('c'), 1 only in this call's ('d')",
+        ),
+        (
+            5,
+            frozenset("abcde"),
+            BatchInfo(2, frozenset("yz")),
+            "another roster: 5 player(s) only in the stored one ('a', 'b', 'c', ...), 2 only "
+            "in this call's ('y', 'z')",
+        ),
+        (2, frozenset("ab"), BatchInfo(3, frozenset("abc")), "only in the stored one, 1 only"),
+        (3, frozenset("ab"), BatchInfo(2, frozenset("ab")), "expected_count=3, not 2"),
+        (
+            1,
+            frozenset(["x" * 100]),
+            BatchInfo(1, frozenset("y")),
+            f"({'x' * 37 + '...'!r}), 1 only",
+        ),
+    ],
+    ids=[
+        "same count",
+        "same roster",
+        "other count",
+        "no count stored",
+        "count then roster",
+        "roster then count",
+        "one swapped",
+        "first few",
+        "a superset",
+        "hand-edited count",
+        "long id cut",
+    ],
+)
+def test_batch_difference_says_how_a_stored_batch_differs(
+    stored_count: object, stored: frozenset[str] | None, new: BatchInfo, expected: str | None
+) -> None:
+    """The pure rule create_batch applies: None when alike, else words naming the difference."""
+    difference = batch_difference(stored_count, stored, new)
+
+    if expected is None:
+        assert difference is None
+    else:
+        assert difference is not None and expected in difference
 
 
 async def test_expire_moves_an_unfinished_batch_to_expired_once_with_reason_and_missing(

@@ -18,8 +18,8 @@ from .._retry import Retrying
 from .._types import BatchProgress
 from . import schema as f
 from .refs import Refs
-from .roster import BatchInfoCache, recorded_players
-from .schema import NewBatch, progress_from
+from .roster import BatchInfoCache, recorded_players, stored_roster
+from .schema import BatchInfo, NewBatch, progress_from
 
 _LISTED = [
     f.EXPECTED_COUNT,
@@ -43,8 +43,15 @@ async def create_batch(refs: Refs, new: NewBatch, call_id: str, retrying: Retryi
     ``call_id`` is stored with the batch: when the answer to the create is lost,
     the retry's ALREADY_EXISTS is recognised as this call's own write.
 
+    The same batch again is a no-op (False): the same expected count without a
+    roster, or the same roster as a set (any order). A roster and a bare
+    ``expected_count`` are different batches even when the counts agree: the
+    stored batch would hold the caller to a roster it did not give (refusing its
+    players), or drop the one it gave (accepting anyone, naming no one missing).
+
     Raises:
-        BatchExistsError: The batch exists with another expected count.
+        BatchExistsError: The batch exists with another expected count or roster,
+            or with a roster where this call gives none (or the reverse).
     """
     data = {**new.document, f.CREATED_BY: call_id}
     ref = refs.batch(new.batch_id)
@@ -56,21 +63,67 @@ async def create_batch(refs: Refs, new: NewBatch, call_id: str, retrying: Retryi
             write.set(refs.roster(new.batch_id, index), {f.ROSTER_CHUNK_PLAYERS: chunk})
         await write.commit(retry=None)
 
+    async def stored() -> tuple[dict[str, Any], frozenset[str] | None]:
+        fields = [f.EXPECTED_COUNT, f.CREATED_BY, f.ROSTER, f.ROSTER_CHUNKS]
+        existing = (await ref.get(field_paths=fields, retry=None)).to_dict() or {}
+        if existing.get(f.CREATED_BY) == call_id:  # this call's own: no need for its roster
+            return existing, new.info.roster
+        return existing, await stored_roster(refs, new.batch_id, existing)
+
     try:
         await retrying(create, f"creating batch {new.batch_id!r}")
         return True
     except gexc.Conflict:
-        snap = await retrying(
-            lambda: ref.get(field_paths=[f.EXPECTED_COUNT, f.CREATED_BY], retry=None),
-            f"reading batch {new.batch_id!r}",
-        )
-    existing = snap.to_dict() or {}
-    if existing.get(f.EXPECTED_COUNT) != new.info.expected:
-        raise BatchExistsError(
-            f"batch {new.batch_id!r} already exists with "
-            f"expected_count={existing.get(f.EXPECTED_COUNT)}, not {new.info.expected}"
-        )
+        existing, roster = await retrying(stored, f"reading batch {new.batch_id!r}")
+    difference = batch_difference(existing.get(f.EXPECTED_COUNT), roster, new.info)
+    if difference is not None:
+        raise BatchExistsError(f"batch {new.batch_id!r} already exists with {difference}")
     return bool(existing.get(f.CREATED_BY) == call_id)
+
+
+def batch_difference(
+    stored_count: object, stored_roster: frozenset[str] | None, new: BatchInfo, *, shown: int = 3
+) -> str | None:
+    """How a stored batch differs from ``new``, as words after "exists with"; None if alike.
+
+    Alike: the same roster as a set, or no roster on either side and the same
+    count. Two rosters that differ are told apart by how many players only each
+    has and the first ``shown`` of each (sorted).
+    """
+    if stored_roster is None and new.roster is None:
+        if stored_count == new.expected:
+            return None
+        return f"expected_count={stored_count}, not {new.expected}"
+    if stored_roster is None:
+        return (
+            f"expected_count={stored_count} and no roster, not a roster of "
+            f"{len(new.roster or ())} players"
+        )
+    if new.roster is None:
+        return (
+            f"a roster of {len(stored_roster)} players, not expected_count={new.expected} "
+            "without one"
+        )
+    if stored_roster == new.roster and stored_count == new.expected:
+        return None
+    if stored_roster == new.roster:  # only a hand-edited document gets here
+        return f"expected_count={stored_count}, not {new.expected}"
+    only_stored = sorted(stored_roster - new.roster)
+    only_new = sorted(new.roster - stored_roster)
+    return (
+        f"another roster: {len(only_stored)} player(s) only in the stored one"
+        f"{_first(only_stored, shown)}, {len(only_new)} only in this call's"
+        f"{_first(only_new, shown)}"
+    )
+
+
+def _first(players: list[str], shown: int) -> str:
+    """`` (e.g. 'a', 'b', ...)``: the first ``shown`` ids, each cut to 40 characters."""
+    if not players:
+        return ""
+    ids = [repr(p if len(p) <= 40 else p[:37] + "...") for p in players[:shown]]
+    more = ", ..." if len(players) > shown else ""
+    return f" ({', '.join(ids)}{more})"
 
 
 class BatchReader:

@@ -103,22 +103,31 @@ class BatchInfoCache:
                 "call create_batch first"
             )
         data = snap.to_dict() or {}
-        roster: set[str] | None = None
-        if isinstance(data.get(f.ROSTER), list):
-            roster = set(data[f.ROSTER])
-        elif int(data.get(f.ROSTER_CHUNKS, 0)):
-            refs = [self._refs.roster(batch_id, i) for i in range(data[f.ROSTER_CHUNKS])]
-            roster = set()
-            async for chunk in self._refs.client.get_all(refs, retry=None):
-                roster.update((chunk.to_dict() or {}).get(f.ROSTER_CHUNK_PLAYERS, ()))
         deadline = data.get(f.DEADLINE)
         return BatchInfo(
             expected=int(data.get(f.EXPECTED_COUNT, 0)),
-            roster=None if roster is None else frozenset(roster),
+            roster=await stored_roster(self._refs, batch_id, data),
             deadline=deadline if isinstance(deadline, dt.datetime) else None,
             terminal=data.get(f.STATUS) in f.TERMINAL_STATUSES,
             guarded=f.guarded(data),
         )
+
+
+async def stored_roster(refs: Refs, batch_id: str, data: dict[str, Any]) -> frozenset[str] | None:
+    """The roster of a batch whose document fields ``data`` include its roster fields.
+
+    None without a roster; chunked, one read of its chunk documents (one attempt).
+    """
+    if isinstance(data.get(f.ROSTER), list):
+        return frozenset(data[f.ROSTER])
+    chunks = int(data.get(f.ROSTER_CHUNKS, 0))
+    if not chunks:
+        return None
+    roster: set[str] = set()
+    docs = [refs.roster(batch_id, i) for i in range(chunks)]
+    async for chunk in refs.client.get_all(docs, retry=None):
+        roster.update((chunk.to_dict() or {}).get(f.ROSTER_CHUNK_PLAYERS, ()))
+    return frozenset(roster)
 
 
 async def recorded_players(

@@ -273,7 +273,9 @@ class AsyncBatchStateManager:
         player outside it is refused with ``UnexpectedPlayerError``, and
         ``BatchProgress.missing_players`` names who is missing) or
         ``expected_count``. Creating a batch that exists with the same expected
-        count is a no-op (so a restarted coordinator may call it again).
+        count, or the same roster in any order, is a no-op (so a restarted
+        coordinator may call it again). A roster and a bare ``expected_count`` are
+        different batches, even of the same size.
 
         Args:
             batch_id: The batch id (a Firestore document id).
@@ -292,7 +294,8 @@ class AsyncBatchStateManager:
             InvalidCountError: ``expected_count`` not a positive int.
             InvalidInputError: ``deadline`` is not an aware datetime or a timedelta.
             LegacyArrayLimitError: Too many players for the legacy array in this mode.
-            BatchExistsError: The batch exists with another expected count.
+            BatchExistsError: The batch exists with another expected count or roster
+                (the message says how they differ).
         """
         self._check_open()
         new = new_batch(

@@ -1,7 +1,9 @@
 """The ``async-batchstate`` command: ``demo``, ``migrate`` and ``batch``.
 
-Exit status: 0 success; 1 the run found or hit problems; 2 bad input or
-configuration. Errors are one line on stderr (``async-batchstate: error: ...``).
+Exit status: 0 success; 1 the run found or hit problems (a batch that does not
+exist: ``async-batchstate: not found: ...``); 2 bad input or configuration,
+refused while parsing, before anything is read or written. Errors are one line on
+stderr (``async-batchstate: error: ...``), never a traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._common import PROG, ArgumentParser, report
+from ._common import PROG, ArgumentParser, one_line_logs, report
 
 _CLI_EXTRA_MODULES = frozenset({"rich"})
 """Top-level modules of the ``[cli]`` extra; the core install does not have them."""
@@ -49,10 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_CLI_EXTRA_MISSING, file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    try:
-        status: int = args.handler(args)
-    except Exception as exc:  # reported on one line, or re-raised if it is a bug
-        return report(exc)
+    with one_line_logs():
+        try:
+            status: int = args.handler(args)
+        except Exception as exc:  # reported on one line, or re-raised if it is a bug
+            return report(exc)
     return status
 
 

@@ -1,13 +1,13 @@
 """``async-batchstate batch``: show, list and expire batches from the shell.
 
-Exit status: 0 success; 1 the batch does not exist or was not expired by this
-call; 2 bad input or configuration (one line on stderr, no traceback).
+Exit status: 0 success; 1 the batch does not exist (``async-batchstate: not
+found: ...``), was not expired by this call, or has no callback owed; 2 bad
+input or configuration (one line on stderr, no traceback, nothing read or written).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import importlib
 import json
@@ -15,37 +15,44 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from .. import AsyncBatchStateManager, BatchProgress, MigrationMode
 from .._clock import SYSTEM_CLOCK
-from .._config import MigrationMode
-from .._errors import BatchNotFoundError
-from .._store.connect import aclose_client, client_from_env
-from .._types import BatchProgress
-from .._write.manager import AsyncBatchStateManager
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     ArgumentParser,
     batch_id_argument,
     connection_arguments,
-    positive_int,
-    print_error,
+    int_range,
+    key_value_table,
+    plain_text,
+    print_out,
+    reason_argument,
+    run_with_client,
+    seconds_range,
 )
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_AGE = dt.timedelta(days=36_500)
+"""The oldest ``--older-than``: a century (older, no batch can match)."""
+MAX_LEASE = 86_400.0
 
 Command = Callable[[AsyncBatchStateManager, argparse.Namespace], Awaitable[int]]
 
 
 def duration(text: str) -> dt.timedelta:
-    """``90``, ``45s``, ``30m``, ``2h`` or ``1d`` as a timedelta (argparse type)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    """``90``, ``45s``, ``30m``, ``2h`` or ``1d`` as a timedelta, at most ``MAX_AGE`` (a type=)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", text, re.ASCII)
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90, 45s, 30m, 2h, 1d")
-    return dt.timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
+    seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    if seconds > MAX_AGE.total_seconds():
+        raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_AGE.days:,}d")
+    return dt.timedelta(seconds=seconds)
 
 
 def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
-    """Add the ``batch`` subcommand and its ``show/list/expire``."""
+    """Add the ``batch`` subcommand and its ``show/list/expire/callbacks``."""
     parser = sub.add_parser(
         "batch",
         help="inspect, list and expire batches",
@@ -65,14 +72,21 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
         "--status", choices=["in_progress", "complete", "expired"], help="only this status"
     )
     listing.add_argument(
-        "--older-than", type=duration, metavar="AGE", help="only batches created before AGE ago"
+        "--older-than",
+        type=duration,
+        metavar="AGE",
+        help=f"only batches created before AGE ago (at most {MAX_AGE.days}d)",
     )
-    listing.add_argument("--limit", type=positive_int, default=None, help="at most this many")
+    listing.add_argument(
+        "--limit", type=int_range(1, 1_000_000), default=None, help="at most this many"
+    )
     listing.set_defaults(handler=lambda args: _main(args, _list))
 
     expire = verbs.add_parser("expire", parents=[common], help="expire an unfinished batch")
     expire.add_argument("batch_id", type=batch_id_argument, metavar="ID")
-    expire.add_argument("--reason", required=True, help="why (stored with the batch)")
+    expire.add_argument(
+        "--reason", type=reason_argument, required=True, help="why (stored with the batch)"
+    )
     expire.set_defaults(handler=lambda args: _main(args, _expire))
 
     owed = verbs.add_parser(
@@ -90,7 +104,7 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
     )
     owed.add_argument(
         "--lease",
-        type=float,
+        type=seconds_range(0.0, MAX_LEASE),
         default=60.0,
         help="seconds the process that owes it keeps it before this one may run it (60)",
     )
@@ -98,47 +112,43 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
 
 
 def callback_argument(text: str) -> Callable[..., Any]:
-    """``type=`` for ``MODULE:FUNCTION``: the callable it names."""
-    module, _, name = text.partition(":")
+    """``type=`` for ``MODULE:FUNCTION``: the callable it names.
+
+    Importing runs the module: whatever it raises (a syntax error too) is a bad
+    ``--run``, reported on one line.
+    """
+    module, _, name = plain_text(text).partition(":")
     if not module or not name:
         raise argparse.ArgumentTypeError(f"expected MODULE:FUNCTION, got {text!r}")
     try:
         found = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise argparse.ArgumentTypeError(f"cannot load {text!r}: {exc}") from None
+    except Exception as exc:  # the user's module: any error at import is theirs
+        raise argparse.ArgumentTypeError(
+            f"cannot load {text!r}: {type(exc).__name__}: {exc}"
+        ) from None
     if not callable(found):
         raise argparse.ArgumentTypeError(f"{text!r} is not callable")
     return cast("Callable[..., Any]", found)
 
 
 def _main(args: argparse.Namespace, command: Command) -> int:
-    """Connect and run ``command``; bad configuration propagates to ``cli.main`` (exit 2)."""
+    """Run ``command`` with a manager; bad configuration propagates to ``cli.main`` (exit 2)."""
     mode = MigrationMode(args.mode) if args.mode else MigrationMode.from_env()
-    client_from_env(args.project)  # fail fast, before any event loop
     callback = getattr(args, "run", None)
-    lease = getattr(args, "lease", 60.0)
 
-    async def run() -> int:
-        client = client_from_env(args.project)  # an AsyncClient is bound to this loop
-        try:
-            async with AsyncBatchStateManager(
-                client,
-                collection=args.collection,
-                mode=mode,
-                validation_rate=0.0,
-                on_complete=callback,
-                on_expired=callback,
-                callback_lease=lease,
-            ) as manager:
-                return await command(manager, args)
-        finally:
-            await aclose_client(client)
+    async def run(client: Any) -> int:
+        async with AsyncBatchStateManager(
+            client,
+            collection=args.collection,
+            mode=mode,
+            validation_rate=0.0,
+            on_complete=callback,
+            on_expired=callback,
+            callback_lease=getattr(args, "lease", 60.0),
+        ) as manager:
+            return await command(manager, args)
 
-    try:
-        return asyncio.run(run())
-    except BatchNotFoundError as exc:
-        print_error(str(exc), label="not found")
-        return EXIT_FAILED
+    return run_with_client(args.project, run)
 
 
 def _when(value: dt.datetime | None) -> str | None:
@@ -162,21 +172,6 @@ def as_dict(progress: BatchProgress) -> dict[str, Any]:
     }
 
 
-def _table(title: str, rows: list[tuple[str, str]]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False)
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
-
-
-def _print(renderable: Any) -> None:
-    from rich.console import Console
-
-    Console().print(renderable)
-
-
 async def _show(manager: AsyncBatchStateManager, args: argparse.Namespace) -> int:
     progress = await manager.get_progress(args.batch_id)
     report = await manager.validate(args.batch_id)
@@ -198,7 +193,7 @@ async def _show(manager: AsyncBatchStateManager, args: argparse.Namespace) -> in
         ("expired because", progress.expired_reason or "-"),
         ("consistency", report.summary()),
     ]
-    _print(_table(f"batch {progress.batch_id}", rows))
+    print_out(key_value_table(f"batch {progress.batch_id}", rows))
     return 0
 
 
@@ -227,7 +222,7 @@ async def _list(manager: AsyncBatchStateManager, args: argparse.Namespace) -> in
             _when(p.created_at) or "-",
             _when(p.deadline) or "-",
         )
-    _print(table)
+    print_out(table)
     return 0
 
 

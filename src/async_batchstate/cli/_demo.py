@@ -42,7 +42,7 @@ from ._common import (
     ArgumentParser,
     batch_id_argument,
     collection_argument,
-    positive_int,
+    int_range,
     share,
 )
 
@@ -59,14 +59,17 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
         ),
     )
     parser.add_argument(
-        "--players", type=positive_int, default=500, help="players in the batch (500)"
+        "--players", type=int_range(1, 100_000), default=500, help="players in the batch (500)"
     )
     parser.add_argument(
-        "--workers", type=positive_int, default=100, help="concurrent workers per process (100)"
+        "--workers",
+        type=int_range(1, 10_000),
+        default=100,
+        help="concurrent workers per process (100)",
     )
     parser.add_argument(
         "--processes",
-        type=positive_int,
+        type=int_range(1, 64),
         default=1,
         help="worker processes, each with its own client, sharing the messages (1; "
         "at most --players)",
@@ -99,7 +102,12 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
         default=None,
         help="batch id (default: a new random one)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
+    parser.add_argument(
+        "--seed",
+        type=int_range(0, 2**63 - 1),
+        default=None,
+        help="random seed (>= 0), for a repeatable run",
+    )
     parser.set_defaults(handler=run)
 
 

@@ -4,15 +4,15 @@ Exit status: 0 success; 1 mismatches, refusals or failed batches (a batch
 that fails is listed and the run goes on with the others); 2 bad input or
 configuration (an id Firestore cannot store, a bad number, conflicting flags,
 no emulator nor project, contradictory mode flags), reported on one line
-before anything is read or written.
+before anything is read or written. A step that refuses to run (its mode is
+wrong) is one line, ``async-batchstate: refused: ...``, and status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -21,12 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .._config import MigrationMode
-from .._errors import InvalidInputError
-from .._store.connect import client_from_env
-from .._store.schema import Layout
+from .. import InvalidInputError, Layout, MigrationMode
+from .. import migration as m
 from ..consistency import ConsistencyReport
-from ..migration import _run as m
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -34,10 +31,13 @@ from ._common import (
     batch_id_argument,
     checkpoint_argument,
     connection_arguments,
-    positive_int,
-    print_error,
+    int_range,
+    key_value_table,
+    run_with_client,
     subcollection_argument,
 )
+
+MAX_CONCURRENCY = 1_000
 
 Command = Callable[[AsyncClient, argparse.Namespace, Console], Awaitable[int]]
 S = TypeVar("S")
@@ -70,7 +70,12 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
         metavar="ID",
         help="only this batch (repeatable)",
     )
-    common.add_argument("--concurrency", type=positive_int, default=8, help="batches in flight")
+    common.add_argument(
+        "--concurrency",
+        type=int_range(1, MAX_CONCURRENCY),
+        default=8,
+        help=f"batches in flight (8; at most {MAX_CONCURRENCY})",
+    )
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     backfill = steps.add_parser(
@@ -140,35 +145,14 @@ def _main(args: argparse.Namespace, command: Command) -> int:
         args.checkpoint = "firestore"
     args.migration_mode = MigrationMode(args.mode) if args.mode else MigrationMode.from_env()
     args.layout = Layout(args.collection, args.completions_subcollection)
-    client_from_env(args.project)  # fail fast, before any event loop
     console = Console()
-
-    async def run() -> int:
-        client = client_from_env(args.project)  # an AsyncClient is bound to this loop
-        try:
-            return await command(client, args, console)
-        finally:
-            await _close(client)
-
-    try:
-        return asyncio.run(run())
-    except m.MigrationError as exc:
-        print_error(str(exc), label="refused")
-        return EXIT_FAILED
-
-
-async def _close(client: AsyncClient) -> None:
-    # The client has no public close; its transport's gRPC channel must be
-    # closed on the loop that opened it.
-    api: Any = getattr(client, "_firestore_api_internal", None)
-    if api is not None:
-        await api.transport.close()
+    return run_with_client(args.project, lambda client: command(client, args, console))
 
 
 @contextmanager
 def _progress(
     args: argparse.Namespace, console: Console, what: str
-) -> Iterator[m.ProgressCallback | None]:
+) -> Iterator[Callable[[m.MigrationProgress], None] | None]:
     errors = Console(stderr=True)
     if args.no_progress or not errors.is_terminal:  # a bar only leaves blank lines in a log
         yield None
@@ -189,15 +173,6 @@ def _progress(
 
     with bar:
         yield update
-
-
-def _table(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title)
-    table.add_column("", style="bold")
-    table.add_column("", justify="right")
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
 
 
 Reasons = Sequence[tuple[str, str]]
@@ -227,7 +202,16 @@ async def _run_step(
         )
 
 
-def _report(console: Console, ok: bool, *parts: Table | tuple[str, Reasons] | None) -> int:
+def _reasons_text(reasons: Iterable[tuple[str, str]], limit: int = 50) -> list[str]:
+    """``batch: reason`` lines, at most ``limit`` plus a count of the rest."""
+    items = list(reasons)
+    lines = [f"{batch}: {reason}" for batch, reason in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"... and {len(items) - limit} more")
+    return lines
+
+
+def _print_summary(console: Console, ok: bool, *parts: Table | tuple[str, Reasons] | None) -> int:
     """Print ``parts`` in order (tables; ``(heading, reasons)`` when there are reasons).
 
     Returns:
@@ -238,7 +222,7 @@ def _report(console: Console, ok: bool, *parts: Table | tuple[str, Reasons] | No
             console.print(part)
         elif part is not None and part[1]:
             console.print(f"[bold red]{part[0]}[/]")
-            for line in m.reasons_text(part[1]):
+            for line in _reasons_text(part[1]):
                 console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -252,15 +236,15 @@ def _title(what: str, args: argparse.Namespace) -> str:
 
 async def _checkpoint(client: AsyncClient, args: argparse.Namespace) -> m.Checkpoint | None:
     """The checkpoint ``--checkpoint`` names, reset first with ``--restart``."""
-    checkpoint: m.Checkpoint | None
+    checkpoint: m.FirestoreCheckpoint | m.FileCheckpoint
     if args.checkpoint == "none":
-        checkpoint = None
-    elif args.checkpoint == "firestore":
+        return None
+    if args.checkpoint == "firestore":
         checkpoint = m.FirestoreCheckpoint(client, args.layout)
     else:
         checkpoint = m.FileCheckpoint(args.checkpoint)
-    if checkpoint is not None and args.restart and not args.dry_run:
-        await checkpoint.save({"last_done": None, "finished": True})
+    if args.restart and not args.dry_run:
+        await checkpoint.reset()
     return checkpoint
 
 
@@ -284,10 +268,10 @@ async def _backfill(client: AsyncClient, args: argparse.Namespace, console: Cons
         ("players without a count", str(len(summary.unknown_counts))),
         ("failed batches", str(len(summary.failures))),
     ]
-    return _report(
+    return _print_summary(
         console,
         summary.ok,
-        _table(_title("backfill", args), rows),
+        key_value_table(_title("backfill", args), rows),
         (
             "players left alone (no count in predictions_by_player; reconcile them):",
             summary.unknown_counts,
@@ -322,10 +306,10 @@ async def _verify(client: AsyncClient, args: argparse.Namespace, console: Consol
         ("inconsistent", str(len(summary.inconsistent))),
         ("unreadable", str(len(summary.failures))),
     ]
-    return _report(
+    return _print_summary(
         console,
         summary.ok,
-        _table(_title("verify", args), rows),
+        key_value_table(_title("verify", args), rows),
         _inconsistent(summary.inconsistent),
         (_UNREADABLE, summary.failures),
     )
@@ -337,17 +321,17 @@ async def _cleanup(client: AsyncClient, args: argparse.Namespace, console: Conso
     )
     if summary.refused:
         refused = ("cleanup-legacy refused; nothing was removed:", summary.reasons)
-        return _report(console, False, refused)
+        return _print_summary(console, False, refused)
     verb = "would clean" if args.dry_run else "cleaned"
     rows = [
         (f"batches {verb}", str(len(summary.cleaned))),
         ("skipped", str(len(summary.skipped))),
         ("failed batches", str(len(summary.failures))),
     ]
-    return _report(
+    return _print_summary(
         console,
         summary.ok,
-        _table(_title("cleanup-legacy", args), rows),
+        key_value_table(_title("cleanup-legacy", args), rows),
         ("skipped (changed meanwhile; run again):", summary.skipped),
         (_FAILED, summary.failures),
     )
@@ -358,10 +342,10 @@ async def _status(client: AsyncClient, args: argparse.Namespace, console: Consol
     rows = [(state.value, str(count)) for state, count in summary.counts.items()]
     rows += [("total", str(summary.total)), ("unreadable", str(len(summary.failures)))]
     clean = not summary.failures and not summary.counts[m.BatchState.INCONSISTENT]
-    return _report(
+    return _print_summary(
         console,
         clean,
-        _table(_title("status", args), rows),
+        key_value_table(_title("status", args), rows),
         (_UNREADABLE, summary.failures),
     )
 

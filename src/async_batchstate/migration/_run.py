@@ -296,19 +296,30 @@ class Checkpoint(Protocol):
         ...
 
 
-class FirestoreCheckpoint:
+class _Resettable:
+    """The reset the stock checkpoints share (a ``Checkpoint`` needs only load and save)."""
+
+    async def reset(self: Checkpoint) -> None:
+        """Forget how far backfill got: its next run starts from the first batch."""
+        await self.save({"last_done": None, "finished": True})
+
+
+class FirestoreCheckpoint(_Resettable):
     """A checkpoint document ``<collection>_migration/<name>`` next to the batches.
 
     Args:
         client: The Firestore client.
         layout: Where the batches live.
         name: Document id (one per independent backfill run).
+
+    Raises:
+        InvalidIdError: ``name``, or the checkpoint's collection id (the batches'
+            plus ``_migration``), is not an id Firestore can store.
     """
 
     def __init__(self, client: AsyncClient, layout: Layout, name: str = "backfill") -> None:
-        self._ref = client.collection(f"{layout.collection}_migration").document(
-            validate_id("checkpoint name", name)
-        )
+        collection = Layout(f"{layout.collection}_migration").collection
+        self._ref = client.collection(collection).document(validate_id("checkpoint name", name))
 
     def __repr__(self) -> str:
         return f"<FirestoreCheckpoint {self._ref.path!r}>"
@@ -323,7 +334,7 @@ class FirestoreCheckpoint:
         await self._ref.set({**state, "saved_at": SERVER_TIMESTAMP})
 
 
-class FileCheckpoint:
+class FileCheckpoint(_Resettable):
     """A local JSON checkpoint file, replaced atomically on each save.
 
     Args:
@@ -1057,12 +1068,3 @@ async def cleanup_legacy(
         dry_run,
         tuple(sorted(tally.failures)),
     )
-
-
-def reasons_text(reasons: Iterable[tuple[str, str]], limit: int = 50) -> list[str]:
-    """``batch: reason`` lines, at most ``limit`` plus a count of the rest."""
-    items = list(reasons)
-    lines = [f"{batch}: {reason}" for batch, reason in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"... and {len(items) - limit} more")
-    return lines
