@@ -8,6 +8,12 @@ from .._config import MigrationMode
 from .._errors import ConfigurationError
 
 
+_FLOOR_CREEP = 1.001
+"""The latency floor rises at most 0.1 % per success: fast enough to follow a slower link
+over a few thousand commits, too slow to mistake a standing queue (a document at its
+write ceiling) for the baseline within the few hundred commits that queue builds in."""
+
+
 class AdaptiveLimit:
     """How many writes of one batch may be in flight: follows contention AND latency.
 
@@ -18,8 +24,8 @@ class AdaptiveLimit:
 
     * grows by ``increase / limit`` per successful attempt (about +1 per window
       of successes) while the attempt's latency stays within ``tolerance`` times
-      its floor (the lowest latency seen, which creeps up 1 % per success so it
-      follows a slower baseline);
+      its floor (the lowest latency seen, which creeps up 0.1 % per success so it
+      follows a slower baseline, but not a standing queue);
     * shrinks by ``decrease`` on contention (ABORTED, RESOURCE_EXHAUSTED) and,
       gently (x0.9), when latency rises past ``tolerance`` times its floor: the
       server is queueing our writes, and more in flight would only add to it.
@@ -43,7 +49,7 @@ class AdaptiveLimit:
         minimum: int = 1,
         decrease: float = 0.5,
         increase: float = 1.0,
-        tolerance: float = 2.5,
+        tolerance: float = 2.0,
     ) -> None:
         if not 1 <= minimum <= maximum:
             raise ConfigurationError(f"need 1 <= minimum <= maximum, got {minimum}, {maximum}")
@@ -73,7 +79,7 @@ class AdaptiveLimit:
     def on_success(self, latency: float | None = None) -> None:
         """An attempt succeeded in ``latency`` seconds: grow, unless latency says queueing."""
         if latency is not None and latency >= 0.0:
-            floor = latency if self._floor is None else min(latency, self._floor * 1.01)
+            floor = latency if self._floor is None else min(latency, self._floor * _FLOOR_CREEP)
             self._floor = floor
             if latency > self._tolerance * floor:
                 self._value = max(float(self.minimum), self._value * 0.9)
