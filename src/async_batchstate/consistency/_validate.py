@@ -22,6 +22,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP, Increment
@@ -537,7 +538,12 @@ async def reconcile(
         )
     policy = retry or RetryPolicy()
     if dry_run:
-        data, docs = await _read_for_repair(client, layout, batch_id, None)
+        (data, docs), _ = await run_with_retry(
+            partial(_read_for_repair, client, layout, batch_id, None),
+            policy,
+            what=f"reading batch {batch_id!r} for a dry-run reconcile",
+            clock=clock,
+        )
         return _result(batch_id, source, [_plan(mode, source, data, docs)], 0, dry_run=True)
 
     async def step(transaction: AsyncTransaction) -> tuple[_Plan, bool]:
