@@ -400,7 +400,6 @@ async def test_every_public_entry_point_under_a_black_hole_raises_a_batch_state_
         mode=MigrationMode.DUAL_WRITE,
         retry=short,
         on_complete=Runs(),
-        callback_sweep_interval=None,
     )
     await proxy.blackhole()
 
