@@ -34,6 +34,7 @@ import enum
 import inspect
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -104,7 +105,9 @@ class Callbacks:
         retain_for: With a duration, finished batches' completion and roster
             documents are stamped with ``expire_at`` for a TTL policy.
         sweep_interval: Seconds between two sweeps of owed callbacks; None: no sweep.
-        clock: Time source of the heartbeat, the sweep and retention stamps.
+        clock: Time source of retries, the close's drain and retention stamps. The
+            lease, its renewals and the sweep run on real time: the server judges
+            the lease on its own clock, so a fake clock must not speed them up.
 
     Raises:
         ConfigurationError: A lease or sweep interval that is not a positive finite number.
@@ -188,7 +191,7 @@ class Callbacks:
             if not owed or not self.any or batch_id in self._by_batch:
                 return
             until = self._leased_until.get(batch_id)
-            if until is not None and self._clock.monotonic() < until:
+            if until is not None and time.monotonic() < until:
                 return  # another process holds it: do not read the batch at every touch
         self._spawn(batch_id, self.settle(batch_id, finished, owed))
 
@@ -270,17 +273,18 @@ class Callbacks:
     async def _renew(self, batch_id: str, claim: str, lost: asyncio.Event) -> None:
         """Renew the lease every ``lease / 3`` while the callback runs; set ``lost`` if taken.
 
-        Beats keep their cadence (a slow renewal does not push the next one back).
+        Beats keep their cadence (a slow renewal does not push the next one back),
+        in real time: the server judges the lease on its clock.
         """
         renewal = {f.CALLBACK_CLAIMED_AT: SERVER_TIMESTAMP}
         beat = self.lease / 3
-        due = self._clock.monotonic()
+        due = time.monotonic()
         while True:
             due += beat
-            await self._clock.sleep(max(due - self._clock.monotonic(), 0.0))
-            due = max(due, self._clock.monotonic() - beat)  # after a long stall: no burst
+            await asyncio.sleep(max(due - time.monotonic(), 0.0))
+            due = max(due, time.monotonic() - beat)  # after a long stall: no burst
             try:
-                async with self._clock.timeout(self.lease):
+                async with asyncio.timeout(self.lease):
                     found = await self._if_ours(batch_id, claim, renewal, "renewing the lease")
             except Exception:
                 # Try again at the next beat: the lease lasts three of them.
@@ -414,7 +418,7 @@ class Callbacks:
     def _defer(self, batch_id: str, seconds: float) -> None:
         if len(self._leased_until) >= _DEFERRED_KEPT:
             self._leased_until.clear()
-        self._leased_until[batch_id] = self._clock.monotonic() + seconds
+        self._leased_until[batch_id] = time.monotonic() + seconds
 
     # -- the sweep ---------------------------------------------------------------------
 
@@ -432,7 +436,7 @@ class Callbacks:
 
     async def _sweep_forever(self, interval: float) -> None:
         while True:
-            await self._clock.sleep(interval)
+            await asyncio.sleep(interval)  # real time, as the leases it looks at
             try:
                 await self.sweep()
             except Exception:

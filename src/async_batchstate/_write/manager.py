@@ -120,7 +120,9 @@ class AsyncBatchStateManager:
             ``create_batch`` logs a warning.
         clock: Time source of every delay, timeout and deadline: backoff, attempt
             and caller timeouts, linger, drain, batch deadlines (``clock.now()``)
-            and retention stamps (inject ``testing.FakeClock`` in tests).
+            and retention stamps (inject ``testing.FakeClock`` in tests). Not the
+            callback lease, its renewals or the sweep: the server judges the lease
+            on its own clock.
         rng: Randomness for backoff jitter.
         fault_injector: Test seam called at each ``FaultPoint`` of a write attempt.
         validation_rate: Probability that a commit which recorded completions schedules
