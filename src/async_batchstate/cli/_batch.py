@@ -129,6 +129,7 @@ def _main(args: argparse.Namespace, command: Command) -> int:
                 on_complete=callback,
                 on_expired=callback,
                 callback_lease=lease,
+                callback_sweep_interval=None,  # runs the one batch it is asked about, no other
             ) as manager:
                 return await command(manager, args)
         finally:
