@@ -202,11 +202,33 @@ async def test_a_coordinators_sweep_runs_what_a_callback_less_manager_left_owed(
     )
 
 
-def test_a_bad_sweep_interval_is_a_configuration_error(firestore_client: AsyncClient) -> None:
-    """callback_sweep_interval must be None or a positive finite number of seconds."""
-    for bad in (0, -1.0, float("nan"), float("inf"), "30", True):
-        with pytest.raises(ConfigurationError):
-            AsyncBatchStateManager(firestore_client, callback_sweep_interval=bad)  # type: ignore[arg-type]
+async def test_a_manager_with_only_on_complete_leaves_an_expirys_lease_unclaimed(
+    make_manager: ManagerFactory,
+    other_manager: Callable[..., AsyncBatchStateManager],
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """It owes on_expired but cannot run it, so it claims no lease: a coordinator with
+    on_expired runs it at once instead of waiting a whole lease."""
+    half = make_manager(on_complete=Runs())
+    await half.create_batch("b", expected_count=2)
+    assert await half.expire("b")
+    expired = Runs()
+
+    ran = await other_manager(on_expired=expired).deliver_owed_callbacks("b")
+
+    assert (True, ["expired"]) == (ran, [status for _, status, _ in expired.runs])
+
+
+@pytest.mark.parametrize("knob", ["callback_lease", "callback_sweep_interval"])
+def test_a_bad_lease_or_sweep_interval_is_a_configuration_error(
+    knob: str, firestore_client: AsyncClient
+) -> None:
+    """Both must be a positive finite number of seconds (the sweep interval may be None)."""
+    bads: tuple[Any, ...] = (0, -1.0, float("nan"), float("inf"), "30", True)
+    for bad in bads:
+        with pytest.raises(ConfigurationError, match=knob):
+            AsyncBatchStateManager(firestore_client, **{knob: bad})
 
 
 CLI_RUNS: list[tuple[str, str]] = []
