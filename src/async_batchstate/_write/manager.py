@@ -552,8 +552,7 @@ class AsyncBatchStateManager:
                         elif self._overdue(progress):
                             await self._expire_overdue(batch_id)
                             progress = await self._read_progress(batch_id)
-                        if progress.is_terminal:
-                            self._finaliser.callbacks.settle_soon(batch_id, None, owed=True)
+                        if progress.is_terminal:  # get_progress starts an owed callback
                             return await self.get_progress(batch_id)
                         await wait_event(self._clock, finished, poll_interval)
             except TimeoutError:
