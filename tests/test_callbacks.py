@@ -301,6 +301,24 @@ async def test_a_completion_on_an_overdue_batch_never_waits_for_on_expired(
     assert 1 == len(seen)
 
 
+async def test_close_waits_for_a_background_callback_within_its_drain(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """The finalising caller is answered while on_complete still runs; aclose with a long
+    enough drain waits for it, and it ends done, once."""
+    slow = Runs(seconds=0.5)
+    manager = make_manager(on_complete=slow)
+    await manager.create_batch("b", expected_count=1)
+
+    result = await manager.record_completion("b", "p", 1)
+    running = slow.running
+    await manager.aclose(drain_timeout=30)
+
+    assert (True, 1, 1) == (result.batch_completed, running, len(slow.runs))
+    doc = await read_batch(firestore_client, batch_collection, "b")
+    assert "callback_owed" not in doc and "callback_done_at" in doc
+
+
 # -- point 7: lost answers and client errors never leak --------------------------------------
 
 
