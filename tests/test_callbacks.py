@@ -55,10 +55,8 @@ class Runs:
         self.running = 0
         self.most_at_once = 0
         self.started = asyncio.Event()
-        self.tasks: list[asyncio.Task[Any] | None] = []
 
     async def __call__(self, batch_id: str, progress: BatchProgress) -> None:
-        self.tasks.append(asyncio.current_task())
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         self.started.set()

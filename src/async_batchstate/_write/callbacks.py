@@ -159,11 +159,6 @@ class Callbacks:
         """Whether this process has the callback of the ending ``status``."""
         return self._callbacks.get(status) is not None
 
-    @property
-    def running(self) -> int:
-        """Background callback tasks (runs, deliveries) in flight."""
-        return len(self._tasks)
-
     def finishing_fields(self, status: str, finish_id: str) -> dict[str, Any]:
         """The fields the write that finishes a batch as ``status`` carries.
 
