@@ -55,6 +55,28 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
+# A coordinator process whose on_complete (async) takes 2 s against a 0.5 s lease.
+SLOW_CALLBACK = """
+import asyncio, sys
+from async_batchstate import AsyncBatchStateManager, MigrationMode
+from async_batchstate._store.connect import client_from_env
+
+async def main(collection):
+    async def slow(batch_id, progress):
+        print("STARTED", progress.finalisation_key, flush=True)
+        await asyncio.sleep(2.0)
+        print("RETURNING", flush=True)
+    async with AsyncBatchStateManager(
+        client_from_env(), collection=collection, mode=MigrationMode.DUAL_WRITE,
+        on_complete=slow, callback_lease=0.5,
+    ) as manager:
+        result = await manager.record_completion("b", "last", 1)
+        print("RECORDED", result.batch_completed, flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
 class Keys:
     """on_complete that records each run's idempotency key."""
 
@@ -100,6 +122,53 @@ async def test_a_process_killed_between_flip_and_callback_leaves_it_owed_to_anot
 
     assert (True, False) == (ran, again)
     assert [key] == keys.keys
+    doc = await read_batch(firestore_client, batch_collection, "b")
+    assert "callback_owed" not in doc and "callback_done_at" in doc
+
+
+async def test_a_callback_slower_than_its_lease_runs_once_across_two_processes(
+    firestore_emulator: EmulatorInfo,
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """Another OS process finalises the batch and runs a 2 s on_complete against a 0.5 s
+    lease: it renews the lease, so this process's deliveries all find it held; its caller
+    was answered before the callback ended, its close waited for it, and it is done once."""
+    keys = Keys()
+    manager = make_manager(on_complete=keys, callback_lease=0.5)
+    await manager.create_batch("b", expected_count=2)
+    await manager.record_completion("b", "first", 1)
+    env = {
+        **os.environ,
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
+        "GOOGLE_CLOUD_PROJECT": firestore_emulator.project,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SLOW_CALLBACK,
+        batch_collection,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    tries: list[bool] = []
+    async with asyncio.timeout(60):
+        while not lines or not lines[-1].startswith("STARTED"):
+            lines.append((await proc.stdout.readline()).decode().strip())
+        reading = asyncio.ensure_future(proc.stdout.read())
+        while not reading.done():
+            tries.append(await manager.deliver_owed_callbacks("b"))
+            await asyncio.sleep(0.05)
+        lines.append((await reading).decode())
+        assert 0 == await proc.wait()
+
+    words = " ".join(lines).split()
+    assert words.index("RECORDED") < words.index("RETURNING")  # the caller did not wait
+    assert [] == keys.keys and len(tries) > 5 and not any(tries)
     doc = await read_batch(firestore_client, batch_collection, "b")
     assert "callback_owed" not in doc and "callback_done_at" in doc
 
@@ -290,6 +359,9 @@ async def test_a_rollout_batch_finalises_on_every_mode_s_count_and_backfill_keep
     dual = make_manager(mode=mode, on_complete=keys, callback_lease=0.001)
     last = await dual.record_completion("b", "p3", 3)
     final = await dual.wait_until_complete("b", timeout=10)
+    async with asyncio.timeout(10):  # the wait starts the owed callback in the background
+        while not keys.keys:
+            await asyncio.sleep(0.02)
 
     summary = await backfill(firestore_client, Layout(batch_collection), mode)
 

@@ -235,3 +235,45 @@ async def test_lost_answers_to_backfill_and_reconcile_leave_exact_counts(
     assert [] == await batch_violations(
         firestore_client, batch_collection, "b", MigrationMode.DUAL_WRITE, expected=players
     )
+
+
+async def test_every_commit_answer_lost_still_gives_each_entry_point_its_outcome(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """Every Commit applied, every answer lost (create, completion, flip, expiry, claim,
+    done mark): each public call still returns what it did, never a raw client error, and
+    every owed callback ends done after one run."""
+    from .helpers import read_batch
+
+    ran: list[tuple[str, str]] = []
+
+    def callback(batch_id: str, progress: BatchProgress) -> None:
+        ran.append((batch_id, progress.status))
+
+    bare = make_manager(retry=FAST)  # finishes a batch without callbacks: owed to the other
+    await bare.create_batch("owed", expected_count=1)
+    await bare.record_completion("owed", "p", 1)
+    manager = make_manager(retry=FAST, on_complete=callback, on_expired=callback)
+    lost = LostAnswers(times=None).attach(firestore_client)
+
+    created = [await manager.create_batch(b, expected_count=1) for b in ("done", "gone")]
+    completion = await manager.record_completion("done", "p", 1)
+    expired = await manager.expire("gone")
+    again = await manager.finalize("done")
+    delivered = await manager.deliver_owed_callbacks("owed")
+    await manager.aclose()  # waits for the background callback of "done"
+    lost.armed = False
+
+    assert ([True, True], True, True, False, True) == (
+        created,
+        completion.batch_completed,
+        expired,
+        again,
+        delivered,
+    )
+    assert CompletionStatus.RECORDED is completion.status
+    assert [("done", "complete"), ("gone", "expired"), ("owed", "complete")] == sorted(ran)
+    assert lost.total_lost >= 8
+    for batch_id in ("done", "gone", "owed"):
+        doc = await read_batch(firestore_client, batch_collection, batch_id)
+        assert "callback_owed" not in doc and "callback_done_at" in doc, batch_id

@@ -82,7 +82,7 @@ class CompletionTimeoutError(BatchStateError, TimeoutError):
 
 
 class WriteFailedError(BatchStateError):
-    """A non-retryable error from Firestore while writing a completion.
+    """A non-retryable error from Firestore (or the client) while writing or reading.
 
-    The original error is the ``__cause__``.
+    For a write, nothing was written. The original error is the ``__cause__``.
     """

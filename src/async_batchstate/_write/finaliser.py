@@ -6,13 +6,10 @@ finalising call's id (``finalised_by``). When the answer to that update is
 lost, the retry reads the batch: its own id means this call flipped it. No
 outcome is decided from error text, and exactly one call ever flips.
 
-The completion callback is owed durably: when the flipping manager has an
-``on_complete``, the flip records in the same write that the callback is owed
-and leased to the flipper; it is marked done after ``on_complete`` returns.
-If the process dies in between, any manager that later touches the batch
-(``finalize``, ``wait_until_complete``, a completion, ``deliver_owed_callbacks``)
-runs it once the lease has expired. So the flip is exactly once and the
-callback at least once, with ``BatchProgress.finalisation_key`` to dedupe on.
+The finishing write always records the callback as owed; what happens to it
+after (the lease, running it, delivering it elsewhere) is ``callbacks.Callbacks``.
+So the flip is exactly once and the callback at least once, with
+``BatchProgress.finalisation_key`` to dedupe on.
 """
 
 from __future__ import annotations
@@ -21,16 +18,13 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import inspect
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP
+from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
-from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
@@ -42,14 +36,11 @@ from .._store.roster import BatchInfoCache
 from .._store.schema import progress_from
 from .._types import BatchProgress
 from ..instrumentation._events import BatchFinalised, Recorder
+from .callbacks import Callbacks
+from .callbacks import OnComplete as OnComplete  # re-exported
 from .writer import BatchView, GroupOutcome, new_write_id
 
 logger = logging.getLogger("async_batchstate")
-
-
-OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
-"""``on_complete(batch_id, progress)``: sync or async; runs at least once per finalised
-batch (``progress.finalisation_key`` is the same for every run)."""
 
 _BASE_FIELDS = [
     f.EXPECTED_COUNT,
@@ -62,13 +53,14 @@ _BASE_FIELDS = [
     f.TOTAL_PREDICTIONS_SUBCOLL,
     f.TOTAL_PREDICTIONS,
     f.CALLBACK_OWED,
+    f.CALLBACK_CLAIMED_BY,
     f.CALLBACK_CLAIMED_AT,
     *f.COUNT_FIELDS,
 ]
 
 
 class Finaliser:
-    """Flips batches to ``complete`` and runs (or owes) their completion callback."""
+    """Flips batches to a terminal status, exactly once; ``callbacks`` runs what that owes."""
 
     def __init__(
         self,
@@ -78,18 +70,14 @@ class Finaliser:
         *,
         retrying: Retrying,
         recorder: Recorder,
-        on_complete: OnComplete | None,
-        callback_lease: float,
-        owe_callbacks: bool | None = None,
+        on_complete: OnComplete | None = None,
         on_expired: OnComplete | None = None,
+        callback_lease: float = 60.0,
+        callback_sweep_interval: float | None = None,
         retain_for: dt.timedelta | float | None = None,
         clock: Clock = SYSTEM_CLOCK,
         infos: BatchInfoCache | None = None,
     ) -> None:
-        if not (isinstance(callback_lease, int | float) and math.isfinite(callback_lease)):
-            raise ConfigurationError("callback_lease must be a finite number of seconds")
-        if callback_lease <= 0:
-            raise ConfigurationError("callback_lease must be > 0 seconds")
         if isinstance(retain_for, int | float):
             retain_for = dt.timedelta(seconds=retain_for)
         if retain_for is not None and retain_for <= dt.timedelta(0):
@@ -101,13 +89,20 @@ class Finaliser:
         self._infos = infos
         self._retrying = retrying
         self._recorder = recorder
-        self._callbacks = {f.STATUS_COMPLETE: on_complete, f.STATUS_EXPIRED: on_expired}
-        self._runs_callbacks = on_complete is not None or on_expired is not None
-        self._lease = float(callback_lease)
         self._retain_for = retain_for
-        # Managers owe a callback when they have one (a fleet shares its settings);
-        # backfill, which has none, owes it to the coordinators that do.
-        self._owe = self._runs_callbacks if owe_callbacks is None else owe_callbacks
+        self.callbacks = Callbacks(
+            client,
+            refs,
+            read=self.read,
+            retrying=retrying,
+            on_complete=on_complete,
+            on_expired=on_expired,
+            lease=callback_lease,
+            retain_for=retain_for,
+            sweep_interval=callback_sweep_interval,
+            clock=clock,
+        )
+        """Owed callbacks: the lease, running them, delivering them, the sweep."""
         self._waiters: dict[str, set[asyncio.Event]] = {}
 
     # -- waiting ---------------------------------------------------------------------
@@ -236,13 +231,7 @@ class Finaliser:
                 update[f.EXPIRE_AT] = self._clock.now() + self._retain_for
             if fields is not None:
                 update |= await fields(progress, data)
-            if self._owe:
-                update[f.CALLBACK_OWED] = True
-            if self._runs_callbacks:  # this process runs it: it holds the lease
-                update |= {
-                    f.CALLBACK_CLAIMED_BY: finish_id,
-                    f.CALLBACK_CLAIMED_AT: SERVER_TIMESTAMP,
-                }
+            update |= self.callbacks.finishing_fields(status, finish_id)
             option = self._client.write_option(last_update_time=snap.update_time)
             try:
                 await ref.update(update, option=option, retry=None)
@@ -278,11 +267,14 @@ class Finaliser:
         batch_id: str,
         reason: str,
         missing: Callable[[dict[str, Any]], Awaitable[list[str]]],
+        *,
+        background: bool = False,
     ) -> bool:
         """Finish an unfinished, incomplete batch as ``expired``; True for the one call that did.
 
         Stores the reason and the first ``MISSING_KEPT`` of ``missing(document)``.
         A complete batch is left to its completion's finaliser: one terminal status.
+        ``background``: run ``on_expired`` in a background task instead of awaiting it.
         """
 
         async def fields(progress: BatchProgress, data: dict[str, Any]) -> dict[str, Any]:
@@ -292,141 +284,28 @@ class Finaliser:
                 f.MISSING_COUNT: progress.remaining,
             }
 
-        return await self.settle(batch_id, *await self.finish(batch_id, f.STATUS_EXPIRED, fields))
+        finished, owed = await self.finish(batch_id, f.STATUS_EXPIRED, fields)
+        return await self.settle(batch_id, finished, owed, background=background)
 
-    async def finalize(self, batch_id: str) -> bool:
+    async def finalize(self, batch_id: str, *, background: bool = False) -> bool:
         """Flip the batch if it is complete; True for the one call that did."""
-        return await self.settle(batch_id, *await self.flip(batch_id))
+        return await self.settle(batch_id, *await self.flip(batch_id), background=background)
 
-    async def settle(self, batch_id: str, finished: BatchProgress | None, owed: bool) -> bool:
-        """After ``finish``: run the callback if this call finished the batch, else an owed one."""
-        if finished is not None:
-            await self.notify(batch_id, finished)
-            return True
-        if owed:
-            await self.deliver_owed_logged(batch_id)
-        return False
-
-    # -- the callback ----------------------------------------------------------------
-
-    async def notify(self, batch_id: str, progress: BatchProgress) -> bool:
-        """Run ``on_complete`` / ``on_expired`` for a batch whose lease this process holds.
-
-        Marked done when it returns. A callback that raises (or is cancelled) stays
-        owed: another touch of the batch after the lease runs it again. With
-        ``retain_for``, the batch's completion and roster documents are stamped
-        for the TTL policy first.
+    async def settle(
+        self,
+        batch_id: str,
+        finished: BatchProgress | None,
+        owed: bool,
+        *,
+        background: bool = False,
+    ) -> bool:
+        """After ``finish``: its callback (or an owed one), awaited or in the background.
 
         Returns:
-            True if the callback ran and returned.
+            True if this call finished the batch.
         """
-        if self._retain_for is not None:
-            await self._stamp_children(batch_id)
-        callback = self._callbacks.get(progress.status)
-        if callback is None:
-            return False
-        try:
-            maybe = callback(batch_id, progress)
-            if inspect.isawaitable(maybe):
-                await maybe
-        except Exception:
-            logger.exception(
-                "on_complete callback failed for batch %r; it stays owed",
-                batch_id,
-                extra={"batch_id": batch_id},
-            )
-            return False
-        ref = self._refs.batch(batch_id)
-        done = {
-            f.CALLBACK_OWED: DELETE_FIELD,
-            f.CALLBACK_CLAIMED_BY: DELETE_FIELD,
-            f.CALLBACK_CLAIMED_AT: DELETE_FIELD,
-            f.CALLBACK_DONE_AT: SERVER_TIMESTAMP,
-        }
-        try:
-            await self._retrying(
-                lambda: ref.update(done, retry=None), f"confirming the callback of {batch_id!r}"
-            )
-        except Exception:
-            logger.exception(
-                "could not mark the callback of batch %r done; it may run again",
-                batch_id,
-                extra={"batch_id": batch_id},
-            )
-        return True
-
-    async def deliver_owed(self, batch_id: str) -> bool:
-        """Run the batch's owed callback if its lease has expired (any process may).
-
-        Returns:
-            True if this call ran the callback.
-        """
-        if not self._runs_callbacks:
-            return False
-        progress, snap = await self._retrying(
-            lambda: self.read(batch_id), f"reading batch {batch_id!r}"
-        )
-        data = snap.to_dict() or {}
-        if not progress.is_terminal or data.get(f.CALLBACK_OWED) is not True:
-            return False
-        if self._callbacks.get(progress.status) is None:
-            return False  # this manager has no callback for that ending
-        claimed_at = data.get(f.CALLBACK_CLAIMED_AT)
-        # The lease is judged on the server's clock (its read time against its own
-        # claim stamp), not on the manager's Clock: it is held between processes.
-        if claimed_at is not None:
-            held = (snap.read_time - claimed_at).total_seconds()
-            if held < self._lease:
-                return False
-        option = self._client.write_option(last_update_time=snap.update_time)
-        claim = {f.CALLBACK_CLAIMED_BY: new_write_id(), f.CALLBACK_CLAIMED_AT: SERVER_TIMESTAMP}
-        try:
-            await self._refs.batch(batch_id).update(claim, option=option, retry=None)
-        except (gexc.FailedPrecondition, gexc.Aborted):
-            return False  # another process claimed it (or the batch changed): its turn
-        logger.warning(
-            "running the owed completion callback of batch %r",
-            batch_id,
-            extra={"batch_id": batch_id, "finaliser_id": progress.finaliser_id},
-        )
-        return await self.notify(batch_id, progress)
-
-    async def deliver_owed_logged(self, batch_id: str) -> None:
-        """``deliver_owed``, logging instead of raising: for touches that must not fail."""
-        try:
-            await self.deliver_owed(batch_id)
-        except Exception:
-            logger.exception(
-                "running the owed callback of batch %r failed",
-                batch_id,
-                extra={"batch_id": batch_id},
-            )
-
-    async def _stamp_children(self, batch_id: str) -> None:
-        """Stamp the batch's completion and roster documents with ``expire_at`` (TTL).
-
-        Best effort, in bulk writes of 500: a failure is logged and the documents
-        stay (reconcile-free: a TTL policy only ever deletes stamped documents).
-        """
-        assert self._retain_for is not None
-        expire_at = self._clock.now() + self._retain_for
-        batch_ref = self._refs.batch(batch_id)
-        try:
-            for name in (self._refs.layout.completions, f.ROSTER):
-                stream = batch_ref.collection(name).select([FieldPath.document_id()]).stream()
-                write = self._client.batch()
-                staged = 0
-                async for snap in stream:
-                    write.update(snap.reference, {f.EXPIRE_AT: expire_at})
-                    staged += 1
-                    if staged == 500:
-                        await write.commit()
-                        write, staged = self._client.batch(), 0
-                if staged:
-                    await write.commit()
-        except Exception:
-            logger.exception(
-                "could not stamp the documents of batch %r for retention",
-                batch_id,
-                extra={"batch_id": batch_id},
-            )
+        if background:
+            self.callbacks.settle_soon(batch_id, finished, owed)
+        else:
+            await self.callbacks.settle(batch_id, finished, owed)
+        return finished is not None

@@ -7,7 +7,6 @@ from aiolimiter import AsyncLimiter
 from .._config import MigrationMode
 from .._errors import ConfigurationError
 
-
 _FLOOR_CREEP = 1.001
 """The latency floor rises at most 0.1 % per success: fast enough to follow a slower link
 over a few thousand commits, too slow to mistake a standing queue (a document at its

@@ -44,7 +44,9 @@ from ..consistency import (
 )
 from ..consistency._sampled import SampledValidator
 from ..instrumentation._events import CompletionFinished, Hook, Recorder, Stats
-from .finaliser import Finaliser, OnComplete
+from .boundary import typed_errors, typed_iteration
+from .callbacks import OnComplete
+from .finaliser import Finaliser
 from .limits import in_flight_bound, make_rate_limiter
 from .runner import GroupRunner
 from .writer import Completion, FaultInjector, GroupWriter, WritePath, new_write_id
@@ -88,15 +90,24 @@ class AsyncBatchStateManager:
             (aiolimiter leaky bucket: an idle limiter admits a burst of
             ``rate_limit`` attempts, then ``rate_limit`` per second; below 1, one
             attempt every ``1 / rate_limit`` seconds). None: unlimited.
-        on_complete: Called for each batch this manager finalises, after the flip;
-            at least once per batch across processes: a callback cut short (crash,
-            shutdown, exception) stays owed in the batch document and runs again
-            in the next manager that touches the batch after ``callback_lease``.
-            Deduplicate on ``progress.finalisation_key``.
-        on_expired: ``on_expired(batch_id, progress)``, run when this manager expires
-            a batch (``expire`` or a passed deadline); owed durably like ``on_complete``.
+        on_complete: ``on_complete(batch_id, progress)`` (sync or async), run after a
+            batch completes: at least once per batch across processes, in a
+            background task of the manager (never inside a caller's
+            ``record_completion``). Every finished batch owes it in its document,
+            whichever process finished it (with or without callbacks); a callback
+            cut short (crash, shutdown, exception) stays owed and runs again in a
+            manager that has it once ``callback_lease`` has passed: on
+            ``deliver_owed_callbacks``, its next touch of the batch, or its sweep.
+            Deduplicate on ``progress.finalisation_key``. A sync callback runs on
+            the event loop and blocks it (its lease renewal too): make slow ones async.
+        on_expired: ``on_expired(batch_id, progress)``, run after a batch expires
+            (``expire``, a passed deadline, any process); owed like ``on_complete``.
         callback_lease: Seconds an owed callback is left to the process running it
-            before another may run it (default 60).
+            before another may run it (default 60). The runner renews it every
+            ``callback_lease / 3`` while the callback runs.
+        callback_sweep_interval: Seconds between two sweeps for owed callbacks whose
+            lease has passed (a single-field query on ``callback_owed``; default 30).
+            None: no sweep. Only a manager with a callback sweeps.
         retain_for: Stamp finished batches (and their completion and roster
             documents) with ``expire_at = finish time + retain_for`` for a Firestore
             TTL policy on ``expire_at`` (see README). None (default): no stamp.
@@ -110,7 +121,9 @@ class AsyncBatchStateManager:
             ``create_batch`` logs a warning.
         clock: Time source of every delay, timeout and deadline: backoff, attempt
             and caller timeouts, linger, drain, batch deadlines (``clock.now()``)
-            and retention stamps (inject ``testing.FakeClock`` in tests).
+            and retention stamps (inject ``testing.FakeClock`` in tests). Not the
+            callback lease, its renewals or the sweep: the server judges the lease
+            on its own clock.
         rng: Randomness for backoff jitter.
         fault_injector: Test seam called at each ``FaultPoint`` of a write attempt.
         validation_rate: Probability that a commit which recorded completions schedules
@@ -145,6 +158,7 @@ class AsyncBatchStateManager:
         on_complete: OnComplete | None = None,
         on_expired: OnComplete | None = None,
         callback_lease: float = 60.0,
+        callback_sweep_interval: float | None = 30.0,
         retain_for: dt.timedelta | float | None = None,
         hooks: Iterable[Hook] = (),
         legacy_array_limit: int = 12_000,
@@ -178,11 +192,13 @@ class AsyncBatchStateManager:
             recorder=self._recorder,
             on_complete=on_complete,
             callback_lease=callback_lease,
+            callback_sweep_interval=callback_sweep_interval,
             on_expired=on_expired,
             retain_for=retain_for,
             clock=clock,
             infos=self._infos,
         )
+        self._finaliser.callbacks.start()  # the sweep, if made inside the event loop
         refs = self._writer.refs
         self._reader = BatchReader(refs, self.mode, self._infos, self._retrying)
         self._validator = SampledValidator(
@@ -215,6 +231,7 @@ class AsyncBatchStateManager:
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        self._finaliser.callbacks.start()
         return self
 
     async def __aexit__(
@@ -225,17 +242,24 @@ class AsyncBatchStateManager:
     ) -> None:
         await self.aclose()
 
+    @typed_errors
     async def aclose(self, *, drain_timeout: float | None = None) -> None:
-        """Stop accepting completions, drain writes in flight, then fail what is left.
+        """Stop accepting completions, drain writes and callbacks in flight, then cut the rest.
 
         Args:
-            drain_timeout: Seconds to wait for queued and in-flight groups to finish
-                (default: the retry deadline). After it, queued callers and groups
-                still in flight get ``ManagerClosedError``; a write cut short either
-                committed whole or not at all, so recording again is safe.
+            drain_timeout: Seconds to wait for queued and in-flight groups, then for
+                callbacks running in the background, to finish (default: the retry
+                deadline). After it, queued callers and groups still in flight get
+                ``ManagerClosedError`` (a write cut short either committed whole or
+                not at all, so recording again is safe) and running callbacks are
+                cancelled: they stay owed, and run again elsewhere after their lease.
         """
         self._closed = True
-        await self._runner.aclose(self._retry.deadline if drain_timeout is None else drain_timeout)
+        drain = self._retry.deadline if drain_timeout is None else drain_timeout
+        started = self._clock.monotonic()
+        await self._runner.aclose(drain)
+        spent = self._clock.monotonic() - started
+        await self._finaliser.callbacks.aclose(max(drain - spent, 0.0))
         await self._validator.aclose()
         await self._writer.aclose()
 
@@ -259,6 +283,7 @@ class AsyncBatchStateManager:
 
     # -- writing ---------------------------------------------------------------------
 
+    @typed_errors
     async def create_batch(
         self,
         batch_id: str,
@@ -312,6 +337,7 @@ class AsyncBatchStateManager:
             self._infos.remember(batch_id, new.info)
         return created
 
+    @typed_errors
     async def record_completion(
         self,
         batch_id: str,
@@ -359,12 +385,15 @@ class AsyncBatchStateManager:
             seconds = self._clock.monotonic() - started
             self._recorder.emit(CompletionFinished(batch_id, player, seconds, result, error))
 
+    @typed_errors
     async def expire(self, batch_id: str, *, reason: str | None = None) -> bool:
         """Move an unfinished batch to the terminal status ``expired``, exactly once.
 
         Stores the reason and (with a roster) the missing players, at most 1,000 of
         them (``missing_count`` has them all). Across processes exactly one call
         returns True, and it runs ``on_expired`` (owed durably like ``on_complete``).
+        The caller waits for ``on_expired`` when this call expired the batch (or ran
+        an owed one); deadline expiries by other calls run it in the background.
         A batch whose every completion is already recorded is not expired: it
         completes (an expiry racing the last completion ends in exactly one
         terminal status). Completions arriving afterwards are stored and counted,
@@ -377,21 +406,24 @@ class AsyncBatchStateManager:
             InvalidIdError: Bad batch id.
             BatchNotFoundError: No such batch.
         """
+        return await self._expire(batch_id, "expired" if reason is None else reason)
+
+    async def _expire(self, batch_id: str, why: str, *, background: bool = False) -> bool:
         validate_id("batch id", batch_id)
         info = await self._infos.get(batch_id)
         missing = partial(self._reader.missing, batch_id)
-        why = "expired" if reason is None else reason
-        expired = await self._finaliser.expire(batch_id, why, missing)
+        expired = await self._finaliser.expire(batch_id, why, missing, background=background)
         info.terminal = info.terminal or expired
         return expired
 
+    @typed_errors
     async def finalize(self, batch_id: str) -> bool:
         """Finalise the batch if every completion is recorded and nobody has yet.
 
         Runs automatically after completions; call it to recover a batch whose
         finaliser crashed. Exactly one call across all processes returns True
-        (and runs ``on_complete``). On a finalised batch it runs an owed
-        ``on_complete`` whose lease expired.
+        (and runs ``on_complete``, awaited here). On a finalised batch it runs an
+        owed callback whose lease expired (awaited too).
 
         Raises:
             InvalidIdError: Bad batch id.
@@ -400,29 +432,35 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         return await self._finaliser.finalize(batch_id)
 
+    @typed_errors
     async def deliver_owed_callbacks(self, batch_id: str) -> bool:
         """Run the callback of a finished batch that is still owed, once its lease passed.
 
-        A callback is owed from the flip until it returns; if the process running
-        it died (or the manager closed first), it stays owed, and any manager with
-        that callback may run it once ``callback_lease`` passed.
+        A callback is owed from the finish (complete or expired, by any process)
+        until it returns; if the process running it died (or the manager closed
+        first), or the finishing process had no callback, it stays owed, and any
+        manager with that callback may run it once ``callback_lease`` passed.
+        The claim is retried like every write; this call awaits the callback.
 
         Returns:
-            True if this call ran the callback.
+            True if this call ran the callback and it returned.
 
         Raises:
             InvalidIdError: Bad batch id.
             BatchNotFoundError: No such batch.
+            RetryExhaustedError: Reading or claiming kept failing.
         """
         validate_id("batch id", batch_id)
-        return await self._finaliser.deliver_owed(batch_id)
+        return await self._finaliser.callbacks.deliver_owed(batch_id)
 
     # -- reading ---------------------------------------------------------------------
 
+    @typed_errors
     async def get_progress(self, batch_id: str, *, include_players: bool = True) -> BatchProgress:
         """Read a batch's progress from the structure this mode reads.
 
-        A batch whose deadline has passed is expired first.
+        A batch whose deadline has passed is expired first; a callback it owes (to a
+        manager with that callback) is started in the background.
 
         Args:
             batch_id: The batch.
@@ -441,6 +479,8 @@ class AsyncBatchStateManager:
             await self._expire_overdue(batch_id)
             data = await self._reader.document(batch_id)
             progress = progress_from(batch_id, self.mode, data)
+        elif data.get(f.CALLBACK_OWED) is True:
+            self._finaliser.callbacks.settle_soon(batch_id, None, owed=True)
         if not include_players:
             return dataclasses.replace(progress, completed_players=(), missing_players=())
         return await self._reader.with_players(progress, data)
@@ -468,9 +508,10 @@ class AsyncBatchStateManager:
         Raises:
             InvalidInputError: ``limit`` or ``page_size`` below 1, a naive datetime.
         """
-        return self._reader.listing(
+        listing = self._reader.listing(
             status=status, created_before=created_before, limit=limit, page_size=page_size
         )
+        return typed_iteration(listing, "listing batches")
 
     def stalled(self, older_than: dt.timedelta | float) -> AsyncIterator[BatchProgress]:
         """In-progress batches created more than ``older_than`` ago (seconds or a timedelta).
@@ -487,6 +528,7 @@ class AsyncBatchStateManager:
             status=f.STATUS_IN_PROGRESS, created_before=self._clock.now() - age
         )
 
+    @typed_errors
     async def wait_until_complete(
         self, batch_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
     ) -> BatchProgress:
@@ -495,8 +537,9 @@ class AsyncBatchStateManager:
         Wakes at once when this process finishes the batch, and polls otherwise
         (another process may finish it). If every completion is recorded but
         nobody finalised (the finaliser crashed), this call finalises it; if its
-        deadline passed, it expires it; an owed callback whose lease expired runs
-        here too. Nothing about the batch is kept once the call returns.
+        deadline passed, it expires it; an owed callback whose lease expired is
+        started too. Callbacks run in the background: this call does not wait for
+        them. Nothing about the batch is kept once the call returns.
 
         Raises:
             BatchNotFoundError: No such batch.
@@ -509,13 +552,12 @@ class AsyncBatchStateManager:
                     while True:
                         progress = await self._read_progress(batch_id)
                         if not progress.is_terminal and progress.is_complete:
-                            await self._finaliser.finalize(batch_id)
+                            await self._finaliser.finalize(batch_id, background=True)
                             progress = await self._read_progress(batch_id)
                         elif self._overdue(progress):
                             await self._expire_overdue(batch_id)
                             progress = await self._read_progress(batch_id)
-                        if progress.is_terminal:
-                            await self._finaliser.deliver_owed_logged(batch_id)
+                        if progress.is_terminal:  # get_progress starts an owed callback
                             return await self.get_progress(batch_id)
                         await wait_event(self._clock, finished, poll_interval)
             except TimeoutError:
@@ -525,6 +567,7 @@ class AsyncBatchStateManager:
 
     # -- consistency -----------------------------------------------------------------
 
+    @typed_errors
     async def validate(self, batch_id: str) -> ConsistencyReport:
         """Compare the batch's legacy array with its completions subcollection.
 
@@ -540,6 +583,7 @@ class AsyncBatchStateManager:
             self._client, self._layout, self.mode, batch_id, retry=self._retry, clock=self._clock
         )
 
+    @typed_errors
     async def reconcile(
         self, batch_id: str, *, source: Source | None = None, dry_run: bool = False
     ) -> ReconcileResult:
@@ -607,6 +651,7 @@ class AsyncBatchStateManager:
     def _check_open(self) -> None:
         if self._closed:
             raise ManagerClosedError("the manager is closed")
+        self._finaliser.callbacks.start()  # the sweep, if the manager was made outside the loop
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
         result, _ = await run_with_retry(
@@ -629,6 +674,10 @@ class AsyncBatchStateManager:
         return deadline is not None and not progress.is_terminal and self._clock.now() >= deadline
 
     async def _expire_overdue(self, batch_id: str) -> None:
-        """Expire a batch whose deadline passed (once per process: then it is terminal)."""
-        await self.expire(batch_id, reason="deadline passed")
+        """Expire a batch whose deadline passed (once per process: then it is terminal).
+
+        ``on_expired`` runs in the background: a caller that only touched the batch
+        (a completion, a progress read, a wait) never runs a callback.
+        """
+        await self._expire(batch_id, "deadline passed", background=True)
         (await self._infos.get(batch_id)).terminal = True

@@ -297,9 +297,10 @@ class GroupRunner:
             # Sampled per commit, not per completion: a hot batch commits groups of
             # hundreds, and a check per completion would rescan it continuously.
             self._validator.maybe_validate(batch_id)
-        # The callback runs after the callers are told (its latency is not theirs); a
-        # close cuts it after the drain timeout, and then it stays owed.
-        await self._finaliser.settle(batch_id, flipped, owed)
+        # The callback runs in a background task of the manager, never in a caller's
+        # call; a close cuts it after the drain timeout, and then it stays owed.
+        owed = owed or (outcome.batch is not None and outcome.batch.callback_owed)
+        await self._finaliser.settle(batch_id, flipped, owed, background=True)
 
     async def _flip_within_grace(
         self, batch_id: str, check: asyncio.Future[tuple[BatchProgress | None, bool]]

@@ -145,6 +145,7 @@ def _main(args: argparse.Namespace, command: Command) -> int:
             on_complete=callback,
             on_expired=callback,
             callback_lease=getattr(args, "lease", 60.0),
+            callback_sweep_interval=None,  # runs the one batch it is asked about, no other
         ) as manager:
             return await command(manager, args)
 

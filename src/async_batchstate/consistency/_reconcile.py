@@ -11,6 +11,7 @@ import enum
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP, Increment
@@ -232,7 +233,12 @@ async def reconcile(
         )
     policy = retry or RetryPolicy()
     if dry_run:
-        data, docs = await _read_for_repair(client, layout, batch_id, None)
+        (data, docs), _ = await run_with_retry(
+            partial(_read_for_repair, client, layout, batch_id, None),
+            policy,
+            what=f"reading batch {batch_id!r} for a dry-run reconcile",
+            clock=clock,
+        )
         return _result(batch_id, source, [_plan(mode, source, data, docs)], 0, dry_run=True)
 
     async def step(transaction: AsyncTransaction) -> tuple[_Plan, bool]:

@@ -698,10 +698,7 @@ async def backfill(
         Refs(client, layout),
         mode,
         retrying=lambda call, what: _retrying(call, retry, what, clock),
-        recorder=Recorder(()),
-        on_complete=None,
-        callback_lease=60.0,
-        owe_callbacks=True,
+        recorder=Recorder(()),  # no callbacks: the batches it finishes owe theirs
         clock=clock,
     )
 
