@@ -32,7 +32,7 @@ from async_batchstate.testing import (
     make_client,
 )
 
-from .helpers import ManagerFactory, read_batch
+from .helpers import ManagerFactory, read_batch, run_workers
 
 pytestmark = pytest.mark.emulator
 
@@ -324,3 +324,41 @@ async def test_counts_stay_exact_across_a_full_rollout_and_rollback(
     assert len(docs) == doc["completed_count"]
     assert players == {**legacy, **docs}
     assert len(set(legacy) - set(docs)) == doc["legacy_only_count"]
+
+
+@pytest.mark.parametrize(
+    "modes",
+    [
+        (MigrationMode.DUAL_WRITE, MigrationMode.LEGACY) * 2,
+        (MigrationMode.DUAL_WRITE_SUBCOLLECTION_READS, MigrationMode.SUBCOLLECTION_ONLY) * 2,
+    ],
+    ids=["dual+legacy", "reads+subcollection_only"],
+)
+async def test_four_processes_in_two_modes_redelivering_each_other_count_once(
+    modes: tuple[MigrationMode, ...],
+    firestore_emulator: EmulatorInfo,
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A rolling deploy under load: four OS processes, alternately in two modes, each records
+    its 60 players and redelivers the next process's (in the other mode). Every player counts
+    once, one process finalises, one caller is told, on_complete runs once."""
+    share = 60
+    await make_manager(mode=modes[0]).create_batch("b", expected_count=4 * share)
+
+    reports = await run_workers(firestore_emulator, batch_collection, "b", share, list(modes))
+
+    results = [r for report in reports for r in report["results"]]
+    assert (4 * share, 4 * share) == (
+        sum(r["status"] == "recorded" for r in results),
+        sum(r["status"] == "duplicate" for r in results),
+    )
+    assert 1 == sum(r["completed"] for r in results)
+    assert 1 == sum(len(report["finalised"]) for report in reports)
+    assert 0 == sum(report["failed"] for report in reports)
+    doc = await read_batch(firestore_client, batch_collection, "b")
+    assert (4 * share, "complete") == (
+        doc["completed_count"] + doc.get("legacy_only_count", 0),
+        doc["status"],
+    )
