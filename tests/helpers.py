@@ -17,12 +17,23 @@ import pytest
 from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from async_batchstate import AsyncBatchStateManager, MigrationMode
+from async_batchstate import AsyncBatchStateManager, BatchProgress, MigrationMode
 from async_batchstate._store.transactions import run_transactional
 from async_batchstate.migration import _run as _migration
 from async_batchstate.testing import EmulatorInfo, FaultPoint
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class Keys:
+    """An ``on_complete`` / ``on_expired`` that records each run's finalisation key."""
+
+    def __init__(self) -> None:
+        self.keys: list[str | None] = []
+
+    def __call__(self, batch_id: str, progress: BatchProgress) -> None:
+        self.keys.append(progress.finalisation_key)
+
 
 ManagerFactory = Callable[..., AsyncBatchStateManager]
 """The ``make_manager`` fixture: ``AsyncBatchStateManager`` keyword arguments -> a manager."""
