@@ -403,13 +403,25 @@ class GroupWriter:
         state: GroupState,
         info: BatchInfo,
     ) -> GroupOutcome:
-        """Commit the unresolved members; on ALREADY_EXISTS find which exist and go again."""
+        """Commit the unresolved members; on ALREADY_EXISTS find which exist and go again.
+
+        Where most groups of the batch meet an existing member (redeliveries in flight
+        in other processes), the members are read first, so that one conflict does not
+        refuse, and re-send, the whole group.
+        """
         batch_ref = self.refs.batch(batch_id)
         pending = [group[i] for p, i in firsts.items() if p not in state.resolved]
         seen = GroupOutcome(())
+        conflicted = False
+        if info.reads_first and len(pending) > 1:
+            refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
+            found, seen = await self._read_after_conflict(batch_ref, refs, state)
+            conflicted = bool(found)
+            pending = [c for c in pending if c.player not in found]
         await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
         for _ in range(_MAX_CONFLICT_ROUNDS):
             if not pending:
+                info.note_conflict(conflicted)
                 return seen
             refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
             write = self._client.batch()
@@ -423,6 +435,7 @@ class GroupWriter:
             except gexc.Conflict:
                 # Some member exists. One lock-free read of the batch and the members
                 # says which, whose they are, and where the batch stands.
+                conflicted = True
                 found, seen = await self._read_after_conflict(batch_ref, refs, state)
                 still = [c for c in pending if c.player not in found]
                 if len(still) == len(pending):
@@ -438,6 +451,7 @@ class GroupWriter:
                 if outcome.expired:
                     state.late.add(completion.player)
             self._confirm(batch_id, info, legacy_only)
+            info.note_conflict(conflicted)
             await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
             return outcome
         raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
