@@ -16,6 +16,9 @@ Conventions for whoever writes a docs page (plain markdown, nothing to install):
   with the CLI's own parser, ``pip install`` names extras that exist, ``python -m X``
   names a module that imports; other commands must be in ``KNOWN_COMMANDS``.
 * Every fence names its language, so no python block hides in an untagged fence.
+* The README's links to the site resolve (page and heading), and every test a page cites
+  as proof (``test_x.py`` or ``test_x.py::test_name``) exists. Links between site pages
+  are checked by ``mkdocs build --strict`` (``validation`` in ``mkdocs.yml``).
 """
 
 from __future__ import annotations
@@ -207,3 +210,40 @@ def test_bash_block_commands_exist(block: Block) -> None:
     assert commands, "an empty bash block"
     for argv in commands:
         _check_command(argv)
+
+
+LINK = re.compile(r"\]\((?!https?:|mailto:)(?P<path>[^)#\s]*)(?:#(?P<anchor>[^)\s]+))?\)")
+CITED_TEST = re.compile(r"`(?:tests/)?(?P<file>test_\w+\.py)(?:::(?P<name>test_\w+))?`")
+
+
+def _slug(heading: str) -> str:
+    """The anchor mkdocs (``toc``) and GitHub both give a plain heading."""
+    text = re.sub(r"[^\w\s-]", "", heading).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def _anchors(page: Path) -> set[str]:
+    return {_slug(m[1]) for m in re.finditer(r"^#+ (.+)$", page.read_text(), re.MULTILINE)}
+
+
+def test_readme_links_resolve() -> None:
+    """Every relative link of the README names a file that exists, and a heading it has."""
+    readme = ROOT / "README.md"
+    broken = []
+    for link in LINK.finditer(readme.read_text()):
+        target = ROOT / link["path"] if link["path"] else readme
+        if not target.exists() or (link["anchor"] and link["anchor"] not in _anchors(target)):
+            broken.append(link[0])
+    assert [] == broken
+
+
+def test_cited_tests_exist() -> None:
+    """Each test file (and test function) the docs cite as proof is in ``tests/``."""
+    files = {path.name: path for path in (ROOT / "tests").rglob("test_*.py")}
+    missing = []
+    for page in PAGES:
+        for cited in CITED_TEST.finditer(page.read_text()):
+            path = files.get(cited["file"])
+            if path is None or (cited["name"] and f"def {cited['name']}(" not in path.read_text()):
+                missing.append(f"{page.name}: {cited[0]}")
+    assert [] == missing
