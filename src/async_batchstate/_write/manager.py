@@ -110,7 +110,8 @@ class AsyncBatchStateManager:
             None: no sweep. Only a manager with a callback sweeps.
         retain_for: Stamp finished batches (and their completion and roster
             documents) with ``expire_at = finish time + retain_for`` for a Firestore
-            TTL policy on ``expire_at`` (see README). None (default): no stamp.
+            TTL policy on ``expire_at`` (see the docs, Operations: TTL and retention).
+            None (default): no stamp.
         hooks: Receive every ``Event`` (calls answered, attempts failed, groups
             committed, finalisations), e.g. ``OpenTelemetryHook()`` for metrics and spans.
         legacy_array_limit: Most players a batch may hold in a mode that writes

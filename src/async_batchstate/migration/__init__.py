@@ -3,7 +3,7 @@
 ``backfill`` creates the missing completion documents (resumable, with a
 checkpoint), ``verify`` and ``status`` check every batch, ``cleanup_legacy``
 removes the legacy fields from batches that verify clean. The
-``async-batchstate migrate`` command drives them; see the README's runbook.
+``async-batchstate migrate`` command drives them; see the docs' migration runbook.
 """
 
 from ._run import (
