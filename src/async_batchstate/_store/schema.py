@@ -58,6 +58,10 @@ COMPLETIONS_BACKFILLED = "completions_backfilled"
 # lock-free Commit reads it back with Increment(0): above 0 means the batch is not
 # guarded after all (a LEGACY writer of 0.1 was at it).
 LEGACY_ONLY_COUNT = "legacy_only_count"
+# True once SUBCOLLECTION_ONLY created or wrote the batch: its legacy array (if a
+# dual writer adds one) holds only some players, by design. The consistency rules
+# then compare each structure with itself, not the array with the subcollection.
+ARRAY_PARTIAL = "array_partial"
 # Who wrote what, so an outcome whose answer was lost is decided by what is stored
 # (a retry finds its own id: "this call wrote it") and never by error text.
 CREATED_BY = "created_by"  # create_batch's call id
@@ -379,6 +383,8 @@ def new_batch(
         data |= {COMPLETED_COUNT: 0, TOTAL_PREDICTIONS_SUBCOLL: 0}
         if mode.writes_legacy:  # born with both structures: nothing to backfill
             data[COMPLETIONS_BACKFILLED] = True
+        else:
+            data[ARRAY_PARTIAL] = True
     if when is not None:
         data[DEADLINE] = when
     inline, chunks = split_roster(expected_players or ())

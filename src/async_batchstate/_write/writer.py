@@ -766,6 +766,8 @@ class GroupWriter:
             if not docs:
                 # This write adds players without completion documents.
                 data[f.COMPLETIONS_BACKFILLED] = DELETE_FIELD
+        if docs and not self._mode.writes_legacy:
+            data[f.ARRAY_PARTIAL] = True  # these players are not in the array
         if docs:
             data[f.COMPLETED_COUNT] = Increment(len(new))
             data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)

@@ -32,6 +32,7 @@ BATCH_FIELDS = (
     f.COMPLETED_COUNT,
     f.TOTAL_PREDICTIONS_SUBCOLL,
     f.COMPLETIONS_BACKFILLED,
+    f.ARRAY_PARTIAL,
 )
 """The batch-document fields the rules read (Firestore returns an array only whole)."""
 _LOGGED_PLAYERS = 20
@@ -52,6 +53,7 @@ class _Fields:
     completed_count: int | None
     total_predictions_subcoll: int | None
     backfilled: bool
+    array_partial: bool
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> _Fields:
@@ -64,6 +66,7 @@ class _Fields:
             completed_count=opt_int(data, f.COMPLETED_COUNT),
             total_predictions_subcoll=opt_int(data, f.TOTAL_PREDICTIONS_SUBCOLL),
             backfilled=data.get(f.COMPLETIONS_BACKFILLED) is True,
+            array_partial=data.get(f.ARRAY_PARTIAL) is True,
         )
 
     @property
@@ -163,6 +166,9 @@ class ConsistencyReport:
         legacy_map_mismatch: Players in the array or the map but not in both.
         completions_backfilled: The batch is marked as having a completion document
             for every legacy player (``completions_backfilled``).
+        array_partial: SUBCOLLECTION_ONLY created or wrote the batch, so its legacy
+            array holds only some players by design (``array_partial``): each
+            structure is compared with itself, not the array with the subcollection.
         only_in_array_predictions: Sum of ``predictions_by_player`` over
             ``players_only_in_array`` (what a backfill would add to the subcollection).
         confirmation: How a mismatch was confirmed before it was alerted (e.g.
@@ -185,6 +191,7 @@ class ConsistencyReport:
     legacy_duplicates: int = 0
     legacy_map_mismatch: int = 0
     completions_backfilled: bool = False
+    array_partial: bool = False
     only_in_array_predictions: int = 0
     confirmation: str = ""
     problems: tuple[str, ...] = field(init=False)
@@ -283,7 +290,7 @@ def _problems(r: ConsistencyReport) -> list[str]:
         found += _legacy_problems(
             r.legacy_map_mismatch, r.legacy_duplicates, r.total_predictions, r.legacy_map_total
         )
-    elif mode.writes_legacy and r.has_subcollection:
+    elif mode.writes_legacy and r.has_subcollection and not r.array_partial:
         found.append(_no_legacy_problem(mode))
     if r.has_subcollection:
         found += _subcollection_problems(
@@ -296,11 +303,12 @@ def _problems(r: ConsistencyReport) -> list[str]:
         found.append(
             f"{len(r.players_only_in_array)} player(s) only in the legacy array (not backfilled?)"
         )
-    if mode.writes_legacy and r.players_only_in_subcollection:
+    if mode.writes_legacy and r.players_only_in_subcollection and not r.array_partial:
         found.append(f"{len(r.players_only_in_subcollection)} player(s) only in the subcollection")
     if (
         _writes_both(mode)
         and r.has_legacy
+        and not r.array_partial
         and (r.total_predictions or 0) != (r.total_predictions_subcoll or 0)
     ):
         found.append(_totals_problem(r.total_predictions, r.total_predictions_subcoll))
@@ -348,6 +356,7 @@ def build_report(
         legacy_duplicates=doc.duplicates,
         legacy_map_mismatch=doc.map_mismatch,
         completions_backfilled=doc.backfilled,
+        array_partial=doc.array_partial,
         only_in_array_predictions=sum(as_int(legacy_map.get(p)) for p in only_in_array),
     )
 
@@ -378,14 +387,15 @@ def document_problems(mode: MigrationMode, data: Mapping[str, Any]) -> tuple[str
     """
     doc = _Fields.parse(data)
     if not doc.has_legacy:
-        return (_no_legacy_problem(mode),) if mode.writes_legacy and doc.has_counters else ()
+        owed = mode.writes_legacy and doc.has_counters and not doc.array_partial
+        return (_no_legacy_problem(mode),) if owed else ()
     found = list(
         _legacy_problems(doc.map_mismatch, doc.duplicates, doc.total_predictions, doc.map_total)
     )
     if not doc.has_counters:
         return tuple(found)  # a legacy-only batch: nothing to compare it with
     distinct, count = len(doc.players), doc.completed_count or 0
-    if mode.writes_legacy and distinct < count:
+    if mode.writes_legacy and distinct < count and not doc.array_partial:
         found.append(
             f"completed_players holds {distinct} player(s) but completed_count={count}"
             " (completions missing from the array)"
@@ -396,7 +406,11 @@ def document_problems(mode: MigrationMode, data: Mapping[str, Any]) -> tuple[str
             " on a batch marked backfilled"
         )
     total, subcoll = doc.total_predictions or 0, doc.total_predictions_subcoll or 0
-    if _writes_both(mode) and (total < subcoll or (doc.backfilled and total != subcoll)):
+    if (
+        _writes_both(mode)
+        and not doc.array_partial
+        and (total < subcoll or (doc.backfilled and total != subcoll))
+    ):
         found.append(_totals_problem(doc.total_predictions, doc.total_predictions_subcoll))
     return tuple(found)
 

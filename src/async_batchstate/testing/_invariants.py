@@ -6,7 +6,9 @@ The invariants the library promises for one batch, whatever failed on the way:
   ``predictions_by_player``; ``total_predictions`` is their sum;
 * ``completed_count`` equals the number of completion documents and
   ``total_predictions_subcoll`` the sum of their ``predictions_count``;
-* in dual-write modes both structures name the same players with the same counts;
+* in dual-write modes both structures name the same players with the same counts
+  (on a batch SUBCOLLECTION_ONLY also wrote, ``array_partial``: the same counts
+  where both name a player, and together every completion);
 * no more completions than ``expected_count``;
 * ``status`` is ``complete`` only when every expected completion is recorded
   (and, with ``require_finalised``, whenever it is);
@@ -86,7 +88,20 @@ async def batch_violations(
         total = sum(counts.values())
         if data.get(f.TOTAL_PREDICTIONS_SUBCOLL, 0) != total:
             bad(f"total_predictions_subcoll {data.get(f.TOTAL_PREDICTIONS_SUBCOLL)} != sum {total}")
-        if recorded is not None and recorded != counts:
+        partial = data.get(f.ARRAY_PARTIAL) is True  # SUBCOLLECTION_ONLY wrote it too
+        if recorded is not None and partial:
+            # Each structure whole in itself; together they hold every completion.
+            legacy_only = set(recorded) - set(counts)
+            if data.get(f.LEGACY_ONLY_COUNT, 0) != len(legacy_only):
+                bad(
+                    f"legacy_only_count {data.get(f.LEGACY_ONLY_COUNT, 0)} != "
+                    f"{len(legacy_only)} players only in the array"
+                )
+            differ = sorted(k for k in set(recorded) & set(counts) if recorded[k] != counts[k])
+            if differ:
+                bad(f"legacy and subcollection structures differ: {differ[:5]}")
+            counts = {**recorded, **counts}
+        elif recorded is not None and recorded != counts:
             both = set(recorded) | set(counts)
             differ = sorted(k for k in both if recorded.get(k) != counts.get(k))
             bad(f"legacy and subcollection structures differ: {differ[:5]}")
