@@ -11,15 +11,20 @@ from typing import Any
 import grpc
 import pytest
 from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
+from google.cloud.firestore_v1 import ArrayUnion, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.field_path import FieldPath
 
-from async_batchstate import AsyncBatchStateManager
+from async_batchstate import AsyncBatchStateManager, MigrationMode
 from async_batchstate._store.transactions import run_transactional
-from async_batchstate.migration import _run as _migration
+from async_batchstate.migration import _backfill_batch, _cleanup
 from async_batchstate.testing import FaultPoint
 
 ManagerFactory = Callable[..., AsyncBatchStateManager]
 """The ``make_manager`` fixture: ``AsyncBatchStateManager`` keyword arguments -> a manager."""
+
+COMPLETIONS_BACKFILLED = "completions_backfilled"
+"""The mark backfill sets on a batch whose array players all have completion documents."""
 
 
 async def read_batch(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
@@ -57,8 +62,60 @@ def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseE
             raise error
         return await real(function, transaction, *args)
 
-    monkeypatch.setattr(_migration, "run_transactional", flaky)
+    monkeypatch.setattr(_backfill_batch, "run_transactional", flaky)
+    monkeypatch.setattr(_cleanup, "run_transactional", flaky)
     return raised
+
+
+async def seed_legacy(client: AsyncClient, collection: str, batches: int, players: int = 3) -> None:
+    """Batches as the old code left them: array, map and total only (raw batched writes)."""
+    col = client.collection(collection)
+    for start in range(0, batches, 500):
+        writes = client.batch()
+        for i in range(start, min(start + 500, batches)):
+            names = [f"p{j}" for j in range(players)]
+            writes.set(
+                col.document(f"b{i:05d}"),
+                {
+                    "expected_count": players + 1,
+                    "status": "in_progress",
+                    "completed_players": names,
+                    "predictions_by_player": {n: j + 1 for j, n in enumerate(names)},
+                    "total_predictions": sum(range(1, players + 1)),
+                },
+            )
+        await writes.commit()
+
+
+async def sum_field(client: AsyncClient, collection: str, name: str) -> int:
+    """The ``sum()`` aggregation of ``name`` over the collection."""
+    rows = await client.collection(collection).sum(name, alias="s").get()
+    return int(rows[0][0].value)
+
+
+async def dual_batches(make_manager: ManagerFactory, count: int = 3) -> None:
+    """``count`` batches ``d0``... in DUAL_WRITE, two players recorded in each."""
+    manager = make_manager(mode=MigrationMode.DUAL_WRITE)
+    for i in range(count):
+        await manager.create_batch(f"d{i}", expected_count=5)
+        await manager.record_completion(f"d{i}", "p1", predictions_count=2)
+        await manager.record_completion(f"d{i}", "p2", predictions_count=3)
+
+
+async def corrupt_batch(client: AsyncClient, collection: str, batch_id: str) -> None:
+    """A ghost player in the legacy array, map and totals only (inconsistent under every mode)."""
+    await (
+        client.collection(collection)
+        .document(batch_id)
+        .update(
+            {
+                "completed_players": ArrayUnion(["ghost"]),
+                FieldPath("predictions_by_player", "ghost").to_api_repr(): 1,
+                "total_predictions": Increment(1),
+                "completed_count": Increment(1),
+            }
+        )
+    )
 
 
 _BLOCK_IMPORTS = """

@@ -218,7 +218,7 @@ async def test_lost_answers_to_backfill_and_reconcile_leave_exact_counts(
     twice; the batch ends consistent with exact counts."""
     from async_batchstate import Layout
     from async_batchstate.consistency import Source
-    from async_batchstate.migration._run import backfill
+    from async_batchstate.migration import backfill
 
     players = {f"p{i}": i for i in range(12)}
     legacy = make_manager(mode=MigrationMode.LEGACY)
