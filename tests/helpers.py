@@ -16,8 +16,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
-from async_batchstate._store.transactions import run_transactional
-from async_batchstate.migration import _backfill_batch, _cleanup
+from async_batchstate._store import transactions
 from async_batchstate.testing import FaultPoint
 
 ManagerFactory = Callable[..., AsyncBatchStateManager]
@@ -42,13 +41,13 @@ async def read_completions(client: AsyncClient, collection: str, batch_id: str) 
 def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseException]:
     """Make the migration's transactions on ``batch_id`` fail, transiently then permanently.
 
-    Patches the library's ``run_transactional`` as the migration module calls it
-    (backfill and cleanup-legacy), not Firestore: every other batch runs its real
+    Patches the library's ``run_transactional`` as ``transact`` (the transaction
+    with our retry that backfill and cleanup-legacy run) calls it, not Firestore: every other batch runs its real
     transactions on the emulator. The first attempt on ``batch_id`` raises
     UNAVAILABLE (the library retries it), the next ones PERMISSION_DENIED (not
     retried). Returns the errors raised, in order.
     """
-    real = run_transactional
+    real = transactions.run_transactional
     raised: list[BaseException] = []
 
     async def flaky(function: Any, transaction: Any, *args: Any) -> Any:
@@ -62,8 +61,7 @@ def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseE
             raise error
         return await real(function, transaction, *args)
 
-    monkeypatch.setattr(_backfill_batch, "run_transactional", flaky)
-    monkeypatch.setattr(_cleanup, "run_transactional", flaky)
+    monkeypatch.setattr(transactions, "run_transactional", flaky)
     return raised
 
 

@@ -192,3 +192,11 @@ async def run_with_retry(
                     what, attempts=number, elapsed=elapsed, last_cause=exc
                 ) from exc
             await clock.sleep(delay)
+
+
+async def retried(
+    call: Callable[[], Awaitable[T]], policy: RetryPolicy | None, *, what: str, clock: Clock
+) -> T:
+    """``call()`` under ``policy`` (``RetryPolicy()`` when None): its result, attempts dropped."""
+    result, _ = await run_with_retry(call, policy or RetryPolicy(), what=what, clock=clock)
+    return result

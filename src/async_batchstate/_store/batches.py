@@ -13,7 +13,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
-from .._errors import BatchExistsError, BatchNotFoundError, InvalidInputError
+from .._errors import BatchExistsError, InvalidInputError, batch_not_found
 from .._retry import Retrying
 from .._types import BatchProgress
 from . import schema as f
@@ -146,7 +146,7 @@ class BatchReader:
         ref = self._refs.batch(batch_id)
         snap = await self._retrying(lambda: ref.get(retry=None), f"reading batch {batch_id!r}")
         if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
+            raise batch_not_found(batch_id, self._refs.layout.collection)
         return snap.to_dict() or {}
 
     async def missing(self, batch_id: str, data: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
-from .._errors import BatchNotFoundError
+from .._errors import batch_not_found
 from .._retry import Retrying
 from . import schema as f
 from .refs import Refs
@@ -98,10 +98,7 @@ class BatchInfoCache:
         ]
         snap = await self._refs.batch(batch_id).get(field_paths=fields, retry=None)
         if not snap.exists:
-            raise BatchNotFoundError(
-                f"batch {batch_id!r} does not exist in {self._refs.layout.collection!r}; "
-                "call create_batch first"
-            )
+            raise batch_not_found(batch_id, self._refs.layout.collection)
         data = snap.to_dict() or {}
         deadline = data.get(f.DEADLINE)
         return BatchInfo(

@@ -45,6 +45,8 @@ PREDICTIONS_BY_PLAYER = "predictions_by_player"
 TOTAL_PREDICTIONS = "total_predictions"
 COMPLETED_COUNT = "completed_count"
 TOTAL_PREDICTIONS_SUBCOLL = "total_predictions_subcoll"
+LEGACY_FIELDS = (COMPLETED_PLAYERS, PREDICTIONS_BY_PLAYER, TOTAL_PREDICTIONS)
+"""The legacy structure: what ``cleanup_legacy`` removes once nothing reads it."""
 # True when every player in completed_players has a completion document: set by
 # create_batch in the modes that write completion documents and by migrate backfill.
 # Writers of completion documents trust it to write lock-free; a LEGACY-mode writer

@@ -28,7 +28,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
-from .._errors import BatchNotFoundError, ConfigurationError
+from .._errors import ConfigurationError, batch_not_found
 from .._retry import Retrying
 from .._store import schema as f
 from .._store.refs import Refs
@@ -138,7 +138,7 @@ class Finaliser:
         """The batch's progress (without players) and the snapshot it came from."""
         snap = await self._refs.batch(batch_id).get(field_paths=self._fields(batch_id), retry=None)
         if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
+            raise batch_not_found(batch_id, self._refs.layout.collection)
         progress = progress_from(batch_id, self._mode, snap.to_dict() or {})
         return dataclasses.replace(progress, completed_players=()), snap
 

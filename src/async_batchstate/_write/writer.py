@@ -60,6 +60,8 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import BatchNotFoundError, ConfigurationError, WriteFailedError
 from .._store import schema as f
+from .._store._client_internals import rollback_by_id
+from .._store.completion import completion_doc
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
 from .._store.schema import BatchInfo, Layout
@@ -310,12 +312,9 @@ class GroupWriter:
     async def _release(self, transaction_id: bytes) -> None:
         """Best-effort rollback of an abandoned transaction, bounded (~40 s in all)."""
         for attempt in range(8):
-            orphan = self._client.transaction()
-            # No public API rolls back by id; the server's answer is all that matters.
-            orphan._id = transaction_id  # type: ignore[assignment]
             try:
                 async with self._clock.timeout(2.0):
-                    await orphan._rollback()
+                    await rollback_by_id(self._client, transaction_id)
                 return
             except (TimeoutError, gexc.ServiceUnavailable, gexc.DeadlineExceeded):
                 await self._clock.sleep(min(4.0, 0.25 * 2**attempt))
@@ -612,12 +611,7 @@ class GroupWriter:
     # -- pieces ----------------------------------------------------------------------
 
     def _completion_doc(self, completion: Completion, state: GroupState) -> dict[str, Any]:
-        return {
-            f.PLAYER_LOOKUP: completion.player,
-            f.PREDICTIONS_COUNT: completion.predictions_count,
-            f.COMPLETED_AT: SERVER_TIMESTAMP,
-            f.WRITE_ID: state.write_id,
-        }
+        return completion_doc(completion.player, completion.predictions_count, state.write_id)
 
     def _whole_map(self, players: Iterable[str]) -> bool:
         """Whether a write of ``players`` rewrites the whole legacy map (and must read it)."""

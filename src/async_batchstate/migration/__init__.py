@@ -5,7 +5,7 @@ The five steps, each safe to run while completions keep arriving:
 1. Deploy every writer in ``DUAL_WRITE`` (both structures, reads from the array).
 2. ``backfill``: create the completion documents (and counters) of players
    recorded only in the array. Idempotent: each batch is one transaction (or
-   a few, for arrays over ``CHUNK`` players) that reads the completion
+   a few, for arrays over 400 players) that reads the completion
    documents it would create and skips existing ones.
 3. ``verify``, then deploy ``DUAL_WRITE_SUBCOLLECTION_READS``.
 4. Deploy ``SUBCOLLECTION_ONLY``.

@@ -13,12 +13,12 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
-from .._retry import RetryPolicy
+from .._retry import RetryPolicy, retried
 from .._store.refs import Refs
 from .._store.schema import Layout
 from .._write.finaliser import Finaliser
 from ..instrumentation._events import Recorder
-from ._backfill_batch import BatchBackfill, _retrying, backfill_batch
+from ._backfill_batch import BatchBackfill, backfill_batch
 from ._checkpoint import Checkpoint
 from ._progress import MigrationError, ProgressCallback, _Tally
 from ._walk import _checked_ids, _ids, _total, for_each_batch
@@ -166,7 +166,7 @@ class _BackfillRun:
             client,
             Refs(client, layout),
             mode,
-            retrying=lambda call, what: _retrying(call, retry, what, clock),
+            retrying=lambda call, what: retried(call, retry, what=what, clock=clock),
             recorder=Recorder(()),  # no callbacks: the batches it finishes owe theirs
             clock=clock,
         )

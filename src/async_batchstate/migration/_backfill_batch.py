@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,15 +11,14 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 
 from .._clock import SYSTEM_CLOCK, Clock
-from .._retry import RetryPolicy, run_with_retry
+from .._retry import RetryPolicy
 from .._store import schema as f
+from .._store.completion import completion_doc
 from .._store.refs import Refs
 from .._store.schema import Layout, validate_id
-from .._store.transactions import run_transactional
+from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
 
 COMPLETIONS_BACKFILLED = f.COMPLETIONS_BACKFILLED
-CHUNK = 400
-"""Completion documents one backfill transaction creates (Firestore: <= 500 writes/commit)."""
 _PAGE = 500
 
 
@@ -51,12 +50,14 @@ class BatchBackfill:
 
 @dataclass(frozen=True)
 class _Step:
-    created: tuple[str, ...]
-    predictions: int
+    """One transaction of a batch's backfill: what it created, and whether the batch is done."""
+
     final: bool
-    marked: bool
-    unknown: tuple[str, ...]
-    skipped: str | None
+    created: tuple[str, ...] = ()
+    predictions: int = 0
+    marked: bool = False
+    unknown: tuple[str, ...] = ()
+    skipped: str | None = None
 
 
 async def existing_completions(
@@ -101,10 +102,10 @@ async def _backfill_step(
         if snap.exists:
             data = snap.to_dict() or {}
     if data is None:
-        return _Step((), 0, True, False, (), "no such batch")
+        return _Step(final=True, skipped="no such batch")
     array = data.get(f.COMPLETED_PLAYERS)
     if not isinstance(array, list):
-        return _Step((), 0, True, False, (), "no legacy array")
+        return _Step(final=True, skipped="no legacy array")
     completions = Refs(client, layout).completions(batch_id)
     have = await existing_completions(client, completions, array, transaction)
     raw_map = data.get(f.PREDICTIONS_BY_PLAYER)
@@ -122,14 +123,7 @@ async def _backfill_step(
     mark = final and not unknown and data.get(COMPLETIONS_BACKFILLED) is not True
     if transaction is not None:
         for player, count in chunk.items():
-            transaction.create(
-                completions.document(player),
-                {
-                    f.PLAYER_LOOKUP: player,
-                    f.PREDICTIONS_COUNT: count,
-                    f.COMPLETED_AT: SERVER_TIMESTAMP,
-                },
-            )
+            transaction.create(completions.document(player), completion_doc(player, count))
         update: dict[str, Any] = {}
         if chunk:
             # The legacy total already counts these players: only the subcollection's grow.
@@ -143,14 +137,13 @@ async def _backfill_step(
             update[f.LEGACY_ONLY_COUNT] = 0  # every array player has a document now
         if update:
             transaction.update(ref, update)
-    return _Step(tuple(chunk), sum(chunk.values()), final, mark, tuple(unknown), None)
-
-
-async def _retrying(
-    call: Callable[[], Awaitable[Any]], policy: RetryPolicy | None, what: str, clock: Clock
-) -> Any:
-    result, _ = await run_with_retry(call, policy or RetryPolicy(), what=what, clock=clock)
-    return result
+    return _Step(
+        final=final,
+        created=tuple(chunk),
+        predictions=sum(chunk.values()),
+        marked=mark,
+        unknown=tuple(unknown),
+    )
 
 
 async def backfill_batch(
@@ -166,8 +159,8 @@ async def backfill_batch(
 
     Each transaction reads the batch's array and its players' completion
     documents (point reads: an array of ``n`` players costs ``n`` reads per
-    transaction, and ``ceil(n / CHUNK)`` transactions at worst), creates
-    up to ``CHUNK`` missing documents (count from ``predictions_by_player``)
+    transaction, and ``ceil(n / MAX_WRITES_PER_COMMIT)`` transactions at worst), creates
+    up to ``MAX_WRITES_PER_COMMIT`` (400) missing documents (count from ``predictions_by_player``)
     and increments ``completed_count`` and ``total_predictions_subcoll`` by what
     it created; the one that finds nothing left also sets
     ``completions_backfilled``. Running it again creates nothing. ``clock``
@@ -177,34 +170,39 @@ async def backfill_batch(
     if dry_run:
         step = await _backfill_step(None, client, layout, batch_id, None)
         return BatchBackfill(
-            batch_id, step.created, step.predictions, step.marked, step.unknown, step.skipped
+            batch_id=batch_id,
+            created=step.created,
+            predictions=step.predictions,
+            marked=step.marked,
+            unknown_counts=step.unknown,
+            skipped=step.skipped,
         )
-    policy = retry or RetryPolicy()
+
+    async def chunk(transaction: AsyncTransaction, batch_id: str) -> _Step:
+        return await _backfill_step(transaction, client, layout, batch_id, MAX_WRITES_PER_COMMIT)
+
     created: list[str] = []
     predictions = 0
     transactions = 0
     while True:
-
-        async def attempt() -> _Step:
-            transaction = client.transaction(max_attempts=1)
-            done: _Step = await run_transactional(
-                _backfill_step, transaction, client, layout, batch_id, CHUNK
-            )
-            return done
-
-        step, _ = await run_with_retry(
-            attempt, policy, what=f"backfilling batch {batch_id!r}", clock=clock
+        step = await transact(
+            client,
+            chunk,
+            batch_id,
+            retry=retry,
+            what=f"backfilling batch {batch_id!r}",
+            clock=clock,
         )
         transactions += 1
         created += step.created
         predictions += step.predictions
         if step.final:
             return BatchBackfill(
-                batch_id,
-                tuple(created),
-                predictions,
-                step.marked,
-                step.unknown,
-                step.skipped,
-                transactions,
+                batch_id=batch_id,
+                created=tuple(created),
+                predictions=predictions,
+                marked=step.marked,
+                unknown_counts=step.unknown,
+                skipped=step.skipped,
+                transactions=transactions,
             )

@@ -12,17 +12,15 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
-from .._retry import RetryPolicy, run_with_retry
+from .._retry import RetryPolicy
 from .._store import schema as f
 from .._store.refs import Refs
 from .._store.schema import Layout
-from .._store.transactions import run_transactional
+from .._store.transactions import transact
 from ._backfill_batch import existing_completions
 from ._progress import ProgressCallback, _Tally
 from ._verify import verify
 from ._walk import _checked_ids, _ids, _total, for_each_batch
-
-_LEGACY_FIELDS = (f.COMPLETED_PLAYERS, f.PREDICTIONS_BY_PLAYER, f.TOTAL_PREDICTIONS)
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,6 @@ async def cleanup_legacy(
     tally = _Tally(await _total(client, layout, batch_ids, None), progress)
     cleaned: list[str] = []
     skipped: list[tuple[str, str]] = []
-    policy = retry or RetryPolicy()
 
     async def remove(transaction: AsyncTransaction, batch_id: str) -> tuple[bool, str]:
         # Re-check in the transaction what removal could lose: an array player
@@ -122,10 +119,10 @@ async def cleanup_legacy(
         ref = Refs(client, layout).batch(batch_id)
         data: dict[str, Any] = {}
         async for snap in client.get_all(
-            [ref], field_paths=list(_LEGACY_FIELDS), transaction=transaction
+            [ref], field_paths=list(f.LEGACY_FIELDS), transaction=transaction
         ):
             data = (snap.to_dict() or {}) if snap.exists else {}
-        if not any(name in data for name in _LEGACY_FIELDS):
+        if not any(name in data for name in f.LEGACY_FIELDS):
             return False, ""
         array = data.get(f.COMPLETED_PLAYERS)
         players = [p for p in array if isinstance(p, str)] if isinstance(array, list) else []
@@ -136,19 +133,19 @@ async def cleanup_legacy(
         if missing:
             return False, f"{len(missing)} player(s) only in the legacy array"
         if not dry_run:
-            transaction.update(ref, dict.fromkeys(_LEGACY_FIELDS, DELETE_FIELD))
+            transaction.update(ref, dict.fromkeys(f.LEGACY_FIELDS, DELETE_FIELD))
         return True, ""
 
     async def work(batch_id: str) -> tuple[bool, str]:
-        async def attempt() -> tuple[bool, str]:
-            transaction = client.transaction(max_attempts=1, read_only=dry_run)
-            outcome: tuple[bool, str] = await run_transactional(remove, transaction, batch_id)
-            return outcome
-
-        outcome, _ = await run_with_retry(
-            attempt, policy, what=f"removing legacy fields of {batch_id!r}", clock=clock
+        return await transact(
+            client,
+            remove,
+            batch_id,
+            retry=retry,
+            what=f"removing legacy fields of {batch_id!r}",
+            clock=clock,
+            read_only=dry_run,
         )
-        return outcome
 
     async def on_done(batch_id: str, result: tuple[bool, str] | Exception) -> None:
         if tally.record(batch_id, result) and isinstance(result, tuple):
