@@ -120,11 +120,6 @@ class Finaliser:
             if not waiters and self._waiters.get(batch_id) is waiters:
                 del self._waiters[batch_id]
 
-    @property
-    def waiting_batches(self) -> int:
-        """Batches some caller of this process is waiting on."""
-        return len(self._waiters)
-
     # -- reading ---------------------------------------------------------------------
 
     def _fields(self, batch_id: str) -> list[str]:
@@ -171,15 +166,6 @@ class Finaliser:
             outcome.completed_count < await expected_count(batch_id)
         ):
             return None, False
-        return await self.flip(batch_id)
-
-    async def flip(self, batch_id: str) -> tuple[BatchProgress | None, bool]:
-        """Flip ``status`` to complete if every completion is recorded and nobody has yet.
-
-        Returns:
-            The final progress if this call flipped it (else None), and whether a
-            completion callback is owed (finished earlier, never confirmed done).
-        """
         return await self.finish(batch_id, f.STATUS_COMPLETE)
 
     async def finish(
@@ -289,7 +275,8 @@ class Finaliser:
 
     async def finalize(self, batch_id: str, *, background: bool = False) -> bool:
         """Flip the batch if it is complete; True for the one call that did."""
-        return await self.settle(batch_id, *await self.flip(batch_id), background=background)
+        finished, owed = await self.finish(batch_id, f.STATUS_COMPLETE)
+        return await self.settle(batch_id, finished, owed, background=background)
 
     async def settle(
         self,

@@ -138,7 +138,6 @@ class GroupRunner:
         except TimeoutError:
             arrived = self._settle(lane, pending)
             if arrived is None:
-                self._recorder.failed += 1
                 raise CompletionTimeoutError(
                     f"no confirmation for player {player!r} of batch {batch_id!r} within "
                     f"{wait}s; it was recorded whole or not at all: record it again to be sure"
@@ -198,7 +197,6 @@ class GroupRunner:
         budget = max(p.deadline for p in group) - started
 
         async def attempt() -> Any:
-            self._recorder.attempts += 1
             if self._rate is not None:
                 await self._rate.acquire()
             begun = self._clock.monotonic()
@@ -350,11 +348,7 @@ class GroupRunner:
                 continue
             status = CompletionStatus.DUPLICATE
             if is_new:
-                self._recorder.recorded += 1
-                self._recorder.late += late[index]
                 status = CompletionStatus.LATE if late[index] else CompletionStatus.RECORDED
-            else:
-                self._recorder.duplicates += 1
             pending.resolve(
                 CompletionResult(
                     batch_id,
@@ -386,7 +380,6 @@ class GroupRunner:
     def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
         if not group:
             return
-        self._recorder.failed += len(group)
         self._recorder.emit(GroupFailed(batch_id, len(group), error))
         for pending in group:
             pending.fail(error)

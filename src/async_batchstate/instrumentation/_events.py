@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .._errors import CompletionTimeoutError
 from .._retry import ErrorKind
-from .._types import BatchProgress, CompletionResult
+from .._types import BatchProgress, CompletionResult, CompletionStatus
 
 logger = logging.getLogger("async_batchstate.metrics")
 
@@ -134,7 +135,8 @@ class Stats:
         recorded: Completions counted for the first time (late ones included).
         late: Of those, completions counted after their batch expired.
         duplicates: Completions that were already recorded.
-        failed: Completions whose caller got an error.
+        failed: Completions whose caller got an error from the write (its group's write
+            failed for good) or no answer in time (``CompletionTimeoutError``).
         transactions: Committed transactions.
         attempts: Transaction attempts, committed or not.
         retries: Attempts after a failed one.
@@ -188,7 +190,11 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Recorder:
-    """Mutable counters and hook fan-out owned by one manager."""
+    """Mutable counters and hook fan-out owned by one manager.
+
+    The only thing that changes the counters is ``emit``: every count is read
+    off an event, so what ``stats()`` says and what a hook sees cannot drift.
+    """
 
     def __init__(self, hooks: tuple[Hook, ...], window: int = 10_000) -> None:
         self.hooks = hooks
@@ -209,15 +215,18 @@ class Recorder:
     def emit(self, event: Event) -> None:
         """Update counters from ``event`` and pass it to every hook."""
         if isinstance(event, CompletionFinished):
-            if event.result is not None:
-                self.latencies.append(event.seconds)
+            self._count_completion(event)
         elif isinstance(event, AttemptFailed):
+            self.attempts += 1
             self.aborts[event.kind.value] += 1
             if event.delay is not None:
                 self.retries += 1
         elif isinstance(event, GroupCommitted):
+            self.attempts += 1  # the attempt that committed; failed ones come as AttemptFailed
             self.transactions += 1
             self.group_sizes[event.group_size] += 1
+        elif isinstance(event, GroupFailed):
+            self.failed += event.group_size
         elif isinstance(event, BatchFinalised):
             self.finalised += 1
         elif isinstance(event, ValidationRan):
@@ -228,6 +237,21 @@ class Recorder:
                 hook(event)
             except Exception:
                 logger.exception("hook %r failed on %s", hook, type(event).__name__)
+
+    def _count_completion(self, event: CompletionFinished) -> None:
+        if event.result is None:
+            # A caller left without an answer: it may be recorded or not (the group's
+            # write failures are counted from GroupFailed, per member).
+            if isinstance(event.error, CompletionTimeoutError):
+                self.failed += 1
+            return
+        self.latencies.append(event.seconds)
+        status = event.result.status
+        if status is CompletionStatus.DUPLICATE:
+            self.duplicates += 1
+        else:
+            self.recorded += 1
+            self.late += status is CompletionStatus.LATE
 
     def snapshot(self) -> Stats:
         """A frozen copy of the counters."""

@@ -15,7 +15,7 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._retry import RetryPolicy, retried
 from .._store.refs import Refs
-from .._store.schema import Layout
+from .._store.schema import STATUS_COMPLETE, Layout
 from .._write.finaliser import Finaliser
 from ..instrumentation._events import Recorder
 from ._backfill_batch import BatchBackfill, backfill_batch
@@ -193,8 +193,8 @@ class _BackfillRun:
             return done
         # A batch recorded partly by LEGACY writers may be complete only now (as a
         # subcollection-reading mode counts): finalise it; its callback is owed.
-        flipped, _ = await self._finaliser.flip(batch_id)
-        return dataclasses.replace(done, finalised=flipped is not None)
+        finished, _ = await self._finaliser.finish(batch_id, STATUS_COMPLETE)
+        return dataclasses.replace(done, finalised=finished is not None)
 
     async def on_done(self, batch_id: str, result: BatchBackfill | Exception) -> None:
         """Add one batch's outcome, move the watermark, save the checkpoint when due."""

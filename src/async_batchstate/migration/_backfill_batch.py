@@ -18,7 +18,6 @@ from .._store.refs import Refs
 from .._store.schema import Layout, validate_id
 from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
 
-COMPLETIONS_BACKFILLED = f.COMPLETIONS_BACKFILLED
 _PAGE = 500
 
 
@@ -97,7 +96,7 @@ async def _backfill_step(
     """Read a batch, and (given a transaction) create up to ``limit`` missing docs."""
     ref = Refs(client, layout).batch(batch_id)
     data: dict[str, Any] | None = None
-    fields = [f.COMPLETED_PLAYERS, f.PREDICTIONS_BY_PLAYER, COMPLETIONS_BACKFILLED]
+    fields = [f.COMPLETED_PLAYERS, f.PREDICTIONS_BY_PLAYER, f.COMPLETIONS_BACKFILLED]
     async for snap in client.get_all([ref], field_paths=fields, transaction=transaction):
         if snap.exists:
             data = snap.to_dict() or {}
@@ -120,7 +119,7 @@ async def _backfill_step(
             missing[player] = count
     chunk = dict(list(missing.items())[:limit]) if limit is not None else missing
     final = len(chunk) == len(missing)
-    mark = final and not unknown and data.get(COMPLETIONS_BACKFILLED) is not True
+    mark = final and not unknown and data.get(f.COMPLETIONS_BACKFILLED) is not True
     if transaction is not None:
         for player, count in chunk.items():
             transaction.create(completions.document(player), completion_doc(player, count))
@@ -133,7 +132,7 @@ async def _backfill_step(
             # They are no longer only in the array: the union count stays the same.
             update[f.LEGACY_ONLY_COUNT] = Increment(-len(chunk))
         if mark:
-            update[COMPLETIONS_BACKFILLED] = True
+            update[f.COMPLETIONS_BACKFILLED] = True
             update[f.LEGACY_ONLY_COUNT] = 0  # every array player has a document now
         if update:
             transaction.update(ref, update)
