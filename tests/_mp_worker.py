@@ -19,14 +19,14 @@ from async_batchstate.testing import aclose_client
 
 async def main(collection: str, batch_id: str, first: int, count: int, redeliver: int) -> None:
     client = client_from_env()
-    finalised: list[str] = []
+    finalized: list[str] = []
     players = [f"p{i}" for i in range(first, first + count)]
     players += [f"p{i}" for i in range(redeliver, redeliver + count)]  # another process's share
     async with AsyncBatchStateManager(
         client,
         collection=collection,
         mode=MigrationMode.DUAL_WRITE,
-        on_complete=lambda b, p: finalised.append(b),
+        on_complete=lambda b, p: finalized.append(b),
     ) as manager:
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # start together
@@ -46,7 +46,7 @@ async def main(collection: str, batch_id: str, first: int, count: int, redeliver
         json.dumps(
             {
                 "results": results,
-                "finalised": finalised,
+                "finalized": finalized,
                 "failed": stats.failed,
                 "attempts": stats.attempts,
             }

@@ -246,9 +246,9 @@ class FaultGate:
 
 
 CALLBACK_RUNS: list[tuple[str, str | None]] = []
-"""What ``record_callback`` saw: (batch id, finalisation key); the CLI loads it by name."""
+"""What ``record_callback`` saw: (batch id, finalization key); the CLI loads it by name."""
 
 
 def record_callback(batch_id: str, progress: Any) -> None:
     """An ``on_complete`` for ``async-batchstate batch callbacks --run tests.helpers:...``."""
-    CALLBACK_RUNS.append((batch_id, progress.finalisation_key))
+    CALLBACK_RUNS.append((batch_id, progress.finalization_key))

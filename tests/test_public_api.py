@@ -82,6 +82,39 @@ def test_a_removed_name_fails_loudly_with_the_reason() -> None:
         async_batchstate.AdaptiveLimit  # type: ignore[attr-defined]  # noqa: B018
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("transactions", "commits"),
+        ("aborts_by_cause", "failures_by_cause"),
+        ("batches_finalised", "batches_finalized"),
+    ],
+)
+def test_a_renamed_stats_attribute_fails_loudly_naming_the_new_one(old: str, new: str) -> None:
+    """0.1's ``Stats`` names raise AttributeError naming the attribute that replaced them."""
+    stats = async_batchstate.Stats()
+    with pytest.raises(AttributeError, match=f"use Stats.{new}$"):
+        getattr(stats, old)
+    assert hasattr(stats, new)
+    assert not hasattr(stats, "no_such_counter")
+
+
+def test_the_finalised_spellings_of_0_1_fail_loudly_naming_the_finalized_ones() -> None:
+    """One spelling, ``-ize``: 0.1's ``BatchFinalised`` and ``is_finalised`` name the new ones."""
+    instrumentation = importlib.import_module("async_batchstate.instrumentation")
+    progress = async_batchstate.BatchProgress(
+        batch_id="b", expected_count=1, completed_count=1, total_predictions=0, status="complete"
+    )
+
+    with pytest.raises(AttributeError, match="BatchFinalized"):
+        async_batchstate.BatchFinalised  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(AttributeError, match="BatchFinalized"):
+        instrumentation.BatchFinalised  # noqa: B018
+    with pytest.raises(AttributeError, match="is_finalized"):
+        progress.is_finalised  # type: ignore[attr-defined]  # noqa: B018
+    assert progress.is_finalized
+
+
 def test_testing_exports_the_write_ceiling_proxy() -> None:
     """``WriteCeilingProxy`` (the modelled per-document write ceiling) is public in ``testing``."""
     testing = importlib.import_module("async_batchstate.testing")

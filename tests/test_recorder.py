@@ -48,4 +48,4 @@ def test_attempts_are_the_failed_ones_plus_the_committed_ones() -> None:
     recorder.emit(GroupFailed("b", 4, WriteFailedError("refused")))
 
     stats = recorder.snapshot()
-    assert (3, 1, 1, 4) == (stats.attempts, stats.retries, stats.transactions, stats.failed)
+    assert (3, 1, 1, 4) == (stats.attempts, stats.retries, stats.commits, stats.failed)

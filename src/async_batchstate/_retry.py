@@ -184,7 +184,7 @@ async def run_with_retry(
                 if elapsed + delay >= budget:
                     delay = None
             if on_failure is not None:
-                on_failure(AttemptFailure(number, kind, exc, delay))
+                on_failure(AttemptFailure(attempt=number, kind=kind, error=exc, delay=delay))
             if not kind.retryable:
                 raise
             if delay is None:

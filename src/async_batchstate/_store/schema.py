@@ -63,7 +63,7 @@ LEGACY_ONLY_COUNT = "legacy_only_count"
 # Who wrote what, so an outcome whose answer was lost is decided by what is stored
 # (a retry finds its own id: "this call wrote it") and never by error text.
 CREATED_BY = "created_by"  # create_batch's call id
-FINALISED_BY = "finalised_by"  # the finalising call's id; the callbacks' idempotency key
+FINALIZED_BY = "finalised_by"  # the finalizing call's id; the callbacks' idempotency key
 RECENT_WRITES = "recent_writes"  # LEGACY: ids of the last groups committed (no completion docs)
 RECENT_WRITES_KEPT = 100
 # The owed completion callback (durable): set with the flip, cleared when it returned.
@@ -374,8 +374,10 @@ def new_batch(
     elif chunks:
         data[ROSTER_CHUNKS] = len(chunks)
     roster = None if expected_players is None else frozenset(expected_players)
-    info = BatchInfo(count, roster, when, guarded=mode.writes_subcollection)
-    return NewBatch(batch_id, data, chunks, info)
+    info = BatchInfo(
+        expected=count, roster=roster, deadline=when, guarded=mode.writes_subcollection
+    )
+    return NewBatch(batch_id=batch_id, document=data, roster_chunks=chunks, info=info)
 
 
 def _check_legacy_limits(
@@ -480,7 +482,7 @@ def progress_from(batch_id: str, mode: MigrationMode, data: dict[str, Any]) -> B
         if isinstance(data.get(COMPLETED_PLAYERS), list):
             players = tuple(sorted(set(data[COMPLETED_PLAYERS])))
         total = as_int(data.get(TOTAL_PREDICTIONS))
-    finaliser = data.get(FINALISED_BY)
+    finalizer = data.get(FINALIZED_BY)
     reason = data.get(EXPIRED_REASON)
     return BatchProgress(
         batch_id=batch_id,
@@ -489,7 +491,7 @@ def progress_from(batch_id: str, mode: MigrationMode, data: dict[str, Any]) -> B
         total_predictions=total,
         status=str(data.get(STATUS, STATUS_IN_PROGRESS)),
         completed_players=players,
-        finaliser_id=finaliser if isinstance(finaliser, str) else None,
+        finalizer_id=finalizer if isinstance(finalizer, str) else None,
         missing_players=tuple(data.get(MISSING_PLAYERS, ())),
         deadline=_when(data.get(DEADLINE)),
         created_at=_when(data.get(CREATED_AT)),

@@ -56,8 +56,8 @@ from .writer import new_write_id
 logger = logging.getLogger("async_batchstate")
 
 OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
-"""``on_complete(batch_id, progress)``: sync or async; runs at least once per finalised
-batch (``progress.finalisation_key`` is the same for every run)."""
+"""``on_complete(batch_id, progress)``: sync or async; runs at least once per finalized
+batch (``progress.finalization_key`` is the same for every run)."""
 
 Reader = Callable[[str], Awaitable[tuple[BatchProgress, Any]]]
 """``read(batch_id)``: the batch's progress and the snapshot it came from (one attempt)."""
@@ -97,7 +97,7 @@ class Callbacks:
     Args:
         client: The Firestore client.
         refs: Where batches live.
-        read: Reads a batch's progress and snapshot (the finaliser's read).
+        read: Reads a batch's progress and snapshot (the finalizer's read).
         retrying: Runs a call under the manager's retry policy.
         on_complete: Run once a batch completes.
         on_expired: Run once a batch expires.
@@ -175,8 +175,8 @@ class Callbacks:
     async def settle(self, batch_id: str, finished: BatchProgress | None, owed: bool) -> None:
         """After a finish: run the callback if this call finished the batch, else an owed one."""
         if finished is not None:
-            assert finished.finaliser_id is not None
-            await self.run(batch_id, finished, finished.finaliser_id)
+            assert finished.finalizer_id is not None
+            await self.run(batch_id, finished, finished.finalizer_id)
         elif owed:
             await self.deliver_owed_logged(batch_id)
 
@@ -384,7 +384,7 @@ class Callbacks:
             "running the owed %s callback of batch %r",
             progress.status,
             batch_id,
-            extra={"batch_id": batch_id, "finaliser_id": progress.finaliser_id},
+            extra={"batch_id": batch_id, "finalizer_id": progress.finalizer_id},
         )
         return await self.run(batch_id, progress, claim)
 

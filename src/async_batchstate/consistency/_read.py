@@ -12,6 +12,7 @@ false mismatch).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ async def read_document(refs: Refs, batch_id: str) -> Reading:
     snap = await refs.batch(batch_id).get(field_paths=list(BATCH_FIELDS), retry=None)
     if not snap.exists or snap.read_time is None:
         raise batch_not_found(batch_id, refs.layout.collection)
-    return Reading(batch_id, snap.to_dict() or {}, snap.read_time, 1)
+    return Reading(batch_id=batch_id, data=snap.to_dict() or {}, read_time=snap.read_time, reads=1)
 
 
 async def read_aggregation(refs: Refs, reading: Reading) -> Reading:
@@ -79,13 +80,11 @@ async def read_aggregation(refs: Refs, reading: Reading) -> Reading:
         for result in row:
             values[result.alias] = as_int(result.value)  # empty sets come back as 0.0
     docs = values.get("docs", 0)
-    return Reading(
-        reading.batch_id,
-        reading.data,
-        reading.read_time,
-        reading.reads + aggregation_reads(docs),
-        docs,
-        values.get("total", 0),
+    return dataclasses.replace(
+        reading,
+        reads=reading.reads + aggregation_reads(docs),
+        completion_docs=docs,
+        completion_sum=values.get("total", 0),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import typing
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,14 +11,14 @@ from typing import Protocol
 
 from .._errors import CompletionTimeoutError
 from .._retry import ErrorKind
-from .._types import BatchProgress, CompletionResult, CompletionStatus
+from .._types import BatchProgress, CompletionResult, CompletionStatus, renamed_attribute
 
 logger = logging.getLogger("async_batchstate.metrics")
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptFailed:
-    """A transaction attempt failed; ``delay`` is the backoff before the next, None if none."""
+    """A write attempt failed; ``delay`` is the backoff before the next, None if none."""
 
     batch_id: str
     group_size: int
@@ -29,7 +30,7 @@ class AttemptFailed:
 
 @dataclass(frozen=True, slots=True)
 class GroupCommitted:
-    """A transaction committed a group of completions."""
+    """A commit (lock-free or in a transaction) wrote a group of completions."""
 
     batch_id: str
     group_size: int
@@ -49,7 +50,7 @@ class GroupFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchFinalised:
+class BatchFinalized:
     """This process flipped the batch's ``status`` to ``complete``."""
 
     batch_id: str
@@ -110,7 +111,7 @@ Event = (
     | AttemptFailed
     | GroupCommitted
     | GroupFailed
-    | BatchFinalised
+    | BatchFinalized
     | ValidationRan
 )
 
@@ -137,12 +138,13 @@ class Stats:
         duplicates: Completions that were already recorded.
         failed: Completions whose caller got an error from the write (its group's write
             failed for good) or no answer in time (``CompletionTimeoutError``).
-        transactions: Committed transactions.
-        attempts: Transaction attempts, committed or not.
+        commits: Committed group writes (lock-free commits and transactions alike).
+        attempts: Write attempts, committed or not.
         retries: Attempts after a failed one.
-        aborts_by_cause: Failed attempts by error kind (``aborted``, ``unavailable``, ...).
-        group_sizes: How many committed transactions carried each group size.
-        batches_finalised: Batches this process finalised.
+        failures_by_cause: Failed attempts by error kind (``aborted``, ``unavailable``,
+            ``deadline_exceeded``, ``fatal``, ...).
+        group_sizes: How many commits carried each group size.
+        batches_finalized: Batches this process finalized.
         latency_p50: Median seconds from ``record_completion`` to its result (recent window).
         latency_p95: 95th percentile, seconds.
         latency_p99: 99th percentile, seconds.
@@ -155,12 +157,12 @@ class Stats:
     late: int = 0
     duplicates: int = 0
     failed: int = 0
-    transactions: int = 0
+    commits: int = 0
     attempts: int = 0
     retries: int = 0
-    aborts_by_cause: Mapping[str, int] = field(default_factory=dict)
+    failures_by_cause: Mapping[str, int] = field(default_factory=dict)
     group_sizes: Mapping[int, int] = field(default_factory=dict)
-    batches_finalised: int = 0
+    batches_finalized: int = 0
     latency_p50: float = 0.0
     latency_p95: float = 0.0
     latency_p99: float = 0.0
@@ -168,17 +170,29 @@ class Stats:
     validations: int = 0
     validation_reads: int = 0
 
+    if not typing.TYPE_CHECKING:  # hidden so type checkers flag the old names too
+
+        def __getattr__(self, name: str) -> object:
+            raise renamed_attribute(self, name, _STATS_RENAMED)
+
     @property
     def commits_per_completion(self) -> float:
-        """Committed transactions per recorded or duplicate completion."""
+        """Commits per recorded or duplicate completion."""
         done = self.recorded + self.duplicates
-        return self.transactions / done if done else 0.0
+        return self.commits / done if done else 0.0
 
     @property
     def validation_reads_per_completion(self) -> float:
         """Document reads spent on validation per recorded or duplicate completion."""
         done = self.recorded + self.duplicates
         return self.validation_reads / done if done else 0.0
+
+
+_STATS_RENAMED = {
+    "transactions": "commits",
+    "aborts_by_cause": "failures_by_cause",
+    "batches_finalised": "batches_finalized",
+}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -202,11 +216,11 @@ class Recorder:
         self.duplicates = 0
         self.late = 0
         self.failed = 0
-        self.transactions = 0
+        self.commits = 0
         self.attempts = 0
         self.retries = 0
-        self.finalised = 0
-        self.aborts: Counter[str] = Counter()
+        self.finalized = 0
+        self.failures: Counter[str] = Counter()
         self.group_sizes: Counter[int] = Counter()
         self.latencies: deque[float] = deque(maxlen=window)
         self.validations = 0
@@ -218,17 +232,17 @@ class Recorder:
             self._count_completion(event)
         elif isinstance(event, AttemptFailed):
             self.attempts += 1
-            self.aborts[event.kind.value] += 1
+            self.failures[event.kind.value] += 1
             if event.delay is not None:
                 self.retries += 1
         elif isinstance(event, GroupCommitted):
             self.attempts += 1  # the attempt that committed; failed ones come as AttemptFailed
-            self.transactions += 1
+            self.commits += 1
             self.group_sizes[event.group_size] += 1
         elif isinstance(event, GroupFailed):
             self.failed += event.group_size
-        elif isinstance(event, BatchFinalised):
-            self.finalised += 1
+        elif isinstance(event, BatchFinalized):
+            self.finalized += 1
         elif isinstance(event, ValidationRan):
             self.validations += 1
             self.validation_reads += event.reads
@@ -261,12 +275,12 @@ class Recorder:
             late=self.late,
             duplicates=self.duplicates,
             failed=self.failed,
-            transactions=self.transactions,
+            commits=self.commits,
             attempts=self.attempts,
             retries=self.retries,
-            aborts_by_cause=dict(self.aborts),
+            failures_by_cause=dict(self.failures),
             group_sizes=dict(sorted(self.group_sizes.items())),
-            batches_finalised=self.finalised,
+            batches_finalized=self.finalized,
             latency_p50=percentile(ordered, 50),
             latency_p95=percentile(ordered, 95),
             latency_p99=percentile(ordered, 99),

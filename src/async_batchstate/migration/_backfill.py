@@ -16,7 +16,7 @@ from .._config import MigrationMode
 from .._retry import RetryPolicy, retried
 from .._store.refs import Refs
 from .._store.schema import STATUS_COMPLETE, Layout
-from .._write.finaliser import Finaliser
+from .._write.finalizer import Finalizer
 from ..instrumentation._events import Recorder
 from ._backfill_batch import BatchBackfill, backfill_batch
 from ._checkpoint import Checkpoint
@@ -40,7 +40,7 @@ class BackfillSummary:
             line; the run went on with the others (re-run to retry them).
         resumed_after: The checkpoint's batch id this run started after, if any.
         dry_run: Nothing was written.
-        finalised: Batches this run completed and finalised (their ``on_complete``
+        finalized: Batches this run completed and finalized (their ``on_complete``
             is owed to the next coordinator that touches them).
     """
 
@@ -52,7 +52,7 @@ class BackfillSummary:
     failures: tuple[tuple[str, str], ...] = ()
     resumed_after: str | None = None
     dry_run: bool = False
-    finalised: int = 0
+    finalized: int = 0
 
     @property
     def ok(self) -> bool:
@@ -162,7 +162,7 @@ class _BackfillRun:
         self._tally = tally
         self._watermark = watermark
         self._saver = saver
-        self._finaliser = Finaliser(
+        self._finalizer = Finalizer(
             client,
             Refs(client, layout),
             mode,
@@ -170,7 +170,7 @@ class _BackfillRun:
             recorder=Recorder(()),  # no callbacks: the batches it finishes owe theirs
             clock=clock,
         )
-        self.changed = self.created = self.predictions = self.finalised = 0
+        self.changed = self.created = self.predictions = self.finalized = 0
         self.unknown: list[tuple[str, str]] = []
 
     async def tracked(self, ids: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -180,7 +180,7 @@ class _BackfillRun:
             yield batch_id
 
     async def work(self, batch_id: str) -> BatchBackfill:
-        """Backfill one batch, then finalise it if that completed it."""
+        """Backfill one batch, then finalize it if that completed it."""
         done = await backfill_batch(
             self._client,
             self._layout,
@@ -192,15 +192,15 @@ class _BackfillRun:
         if self._dry_run or done.skipped is not None:
             return done
         # A batch recorded partly by LEGACY writers may be complete only now (as a
-        # subcollection-reading mode counts): finalise it; its callback is owed.
-        finished, _ = await self._finaliser.finish(batch_id, STATUS_COMPLETE)
-        return dataclasses.replace(done, finalised=finished is not None)
+        # subcollection-reading mode counts): finalize it; its callback is owed.
+        finished, _ = await self._finalizer.finish(batch_id, STATUS_COMPLETE)
+        return dataclasses.replace(done, finalized=finished is not None)
 
     async def on_done(self, batch_id: str, result: BatchBackfill | Exception) -> None:
         """Add one batch's outcome, move the watermark, save the checkpoint when due."""
         if self._tally.record(batch_id, result) and isinstance(result, BatchBackfill):
             self._watermark.finished(batch_id)
-            self.finalised += result.finalised
+            self.finalized += result.finalized
             self.changed += bool(result.created or result.marked)
             self.created += len(result.created)
             self.predictions += result.predictions
@@ -287,7 +287,7 @@ async def backfill(
         failures=tuple(tally.failures),
         resumed_after=start_after,
         dry_run=dry_run,
-        finalised=run.finalised,
+        finalized=run.finalized,
     )
     logger.info(
         "backfill %s: %d batches, %d changed, %d completion docs",

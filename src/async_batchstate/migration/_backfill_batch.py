@@ -34,7 +34,7 @@ class BatchBackfill:
             ``predictions_by_player``: left alone (no count is invented), to reconcile.
         skipped: Why nothing was considered (no such batch, no legacy array), else None.
         transactions: Transactions committed.
-        finalised: This run completed and finalised the batch.
+        finalized: This run completed and finalized the batch.
     """
 
     batch_id: str
@@ -44,7 +44,7 @@ class BatchBackfill:
     unknown_counts: tuple[str, ...] = ()
     skipped: str | None = None
     transactions: int = 0
-    finalised: bool = False
+    finalized: bool = False
 
 
 @dataclass(frozen=True)

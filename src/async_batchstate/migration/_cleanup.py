@@ -94,7 +94,7 @@ async def cleanup_legacy(
             f"writers run in {mode.name}, which still uses the legacy array; deploy "
             "SUBCOLLECTION_ONLY everywhere first"
         )
-        return CleanupSummary(True, (("*", reason),), dry_run=dry_run)
+        return CleanupSummary(refused=True, reasons=(("*", reason),), dry_run=dry_run)
     checked = await verify(
         client,
         layout,
@@ -107,7 +107,7 @@ async def cleanup_legacy(
     if not checked.ok:
         reasons = [(r.batch_id, problem) for r in checked.inconsistent for problem in r.problems]
         reasons += checked.failures
-        return CleanupSummary(True, tuple(reasons), dry_run=dry_run)
+        return CleanupSummary(refused=True, reasons=tuple(reasons), dry_run=dry_run)
 
     tally = _Tally(await _total(client, layout, batch_ids, None), progress)
     cleaned: list[str] = []
@@ -159,10 +159,9 @@ async def cleanup_legacy(
         _ids(client, layout, batch_ids), work, concurrency=concurrency, on_done=on_done
     )
     return CleanupSummary(
-        False,
-        (),
-        tuple(sorted(cleaned)),
-        tuple(sorted(skipped)),
-        dry_run,
-        tuple(sorted(tally.failures)),
+        refused=False,
+        cleaned=tuple(sorted(cleaned)),
+        skipped=tuple(sorted(skipped)),
+        dry_run=dry_run,
+        failures=tuple(sorted(tally.failures)),
     )

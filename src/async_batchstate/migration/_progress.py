@@ -73,5 +73,9 @@ class _Tally:
             # records reach stderr, and the command line prints no tracebacks.
             logger.debug("traceback of batch %r", batch_id, exc_info=result)
         if self.progress is not None:
-            self.progress(MigrationProgress(batch_id, self.done, self.total, self.failed))
+            self.progress(
+                MigrationProgress(
+                    batch_id=batch_id, done=self.done, total=self.total, failed=self.failed
+                )
+            )
         return ok

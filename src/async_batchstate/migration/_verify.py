@@ -95,7 +95,11 @@ async def verify(
         client, layout, mode, batch_ids, concurrency, progress, retry, sink, clock
     )
     bad.sort(key=lambda r: r.batch_id)
-    return VerifySummary(tally.done - tally.failed, tuple(bad), tuple(sorted(tally.failures)))
+    return VerifySummary(
+        checked=tally.done - tally.failed,
+        inconsistent=tuple(bad),
+        failures=tuple(sorted(tally.failures)),
+    )
 
 
 class BatchState(enum.Enum):
@@ -111,7 +115,7 @@ class BatchState(enum.Enum):
     """A rule is broken (see ``verify``)."""
 
 
-def classify(report: ConsistencyReport) -> BatchState:
+def state_of(report: ConsistencyReport) -> BatchState:
     """The migration state of the batch ``report`` describes.
 
     A batch with legacy fields only is judged by the legacy structure alone:
@@ -167,9 +171,9 @@ async def status(
     counts = dict.fromkeys(BatchState, 0)
 
     def sink(report: ConsistencyReport) -> None:
-        counts[classify(report)] += 1
+        counts[state_of(report)] += 1
 
     tally = await _validate_all(
         client, layout, mode, batch_ids, concurrency, progress, retry, sink, clock
     )
-    return StatusSummary(counts, tuple(sorted(tally.failures)))
+    return StatusSummary(counts=counts, failures=tuple(sorted(tally.failures)))

@@ -132,7 +132,7 @@ class LostAnswers(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         methods: Firestore RPCs whose answers may be lost: ``Commit``,
             ``BeginTransaction``, ``Rollback`` (every write goes through ``Commit``).
         times: How many answers to lose; None loses every matching one while armed.
-        when: Optional predicate on the request (e.g. the Commit that finalises).
+        when: Optional predicate on the request (e.g. the Commit that finalizes).
         code: The status the client sees instead: ``UNAVAILABLE`` (default),
             ``UNKNOWN``, ``CANCELLED``, ``DEADLINE_EXCEEDED`` or ``INTERNAL``.
 
