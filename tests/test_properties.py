@@ -26,7 +26,7 @@ from async_batchstate import (
     InvalidInputError,
     MigrationMode,
 )
-from async_batchstate._store.schema import player_field
+from async_batchstate._store.ids import player_field
 from async_batchstate.testing import batch_violations
 
 from .helpers import ManagerFactory, read_batch, read_completions

@@ -19,8 +19,8 @@ from async_batchstate import (
     RetryPolicy,
     UnexpectedPlayerError,
 )
+from async_batchstate._store.batch_info import BatchInfo
 from async_batchstate._store.batches import batch_difference
-from async_batchstate._store.schema import BatchInfo
 from async_batchstate.testing import (
     EmulatorInfo,
     LostAnswers,

@@ -29,7 +29,7 @@ from ._errors import (
     WriteFailedError,
 )
 from ._retry import RetryPolicy
-from ._store.schema import Layout
+from ._store.ids import Layout
 from ._types import BatchProgress, CompletionResult, CompletionStatus
 from ._version import __version__
 from ._write.finalizer import OnComplete

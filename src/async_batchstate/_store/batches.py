@@ -16,10 +16,12 @@ from .._config import MigrationMode
 from .._errors import BatchExistsError, InvalidInputError, batch_not_found
 from .._retry import Retrying
 from .._types import BatchProgress
-from . import schema as f
+from . import names as f
+from .batch_info import BatchInfo
+from .decode import progress_from
+from .new_batch import NewBatch
 from .refs import Refs
 from .roster import BatchInfoCache, recorded_players, stored_roster
-from .schema import BatchInfo, NewBatch, progress_from
 
 _LISTED = [
     f.EXPECTED_COUNT,

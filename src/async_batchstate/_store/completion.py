@@ -6,7 +6,7 @@ from typing import Any
 
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 
-from . import schema as f
+from . import names as f
 
 
 def completion_doc(player: str, count: int, write_id: str | None = None) -> dict[str, Any]:

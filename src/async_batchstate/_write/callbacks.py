@@ -48,7 +48,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from .._clock import SYSTEM_CLOCK, Clock
 from .._errors import ConfigurationError
 from .._retry import Retrying
-from .._store import schema as f
+from .._store import names as f
 from .._store.refs import Refs
 from .._types import BatchProgress
 from .writer import new_write_id

@@ -30,10 +30,10 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import ConfigurationError, batch_not_found
 from .._retry import Retrying
-from .._store import schema as f
+from .._store import names as f
+from .._store.decode import progress_from
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
-from .._store.schema import progress_from
 from .._types import BatchProgress
 from ..instrumentation._events import BatchFinalized, Recorder
 from .callbacks import Callbacks

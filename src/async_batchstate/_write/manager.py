@@ -20,19 +20,13 @@ from .._errors import (
     ManagerClosedError,
 )
 from .._retry import RetryPolicy, run_with_retry
-from .._store import schema as f
+from .._store import names as f
 from .._store.batches import BatchReader, create_batch
+from .._store.decode import progress_from
+from .._store.ids import Layout, validate_count, validate_id, validate_player
+from .._store.new_batch import LegacyLimits, new_batch
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
-from .._store.schema import (
-    Layout,
-    LegacyLimits,
-    new_batch,
-    progress_from,
-    validate_count,
-    validate_id,
-    validate_player,
-)
 from .._types import BatchProgress, CompletionResult
 from ..consistency import (
     AlertHook,

@@ -25,9 +25,10 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import batch_not_found
 from .._retry import RetryPolicy, retried
-from .._store import schema as f
+from .._store import names as f
+from .._store.decode import as_int
+from .._store.ids import Layout, validate_id
 from .._store.refs import Refs
-from .._store.schema import Layout, as_int, validate_id
 from ._report import BATCH_FIELDS, ConsistencyReport, build_report
 
 _INDEX_ENTRIES_PER_READ = 1_000

@@ -22,10 +22,11 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import ConfigurationError, batch_not_found
 from .._retry import RetryPolicy, retried
-from .._store import schema as f
+from .._store import names as f
 from .._store.completion import completion_doc
+from .._store.decode import as_int
+from .._store.ids import Layout, validate_id
 from .._store.refs import Refs
-from .._store.schema import Layout, as_int, validate_id
 from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
 from ._report import opt_int
 

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .._config import MigrationMode
-from .._store import schema as f
-from .._store.schema import as_int
+from .._store import names as f
+from .._store.decode import as_int
 
 BATCH_FIELDS = (
     *f.LEGACY_FIELDS,

@@ -14,8 +14,9 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._retry import RetryPolicy, retried
+from .._store.ids import Layout
+from .._store.names import STATUS_COMPLETE
 from .._store.refs import Refs
-from .._store.schema import STATUS_COMPLETE, Layout
 from .._write.finalizer import Finalizer
 from ..instrumentation._events import Recorder
 from ._backfill_batch import BatchBackfill, backfill_batch

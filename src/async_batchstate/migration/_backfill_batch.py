@@ -12,10 +12,10 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._retry import RetryPolicy
-from .._store import schema as f
+from .._store import names as f
 from .._store.completion import completion_doc
+from .._store.ids import Layout, validate_id
 from .._store.refs import Refs
-from .._store.schema import Layout, validate_id
 from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
 
 _PAGE = 500

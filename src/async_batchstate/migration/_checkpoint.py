@@ -23,7 +23,7 @@ from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._errors import ConfigurationError
-from .._store.schema import Layout, validate_id
+from .._store.ids import Layout, validate_id
 
 
 class Checkpoint(Protocol):

@@ -13,9 +13,9 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._retry import RetryPolicy
-from .._store import schema as f
+from .._store import names as f
+from .._store.ids import Layout
 from .._store.refs import Refs
-from .._store.schema import Layout
 from .._store.transactions import transact
 from ._backfill_batch import existing_completions
 from ._progress import ProgressCallback, _Tally

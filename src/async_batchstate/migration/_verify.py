@@ -11,7 +11,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._retry import RetryPolicy
-from .._store.schema import Layout
+from .._store.ids import Layout
 from ..consistency import ConsistencyReport, validate
 from ._progress import ProgressCallback, _Tally
 from ._walk import _checked_ids, _ids, _total, for_each_batch

@@ -11,7 +11,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._errors import InvalidInputError
-from .._store.schema import Layout, validate_id
+from .._store.ids import Layout, validate_id
 from ._progress import MigrationError
 
 logger = logging.getLogger("async_batchstate.migration")

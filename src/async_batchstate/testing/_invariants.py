@@ -21,7 +21,7 @@ from typing import Any
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._config import MigrationMode
-from .._store import schema as f
+from .._store import names as f
 
 __all__ = ["batch_violations"]
 
