@@ -17,8 +17,7 @@ from packaging.requirements import Requirement
 
 from async_batchstate._store import _client_internals as internals
 from async_batchstate._store.transactions import run_transactional
-from async_batchstate.testing import EmulatorInfo, RpcCounter
-from async_batchstate.testing._fixtures_support import make_client
+from async_batchstate.testing import EmulatorInfo, RpcCounter, make_client
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 

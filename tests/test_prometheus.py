@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from async_batchstate import ConfigurationError, RetryPolicy, Stats
-from async_batchstate.instrumentation._prometheus import PrometheusCollector
+from async_batchstate.instrumentation import PrometheusCollector
 from async_batchstate.testing import FaultPoint
 
 from .helpers import ManagerFactory

@@ -8,10 +8,10 @@ from async_batchstate import (
     CompletionTimeoutError,
     WriteFailedError,
 )
-from async_batchstate._retry import ErrorKind
 from async_batchstate.instrumentation import (
     AttemptFailed,
     CompletionFinished,
+    ErrorKind,
     GroupCommitted,
     GroupFailed,
 )
