@@ -1,7 +1,7 @@
 """A worker process for the multi-process test: records players and prints its results as JSON.
 
-Usage: python -m tests._mp_worker COLLECTION BATCH_ID FIRST COUNT REDELIVER_FIRST
-(FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the environment). Once its
+Usage: python -m tests._mp_worker COLLECTION BATCH_ID FIRST COUNT REDELIVER_FIRST [MODE]
+(MODE: a ``MigrationMode`` value, default dual_write; FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the environment). Once its
 manager is open it prints ``ready`` and waits for a line on stdin, so that the test starts
 every process's load together; then it prints its results as one line of JSON.
 """
@@ -17,7 +17,9 @@ from async_batchstate._store.connect import client_from_env
 from async_batchstate.testing import aclose_client
 
 
-async def main(collection: str, batch_id: str, first: int, count: int, redeliver: int) -> None:
+async def main(
+    collection: str, batch_id: str, first: int, count: int, redeliver: int, mode: MigrationMode
+) -> None:
     client = client_from_env()
     finalized: list[str] = []
     players = [f"p{i}" for i in range(first, first + count)]
@@ -25,7 +27,7 @@ async def main(collection: str, batch_id: str, first: int, count: int, redeliver
     async with AsyncBatchStateManager(
         client,
         collection=collection,
-        mode=MigrationMode.DUAL_WRITE,
+        mode=mode,
         on_complete=lambda b, p: finalized.append(b),
     ) as manager:
         print("ready", flush=True)
@@ -56,4 +58,5 @@ async def main(collection: str, batch_id: str, first: int, count: int, redeliver
 
 if __name__ == "__main__":
     c, b, f, n, r = sys.argv[1:6]
-    asyncio.run(main(c, b, int(f), int(n), int(r)))
+    m = MigrationMode(sys.argv[6]) if len(sys.argv) > 6 else MigrationMode.DUAL_WRITE
+    asyncio.run(main(c, b, int(f), int(n), int(r), m))

@@ -19,6 +19,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from hypothesis import settings
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
+from async_batchstate.testing import EmulatorInfo, aclose_client, make_client
 
 from .helpers import ManagerFactory
 
@@ -44,3 +45,24 @@ async def make_manager(
     yield factory
     for manager in made:
         await manager.aclose()
+
+
+@pytest_asyncio.fixture
+async def other_manager(
+    firestore_emulator: EmulatorInfo, batch_collection: str
+) -> AsyncIterator[ManagerFactory]:
+    """Managers on a SECOND client (as another process would have): closed after the test."""
+    client = make_client(firestore_emulator)
+    made: list[AsyncBatchStateManager] = []
+
+    def factory(**kwargs: Any) -> AsyncBatchStateManager:
+        kwargs.setdefault("collection", batch_collection)
+        kwargs.setdefault("mode", MigrationMode.DUAL_WRITE)
+        manager = AsyncBatchStateManager(client, **kwargs)
+        made.append(manager)
+        return manager
+
+    yield factory
+    for manager in made:
+        await manager.aclose(drain_timeout=1.0)
+    await aclose_client(client)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,9 +19,22 @@ from google.cloud.firestore_v1 import ArrayUnion, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from async_batchstate import AsyncBatchStateManager, MigrationMode
+from async_batchstate import AsyncBatchStateManager, BatchProgress, MigrationMode
 from async_batchstate._store import transactions
-from async_batchstate.testing import FaultPoint
+from async_batchstate.testing import EmulatorInfo, FaultPoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Keys:
+    """An ``on_complete`` / ``on_expired`` that records each run's finalization key."""
+
+    def __init__(self) -> None:
+        self.keys: list[str | None] = []
+
+    def __call__(self, batch_id: str, progress: BatchProgress) -> None:
+        self.keys.append(progress.finalization_key)
+
 
 ManagerFactory = Callable[..., AsyncBatchStateManager]
 """The ``make_manager`` fixture: ``AsyncBatchStateManager`` keyword arguments -> a manager."""
@@ -252,3 +269,59 @@ CALLBACK_RUNS: list[tuple[str, str | None]] = []
 def record_callback(batch_id: str, progress: Any) -> None:
     """An ``on_complete`` for ``async-batchstate batch callbacks --run tests.helpers:...``."""
     CALLBACK_RUNS.append((batch_id, progress.finalization_key))
+
+
+async def run_workers(
+    emulator: EmulatorInfo,
+    collection: str,
+    batch_id: str,
+    share: int,
+    modes: Sequence[MigrationMode | None],
+) -> list[dict[str, Any]]:
+    """Run one ``tests._mp_worker`` OS process per entry of ``modes``, started together.
+
+    Process ``k`` records players ``p{k*share}..`` then redelivers the next process's
+    share (so every completion reaches two processes); ``None`` is DUAL_WRITE. Returns
+    each process's JSON report.
+    """
+    env = {
+        **os.environ,
+        "FIRESTORE_EMULATOR_HOST": emulator.host,
+        "GOOGLE_CLOUD_PROJECT": emulator.project,
+    }
+    n = len(modes)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests._mp_worker",
+                collection,
+                batch_id,
+                str(k * share),
+                str(share),
+                str(((k + 1) % n) * share),
+                *([] if mode is None else [mode.value]),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k, mode in enumerate(modes)
+    ]
+    for proc in procs:  # every process connected, its manager open
+        assert proc.stdout is not None
+        assert "ready\n" == await asyncio.to_thread(proc.stdout.readline)
+    for proc in procs:  # then all go at once
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    reports = []
+    for proc in procs:
+        out, err = await asyncio.to_thread(proc.communicate, timeout=100)
+        assert 0 == proc.returncode, err
+        reports.append(json.loads(out))
+    return reports

@@ -84,27 +84,6 @@ async def doc_until(
     return doc
 
 
-@pytest_asyncio.fixture
-async def other_manager(
-    firestore_emulator: EmulatorInfo, batch_collection: str
-) -> AsyncIterator[Callable[..., AsyncBatchStateManager]]:
-    """Managers on a SECOND client (as another process would have): closed after the test."""
-    client = make_client(firestore_emulator)
-    made: list[AsyncBatchStateManager] = []
-
-    def factory(**kwargs: Any) -> AsyncBatchStateManager:
-        kwargs.setdefault("collection", batch_collection)
-        kwargs.setdefault("mode", MigrationMode.DUAL_WRITE)
-        manager = AsyncBatchStateManager(client, **kwargs)
-        made.append(manager)
-        return manager
-
-    yield factory
-    for manager in made:
-        await manager.aclose(drain_timeout=1.0)
-    await aclose_client(client)
-
-
 # -- point 3: every finish owes its callback -----------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import async_batchstate
@@ -11,7 +12,8 @@ import async_batchstate.instrumentation
 import async_batchstate.migration
 import async_batchstate.testing
 
-API_PAGE = Path(__file__).resolve().parent.parent / "docs" / "api.md"
+ROOT = Path(__file__).resolve().parent.parent
+API_PAGE = ROOT / "docs" / "api.md"
 
 
 def test_every_public_name_has_an_api_entry() -> None:
@@ -33,3 +35,14 @@ def test_every_public_name_has_an_api_entry() -> None:
         )
     ]
     assert [] == missing
+
+
+def test_the_version_is_the_changelogs_newest_release() -> None:
+    """``pyproject.toml``'s version is the newest ``## [x.y.z] - date`` of CHANGELOG.md."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    releases = re.findall(
+        r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$",
+        (ROOT / "CHANGELOG.md").read_text(),
+        re.MULTILINE,
+    )
+    assert releases[:1] == [project["version"]]

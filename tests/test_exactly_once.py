@@ -29,7 +29,7 @@ from async_batchstate import (
 )
 from async_batchstate.testing import EmulatorInfo, FaultPoint, batch_violations
 
-from .helpers import ManagerFactory, read_batch
+from .helpers import Keys, ManagerFactory, read_batch
 
 pytestmark = pytest.mark.emulator
 
@@ -75,16 +75,6 @@ async def main(collection):
 
 asyncio.run(main(sys.argv[1]))
 """
-
-
-class Keys:
-    """on_complete that records each run's idempotency key."""
-
-    def __init__(self) -> None:
-        self.keys: list[str | None] = []
-
-    def __call__(self, batch_id: str, progress: BatchProgress) -> None:
-        self.keys.append(progress.finalization_key)
 
 
 async def test_a_process_killed_between_flip_and_callback_leaves_it_owed_to_another(

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate.testing import EmulatorInfo
 
-from .helpers import ManagerFactory, read_batch, read_completions
-
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ManagerFactory, read_batch, read_completions, run_workers
 
 
 async def test_four_processes_with_redelivery_count_exactly_and_finalize_once(
@@ -27,44 +18,7 @@ async def test_four_processes_with_redelivery_count_exactly_and_finalize_once(
     """4 x 100 completions plus a redelivery of each by another process: exact, one finalizer."""
     share = 100  # players per process; each records its own, then the next one's share
     await make_manager().create_batch("b", expected_count=4 * share)
-    env = {
-        **os.environ,
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "GOOGLE_CLOUD_PROJECT": firestore_emulator.project,
-    }
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests._mp_worker",
-                batch_collection,
-                "b",
-                str(k * share),
-                str(share),
-                str(((k + 1) % 4) * share),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(4)
-    ]
-    for proc in procs:  # every process connected, its manager open
-        assert proc.stdout is not None
-        assert "ready\n" == await asyncio.to_thread(proc.stdout.readline)
-    for proc in procs:  # then all go at once
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    reports = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=100)
-        assert 0 == proc.returncode, err
-        reports.append(json.loads(out))
+    reports = await run_workers(firestore_emulator, batch_collection, "b", share, [None] * 4)
 
     results = [r for report in reports for r in report["results"]]
     assert 8 * share == len(results)

@@ -99,9 +99,10 @@ def test_a_renamed_stats_attribute_fails_loudly_naming_the_new_one(old: str, new
     assert not hasattr(stats, "no_such_counter")
 
 
-def test_the_finalised_spellings_of_0_1_fail_loudly_naming_the_finalized_ones() -> None:
-    """One spelling, ``-ize``: 0.1's ``BatchFinalised`` and ``is_finalised`` name the new ones."""
+def test_the_finalised_spellings_fail_loudly_naming_the_finalized_ones() -> None:
+    """One spelling, ``-ize``: the ``-ise`` names of 0.1 and 0.2 name the ``-ize`` ones."""
     instrumentation = importlib.import_module("async_batchstate.instrumentation")
+    migration = importlib.import_module("async_batchstate.migration")
     progress = async_batchstate.BatchProgress(
         batch_id="b", expected_count=1, completed_count=1, total_predictions=0, status="complete"
     )
@@ -113,6 +114,13 @@ def test_the_finalised_spellings_of_0_1_fail_loudly_naming_the_finalized_ones() 
     with pytest.raises(AttributeError, match="is_finalized"):
         progress.is_finalised  # type: ignore[attr-defined]  # noqa: B018
     assert progress.is_finalized
+    with pytest.raises(AttributeError, match="finalization_key"):
+        progress.finalisation_key  # type: ignore[attr-defined]  # noqa: B018
+    summary = migration.BackfillSummary(
+        batches=0, changed=0, completions_created=0, predictions_backfilled=0
+    )
+    with pytest.raises(AttributeError, match="finalized"):
+        summary.finalised  # noqa: B018
 
 
 def test_testing_exports_the_write_ceiling_proxy() -> None:

@@ -9,16 +9,12 @@ finalized once all its completions are recorded, and the finishing caller is tol
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import (
-    AsyncBatchStateManager,
-    BatchProgress,
     CompletionStatus,
     MigrationMode,
     RetryPolicy,
@@ -28,50 +24,18 @@ from async_batchstate.testing import (
     FakeClock,
     FaultPoint,
     LostAnswers,
-    aclose_client,
-    make_client,
 )
 
-from .helpers import ManagerFactory, read_batch
+from .helpers import Keys, ManagerFactory, read_batch, run_workers
 
 pytestmark = pytest.mark.emulator
 
 FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=30.0, attempt_timeout=10.0)
 
 
-class Keys:
-    """on_complete / on_expired recording each run's key."""
-
-    def __init__(self) -> None:
-        self.keys: list[str | None] = []
-
-    def __call__(self, batch_id: str, progress: BatchProgress) -> None:
-        self.keys.append(progress.finalization_key)
-
-
-@pytest_asyncio.fixture
-async def other_process(
-    firestore_emulator: EmulatorInfo, batch_collection: str
-) -> AsyncIterator[Any]:
-    """Managers on a second client (another process's view of the same batches)."""
-    client = make_client(firestore_emulator)
-    made: list[AsyncBatchStateManager] = []
-
-    def factory(**kwargs: Any) -> AsyncBatchStateManager:
-        kwargs.setdefault("collection", batch_collection)
-        manager = AsyncBatchStateManager(client, **kwargs)
-        made.append(manager)
-        return manager
-
-    yield factory
-    for manager in made:
-        await manager.aclose()
-    await aclose_client(client)
-
-
 async def test_a_legacy_write_to_a_dual_batch_is_a_duplicate_for_the_dual_process_at_once(
     make_manager: ManagerFactory,
-    other_process: Any,
+    other_manager: Any,
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
@@ -82,7 +46,7 @@ async def test_a_legacy_write_to_a_dual_batch_is_a_duplicate_for_the_dual_proces
     runs on_complete."""
     keys = Keys()
     dual = make_manager(mode=MigrationMode.DUAL_WRITE, on_complete=keys, validation_rate=0.0)
-    legacy = other_process(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    legacy = other_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
     await dual.create_batch("b", expected_count=4)
     await dual.record_completion("b", "p0", 1)
 
@@ -102,13 +66,13 @@ async def test_a_legacy_write_to_a_dual_batch_is_a_duplicate_for_the_dual_proces
 
 
 async def test_a_redelivery_to_a_dual_process_idle_since_a_legacy_write_counts_once(
-    make_manager: ManagerFactory, other_process: Any, firestore_client: AsyncClient
+    make_manager: ManagerFactory, other_manager: Any, firestore_client: AsyncClient
 ) -> None:
     """The dual process has not written the batch since the LEGACY write (and believes it
     guarded, as it created it): the redelivery is a DUPLICATE all the same, however long after."""
     clock = FakeClock()
     dual = make_manager(mode=MigrationMode.DUAL_WRITE, clock=clock, validation_rate=0.0)
-    legacy = other_process(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    legacy = other_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
     await dual.create_batch("b", expected_count=3)
     await dual.record_completion("b", "p0", 1)
     await legacy.record_completion("b", "p1", 10)
@@ -128,7 +92,7 @@ async def test_a_redelivery_to_a_dual_process_idle_since_a_legacy_write_counts_o
 async def test_a_batch_created_by_subcollection_only_is_finalised_by_a_rolled_back_process(
     finisher: MigrationMode,
     make_manager: ManagerFactory,
-    other_process: Any,
+    other_manager: Any,
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
@@ -137,7 +101,7 @@ async def test_a_batch_created_by_subcollection_only_is_finalised_by_a_rolled_ba
     and reports every player (not only those in the array it wrote)."""
     keys = Keys()
     new = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY, validation_rate=0.0)
-    old = other_process(mode=finisher, on_complete=keys, validation_rate=0.0)
+    old = other_manager(mode=finisher, on_complete=keys, validation_rate=0.0)
     await new.create_batch("b", expected_players=["p1", "p2", "p3"])
     await new.record_completion("b", "p1", 1)
     await new.record_completion("b", "p2", 2)
@@ -155,7 +119,7 @@ async def test_a_batch_created_by_subcollection_only_is_finalised_by_a_rolled_ba
 
 async def test_an_explicit_finalize_in_dual_write_counts_what_subcollection_only_wrote(
     make_manager: ManagerFactory,
-    other_process: Any,
+    other_manager: Any,
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
@@ -165,7 +129,7 @@ async def test_an_explicit_finalize_in_dual_write_counts_what_subcollection_only
     from google.cloud.firestore_v1 import Increment
 
     new = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY, validation_rate=0.0)
-    old = other_process(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
+    old = other_manager(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
     await new.create_batch("b", expected_count=2)
     await new.record_completion("b", "p1", 1)
     ref = firestore_client.collection(batch_collection).document("b")
@@ -190,7 +154,7 @@ async def test_an_explicit_finalize_in_dual_write_counts_what_subcollection_only
 async def test_two_modes_alternating_on_one_batch_finalize_it_once_with_exact_players(
     writers: tuple[MigrationMode, MigrationMode],
     make_manager: ManagerFactory,
-    other_process: Any,
+    other_manager: Any,
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
@@ -199,7 +163,7 @@ async def test_two_modes_alternating_on_one_batch_finalize_it_once_with_exact_pl
     count as every mode counts it is the roster."""
     keys = Keys()
     first = make_manager(mode=writers[0], on_complete=keys, validation_rate=0.0)
-    second = other_process(mode=writers[1], on_complete=keys, validation_rate=0.0)
+    second = other_manager(mode=writers[1], on_complete=keys, validation_rate=0.0)
     players = [f"p{i}" for i in range(12)]
     await first.create_batch("b", expected_players=players)
     told = 0
@@ -232,13 +196,13 @@ async def test_late_or_recorded_is_what_held_when_the_write_landed_despite_a_los
     path: str,
     expired_first: bool,
     make_manager: ManagerFactory,
-    other_process: Any,
+    other_manager: Any,
     firestore_client: AsyncClient,
 ) -> None:
     """The first attempt's Commit lands, its answer is lost, the retry finds it. Written after
     the expiry: LATE. Written before an expiry that happened between the two attempts:
     RECORDED."""
-    expirer = other_process(mode=mode)
+    expirer = other_manager(mode=mode)
     begins = 0
 
     async def expire_between(point: FaultPoint, batch_id: str, players: Any) -> None:
@@ -270,7 +234,7 @@ def _records_completions(request: Any) -> bool:
 
 async def test_counts_stay_exact_across_a_full_rollout_and_rollback(
     make_manager: ManagerFactory,
-    other_process: Any,
+    other_manager: Any,
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
@@ -291,7 +255,7 @@ async def test_counts_stay_exact_across_a_full_rollout_and_rollback(
     told = 0
     for old_mode, new_mode in itertools.pairwise(steps):
         old = make_manager(mode=old_mode, clock=clock, validation_rate=0.0)
-        new = other_process(mode=new_mode, validation_rate=0.0)
+        new = other_manager(mode=new_mode, validation_rate=0.0)
         for _ in range(3):
             player = next(names)
             for manager in (new, old, new):
@@ -324,3 +288,41 @@ async def test_counts_stay_exact_across_a_full_rollout_and_rollback(
     assert len(docs) == doc["completed_count"]
     assert players == {**legacy, **docs}
     assert len(set(legacy) - set(docs)) == doc["legacy_only_count"]
+
+
+@pytest.mark.parametrize(
+    "modes",
+    [
+        (MigrationMode.DUAL_WRITE, MigrationMode.LEGACY) * 2,
+        (MigrationMode.DUAL_WRITE_SUBCOLLECTION_READS, MigrationMode.SUBCOLLECTION_ONLY) * 2,
+    ],
+    ids=["dual+legacy", "reads+subcollection_only"],
+)
+async def test_four_processes_in_two_modes_redelivering_each_other_count_once(
+    modes: tuple[MigrationMode, ...],
+    firestore_emulator: EmulatorInfo,
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A rolling deploy under load: four OS processes, alternately in two modes, each records
+    its 60 players and redelivers the next process's (in the other mode). Every player counts
+    once, one process finalizes, one caller is told, on_complete runs once."""
+    share = 60
+    await make_manager(mode=modes[0]).create_batch("b", expected_count=4 * share)
+
+    reports = await run_workers(firestore_emulator, batch_collection, "b", share, list(modes))
+
+    results = [r for report in reports for r in report["results"]]
+    assert (4 * share, 4 * share) == (
+        sum(r["status"] == "recorded" for r in results),
+        sum(r["status"] == "duplicate" for r in results),
+    )
+    assert 1 == sum(r["completed"] for r in results)
+    assert 1 == sum(len(report["finalized"]) for report in reports)
+    assert 0 == sum(report["failed"] for report in reports)
+    doc = await read_batch(firestore_client, batch_collection, "b")
+    assert (4 * share, "complete") == (
+        doc["completed_count"] + doc.get("legacy_only_count", 0),
+        doc["status"],
+    )

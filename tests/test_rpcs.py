@@ -84,17 +84,18 @@ async def test_a_group_of_redeliveries_only_writes_nothing(
     assert before == (await ref.get()).update_time
 
 
-async def test_legacy_groups_are_one_transaction(
+async def test_legacy_groups_are_one_read_and_one_conditional_commit(
     make_manager: ManagerFactory, firestore_client: AsyncClient
 ) -> None:
-    """LEGACY: the array is the only guard, so begin, read the array, commit."""
+    """LEGACY: the array is the only guard, so read it (no lock, no transaction) and commit
+    on the condition that the batch document is unchanged since."""
     manager = make_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
     await manager.create_batch("b", expected_count=100)
     rpcs = RpcCounter().attach(firestore_client)
 
     await _group(manager, "b", [f"p{i}" for i in range(5)])
 
-    assert {"BeginTransaction": 1, "BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
+    assert {"BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
 
 
 async def test_write_path_transaction_runs_every_group_through_a_transaction(
@@ -110,11 +111,11 @@ async def test_write_path_transaction_runs_every_group_through_a_transaction(
     assert {"BeginTransaction": 1, "BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
 
 
-async def test_a_dual_write_batch_not_backfilled_reads_its_array_in_a_transaction(
+async def test_a_dual_write_batch_not_backfilled_reads_its_array_before_a_conditional_commit(
     make_manager: ManagerFactory, firestore_client: AsyncClient
 ) -> None:
-    """A batch started by LEGACY writers: its array must be read, so its groups are transactions
-    (whose read of the array re-reads the backfill flag), and a legacy-only player is a DUPLICATE."""
+    """A batch started by LEGACY writers: its array must be read (with the backfill flag), and
+    the Commit is conditional on the batch being unchanged; a legacy-only player is a DUPLICATE."""
     legacy = make_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
     await legacy.create_batch("b", expected_count=100)
     await legacy.record_completion("b", "old", 1)
@@ -125,16 +126,16 @@ async def test_a_dual_write_batch_not_backfilled_reads_its_array_in_a_transactio
     statuses = await _group(manager, "b", ["old", "new"])
 
     assert [CompletionStatus.DUPLICATE, CompletionStatus.RECORDED] == statuses
-    # Known not backfilled (no read of the flag): begin, ONE read (the array with the flag and
-    # the members' docs), commit.
-    assert {"BatchGetDocuments": 1, "BeginTransaction": 1, "Commit": 1} == dict(rpcs.counts)
+    # Known not backfilled: ONE read (the array with the flag, and the members' docs), commit.
+    assert {"BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
 
 
-async def test_a_carriage_return_id_is_written_with_the_whole_map_in_a_transaction(
+async def test_a_carriage_return_id_is_written_with_the_whole_map_read_before(
     make_manager: ManagerFactory, firestore_client: AsyncClient
 ) -> None:
-    """A CR in a player id cannot go in a field path: its group reads the legacy map in a
-    transaction and writes the map whole; groups without such an id stay lock-free."""
+    """A CR in a player id cannot go in a field path: its group reads the legacy map and writes
+    it whole, conditional on the batch being unchanged; groups without such an id stay one
+    plain Commit."""
     manager = make_manager(validation_rate=0.0)
     await manager.create_batch("b", expected_count=100)
     rpcs = RpcCounter().attach(firestore_client)
@@ -142,8 +143,8 @@ async def test_a_carriage_return_id_is_written_with_the_whole_map_in_a_transacti
     statuses = await _group(manager, "b", ["a\rb", "p"])
 
     assert [CompletionStatus.RECORDED] * 2 == statuses
-    # Begin, read the completion docs and the map in one RPC, commit.
-    assert {"BeginTransaction": 1, "BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
+    # Read the completion docs and the map in one RPC, then one conditional Commit.
+    assert {"BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
     rpcs.reset()
     await _group(manager, "b", ["q", "r"])
     assert {"Commit": 1} == dict(rpcs.counts)

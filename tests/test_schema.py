@@ -146,3 +146,16 @@ def test_a_count_that_could_overflow_the_total_is_refused_without_io() -> None:
     info.check_completion("b", "p", most)
     with pytest.raises(InvalidCountError, match="overflow"):
         info.check_completion("b", "p", most + 1)
+
+
+def test_groups_read_their_members_first_only_while_most_of_them_conflict() -> None:
+    """reads_first follows the recent share of conflicting groups (EWMA): on after a run of
+    conflicts, off again after a run of clean groups; a fresh batch commits directly."""
+    info = BatchInfo(expected=10)
+    assert not info.reads_first
+    for _ in range(4):
+        info.note_conflict(True)
+    assert info.reads_first
+    for _ in range(3):
+        info.note_conflict(False)
+    assert not info.reads_first

@@ -38,8 +38,8 @@ class MigrationMode(enum.Enum):
     | mode | writes | reads |
     |---|---|---|
     | ``LEGACY`` | array + map + total | array |
-    | ``DUAL_WRITE`` (default) | both, in one transaction | array |
-    | ``DUAL_WRITE_SUBCOLLECTION_READS`` | both, in one transaction | subcollection |
+    | ``DUAL_WRITE`` (default) | both, in one Commit | array |
+    | ``DUAL_WRITE_SUBCOLLECTION_READS`` | both, in one Commit | subcollection |
     | ``SUBCOLLECTION_ONLY`` | subcollection + counters | subcollection |
     """
 

@@ -101,7 +101,7 @@ class BatchProgress:
     if not typing.TYPE_CHECKING:  # hidden so type checkers flag the old name too
 
         def __getattr__(self, name: str) -> object:
-            raise renamed_attribute(self, name, {"is_finalised": "is_finalized"})
+            raise renamed_attribute(self, name, _PROGRESS_RENAMED)
 
     @property
     def is_expired(self) -> bool:
@@ -119,13 +119,20 @@ class BatchProgress:
         return max(0, self.expected_count - self.completed_count)
 
 
+_PROGRESS_RENAMED = {
+    "is_finalised": "is_finalized",
+    "finalisation_key": "finalization_key",
+    "finaliser_id": "finalizer_id",
+}
+
+
 def renamed_attribute(owner: object, name: str, renames: dict[str, str]) -> AttributeError:
     """The ``AttributeError`` of a missing attribute, naming the new one if ``name`` was renamed.
 
-    For the ``__getattr__`` of classes whose 0.1 attribute names changed in 0.2
+    For the ``__getattr__`` of classes whose attribute names changed in 0.3
     (``__getattr__`` runs only for names the class does not have).
     """
     kind = type(owner).__name__
     if name in renames:
-        return AttributeError(f"{kind}.{name} was renamed in 0.2: use {kind}.{renames[name]}")
+        return AttributeError(f"{kind}.{name} was renamed in 0.3: use {kind}.{renames[name]}")
     return AttributeError(f"{kind!r} object has no attribute {name!r}")

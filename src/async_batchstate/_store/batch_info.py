@@ -27,6 +27,21 @@ class BatchInfo:
     """This process saw the batch finished (no more deadline checks)."""
     guarded: bool = field(default=False, compare=False)
     """Completion documents guard the batch: every legacy-array player has one."""
+    conflicts: float = field(default=0.0, compare=False)
+    """Recent share of this process's groups that met an existing member (EWMA)."""
+
+    def note_conflict(self, met: bool) -> None:
+        """A group met an existing member (a redelivery another process recorded), or not."""
+        self.conflicts = 0.75 * self.conflicts + (0.25 if met else 0.0)
+
+    @property
+    def reads_first(self) -> bool:
+        """Whether groups should read their members before committing: most of them meet one.
+
+        A Commit with an existing member is refused whole and re-sent after a read;
+        reading first costs that read only, and a fresh group still one Commit.
+        """
+        return self.conflicts > 0.5
 
     def check_completion(self, batch_id: str, player: str, count: int) -> None:
         """Refuse a completion this batch cannot take, before anything is written.

@@ -52,6 +52,7 @@ from typing import Any, Concatenate, Literal
 
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, ArrayUnion, Increment
+from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.field_path import FieldPath
@@ -359,6 +360,10 @@ class GroupWriter:
             legacy_read = not (self._mode.writes_subcollection and info.guarded)
             if self._write_path == "auto" and not legacy_read and not self._whole_map(firsts):
                 written = await self._write_lock_free(batch_id, group, firsts, state, info)
+            elif self._write_path == "auto":
+                written = await self._write_optimistic(
+                    batch_id, group, firsts, state, legacy_read, info
+                )
             else:
                 written = await self._write_transaction(
                     batch_id, group, firsts, state, legacy_read, info
@@ -397,13 +402,25 @@ class GroupWriter:
         state: GroupState,
         info: BatchInfo,
     ) -> GroupOutcome:
-        """Commit the unresolved members; on ALREADY_EXISTS find which exist and go again."""
+        """Commit the unresolved members; on ALREADY_EXISTS find which exist and go again.
+
+        Where most groups of the batch meet an existing member (redeliveries in flight
+        in other processes), the members are read first, so that one conflict does not
+        refuse, and re-send, the whole group.
+        """
         batch_ref = self.refs.batch(batch_id)
         pending = [group[i] for p, i in firsts.items() if p not in state.resolved]
         seen = GroupOutcome(())
+        conflicted = False
+        if info.reads_first and len(pending) > 1:
+            refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
+            found, seen = await self._read_after_conflict(batch_ref, refs, state)
+            conflicted = bool(found)
+            pending = [c for c in pending if c.player not in found]
         await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
         for _ in range(_MAX_CONFLICT_ROUNDS):
             if not pending:
+                info.note_conflict(conflicted)
                 return seen
             refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
             write = self._client.batch()
@@ -417,6 +434,7 @@ class GroupWriter:
             except gexc.Conflict:
                 # Some member exists. One lock-free read of the batch and the members
                 # says which, whose they are, and where the batch stands.
+                conflicted = True
                 found, seen = await self._read_after_conflict(batch_ref, refs, state)
                 still = [c for c in pending if c.player not in found]
                 if len(still) == len(pending):
@@ -432,6 +450,7 @@ class GroupWriter:
                 if outcome.expired:
                     state.late.add(completion.player)
             self._confirm(batch_id, info, legacy_only)
+            info.note_conflict(conflicted)
             await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
             return outcome
         raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
@@ -495,7 +514,7 @@ class GroupWriter:
     ) -> GroupOutcome:
         try:
             staged, transaction = await self.transact(
-                self._stage, batch_id, group, firsts, state, legacy_read
+                lambda txn: self._stage(txn, txn, batch_id, group, firsts, state, legacy_read)
             )
         except gexc.ServiceUnavailable as exc:
             if isinstance(exc.__cause__, REFUSED_AT_COMMIT):
@@ -505,13 +524,57 @@ class GroupWriter:
                 if state.uncertain_commits > _MAX_UNCERTAIN_COMMITS:
                     raise exc.__cause__ from None
             raise
+        return await self._committed(
+            batch_id, firsts, state, info, staged, transaction.write_results
+        )
+
+    async def _write_optimistic(
+        self,
+        batch_id: str,
+        group: Sequence[Completion],
+        firsts: dict[str, int],
+        state: GroupState,
+        legacy_read: bool,
+        info: BatchInfo,
+    ) -> GroupOutcome:
+        """Read without a lock, then ONE Commit on the condition that the batch is unchanged.
+
+        Where the legacy array must be read (LEGACY mode, an unguarded batch, a
+        whole-map write), a transaction's read would lock the hot batch document
+        and serialise every writer behind lock waits. Every write of every mode
+        updates the batch document, so its ``update_time`` is the version of all
+        the batch's state: a plain read and a Commit with an ``update_time``
+        precondition is as safe, and a Commit refused because another write
+        landed meanwhile is read again (ABORTED: the retry loop backs off).
+        """
+        write = self._client.batch()
+        staged = await self._stage(None, write, batch_id, group, firsts, state, legacy_read)
+        results: Any = None
+        if staged.new:
+            try:
+                results = await write.commit(retry=None)
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                # The batch changed (or a member appeared) since the read: read again.
+                raise gexc.Aborted("batch changed since it was read") from None  # type: ignore[no-untyped-call]
+        return await self._committed(batch_id, firsts, state, info, staged, results)
+
+    async def _committed(
+        self,
+        batch_id: str,
+        firsts: dict[str, int],
+        state: GroupState,
+        info: BatchInfo,
+        staged: _Staged,
+        write_results: Any,
+    ) -> GroupOutcome:
+        """The outcome of a staged write that committed (or had nothing to write)."""
         if staged.guarded is not None:
             info.guarded = staged.guarded
         outcome = GroupOutcome((), staged.counted, expired=staged.expired)
         if not staged.new or staged.results_at is None:
             return outcome
         state.resolved.update(dict.fromkeys(staged.new, True))
-        committed, _ = staged.results_at.read((transaction.write_results or [])[-1])
+        committed, _ = staged.results_at.read((write_results or [])[-1])
         if committed.expired:
             state.late.update(staged.new)
         await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(firsts))
@@ -521,14 +584,19 @@ class GroupWriter:
 
     async def _stage(
         self,
-        transaction: AsyncTransaction,
+        transaction: AsyncTransaction | None,
+        writes: AsyncTransaction | AsyncWriteBatch,
         batch_id: str,
         group: Sequence[Completion],
         firsts: dict[str, int],
         state: GroupState,
         legacy_read: bool,
     ) -> _Staged:
-        """Stage the group's unresolved members in ``transaction``."""
+        """Stage the group's unresolved members in ``writes``.
+
+        Reads in ``transaction``; without one (the optimistic path) the batch update
+        carries an ``update_time`` precondition from the read.
+        """
         batch_ref = self.refs.batch(batch_id)
         pending = [p for p in firsts if p not in state.resolved]
         refs = {p: self.refs.completion(batch_id, p) for p in pending}
@@ -544,10 +612,10 @@ class GroupWriter:
         if self._whole_map(pending):
             fields.append(f.PREDICTIONS_BY_PLAYER)
         # One read: the batch (where it is read) and the members' completion documents.
-        data, members = await self._read_group(transaction, batch_ref, refs, fields)
+        data, members, version = await self._read_group(transaction, batch_ref, refs, fields)
         if not legacy_read and any(m.get(f.WRITE_ID) == state.write_id for m in members.values()):
             # Our own earlier attempt committed: was the batch expired by then?
-            data, _ = await self._read_group(transaction, batch_ref, {}, _BATCH_FINISH)
+            data, _, version = await self._read_group(transaction, batch_ref, {}, _BATCH_FINISH)
         self._resolve_found(members, data, state)
         array = set(data.get(f.COMPLETED_PLAYERS) or ()) if legacy_read else set()
         # Completion documents guard the batch: every writer keeps them, LEGACY included.
@@ -587,14 +655,20 @@ class GroupWriter:
         names = [c.player for c in new]
         if docs:
             for completion in new:
-                transaction.create(refs[completion.player], self._completion_doc(completion, state))
+                writes.create(refs[completion.player], self._completion_doc(completion, state))
         update, results_at = self._batch_update(new, whole_map, docs=docs)
         if not self._mode.writes_subcollection:
             attempt_id = f"{state.write_id}.{len(state.plans)}"
             state.plans[attempt_id] = frozenset(names)
             stored_id = attempt_id + (LATE_SUFFIX if expired else "")
             update[f.RECENT_WRITES] = [*recent, stored_id][-f.RECENT_WRITES_KEPT :]
-        transaction.update(batch_ref, update)
+        if transaction is None:
+            if version is None:
+                raise gexc.Aborted("the batch was not read before an optimistic write")  # type: ignore[no-untyped-call]
+            option = self._client.write_option(last_update_time=version)
+            writes.update(batch_ref, update, option=option)
+        else:
+            writes.update(batch_ref, update)
         counted = None
         if legacy_read:  # the batch's count after this commit, from what the transaction read
             after = dict(data)
@@ -619,33 +693,38 @@ class GroupWriter:
 
     async def _read_group(
         self,
-        transaction: AsyncTransaction,
+        transaction: AsyncTransaction | None,
         batch_ref: Any,
         refs: Mapping[str, Any],
         fields: list[str],
-    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-        """In one RPC: the batch's ``fields`` (none: not read) and the members that exist.
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], Any]:
+        """In one RPC: the batch's fields, the members that exist, the batch's version.
+
+        ``fields`` empty: the batch is not read. The version is the batch document's
+        ``update_time`` (None when not read).
 
         Raises:
             BatchNotFoundError: The batch was to be read and does not exist.
         """
         wanted = ([batch_ref] if fields else []) + list(refs.values())
         if not wanted:
-            return {}, {}
+            return {}, {}, None
         batch: dict[str, Any] | None = None
+        version: Any = None
         members: dict[str, dict[str, Any]] = {}
         async for snap in self._client.get_all(
             wanted, field_paths=[*fields, *_MEMBER_FIELDS], transaction=transaction, retry=None
         ):
             if snap.reference.path == batch_ref.path:
                 batch = (snap.to_dict() or {}) if snap.exists else None
+                version = snap.update_time
             elif snap.exists:
                 members[snap.reference.id] = snap.to_dict() or {}
         if fields and batch is None:
             raise BatchNotFoundError(
                 f"batch {batch_ref.id!r} does not exist; call create_batch first"
             )
-        return batch or {}, members
+        return batch or {}, members, version
 
     def _batch_update(
         self,

@@ -42,7 +42,7 @@ if not typing.TYPE_CHECKING:  # so type checkers still flag the removed names
         """Fail loudly, with the way out, for names 0.1 exported from here."""
         if name == "BatchFinalised":
             raise AttributeError(
-                "async_batchstate.instrumentation.BatchFinalised was renamed in 0.2: use "
+                "async_batchstate.instrumentation.BatchFinalised was renamed in 0.3: use "
                 "BatchFinalized (from async_batchstate.instrumentation import BatchFinalized)"
             )
         if name == "completion_span":

@@ -18,7 +18,7 @@ set in the transaction that read the array and saw it true. A write path in
 ``DUAL_WRITE`` can then tell which batches may still hold array-only players
 (see ``COMPLETIONS_BACKFILLED``).
 
-``async-batchstate migrate`` drives them; see the README's runbook. One module
+``async-batchstate migrate`` drives them; see the docs' migration runbook. One module
 per concern: ``_walk`` (the batch walker), ``_checkpoint``, ``_backfill_batch``
 (one batch), ``_backfill`` (the run), ``_verify`` (verify and status), ``_cleanup``.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import typing
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from .._retry import RetryPolicy, retried
 from .._store.ids import Layout
 from .._store.names import STATUS_COMPLETE
 from .._store.refs import Refs
+from .._types import renamed_attribute
 from .._write.finalizer import Finalizer
 from ..instrumentation._events import Recorder
 from ._backfill_batch import BatchBackfill, backfill_batch
@@ -54,6 +56,11 @@ class BackfillSummary:
     resumed_after: str | None = None
     dry_run: bool = False
     finalized: int = 0
+
+    if not typing.TYPE_CHECKING:  # hidden so type checkers flag the old name too
+
+        def __getattr__(self, name: str) -> object:
+            raise renamed_attribute(self, name, {"finalised": "finalized"})
 
     @property
     def ok(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from .._store.completion import completion_doc
 from .._store.ids import Layout, validate_id
 from .._store.refs import Refs
 from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
+from .._types import renamed_attribute
 
 _PAGE = 500
 
@@ -45,6 +47,11 @@ class BatchBackfill:
     skipped: str | None = None
     transactions: int = 0
     finalized: bool = False
+
+    if not typing.TYPE_CHECKING:  # hidden so type checkers flag the old name too
+
+        def __getattr__(self, name: str) -> object:
+            raise renamed_attribute(self, name, {"finalised": "finalized"})
 
 
 @dataclass(frozen=True)
