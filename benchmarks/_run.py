@@ -637,7 +637,7 @@ class Bench:
         One recorder per strategy records one completion first (unmeasured: the
         manager reads a batch's settings once), then ``rpc_burst`` callers at once
         record fresh players, then as many again, half of them redelivering players of
-        the first burst. No background validation and no finalisation (the batch
+        the first burst. No background validation and no finalization (the batch
         expects more), so every RPC counted is the group writes' own.
         """
         n = self.cfg.rpc_burst

@@ -239,8 +239,8 @@ class ManagerRecorder:
         s = self.manager.stats()
         return Costs(
             s.attempts,
-            s.transactions,
-            dict(s.aborts_by_cause),
+            s.commits,
+            dict(s.failures_by_cause),
             s.duplicates,
             grouped=sum(size * n for size, n in s.group_sizes.items()),
             # Being added to ``Stats`` by another change; absent: not reported.

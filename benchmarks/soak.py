@@ -91,7 +91,7 @@ class Figures:
     attempt_errors: dict[str, int] = field(default_factory=dict)
     """Failed attempts by kind and exception type."""
     connection_resets: int = 0
-    finalisations: int = 0
+    finalizations: int = 0
     violations: list[str] = field(default_factory=list)
     completions_per_s: float = 0.0
 
@@ -214,7 +214,7 @@ class Soak:
 
     async def check(self, batch_id: str, mode: MigrationMode, counts: dict[str, int]) -> None:
         problems = await batch_violations(
-            self.reader, self.collection, batch_id, mode, expected=counts, require_finalised=True
+            self.reader, self.collection, batch_id, mode, expected=counts, require_finalized=True
         )
         if self.on_complete[batch_id] != 1:
             problems.append(f"{batch_id}: on_complete ran {self.on_complete[batch_id]} times")
@@ -258,9 +258,9 @@ class Soak:
             stats = manager.stats()
             self.figures.retries += stats.retries
             self.figures.attempts += stats.attempts
-            self.figures.transactions += stats.transactions
-            self.figures.finalisations += stats.batches_finalised
-            for cause, n in stats.aborts_by_cause.items():
+            self.figures.transactions += stats.commits
+            self.figures.finalizations += stats.batches_finalized
+            for cause, n in stats.failures_by_cause.items():
                 self.figures.aborts_by_cause[cause] = self.figures.aborts_by_cause.get(cause, 0) + n
         print(f"  final read-back of {len(self.done)} batches ...", flush=True)
         before = len(self.figures.violations)
@@ -275,7 +275,7 @@ class Soak:
                         batch_id,
                         mode,
                         expected=counts,
-                        require_finalised=True,
+                        require_finalized=True,
                     )
                 )
 

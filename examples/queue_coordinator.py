@@ -100,7 +100,7 @@ async def main() -> int:
             print(
                 f"progress: {progress.completed_count}/{progress.expected_count} players, "
                 f"{progress.total_predictions} predictions, status {progress.status}; "
-                f"{stats.transactions} transactions for {stats.recorded + stats.duplicates} "
+                f"{stats.commits} commits for {stats.recorded + stats.duplicates} "
                 f"completions, p50 {stats.latency_p50 * 1000:.0f} ms"
             )
     finally:
@@ -109,7 +109,7 @@ async def main() -> int:
     expected_total = sum(m.predictions_count for m in messages)
     ok = (
         statuses == Counter({CompletionStatus.RECORDED: PLAYERS, CompletionStatus.DUPLICATE: 10})
-        and progress.is_finalised
+        and progress.is_finalized
         and progress.completed_count == PLAYERS
         and progress.total_predictions == expected_total
     )

@@ -49,8 +49,8 @@ async def manager(
 
 
 @pytest.mark.asyncio
-async def test_concurrent_workers_finalise_the_batch_once(manager: AsyncBatchStateManager) -> None:
-    """Ten concurrent completions: all recorded, exactly one finalises the batch."""
+async def test_concurrent_workers_finalize_the_batch_once(manager: AsyncBatchStateManager) -> None:
+    """Ten concurrent completions: all recorded, exactly one finalizes the batch."""
     players = [f"p{i}" for i in range(10)]
     await manager.create_batch("b1", expected_players=players)
 
@@ -59,7 +59,7 @@ async def test_concurrent_workers_finalise_the_batch_once(manager: AsyncBatchSta
     assert {CompletionStatus.RECORDED} == {r.status for r in results}
     assert 1 == sum(r.batch_completed for r in results)
     progress = await manager.get_progress("b1")
-    assert (True, 20) == (progress.is_finalised, progress.total_predictions)
+    assert (True, 20) == (progress.is_finalized, progress.total_predictions)
 
 
 @pytest.mark.asyncio

@@ -1,9 +1,9 @@
 """A coordinator awaiting a batch with ``wait_until_complete`` while workers record.
 
 The coordinator creates a batch, starts workers, and simply waits for the batch
-to finish: ``wait_until_complete`` wakes as soon as this process finalises it
-(and polls, so it also sees a batch finalised by another process). The
-``on_complete`` callback runs exactly once, for the one finalisation.
+to finish: ``wait_until_complete`` wakes as soon as this process finalizes it
+(and polls, so it also sees a batch finalized by another process). The
+``on_complete`` callback runs exactly once, for the one finalization.
 
 Run it against the Firestore emulator::
 
@@ -45,11 +45,11 @@ async def main() -> int:
     collection = f"example_wait_{uuid.uuid4().hex[:8]}"
     batch_id = "batch-1"
     players = [f"player-{i:03d}" for i in range(PLAYERS)]
-    finalised: list[BatchProgress] = []
+    finalized: list[BatchProgress] = []
 
     async def on_complete(done_batch: str, progress: BatchProgress) -> None:
         print(f"on_complete: {done_batch} finished with {progress.total_predictions} predictions")
-        finalised.append(progress)
+        finalized.append(progress)
 
     try:
         async with AsyncBatchStateManager(
@@ -65,10 +65,10 @@ async def main() -> int:
         await aclose_client(client)
 
     ok = (
-        progress.is_finalised
+        progress.is_finalized
         and progress.completed_players == tuple(players)
         and progress.total_predictions == sum(seed % 3 + 1 for seed in range(PLAYERS))
-        and [progress.total_predictions] == [p.total_predictions for p in finalised]
+        and [progress.total_predictions] == [p.total_predictions for p in finalized]
     )
     print("OK" if ok else "UNEXPECTED RESULT")
     return 0 if ok else 1

@@ -136,7 +136,7 @@ def firestore_emulator(request: pytest.FixtureRequest) -> Iterator[EmulatorInfo]
     project = str(request.config.getini("firestore_project"))
     existing = os.environ.get(HOST_ENV)
     if existing:
-        yield EmulatorInfo(existing, project, None)
+        yield EmulatorInfo(host=existing, project=project, process=None)
         return
     try:
         emulator = FirestoreEmulator().start()
@@ -147,7 +147,7 @@ def firestore_emulator(request: pytest.FixtureRequest) -> Iterator[EmulatorInfo]
         pytest.skip(message)
     os.environ[HOST_ENV] = emulator.host
     try:
-        yield EmulatorInfo(emulator.host, project, emulator)
+        yield EmulatorInfo(host=emulator.host, project=project, process=emulator)
     finally:
         os.environ.pop(HOST_ENV, None)
         emulator.stop()

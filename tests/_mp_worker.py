@@ -21,14 +21,14 @@ async def main(
     collection: str, batch_id: str, first: int, count: int, redeliver: int, mode: MigrationMode
 ) -> None:
     client = client_from_env()
-    finalised: list[str] = []
+    finalized: list[str] = []
     players = [f"p{i}" for i in range(first, first + count)]
     players += [f"p{i}" for i in range(redeliver, redeliver + count)]  # another process's share
     async with AsyncBatchStateManager(
         client,
         collection=collection,
         mode=mode,
-        on_complete=lambda b, p: finalised.append(b),
+        on_complete=lambda b, p: finalized.append(b),
     ) as manager:
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # start together
@@ -48,7 +48,7 @@ async def main(
         json.dumps(
             {
                 "results": results,
-                "finalised": finalised,
+                "finalized": finalized,
                 "failed": stats.failed,
                 "attempts": stats.attempts,
             }

@@ -15,28 +15,32 @@ from typing import Any
 import grpc
 import pytest
 from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
+from google.cloud.firestore_v1 import ArrayUnion, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from async_batchstate import AsyncBatchStateManager, BatchProgress, MigrationMode
-from async_batchstate._store.transactions import run_transactional
-from async_batchstate.migration import _run as _migration
+from async_batchstate._store import transactions
 from async_batchstate.testing import EmulatorInfo, FaultPoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class Keys:
-    """An ``on_complete`` / ``on_expired`` that records each run's finalisation key."""
+    """An ``on_complete`` / ``on_expired`` that records each run's finalization key."""
 
     def __init__(self) -> None:
         self.keys: list[str | None] = []
 
     def __call__(self, batch_id: str, progress: BatchProgress) -> None:
-        self.keys.append(progress.finalisation_key)
+        self.keys.append(progress.finalization_key)
 
 
 ManagerFactory = Callable[..., AsyncBatchStateManager]
 """The ``make_manager`` fixture: ``AsyncBatchStateManager`` keyword arguments -> a manager."""
+
+COMPLETIONS_BACKFILLED = "completions_backfilled"
+"""The mark backfill sets on a batch whose array players all have completion documents."""
 
 
 async def read_batch(client: AsyncClient, collection: str, batch_id: str) -> dict[str, Any]:
@@ -54,13 +58,13 @@ async def read_completions(client: AsyncClient, collection: str, batch_id: str) 
 def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseException]:
     """Make the migration's transactions on ``batch_id`` fail, transiently then permanently.
 
-    Patches the library's ``run_transactional`` as the migration module calls it
-    (backfill and cleanup-legacy), not Firestore: every other batch runs its real
+    Patches the library's ``run_transactional`` as ``transact`` (the transaction
+    with our retry that backfill and cleanup-legacy run) calls it, not Firestore: every other batch runs its real
     transactions on the emulator. The first attempt on ``batch_id`` raises
     UNAVAILABLE (the library retries it), the next ones PERMISSION_DENIED (not
     retried). Returns the errors raised, in order.
     """
-    real = run_transactional
+    real = transactions.run_transactional
     raised: list[BaseException] = []
 
     async def flaky(function: Any, transaction: Any, *args: Any) -> Any:
@@ -74,8 +78,59 @@ def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseE
             raise error
         return await real(function, transaction, *args)
 
-    monkeypatch.setattr(_migration, "run_transactional", flaky)
+    monkeypatch.setattr(transactions, "run_transactional", flaky)
     return raised
+
+
+async def seed_legacy(client: AsyncClient, collection: str, batches: int, players: int = 3) -> None:
+    """Batches as the old code left them: array, map and total only (raw batched writes)."""
+    col = client.collection(collection)
+    for start in range(0, batches, 500):
+        writes = client.batch()
+        for i in range(start, min(start + 500, batches)):
+            names = [f"p{j}" for j in range(players)]
+            writes.set(
+                col.document(f"b{i:05d}"),
+                {
+                    "expected_count": players + 1,
+                    "status": "in_progress",
+                    "completed_players": names,
+                    "predictions_by_player": {n: j + 1 for j, n in enumerate(names)},
+                    "total_predictions": sum(range(1, players + 1)),
+                },
+            )
+        await writes.commit()
+
+
+async def sum_field(client: AsyncClient, collection: str, name: str) -> int:
+    """The ``sum()`` aggregation of ``name`` over the collection."""
+    rows = await client.collection(collection).sum(name, alias="s").get()
+    return int(rows[0][0].value)
+
+
+async def dual_batches(make_manager: ManagerFactory, count: int = 3) -> None:
+    """``count`` batches ``d0``... in DUAL_WRITE, two players recorded in each."""
+    manager = make_manager(mode=MigrationMode.DUAL_WRITE)
+    for i in range(count):
+        await manager.create_batch(f"d{i}", expected_count=5)
+        await manager.record_completion(f"d{i}", "p1", predictions_count=2)
+        await manager.record_completion(f"d{i}", "p2", predictions_count=3)
+
+
+async def corrupt_batch(client: AsyncClient, collection: str, batch_id: str) -> None:
+    """A ghost player in the legacy array, map and totals only (inconsistent under every mode)."""
+    await (
+        client.collection(collection)
+        .document(batch_id)
+        .update(
+            {
+                "completed_players": ArrayUnion(["ghost"]),
+                FieldPath("predictions_by_player", "ghost").to_api_repr(): 1,
+                "total_predictions": Increment(1),
+                "completed_count": Increment(1),
+            }
+        )
+    )
 
 
 _BLOCK_IMPORTS = """
@@ -208,12 +263,12 @@ class FaultGate:
 
 
 CALLBACK_RUNS: list[tuple[str, str | None]] = []
-"""What ``record_callback`` saw: (batch id, finalisation key); the CLI loads it by name."""
+"""What ``record_callback`` saw: (batch id, finalization key); the CLI loads it by name."""
 
 
 def record_callback(batch_id: str, progress: Any) -> None:
     """An ``on_complete`` for ``async-batchstate batch callbacks --run tests.helpers:...``."""
-    CALLBACK_RUNS.append((batch_id, progress.finalisation_key))
+    CALLBACK_RUNS.append((batch_id, progress.finalization_key))
 
 
 async def run_workers(

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from async_batchstate import MigrationMode
-from async_batchstate.consistency import ConsistencyReport
-from async_batchstate.consistency._alerts import SlackWebhookAlerter
+from async_batchstate.consistency import ConsistencyReport, SlackWebhookAlerter
 
 
 class _Server(ThreadingHTTPServer):

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from async_batchstate.migration._run import MigrationError, for_each_batch
+from async_batchstate.migration import MigrationError
+from async_batchstate.migration._walk import for_each_batch
 
 
 class _Recorder:

@@ -1,5 +1,5 @@
 """What a caller is promised about time and about being told: the timeout bounds the whole call,
-and a close that cuts a finalisation still tells exactly one caller across processes."""
+and a close that cuts a finalization still tells exactly one caller across processes."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ async def test_closing_while_the_flip_is_in_flight_still_tells_exactly_one_calle
     """A close whose drain runs out while the last group's flip is on the wire (every RPC
     takes ~0.5 s through a latency proxy; the drain is 0.9 s: the flip's update is on the wire). Across this process and
     another that gets the redelivery, exactly one caller is told batch_completed=True, and
-    the batch is finalised."""
+    the batch is finalized."""
     closing: list[asyncio.Task[None]] = []
     async with FaultyProxy(firestore_emulator.host, latency=0.25) as proxy:
         slow = make_client(EmulatorInfo(proxy.host, firestore_emulator.project, None))
@@ -116,4 +116,4 @@ async def test_closing_while_the_flip_is_in_flight_still_tells_exactly_one_calle
 
     assert CompletionStatus.DUPLICATE == again.status
     assert 1 == told_here + again.batch_completed
-    assert final.is_finalised
+    assert final.is_finalized

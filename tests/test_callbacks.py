@@ -64,7 +64,7 @@ class Runs:
             await asyncio.sleep(self.seconds)
         finally:
             self.running -= 1
-        self.runs.append((batch_id, progress.status, progress.finalisation_key))
+        self.runs.append((batch_id, progress.status, progress.finalization_key))
 
 
 async def eventually(check: Callable[[], bool], seconds: float = 15.0) -> None:
@@ -117,7 +117,7 @@ async def test_a_completion_by_a_manager_without_on_complete_owes_it_to_the_next
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
-    """A manager without on_complete finalises the batch; the coordinator's next completion
+    """A manager without on_complete finalizes the batch; the coordinator's next completion
     of it (a redelivery) runs the owed on_complete in the background."""
     bare = make_manager()
     await bare.create_batch("b", expected_count=1)
@@ -281,7 +281,7 @@ async def test_a_completion_on_an_overdue_batch_never_waits_for_on_expired(
 async def test_close_waits_for_a_background_callback_within_its_drain(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """The finalising caller is answered while on_complete still runs; aclose with a long
+    """The finalizing caller is answered while on_complete still runs; aclose with a long
     enough drain waits for it, and it ends done, once."""
     slow = Runs(seconds=0.5)
     manager = make_manager(on_complete=slow)
@@ -544,7 +544,7 @@ async def test_a_runner_that_loses_its_lease_learns_it_and_leaves_the_done_mark(
     first_runs: list[str | None] = []
 
     async def held(batch_id: str, progress: BatchProgress) -> None:
-        first_runs.append(progress.finalisation_key)
+        first_runs.append(progress.finalization_key)
         await release.wait()
 
     first = AsyncBatchStateManager(

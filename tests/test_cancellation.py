@@ -2,7 +2,7 @@
 
 A caller that stops waiting never tears a write: its completion is recorded
 whole or not at all, the callers it shared a transaction with are unaffected,
-and recording it again completes the batch exactly (finalised once).
+and recording it again completes the batch exactly (finalized once).
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ async def test_random_cancellations_then_rerecording_completes_exactly(
 ) -> None:
     """30% of callers cancelled at random moments (queued, mid-write): re-recording is exact."""
     rng = random.Random(99)
-    finalised: list[str] = []
+    finalized: list[str] = []
     manager = make_manager(
         mode=mode,
         max_group_size=10,
         fault_injector=Slow(FaultPoint.AFTER_READS, 0.01),
-        on_complete=lambda b, _p: finalised.append(b),
+        on_complete=lambda b, _p: finalized.append(b),
     )
     counts = {f"p{i}": i % 6 for i in range(200)}
     await manager.create_batch("b", expected_players=list(counts))
@@ -80,9 +80,9 @@ async def test_random_cancellations_then_rerecording_completes_exactly(
     recorded = [r.player for r in results if r.status is CompletionStatus.RECORDED]
     assert len(set(recorded)) == len(recorded)
     assert 1 == sum(r.batch_completed for r in results)
-    assert ["b"] == finalised
+    assert ["b"] == finalized
     assert [] == await batch_violations(
-        firestore_client, batch_collection, "b", mode, expected=counts, require_finalised=True
+        firestore_client, batch_collection, "b", mode, expected=counts, require_finalized=True
     )
 
 
@@ -118,7 +118,7 @@ async def test_caller_deadline_passes_mid_write_then_redelivery_is_exact(
         "b",
         manager.mode,
         expected={"p": 4},
-        require_finalised=True,
+        require_finalized=True,
     )
 
 
@@ -126,14 +126,14 @@ async def test_shutdown_with_groups_in_flight_fails_them_typed_and_rerecording_i
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """aclose(drain_timeout) with slow groups in flight: ManagerClosedError within the drain
-    time, no torn group; a new manager re-records everything exactly, finalised once."""
-    finalised: list[str] = []
+    time, no torn group; a new manager re-records everything exactly, finalized once."""
+    finalized: list[str] = []
     stuck = FaultGate(FaultPoint.BEFORE_COMMIT, count=2, hold=True)
     slow = make_manager(
         max_group_size=15,
         max_in_flight_per_batch=2,
         fault_injector=stuck,
-        on_complete=lambda b, _p: finalised.append(b),
+        on_complete=lambda b, _p: finalized.append(b),
     )
     counts = {f"p{i}": 1 + i % 3 for i in range(90)}
     await slow.create_batch("b", expected_players=list(counts))
@@ -154,18 +154,18 @@ async def test_shutdown_with_groups_in_flight_fails_them_typed_and_rerecording_i
         firestore_client, batch_collection, "b", slow.mode, expected={}
     )
 
-    fresh = make_manager(on_complete=lambda b, _p: finalised.append(b))
+    fresh = make_manager(on_complete=lambda b, _p: finalized.append(b))
     results = await asyncio.gather(*(fresh.record_completion("b", p, n) for p, n in counts.items()))
     assert {CompletionStatus.RECORDED} == {r.status for r in results}
     assert 1 == sum(r.batch_completed for r in results)
-    assert ["b"] == finalised
+    assert ["b"] == finalized
     assert [] == await batch_violations(
         firestore_client,
         batch_collection,
         "b",
         fresh.mode,
         expected=counts,
-        require_finalised=True,
+        require_finalized=True,
     )
 
 
@@ -192,7 +192,7 @@ async def test_drained_shutdown_confirms_every_queued_completion(
         "b",
         manager.mode,
         expected=counts,
-        require_finalised=True,
+        require_finalized=True,
     )
 
 

@@ -16,7 +16,7 @@ def test_demo_records_a_batch_consistently(
     capsys: pytest.CaptureFixture[str],
     batch_collection: str,
 ) -> None:
-    """With redeliveries and worker failures the demo ends consistent, finalised once, exit 0."""
+    """With redeliveries and worker failures the demo ends consistent, finalized once, exit 0."""
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
     status = main(
         [
@@ -53,13 +53,13 @@ def test_demo_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
-def test_demo_with_several_processes_finalises_once(
+def test_demo_with_several_processes_finalizes_once(
     firestore_emulator: EmulatorInfo,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     batch_collection: str,
 ) -> None:
-    """Two worker processes share the deliveries (redeliveries cross processes): consistent, one finaliser."""
+    """Two worker processes share the deliveries (redeliveries cross processes): consistent, one finalizer."""
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
     status = main(
         [

@@ -25,17 +25,15 @@ from async_batchstate import (
     BatchNotFoundError,
     ConfigurationError,
     InvalidIdError,
-    MigrationMode,
     RetryExhaustedError,
     consistency,
 )
 from async_batchstate.cli import main
 from async_batchstate.cli._common import one_line_logs, report
-from async_batchstate.migration import MigrationError
-from async_batchstate.migration import _run as _migration
+from async_batchstate.migration import MigrationError, _verify, _walk
 from async_batchstate.testing import EmulatorInfo
 
-from .helpers import ManagerFactory, fail_one_batch, read_batch, read_completions
+from .helpers import ManagerFactory, dual_batches, fail_one_batch, read_batch, read_completions
 
 MIGRATE = ["backfill", "verify", "status", "cleanup-legacy"]
 BAD_IDS = ["a/b", "__x__", ".", "..", ""]
@@ -296,13 +294,6 @@ def test_demo_with_more_processes_than_players_is_one_line_and_exit_2(
 # -- a failing batch: listed, the others run, exit 1 ------------------------------------------
 
 
-async def _dual_batches(make_manager: ManagerFactory, count: int) -> None:
-    manager = make_manager(mode=MigrationMode.DUAL_WRITE)
-    for i in range(count):
-        await manager.create_batch(f"d{i}", expected_count=5)
-        await manager.record_completion(f"d{i}", "p1", predictions_count=2)
-
-
 async def _legacy_batches(client: AsyncClient, collection: str, count: int) -> None:
     """Batches as the old code left them: array, map and total, three players each."""
     for i in range(count):
@@ -335,7 +326,7 @@ async def test_verify_lists_a_missing_batch_and_checks_the_others(
 ) -> None:
     """A listed batch the emulator does not have fails alone: it is listed by id, the
     three others are verified, exit status 1, no traceback."""
-    await _dual_batches(make_manager, 3)
+    await dual_batches(make_manager, 3)
     ids = ["--batch-id", "d0", "--batch-id", "gone", "--batch-id", "d1", "--batch-id", "d2"]
     argv = _migrate("verify", batch_collection, "--mode", "dual_write", "--concurrency", "2", *ids)
 
@@ -358,7 +349,7 @@ async def test_status_lists_a_missing_batch_and_counts_the_others(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`status` counts the batches it could read and lists the one it could not: exit 1."""
-    await _dual_batches(make_manager, 2)
+    await dual_batches(make_manager, 2)
     ids = ["--batch-id", "gone", "--batch-id", "d0", "--batch-id", "d1"]
     argv = _migrate("status", batch_collection, "--mode", "dual_write", *ids)
 
@@ -413,7 +404,7 @@ async def test_cleanup_lists_the_batch_that_keeps_failing_and_cleans_the_others(
 ) -> None:
     """`cleanup-legacy`: the batch whose removal keeps failing keeps its legacy fields and
     is listed; the others are cleaned; exit status 1."""
-    await _dual_batches(make_manager, 3)
+    await dual_batches(make_manager, 3)
     fail_one_batch(monkeypatch, "d1")
     argv = _migrate("cleanup-legacy", batch_collection, "--mode", "subcollection_only")
 
@@ -441,7 +432,7 @@ async def test_clean_run_still_exits_zero(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Without a failing batch the same verify run exits 0 (the failures are what make it 1)."""
-    await _dual_batches(make_manager, 2)
+    await dual_batches(make_manager, 2)
     argv = _migrate("verify", batch_collection, "--mode", "dual_write")
 
     status, out, _ = await asyncio.to_thread(_run, argv, capsys)
@@ -463,7 +454,7 @@ async def test_listing_error_mid_run_is_one_line_and_exit_1(
     """Listing the batches fails after the client's own retries (the library's lister is
     patched to raise UNAVAILABLE after the first real batch): one line, exit 1, no
     ExceptionGroup, after the batch already started was verified on the emulator."""
-    await _dual_batches(make_manager, 1)
+    await dual_batches(make_manager, 1)
     verified: list[str] = []
     real_validate = consistency.validate
 
@@ -476,8 +467,8 @@ async def test_listing_error_mid_run_is_one_line_and_exit_1(
         verified.append(report.batch_id)
         return report
 
-    monkeypatch.setattr(_migration, "iter_batch_ids", lister)
-    monkeypatch.setattr(_migration, "validate", validate)
+    monkeypatch.setattr(_walk, "iter_batch_ids", lister)
+    monkeypatch.setattr(_verify, "validate", validate)
     argv = _migrate("verify", batch_collection, "--mode", "dual_write")
 
     status, _, err = await asyncio.to_thread(_run, argv, capsys)

@@ -1,4 +1,4 @@
-"""Group commit, exactly-once finalisation, cancellation, shutdown and observability on the emulator."""
+"""Group commit, exactly-once finalization, cancellation, shutdown and observability on the emulator."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from async_batchstate import (
     MigrationMode,
     WriteFailedError,
 )
-from async_batchstate.instrumentation import BatchFinalised, Event, GroupCommitted
+from async_batchstate.instrumentation import BatchFinalized, Event, GroupCommitted
 from async_batchstate.testing import FaultPoint
 
 from .helpers import FaultGate, ManagerFactory, read_batch, read_completions
 
 
 async def exact(client: AsyncClient, collection: str, batch_id: str, n: int) -> None:
-    """The batch holds players 0..n-1 with count i % 5, in every structure, finalised once."""
+    """The batch holds players 0..n-1 with count i % 5, in every structure, finalized once."""
     doc = await read_batch(client, collection, batch_id)
     completions = await read_completions(client, collection, batch_id)
     total = sum(i % 5 for i in range(n))
@@ -58,17 +58,17 @@ async def test_1000_completions_from_200_tasks(
     assert 1000 == sum(r.status is CompletionStatus.RECORDED for r in results)
     assert 1 == sum(r.batch_completed for r in results)
     assert [("b", 1000)] == [(b, p.completed_count) for b, p in calls]
-    assert calls[0][1].is_finalised
+    assert calls[0][1].is_finalized
     await exact(firestore_client, batch_collection, "b", 1000)
     stats = manager.stats()
     assert (1000, 0, 0, 1) == (
         stats.recorded,
         stats.duplicates,
         stats.failed,
-        stats.batches_finalised,
+        stats.batches_finalized,
     )
     # Group commit: far fewer transactions than completions.
-    assert stats.transactions < 100
+    assert stats.commits < 100
 
 
 async def test_groups_share_transactions_and_each_caller_gets_its_own_outcome(
@@ -100,7 +100,7 @@ async def test_coalescing_off_runs_one_transaction_per_completion(
 
 
 async def test_wait_until_complete_returns_final_progress(make_manager: ManagerFactory) -> None:
-    """A waiter started before the completions wakes with the finalised progress."""
+    """A waiter started before the completions wakes with the finalized progress."""
     manager = make_manager()
     await manager.create_batch("b", expected_players=["a", "b", "c"])
     waiter = asyncio.create_task(manager.wait_until_complete("b", timeout=30, poll_interval=5))
@@ -125,10 +125,10 @@ async def test_wait_until_complete_times_out_with_a_typed_error(
         await manager.wait_until_complete("b", timeout=0.3, poll_interval=0.05)
 
 
-async def test_a_missed_finalisation_is_recovered_by_a_redelivery(
+async def test_a_missed_finalization_is_recovered_by_a_redelivery(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """The finaliser fails after the last commit; a redelivery finalises the batch exactly once."""
+    """The finalizer fails after the last commit; a redelivery finalizes the batch exactly once."""
     calls: list[str] = []
     fail = True
 
@@ -224,7 +224,7 @@ async def test_closing_with_a_short_drain_fails_the_rest_cleanly(
 
 
 async def test_hooks_receive_events_and_stats_add_up(make_manager: ManagerFactory) -> None:
-    """GroupCommitted per transaction and one BatchFinalised; stats agree with the events."""
+    """GroupCommitted per transaction and one BatchFinalized; stats agree with the events."""
     events: list[Event] = []
     manager = make_manager(hooks=[events.append])
     await manager.create_batch("b", expected_count=30)
@@ -234,13 +234,13 @@ async def test_hooks_receive_events_and_stats_add_up(make_manager: ManagerFactor
     await manager.record_completion("b", "p0", predictions_count=1)
 
     committed = [e for e in events if isinstance(e, GroupCommitted)]
-    finalised = [e for e in events if isinstance(e, BatchFinalised)]
+    finalized = [e for e in events if isinstance(e, BatchFinalized)]
     stats = manager.stats()
-    assert 1 == len(finalised)
+    assert 1 == len(finalized)
     assert 31 == sum(e.group_size for e in committed)
-    assert len(committed) == stats.transactions
+    assert len(committed) == stats.commits
     assert (30, 1) == (stats.recorded, stats.duplicates)
-    assert sum(stats.group_sizes.values()) == stats.transactions
+    assert sum(stats.group_sizes.values()) == stats.commits
     assert 0 < stats.latency_p50 <= stats.latency_p99 <= stats.latency_max
     assert "recorded=30" in repr(manager)
 
@@ -290,16 +290,16 @@ async def test_rate_limit_bounds_attempts_per_second(make_manager: ManagerFactor
 
 
 @pytest.mark.parametrize("mode", [MigrationMode.LEGACY, MigrationMode.SUBCOLLECTION_ONLY])
-async def test_finalisation_in_every_counting_structure(
+async def test_finalization_in_every_counting_structure(
     mode: MigrationMode, make_manager: ManagerFactory
 ) -> None:
-    """LEGACY counts by the array, SUBCOLLECTION_ONLY by the counter: both finalise once."""
-    finalised: list[str] = []
-    manager = make_manager(mode=mode, on_complete=lambda b, p: finalised.append(b))
+    """LEGACY counts by the array, SUBCOLLECTION_ONLY by the counter: both finalize once."""
+    finalized: list[str] = []
+    manager = make_manager(mode=mode, on_complete=lambda b, p: finalized.append(b))
     await manager.create_batch("b", expected_count=20)
     results = await asyncio.gather(
         *[manager.record_completion("b", f"p{i % 20}", predictions_count=1) for i in range(40)]
     )
     assert 1 == sum(r.batch_completed for r in results)
-    assert ["b"] == finalised
-    assert (await manager.get_progress("b")).is_finalised
+    assert ["b"] == finalized
+    assert (await manager.get_progress("b")).is_finalized

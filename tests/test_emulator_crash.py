@@ -86,7 +86,7 @@ async def test_emulator_killed_mid_load_fails_callers_typed_then_same_manager_re
 ) -> None:
     """SIGKILL mid-load: every pending caller gets a typed error within its deadline (no hang);
     a new emulator on the same port serves the same client and manager, counts exact."""
-    finalised: list[str] = []
+    finalized: list[str] = []
     loading = FaultGate(FaultPoint.AFTER_COMMIT, count=3)
     manager = AsyncBatchStateManager(
         owned.client,
@@ -95,7 +95,7 @@ async def test_emulator_killed_mid_load_fails_callers_typed_then_same_manager_re
         mode=MigrationMode.DUAL_WRITE,
         max_group_size=10,
         retry=RetryPolicy(base_delay=0.05, max_delay=0.5, deadline=DEADLINE, attempt_timeout=1.0),
-        on_complete=lambda b, _p: finalised.append(b),
+        on_complete=lambda b, _p: finalized.append(b),
     )
     counts = {f"p{i}": i % 5 for i in range(150)}
     await manager.create_batch("b", expected_players=list(counts))
@@ -150,13 +150,13 @@ async def test_emulator_killed_mid_load_fails_callers_typed_then_same_manager_re
     )
     assert {CompletionStatus.RECORDED} == {r.status for r in results}
     assert 1 == sum(r.batch_completed for r in results)
-    assert "b2" == finalised[-1]
+    assert "b2" == finalized[-1]
     assert [] == await batch_violations(
         owned.client,
         batch_collection,
         "b2",
         manager.mode,
         expected=new_counts,
-        require_finalised=True,
+        require_finalized=True,
     )
     await manager.aclose()

@@ -1,4 +1,4 @@
-"""Exactly-once outcomes around finalisation: durable callbacks, shutdown, cancellation, memory.
+"""Exactly-once outcomes around finalization: durable callbacks, shutdown, cancellation, memory.
 
 The flip is exactly once; ``on_complete`` is at least once with one key, owed
 in the batch document until it returns; every caller gets its result or
@@ -44,7 +44,7 @@ from async_batchstate._store.connect import client_from_env
 
 async def main(collection):
     def die(batch_id, progress):
-        print("FLIPPED", progress.finalisation_key, flush=True)
+        print("FLIPPED", progress.finalization_key, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     manager = AsyncBatchStateManager(
         client_from_env(), collection=collection, mode=MigrationMode.DUAL_WRITE, on_complete=die
@@ -63,7 +63,7 @@ from async_batchstate._store.connect import client_from_env
 
 async def main(collection):
     async def slow(batch_id, progress):
-        print("STARTED", progress.finalisation_key, flush=True)
+        print("STARTED", progress.finalization_key, flush=True)
         await asyncio.sleep(2.0)
         print("RETURNING", flush=True)
     async with AsyncBatchStateManager(
@@ -122,7 +122,7 @@ async def test_a_callback_slower_than_its_lease_runs_once_across_two_processes(
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
-    """Another OS process finalises the batch and runs a 2 s on_complete against a 0.5 s
+    """Another OS process finalizes the batch and runs a 2 s on_complete against a 0.5 s
     lease: it renews the lease, so this process's deliveries all find it held; its caller
     was answered before the callback ended, its close waited for it, and it is done once."""
     keys = Keys()
@@ -166,7 +166,7 @@ async def test_a_callback_slower_than_its_lease_runs_once_across_two_processes(
 async def test_an_owed_callback_waits_for_its_lease(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """While the finaliser's lease runs, nobody else runs its callback."""
+    """While the finalizer's lease runs, nobody else runs its callback."""
     slow_started = asyncio.Event()
 
     async def slow(batch_id: str, progress: BatchProgress) -> None:
@@ -188,7 +188,7 @@ async def test_an_owed_callback_waits_for_its_lease(
 async def test_close_with_a_slow_callback_answers_callers_and_leaves_it_owed(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """aclose(drain_timeout) with on_complete still running: the finalising caller already
+    """aclose(drain_timeout) with on_complete still running: the finalizing caller already
     has batch_completed, close returns promptly, the callback stays owed and runs later."""
     started = asyncio.Event()
 
@@ -208,7 +208,7 @@ async def test_close_with_a_slow_callback_answers_callers_and_leaves_it_owed(
     doc = await read_batch(firestore_client, batch_collection, "b")
     assert True is doc["callback_owed"]
     keys = Keys()
-    # Already finalised: finalize() flips nothing, and runs the owed callback.
+    # Already finalized: finalize() flips nothing, and runs the owed callback.
     assert False is await make_manager(on_complete=keys, callback_lease=0.001).finalize("b")
     assert [f"b/{doc['finalised_by']}"] == keys.keys
 
@@ -251,14 +251,14 @@ async def test_close_while_a_group_is_being_split_fails_every_waiting_member_pro
 async def test_a_caller_cancelled_in_the_turn_its_group_resolves_hands_over_batch_completed(
     make_manager: ManagerFactory,
 ) -> None:
-    """The finalising caller is cancelled in the very turn its result arrives: the batch's
+    """The finalizing caller is cancelled in the very turn its result arrives: the batch's
     next caller (a redelivery) is told batch_completed, so it is never lost."""
     callers: list[asyncio.Task[Any]] = []
 
     def cancel_on_flip(event: object) -> None:
-        from async_batchstate.instrumentation import BatchFinalised
+        from async_batchstate.instrumentation import BatchFinalized
 
-        if isinstance(event, BatchFinalised):
+        if isinstance(event, BatchFinalized):
             callers[0].cancel()  # same turn: the group resolves right after this event
 
     manager = make_manager(hooks=[cancel_on_flip])
@@ -275,7 +275,7 @@ async def test_a_caller_cancelled_in_the_turn_its_group_resolves_hands_over_batc
 async def test_repeated_waits_on_finished_batches_leave_nothing_behind(
     make_manager: ManagerFactory,
 ) -> None:
-    """wait_until_complete 10 times on each of 20 finalised batches: no Event (per-batch
+    """wait_until_complete 10 times on each of 20 finalized batches: no Event (per-batch
     state) survives."""
     manager = make_manager(validation_rate=0.0)
 
@@ -294,11 +294,11 @@ async def test_repeated_waits_on_finished_batches_leave_nothing_behind(
     assert before == sum(isinstance(o, asyncio.Event) for o in gc.get_objects())
 
 
-async def test_a_batch_spanning_the_rollout_finalises_on_the_array_in_dual_write(
+async def test_a_batch_spanning_the_rollout_finalizes_on_the_array_in_dual_write(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """Players recorded by LEGACY writers, the last by a DUAL_WRITE writer before backfill:
-    DUAL_WRITE counts the array, so that last completion finalises the batch."""
+    DUAL_WRITE counts the array, so that last completion finalizes the batch."""
     keys = Keys()
     legacy = make_manager(mode=MigrationMode.LEGACY)
     await legacy.create_batch("b", expected_count=3)
@@ -310,7 +310,7 @@ async def test_a_batch_spanning_the_rollout_finalises_on_the_array_in_dual_write
 
     assert last.batch_completed
     final = await dual.wait_until_complete("b", timeout=10)
-    assert (True, 3, 6) == (final.is_finalised, final.completed_count, final.total_predictions)
+    assert (True, 3, 6) == (final.is_finalized, final.completed_count, final.total_predictions)
     assert 1 == len(keys.keys)
 
 
@@ -331,12 +331,12 @@ async def test_counts_whose_total_could_overflow_are_refused_before_writing(
     assert (["q"], limit) == (doc["completed_players"], doc["total_predictions"])
 
 
-async def test_a_rollout_batch_finalises_on_every_mode_s_count_and_backfill_keeps_it(
+async def test_a_rollout_batch_finalizes_on_every_mode_s_count_and_backfill_keeps_it(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """DUAL_WRITE_SUBCOLLECTION_READS counts completion docs plus legacy-only players: a batch
     whose first players were recorded by LEGACY writers completes with its last completion,
-    which tells its caller and runs on_complete; backfill then finalises nothing again."""
+    which tells its caller and runs on_complete; backfill then finalizes nothing again."""
     from async_batchstate import Layout
     from async_batchstate.migration import backfill
 
@@ -356,9 +356,9 @@ async def test_a_rollout_batch_finalises_on_every_mode_s_count_and_backfill_keep
     summary = await backfill(firestore_client, Layout(batch_collection), mode)
 
     assert last.batch_completed
-    assert 0 == summary.finalised
-    assert (True, 3) == (final.is_finalised, final.completed_count)
-    assert [final.finalisation_key] == keys.keys
+    assert 0 == summary.finalized
+    assert (True, 3) == (final.is_finalized, final.completed_count)
+    assert [final.finalization_key] == keys.keys
     assert [] == await batch_violations(
-        firestore_client, batch_collection, "b", mode, require_finalised=True
+        firestore_client, batch_collection, "b", mode, require_finalized=True
     )

@@ -3,7 +3,7 @@
 Steps (``FaultPoint``): before the transaction begins, after its reads, with
 every write staged but not committed, and after the commit before any caller
 is told. Whatever fails where, the batch's structures agree, a redelivery is
-counted at most once, and the batch is finalised exactly once.
+counted at most once, and the batch is finalized exactly once.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ async def test_transient_fault_at_every_point_keeps_counts_exact(
 ) -> None:
     """UNAVAILABLE at a step: every caller confirmed, counts exact, each player RECORDED once."""
     injector = Injector(point, gexc.ServiceUnavailable("injected"), times=6)
-    finalised: list[str] = []
+    finalized: list[str] = []
     manager = make_manager(
         fault_injector=injector,
         retry=FAST,
         max_group_size=8,
-        on_complete=lambda b, _p: finalised.append(b),
+        on_complete=lambda b, _p: finalized.append(b),
     )
     counts = {f"p{i}": i % 4 for i in range(60)}
     await manager.create_batch("b", expected_players=list(counts))
@@ -74,14 +74,14 @@ async def test_transient_fault_at_every_point_keeps_counts_exact(
     assert set(counts) == set(recorded)
     assert {CompletionStatus.DUPLICATE} == {r.status for r in again}
     assert 1 == sum(r.batch_completed for r in [*results, *again])
-    assert ["b"] == finalised
+    assert ["b"] == finalized
     assert [] == await batch_violations(
         firestore_client,
         batch_collection,
         "b",
         manager.mode,
         expected=counts,
-        require_finalised=True,
+        require_finalized=True,
     )
 
 
@@ -123,7 +123,7 @@ async def test_permanent_fault_before_commit_writes_nothing(
         "b",
         manager.mode,
         expected=counts,
-        require_finalised=True,
+        require_finalized=True,
     )
 
 
@@ -134,14 +134,14 @@ async def test_fault_after_commit_then_redelivery_is_duplicate(
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
-    """Committed but the caller never told: its redelivery is DUPLICATE, counted once, finalises."""
+    """Committed but the caller never told: its redelivery is DUPLICATE, counted once, finalizes."""
     injector = Injector(FaultPoint.AFTER_COMMIT, RuntimeError("crash after commit"), times=1)
-    finalised: list[str] = []
+    finalized: list[str] = []
     manager = make_manager(
         mode=mode,
         fault_injector=injector,
         retry=FAST,
-        on_complete=lambda b, _p: finalised.append(b),
+        on_complete=lambda b, _p: finalized.append(b),
     )
     await manager.create_batch("b", expected_players=["p1", "p2"])
     injector.enabled = False
@@ -154,12 +154,12 @@ async def test_fault_after_commit_then_redelivery_is_duplicate(
 
     assert CompletionStatus.RECORDED is first.status
     assert (CompletionStatus.DUPLICATE, True) == (redelivered.status, redelivered.batch_completed)
-    assert ["b"] == finalised
+    assert ["b"] == finalized
     assert [] == await batch_violations(
         firestore_client,
         batch_collection,
         "b",
         mode,
         expected={"p1": 5, "p2": 7},
-        require_finalised=True,
+        require_finalized=True,
     )

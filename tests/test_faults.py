@@ -135,18 +135,18 @@ async def assert_exact(
     batch_id: str,
     counts: dict[str, int],
     results: list[CompletionResult],
-    finalised: list[str],
+    finalized: list[str],
 ) -> None:
-    """The batch holds exactly ``counts``, finalised once, nobody told RECORDED twice."""
+    """The batch holds exactly ``counts``, finalized once, nobody told RECORDED twice."""
     progress: BatchProgress = await manager.wait_until_complete(batch_id, timeout=30)
     assert len(counts) == progress.completed_count
     assert sum(counts.values()) == progress.total_predictions
     assert [] == await batch_violations(
-        reader, collection, batch_id, manager.mode, expected=counts, require_finalised=True
+        reader, collection, batch_id, manager.mode, expected=counts, require_finalized=True
     )
     recorded = [r.player for r in results if r.status is CompletionStatus.RECORDED]
     assert len(set(recorded)) == len(recorded), "a player was told RECORDED twice"
-    assert [batch_id] == finalised
+    assert [batch_id] == finalized
     assert sum(r.batch_completed for r in results) <= 1
 
 
@@ -165,7 +165,7 @@ async def test_connection_cut_mid_load_then_redelivery_is_exact(
     batch_collection: str,
 ) -> None:
     """Resetting every connection mid-load: typed errors in time, exact counts after redelivery."""
-    finalised: list[str] = []
+    finalized: list[str] = []
     loading = FaultGate(FaultPoint.AFTER_COMMIT, count=2)
     policy = RetryPolicy(base_delay=0.05, max_delay=0.5, deadline=deadline, attempt_timeout=1.0)
     manager = AsyncBatchStateManager(
@@ -175,7 +175,7 @@ async def test_connection_cut_mid_load_then_redelivery_is_exact(
         mode=MigrationMode.DUAL_WRITE,
         retry=policy,
         max_group_size=20,
-        on_complete=lambda b, _p: finalised.append(b),
+        on_complete=lambda b, _p: finalized.append(b),
     )
     counts = {f"p{i}": i % 7 for i in range(150)}
     await manager.create_batch("b", expected_players=list(counts))
@@ -198,7 +198,7 @@ async def test_connection_cut_mid_load_then_redelivery_is_exact(
     again = await redeliver(manager, "b", counts, failed)
     results = [o.result for o in outcomes if o.result is not None] + again
 
-    await assert_exact(manager, firestore_client, batch_collection, "b", counts, results, finalised)
+    await assert_exact(manager, firestore_client, batch_collection, "b", counts, results, finalized)
     await manager.aclose()
 
 
@@ -206,7 +206,7 @@ async def test_blackhole_mid_load_then_redelivery_is_exact(
     proxied: Proxied, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """Traffic silently dropped mid-load: attempt timeouts fire, typed errors in time, exact after."""
-    finalised: list[str] = []
+    finalized: list[str] = []
     deadline = 2.0  # two attempt timeouts and more fit in it
     loading = FaultGate(FaultPoint.AFTER_COMMIT, count=2)
     policy = RetryPolicy(base_delay=0.05, max_delay=0.5, deadline=deadline, attempt_timeout=0.8)
@@ -217,7 +217,7 @@ async def test_blackhole_mid_load_then_redelivery_is_exact(
         mode=MigrationMode.DUAL_WRITE,
         retry=policy,
         max_group_size=20,
-        on_complete=lambda b, _p: finalised.append(b),
+        on_complete=lambda b, _p: finalized.append(b),
     )
     counts = {f"p{i}": 1 + i % 5 for i in range(120)}
     await manager.create_batch("b", expected_players=list(counts))
@@ -234,7 +234,7 @@ async def test_blackhole_mid_load_then_redelivery_is_exact(
     again = await redeliver(manager, "b", counts, failed)
     results = [o.result for o in outcomes if o.result is not None] + again
 
-    await assert_exact(manager, firestore_client, batch_collection, "b", counts, results, finalised)
+    await assert_exact(manager, firestore_client, batch_collection, "b", counts, results, finalized)
     await manager.aclose()
 
 
@@ -262,6 +262,6 @@ async def test_proxy_reset_is_transparent_to_a_retrying_caller(
         "b",
         manager.mode,
         expected={"p1": 3, "p2": 4},
-        require_finalised=True,
+        require_finalized=True,
     )
     await manager.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from async_batchstate import InvalidCountError, InvalidIdError, Layout
-from async_batchstate._store.schema import (
+from async_batchstate._store.ids import (
     player_field,
     validate_count,
     validate_id,

@@ -122,7 +122,7 @@ async def test_subcollection_only_has_no_legacy_limit(
     """A batch six times the legacy array limit: every mode that writes the legacy array refuses
     it, and SUBCOLLECTION_ONLY records it with no warning and no refusal; every player counted
     exactly once (counters == completion documents) over many concurrent group commits,
-    finalised once."""
+    finalized once."""
     caplog.set_level(logging.WARNING, logger="async_batchstate")
     limit = 100
     # ~20 KB of ids: the roster lives in chunk documents, as a big batch's does.
@@ -132,12 +132,12 @@ async def test_subcollection_only_has_no_legacy_limit(
         with pytest.raises(LegacyArrayLimitError, match="SUBCOLLECTION_ONLY"):
             await legacy.create_batch("huge", expected_players=list(counts))
 
-    finalised: list[str] = []
+    finalized: list[str] = []
     manager = make_manager(
         mode=MigrationMode.SUBCOLLECTION_ONLY,
         legacy_array_limit=limit,
         max_group_size=25,  # at least 24 group commits on the one batch document
-        on_complete=lambda b, _p: finalised.append(b),
+        on_complete=lambda b, _p: finalized.append(b),
     )
     assert await manager.create_batch("huge", expected_players=list(counts))  # nothing was there
     assert [] == near_limit_warnings(caplog)
@@ -149,7 +149,7 @@ async def test_subcollection_only_has_no_legacy_limit(
 
     assert len(counts) == sum(r.status is CompletionStatus.RECORDED for r in results)
     assert 1 == sum(r.batch_completed for r in results)
-    assert ["huge"] == finalised
+    assert ["huge"] == finalized
     progress = await manager.get_progress("huge", include_players=False)
     assert (len(counts), sum(counts.values()), "complete") == (
         progress.completed_count,
@@ -162,5 +162,5 @@ async def test_subcollection_only_has_no_legacy_limit(
         "huge",
         MigrationMode.SUBCOLLECTION_ONLY,
         expected=counts,
-        require_finalised=True,
+        require_finalized=True,
     )

@@ -3,7 +3,7 @@
 ``LostAnswers`` lets the emulator apply a Commit and then hands the client
 UNAVAILABLE (or UNKNOWN, CANCELLED) instead of the answer, below the client's
 own retry. For every write the library sends (group commit, lock-free and
-transactional; the finalisation flip; create_batch) and in every mode: exactly
+transactional; the finalization flip; create_batch) and in every mode: exactly
 one RECORDED per player, exactly one ``batch_completed=True``, ``on_complete``
 at least once with one key, counts exact.
 """
@@ -43,7 +43,7 @@ def is_group_commit(request: Any) -> bool:
 
 
 def is_flip(request: Any) -> bool:
-    """The Commit that finalises a batch."""
+    """The Commit that finalizes a batch."""
     return any("finalised_by" in w.update_mask.field_paths for w in request.writes)
 
 
@@ -59,7 +59,7 @@ class Callbacks:
         self.keys: list[str | None] = []
 
     def __call__(self, batch_id: str, progress: BatchProgress) -> None:
-        self.keys.append(progress.finalisation_key)
+        self.keys.append(progress.finalization_key)
 
 
 async def _record_all(
@@ -102,7 +102,7 @@ async def test_lost_group_commit_answers_still_give_one_recorded_per_player(
     _assert_exactly_once(results, players)
     assert 1 == len(set(callbacks.keys)) and callbacks.keys[0] is not None
     assert [] == await batch_violations(
-        firestore_client, batch_collection, "b", mode, expected=players, require_finalised=True
+        firestore_client, batch_collection, "b", mode, expected=players, require_finalized=True
     )
     assert len(players) == manager.stats().recorded
 
@@ -128,10 +128,10 @@ async def test_lost_answer_to_the_flip_still_tells_exactly_one_caller(
     _assert_exactly_once(results, players)
     assert 1 == len(callbacks.keys)
     progress = await manager.get_progress("b")
-    assert progress.is_finalised
-    assert f"b/{progress.finaliser_id}" == callbacks.keys[0]
+    assert progress.is_finalized
+    assert f"b/{progress.finalizer_id}" == callbacks.keys[0]
     assert [] == await batch_violations(
-        firestore_client, batch_collection, "b", mode, expected=players, require_finalised=True
+        firestore_client, batch_collection, "b", mode, expected=players, require_finalized=True
     )
 
 
@@ -145,7 +145,7 @@ async def test_lost_answers_to_finalize_repeatedly_still_flip_once(
     LostAnswers(times=2, when=is_flip).attach(firestore_client)
     # A manager without on_complete records; finalize() by another one is what flips.
     manager = make_manager(retry=FAST, on_complete=callbacks)
-    # Record without finalising: the writer's own flip would win otherwise.
+    # Record without finalizing: the writer's own flip would win otherwise.
     await (
         firestore_client.collection(writer.layout.collection)
         .document("b")
@@ -204,7 +204,7 @@ async def test_two_managers_with_lost_answers_and_shared_redeliveries(
             "b",
             MigrationMode.DUAL_WRITE,
             expected=players,
-            require_finalised=True,
+            require_finalized=True,
         )
     finally:
         for client in clients:
@@ -218,7 +218,7 @@ async def test_lost_answers_to_backfill_and_reconcile_leave_exact_counts(
     twice; the batch ends consistent with exact counts."""
     from async_batchstate import Layout
     from async_batchstate.consistency import Source
-    from async_batchstate.migration._run import backfill
+    from async_batchstate.migration import backfill
 
     players = {f"p{i}": i for i in range(12)}
     legacy = make_manager(mode=MigrationMode.LEGACY)

@@ -3,7 +3,7 @@
 A hypothesis ``RuleBasedStateMachine`` drives a real manager per migration
 mode (one client, one event loop and one collection per example) and keeps
 the expected state of every batch in plain dicts: who is recorded with which
-count (first write wins), whether the batch is finalised, how many callers
+count (first write wins), whether the batch is finalized, how many callers
 were told ``batch_completed`` and how often ``on_complete`` ran. After every
 step the touched batch is read back directly and compared with the model.
 ``validate``/``reconcile`` rules run only if the manager has them.
@@ -104,7 +104,7 @@ class BatchModel(RuleBasedStateMachine):
                 batch_id,
                 batch.mode,
                 expected=batch.recorded,
-                require_finalised=True,
+                require_finalized=True,
             )
         )
         assert [] == problems
@@ -185,7 +185,7 @@ class BatchModel(RuleBasedStateMachine):
 
     @rule(batch_id=batches)
     def finalize_again(self, batch_id: str) -> None:
-        """An explicit finalize() never finalises twice."""
+        """An explicit finalize() never finalizes twice."""
         batch = self.model[batch_id]
         assert not self.run(self.managers[batch.mode].finalize(batch_id))
         self.check(batch_id)

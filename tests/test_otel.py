@@ -96,13 +96,13 @@ def abort_once() -> Any:
     return inject
 
 
-async def test_hook_counts_completions_groups_attempts_and_finalisation(
+async def test_hook_counts_completions_groups_attempts_and_finalization(
     make_manager: ManagerFactory,
     hook: OpenTelemetryHook,
     reader: InMemoryMetricReader,
     exporter: InMemorySpanExporter,
 ) -> None:
-    """Through a real manager: recorded, duplicate, a failed attempt, commits and the finalisation."""
+    """Through a real manager: recorded, duplicate, a failed attempt, commits and the finalization."""
     manager = make_manager(
         hooks=[hook],
         fault_injector=abort_once(),
@@ -118,14 +118,14 @@ async def test_hook_counts_completions_groups_attempts_and_finalisation(
     assert 1 == found[("async_batchstate.completions", frozenset({("status", "duplicate")}))]
     failed_key = frozenset({("kind", "aborted"), ("retried", True)})
     assert 1 == found[("async_batchstate.attempts.failed", failed_key)]
-    assert stats.transactions == found[("async_batchstate.groups.committed", frozenset())]
-    assert stats.transactions == found[("async_batchstate.group.duration", frozenset())]
-    assert 1 == found[("async_batchstate.batches.finalised", frozenset())]
+    assert stats.commits == found[("async_batchstate.groups.committed", frozenset())]
+    assert stats.commits == found[("async_batchstate.group.duration", frozenset())]
+    assert 1 == found[("async_batchstate.batches.finalized", frozenset())]
 
     spans = exporter.get_finished_spans()
     writes = [s for s in spans if s.name == "async_batchstate.transaction"]
     outcomes = sorted(str(attributes(s)["async_batchstate.outcome"]) for s in writes)
-    assert ["aborted"] + ["committed"] * stats.transactions == outcomes
+    assert ["aborted"] + ["committed"] * stats.commits == outcomes
     assert {"b"} == {attributes(s)["async_batchstate.batch_id"] for s in writes}
     assert all(s.parent is None for s in writes)
     calls = [s for s in spans if s.name == "async_batchstate.record_completion"]

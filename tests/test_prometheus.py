@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from async_batchstate import ConfigurationError, RetryPolicy, Stats
-from async_batchstate.instrumentation._prometheus import PrometheusCollector
+from async_batchstate.instrumentation import PrometheusCollector
 from async_batchstate.testing import FaultPoint
 
 from .helpers import ManagerFactory
@@ -68,10 +68,10 @@ async def test_scrape_reflects_a_real_managers_stats(make_manager: ManagerFactor
     assert 2.0 == found[(f"{ns}_completions_recorded_total", ())]
     assert 1.0 == found[(f"{ns}_completions_duplicate_total", ())]
     assert 0.0 == found[(f"{ns}_completions_failed_total", ())]
-    assert 1.0 == found[(f"{ns}_batches_finalised_total", ())]
-    assert 1.0 == found[(f"{ns}_aborts_total", (("cause", "aborted"),))]
+    assert 1.0 == found[(f"{ns}_batches_finalized_total", ())]
+    assert 1.0 == found[(f"{ns}_failures_total", (("cause", "aborted"),))]
     assert 1.0 == found[(f"{ns}_retries_total", ())]
-    assert float(stats.transactions) == found[(f"{ns}_transactions_total", ())]
+    assert float(stats.commits) == found[(f"{ns}_commits_total", ())]
     assert float(stats.attempts) == found[(f"{ns}_attempts_total", ())]
     latency = f"{ns}_completion_latency_seconds"
     assert stats.latency_p99 == found[(latency, (("quantile", "0.99"),))]

@@ -26,7 +26,7 @@ from async_batchstate import (
     InvalidInputError,
     MigrationMode,
 )
-from async_batchstate._store.schema import player_field
+from async_batchstate._store.ids import player_field
 from async_batchstate.testing import batch_violations
 
 from .helpers import ManagerFactory, read_batch, read_completions
@@ -55,7 +55,7 @@ WRITTEN_FIELDS = {
     "completed_count",
     "total_predictions_subcoll",
 }
-"""Top-level fields a completion (and finalisation) may set on the batch document."""
+"""Top-level fields a completion (and finalization) may set on the batch document."""
 _numbers = itertools.count()
 
 tricky = st.sampled_from(
@@ -189,7 +189,7 @@ async def test_player_and_count_stored_faithfully_or_rejected_before_any_write(
         batch_id,
         mode,
         expected={player: count},
-        require_finalised=True,
+        require_finalized=True,
     )
 
 

@@ -82,6 +82,47 @@ def test_a_removed_name_fails_loudly_with_the_reason() -> None:
         async_batchstate.AdaptiveLimit  # type: ignore[attr-defined]  # noqa: B018
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("transactions", "commits"),
+        ("aborts_by_cause", "failures_by_cause"),
+        ("batches_finalised", "batches_finalized"),
+    ],
+)
+def test_a_renamed_stats_attribute_fails_loudly_naming_the_new_one(old: str, new: str) -> None:
+    """0.1's ``Stats`` names raise AttributeError naming the attribute that replaced them."""
+    stats = async_batchstate.Stats()
+    with pytest.raises(AttributeError, match=f"use Stats.{new}$"):
+        getattr(stats, old)
+    assert hasattr(stats, new)
+    assert not hasattr(stats, "no_such_counter")
+
+
+def test_the_finalised_spellings_fail_loudly_naming_the_finalized_ones() -> None:
+    """One spelling, ``-ize``: the ``-ise`` names of 0.1 and 0.2 name the ``-ize`` ones."""
+    instrumentation = importlib.import_module("async_batchstate.instrumentation")
+    migration = importlib.import_module("async_batchstate.migration")
+    progress = async_batchstate.BatchProgress(
+        batch_id="b", expected_count=1, completed_count=1, total_predictions=0, status="complete"
+    )
+
+    with pytest.raises(AttributeError, match="BatchFinalized"):
+        async_batchstate.BatchFinalised  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(AttributeError, match="BatchFinalized"):
+        instrumentation.BatchFinalised  # noqa: B018
+    with pytest.raises(AttributeError, match="is_finalized"):
+        progress.is_finalised  # type: ignore[attr-defined]  # noqa: B018
+    assert progress.is_finalized
+    with pytest.raises(AttributeError, match="finalization_key"):
+        progress.finalisation_key  # type: ignore[attr-defined]  # noqa: B018
+    summary = migration.BackfillSummary(
+        batches=0, changed=0, completions_created=0, predictions_backfilled=0
+    )
+    with pytest.raises(AttributeError, match="finalized"):
+        summary.finalised  # noqa: B018
+
+
 def test_testing_exports_the_write_ceiling_proxy() -> None:
     """``WriteCeilingProxy`` (the modelled per-document write ceiling) is public in ``testing``."""
     testing = importlib.import_module("async_batchstate.testing")

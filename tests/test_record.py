@@ -246,7 +246,7 @@ async def test_300_completions_from_100_tasks_are_exact(
     assert (300, sum(expected.values()), True) == (
         progress.completed_count,
         progress.total_predictions,
-        progress.is_finalised,
+        progress.is_finalized,
     )
 
 
@@ -366,5 +366,5 @@ async def test_retryable_errors_are_retried_transparently(make_manager: ManagerF
     result = await manager.record_completion("b", "p", predictions_count=1)
     assert (CompletionStatus.RECORDED, 3) == (result.status, result.attempts)
     stats = manager.stats()
-    assert {"unavailable": 1, "aborted": 1} == stats.aborts_by_cause
+    assert {"unavailable": 1, "aborted": 1} == stats.failures_by_cause
     assert 2 == stats.retries

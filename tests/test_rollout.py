@@ -2,7 +2,7 @@
 
 During a rollout old and new modes write the same batches. Every completion counts
 once, whichever mode created the batch and whichever modes wrote it, the batch is
-finalised once all its completions are recorded, and the finishing caller is told. Each manager here has its own
+finalized once all its completions are recorded, and the finishing caller is told. Each manager here has its own
 ``AsyncClient``, as a process of its own would.
 """
 
@@ -42,7 +42,7 @@ async def test_a_legacy_write_to_a_dual_batch_is_a_duplicate_for_the_dual_proces
     """A DUAL_WRITE process that created a batch writes it lock-free. A LEGACY process (a
     rollback) records p1: on a batch completion documents guard, it creates p1's document
     too, so a redelivery of p1 to the dual process right after is a DUPLICATE, and the last
-    player finalises the batch (its count includes the LEGACY player), tells its caller and
+    player finalizes the batch (its count includes the LEGACY player), tells its caller and
     runs on_complete."""
     keys = Keys()
     dual = make_manager(mode=MigrationMode.DUAL_WRITE, on_complete=keys, validation_rate=0.0)
@@ -59,8 +59,8 @@ async def test_a_legacy_write_to_a_dual_batch_is_a_duplicate_for_the_dual_proces
     assert CompletionStatus.RECORDED == second.status
     assert CompletionStatus.DUPLICATE == again.status
     assert last.batch_completed
-    assert (True, 4, 1111) == (final.is_finalised, final.completed_count, final.total_predictions)
-    assert [final.finalisation_key] == keys.keys
+    assert (True, 4, 1111) == (final.is_finalized, final.completed_count, final.total_predictions)
+    assert [final.finalization_key] == keys.keys
     doc = await read_batch(firestore_client, batch_collection, "b")
     assert 1111 == doc["total_predictions"]
 
@@ -97,7 +97,7 @@ async def test_a_batch_created_by_subcollection_only_is_finalised_by_a_rolled_ba
     batch_collection: str,
 ) -> None:
     """Rolling back from SUBCOLLECTION_ONLY: a batch it created and half recorded is finished by
-    a process in another mode; that process finalises it, tells its caller, runs on_complete,
+    a process in another mode; that process finalizes it, tells its caller, runs on_complete,
     and reports every player (not only those in the array it wrote)."""
     keys = Keys()
     new = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY, validation_rate=0.0)
@@ -112,9 +112,9 @@ async def test_a_batch_created_by_subcollection_only_is_finalised_by_a_rolled_ba
 
     assert CompletionStatus.DUPLICATE == again.status
     assert last.batch_completed
-    assert (True, 3) == (final.is_finalised, final.completed_count)
+    assert (True, 3) == (final.is_finalized, final.completed_count)
     assert ("p1", "p2", "p3") == final.completed_players
-    assert [final.finalisation_key] == keys.keys
+    assert [final.finalization_key] == keys.keys
 
 
 async def test_an_explicit_finalize_in_dual_write_counts_what_subcollection_only_wrote(
@@ -139,7 +139,7 @@ async def test_an_explicit_finalize_in_dual_write_counts_what_subcollection_only
     await write.commit()
 
     assert await old.finalize("b")
-    assert (True, 2) == ((p := await old.get_progress("b")).is_finalised, p.completed_count)
+    assert (True, 2) == ((p := await old.get_progress("b")).is_finalized, p.completed_count)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +151,7 @@ async def test_an_explicit_finalize_in_dual_write_counts_what_subcollection_only
     ],
     ids=lambda w: "+".join(m.value for m in w),
 )
-async def test_two_modes_alternating_on_one_batch_finalise_it_once_with_exact_players(
+async def test_two_modes_alternating_on_one_batch_finalize_it_once_with_exact_players(
     writers: tuple[MigrationMode, MigrationMode],
     make_manager: ManagerFactory,
     other_manager: Any,
@@ -159,7 +159,7 @@ async def test_two_modes_alternating_on_one_batch_finalise_it_once_with_exact_pl
     batch_collection: str,
 ) -> None:
     """A rollout in both directions: two modes alternate over 12 players with every player
-    redelivered to the other mode. Exactly one finalisation, one caller told, and the batch's
+    redelivered to the other mode. Exactly one finalization, one caller told, and the batch's
     count as every mode counts it is the roster."""
     keys = Keys()
     first = make_manager(mode=writers[0], on_complete=keys, validation_rate=0.0)
@@ -176,7 +176,7 @@ async def test_two_modes_alternating_on_one_batch_finalise_it_once_with_exact_pl
         assert CompletionStatus.DUPLICATE == result.status
 
     final = await first.wait_until_complete("b", timeout=10)
-    assert (1, True, 12) == (told, final.is_finalised, final.completed_count)
+    assert (1, True, 12) == (told, final.is_finalized, final.completed_count)
     assert 1 == len(keys.keys)
 
 
@@ -269,7 +269,7 @@ async def test_counts_stay_exact_across_a_full_rollout_and_rollback(
         told += (await last.record_completion("b", player, players[player])).batch_completed
 
     final = await last.wait_until_complete("b", timeout=10)
-    assert (1, True, len(players)) == (told, final.is_finalised, final.completed_count)
+    assert (1, True, len(players)) == (told, final.is_finalized, final.completed_count)
     # Each structure is whole in itself; together they hold every player exactly once.
     doc = await read_batch(firestore_client, batch_collection, "b")
     docs = {
@@ -307,7 +307,7 @@ async def test_four_processes_in_two_modes_redelivering_each_other_count_once(
 ) -> None:
     """A rolling deploy under load: four OS processes, alternately in two modes, each records
     its 60 players and redelivers the next process's (in the other mode). Every player counts
-    once, one process finalises, one caller is told, on_complete runs once."""
+    once, one process finalizes, one caller is told, on_complete runs once."""
     share = 60
     await make_manager(mode=modes[0]).create_batch("b", expected_count=4 * share)
 
@@ -319,7 +319,7 @@ async def test_four_processes_in_two_modes_redelivering_each_other_count_once(
         sum(r["status"] == "duplicate" for r in results),
     )
     assert 1 == sum(r["completed"] for r in results)
-    assert 1 == sum(len(report["finalised"]) for report in reports)
+    assert 1 == sum(len(report["finalized"]) for report in reports)
     assert 0 == sum(report["failed"] for report in reports)
     doc = await read_batch(firestore_client, batch_collection, "b")
     assert (4 * share, "complete") == (

@@ -19,8 +19,8 @@ from async_batchstate import (
     RetryPolicy,
     UnexpectedPlayerError,
 )
+from async_batchstate._store.batch_info import BatchInfo
 from async_batchstate._store.batches import batch_difference
-from async_batchstate._store.schema import BatchInfo
 from async_batchstate.testing import (
     EmulatorInfo,
     LostAnswers,
@@ -48,7 +48,7 @@ class Calls:
         self.runs: list[tuple[str, str, str | None]] = []
 
     def __call__(self, batch_id: str, progress: BatchProgress) -> None:
-        self.runs.append((batch_id, progress.status, progress.finalisation_key))
+        self.runs.append((batch_id, progress.status, progress.finalization_key))
 
 
 @MODES
@@ -86,7 +86,7 @@ async def test_missing_players_shrink_as_completions_arrive(
     final = await manager.get_progress("b")
 
     assert (("p1", "p3"), ("p2",)) == (middle.missing_players, middle.completed_players)
-    assert ((), True) == (final.missing_players, final.is_finalised)
+    assert ((), True) == (final.missing_players, final.is_finalized)
 
 
 async def test_a_count_only_batch_has_no_missing_players(make_manager: ManagerFactory) -> None:
@@ -302,11 +302,11 @@ async def test_expire_moves_an_unfinished_batch_to_expired_once_with_reason_and_
     assert ("expired", True, False) == (
         progress.status,
         progress.is_terminal,
-        progress.is_finalised,
+        progress.is_finalized,
     )
     assert progress.expired_reason in ("workers gone", "other")
     assert ("p1", "p3") == progress.missing_players
-    assert [("b", "expired", progress.finalisation_key)] == calls.runs
+    assert [("b", "expired", progress.finalization_key)] == calls.runs
 
 
 @pytest.mark.parametrize("attempt", range(4))
@@ -356,7 +356,7 @@ async def test_expire_racing_the_last_completion_from_two_processes_ends_in_one_
         )
 
 
-async def test_a_completion_after_expiry_is_counted_late_and_never_finalises(
+async def test_a_completion_after_expiry_is_counted_late_and_never_finalizes(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
     """LATE: stored and counted; the batch stays expired even once every player reported."""
@@ -565,7 +565,7 @@ async def test_cli_batch_callbacks_runs_an_owed_callback_once(
     cli_env: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """on_complete failed in the finalising process, so the callback stays owed:
+    """on_complete failed in the finalizing process, so the callback stays owed:
     `batch callbacks ID --run MODULE:FUNCTION` runs it with the batch's key (exit 0);
     run again, nothing is owed (exit 1)."""
     from .helpers import CALLBACK_RUNS
@@ -576,7 +576,7 @@ async def test_cli_batch_callbacks_runs_an_owed_callback_once(
     manager = make_manager(on_complete=broken)
     await manager.create_batch("b", expected_count=1)
     await manager.record_completion("b", "p", 1)
-    key = (await manager.get_progress("b")).finalisation_key
+    key = (await manager.get_progress("b")).finalization_key
     CALLBACK_RUNS.clear()
     argv = ["batch", "callbacks", "b", "--collection", batch_collection]
     argv += ["--run", "tests.helpers:record_callback", "--lease", "0.001"]

@@ -20,14 +20,17 @@ from async_batchstate import (
     MigrationMode,
     UnexpectedPlayerError,
 )
-from async_batchstate._store import schema as f
-from async_batchstate._store.schema import LegacyLimits, new_batch, progress_from, split_roster
+from async_batchstate._store import names as f
+from async_batchstate._store.batch_info import BatchInfo
+from async_batchstate._store.decode import progress_from
+from async_batchstate._store.ids import MAX_COUNT
+from async_batchstate._store.new_batch import LegacyLimits, NewBatch, new_batch, split_roster
 
 LIMITS = LegacyLimits()
 NOW = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 
 
-def _new(mode: MigrationMode = MigrationMode.DUAL_WRITE, **kwargs: Any) -> f.NewBatch:
+def _new(mode: MigrationMode = MigrationMode.DUAL_WRITE, **kwargs: Any) -> NewBatch:
     args: dict[str, Any] = {"expected_players": None, "expected_count": None, "deadline": None}
     args.update(kwargs)
     return new_batch(mode, "b", limits=LIMITS, now=NOW, **args)
@@ -127,18 +130,18 @@ def test_progress_counts_what_the_mode_reads(mode: MigrationMode, completed: int
 
 def test_a_completion_outside_the_roster_is_refused_without_io() -> None:
     """``BatchInfo.check_completion``: a roster refuses strangers, names batch and player."""
-    info = f.BatchInfo(expected=2, roster=frozenset({"p1", "p2"}))
+    info = BatchInfo(expected=2, roster=frozenset({"p1", "p2"}))
 
     info.check_completion("b", "p1", 5)
     with pytest.raises(UnexpectedPlayerError, match=r"'p3'.*'b'"):
         info.check_completion("b", "p3", 5)
-    f.BatchInfo(expected=2).check_completion("b", "anyone", 5)  # no roster: anyone
+    BatchInfo(expected=2).check_completion("b", "anyone", 5)  # no roster: anyone
 
 
 def test_a_count_that_could_overflow_the_total_is_refused_without_io() -> None:
     """The batch's total must stay within 64 bits even if every completion has the count."""
-    info = f.BatchInfo(expected=4)
-    most = f.MAX_COUNT // 4
+    info = BatchInfo(expected=4)
+    most = MAX_COUNT // 4
 
     info.check_completion("b", "p", most)
     with pytest.raises(InvalidCountError, match="overflow"):
@@ -148,7 +151,7 @@ def test_a_count_that_could_overflow_the_total_is_refused_without_io() -> None:
 def test_groups_read_their_members_first_only_while_most_of_them_conflict() -> None:
     """reads_first follows the recent share of conflicting groups (EWMA): on after a run of
     conflicts, off again after a run of clean groups; a fresh batch commits directly."""
-    info = f.BatchInfo(expected=10)
+    info = BatchInfo(expected=10)
     assert not info.reads_first
     for _ in range(4):
         info.note_conflict(True)

@@ -127,7 +127,7 @@ async def test_transient_overload_then_success_reports_attempts(
         "b",
         manager.mode,
         expected={"p": 3},
-        require_finalised=True,
+        require_finalized=True,
     )
 
 

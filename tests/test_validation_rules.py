@@ -17,9 +17,9 @@ from typing import Any, Literal
 import pytest
 
 from async_batchstate import MigrationMode
+from async_batchstate._store.names import LEGACY_FIELDS
 from async_batchstate.consistency import ConsistencyReport
 from async_batchstate.consistency._report import (
-    LEGACY_FIELDS,
     aggregate_problems,
     build_report,
     document_problems,

@@ -29,10 +29,10 @@ from ._errors import (
     WriteFailedError,
 )
 from ._retry import RetryPolicy
-from ._store.schema import Layout
+from ._store.ids import Layout
 from ._types import BatchProgress, CompletionResult, CompletionStatus
 from ._version import __version__
-from ._write.finaliser import OnComplete
+from ._write.finalizer import OnComplete
 from ._write.manager import AsyncBatchStateManager
 from .instrumentation._events import Stats
 
@@ -93,7 +93,6 @@ _MOVED = {
     **dict.fromkeys(
         [
             "AttemptFailed",
-            "BatchFinalised",
             "ErrorKind",
             "Event",
             "GroupCommitted",
@@ -107,6 +106,7 @@ _MOVED = {
     **dict.fromkeys(["FaultInjector", "FaultPoint"], "async_batchstate.testing"),
 }
 _REMOVED = {
+    "BatchFinalised": "it is async_batchstate.instrumentation.BatchFinalized now",
     "AdaptiveLimit": "it is internal: tune it with max_in_flight_per_batch",
     "SampledValidator": "it is internal: use validation_rate= and alert_hooks=",
     "classify": "it is internal: AttemptFailed.kind carries the classification",

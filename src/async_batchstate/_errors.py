@@ -39,6 +39,13 @@ class BatchNotFoundError(BatchStateError, LookupError):
     """The batch document does not exist (``create_batch`` was never called)."""
 
 
+def batch_not_found(batch_id: str, collection: str) -> BatchNotFoundError:
+    """The one ``BatchNotFoundError`` every read or write of a missing batch raises."""
+    return BatchNotFoundError(
+        f"batch {batch_id!r} does not exist in {collection!r}; call create_batch first"
+    )
+
+
 class BatchExistsError(BatchStateError):
     """``create_batch`` found a batch with the same id and different settings."""
 

@@ -184,7 +184,7 @@ async def run_with_retry(
                 if elapsed + delay >= budget:
                     delay = None
             if on_failure is not None:
-                on_failure(AttemptFailure(number, kind, exc, delay))
+                on_failure(AttemptFailure(attempt=number, kind=kind, error=exc, delay=delay))
             if not kind.retryable:
                 raise
             if delay is None:
@@ -192,3 +192,11 @@ async def run_with_retry(
                     what, attempts=number, elapsed=elapsed, last_cause=exc
                 ) from exc
             await clock.sleep(delay)
+
+
+async def retried(
+    call: Callable[[], Awaitable[T]], policy: RetryPolicy | None, *, what: str, clock: Clock
+) -> T:
+    """``call()`` under ``policy`` (``RetryPolicy()`` when None): its result, attempts dropped."""
+    result, _ = await run_with_retry(call, policy or RetryPolicy(), what=what, clock=clock)
+    return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import typing
 from dataclasses import dataclass
 
 
@@ -18,7 +19,7 @@ class CompletionStatus(enum.Enum):
     The first write wins: a redelivery with a different count keeps the first count.
     """
     LATE = "late"
-    """Recorded and counted, but after the batch expired: it never finalises the batch."""
+    """Recorded and counted, but after the batch expired: it never finalizes the batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ class CompletionResult:
         player: The player.
         status: ``RECORDED`` or ``DUPLICATE``.
         batch_completed: True for exactly one call per batch: the one whose
-            write finalised the batch (flipped ``status`` to ``complete``).
+            write finalized the batch (flipped ``status`` to ``complete``).
         attempts: Transaction attempts the write took (shared by its group).
         group_size: How many completions shared the transaction.
     """
@@ -55,7 +56,7 @@ class BatchProgress:
         status: ``in_progress``, ``complete`` or ``expired`` (the last two are terminal,
             set once).
         completed_players: Recorded player ids, sorted; empty when not requested.
-        finaliser_id: The id the finalising (or expiring) call stored; None before it.
+        finalizer_id: The id the finalizing (or expiring) call stored; None before it.
         missing_players: Roster players not recorded yet, sorted (empty for a batch
             created with ``expected_count`` or when players were not requested).
         deadline: When the batch expires if unfinished; None if it has no deadline.
@@ -70,7 +71,7 @@ class BatchProgress:
     total_predictions: int
     status: str
     completed_players: tuple[str, ...] = ()
-    finaliser_id: str | None = None
+    finalizer_id: str | None = None
     missing_players: tuple[str, ...] = ()
     deadline: dt.datetime | None = None
     created_at: dt.datetime | None = None
@@ -78,14 +79,14 @@ class BatchProgress:
     expired_reason: str | None = None
 
     @property
-    def finalisation_key(self) -> str | None:
-        """``"<batch_id>/<finaliser_id>"``: the same for every run of a batch's callback.
+    def finalization_key(self) -> str | None:
+        """``"<batch_id>/<finalizer_id>"``: the same for every run of a batch's callback.
 
         ``on_complete`` (``on_expired``) runs at least once per finished batch
         (again in another process if the one running it died first); deduplicate
         on this key.
         """
-        return None if self.finaliser_id is None else f"{self.batch_id}/{self.finaliser_id}"
+        return None if self.finalizer_id is None else f"{self.batch_id}/{self.finalizer_id}"
 
     @property
     def is_complete(self) -> bool:
@@ -93,9 +94,14 @@ class BatchProgress:
         return self.completed_count >= self.expected_count
 
     @property
-    def is_finalised(self) -> bool:
-        """Whether finalisation has flipped ``status`` to ``complete``."""
+    def is_finalized(self) -> bool:
+        """Whether finalization has flipped ``status`` to ``complete``."""
         return self.status == "complete"
+
+    if not typing.TYPE_CHECKING:  # hidden so type checkers flag the old name too
+
+        def __getattr__(self, name: str) -> object:
+            raise renamed_attribute(self, name, _PROGRESS_RENAMED)
 
     @property
     def is_expired(self) -> bool:
@@ -111,3 +117,22 @@ class BatchProgress:
     def remaining(self) -> int:
         """Completions still missing (never negative)."""
         return max(0, self.expected_count - self.completed_count)
+
+
+_PROGRESS_RENAMED = {
+    "is_finalised": "is_finalized",
+    "finalisation_key": "finalization_key",
+    "finaliser_id": "finalizer_id",
+}
+
+
+def renamed_attribute(owner: object, name: str, renames: dict[str, str]) -> AttributeError:
+    """The ``AttributeError`` of a missing attribute, naming the new one if ``name`` was renamed.
+
+    For the ``__getattr__`` of classes whose attribute names changed in 0.2
+    (``__getattr__`` runs only for names the class does not have).
+    """
+    kind = type(owner).__name__
+    if name in renames:
+        return AttributeError(f"{kind}.{name} was renamed in 0.2: use {kind}.{renames[name]}")
+    return AttributeError(f"{kind!r} object has no attribute {name!r}")

@@ -58,8 +58,18 @@ def moved_names() -> None:
     _ = (moved, removed, async_batchstate.ConsistencyReport)  # type: ignore[attr-defined]
 
 
+def renamed_attributes(stats: Stats, progress: BatchProgress) -> None:
+    """0.1's attribute names that 0.2 renamed are errors to a type checker, not ``Any``."""
+    _ = stats.transactions  # type: ignore[attr-defined]
+    _ = stats.aborts_by_cause  # type: ignore[attr-defined]
+    _ = stats.batches_finalised  # type: ignore[attr-defined]
+    _ = progress.is_finalised  # type: ignore[attr-defined]
+    assert_type(stats.commits, int)
+    assert_type(progress.is_finalized, bool)
+
+
 async def on_complete(batch_id: str, progress: BatchProgress) -> None:
-    assert_type(progress.finalisation_key, str | None)
+    assert_type(progress.finalization_key, str | None)
 
 
 def sync_on_complete(batch_id: str, progress: BatchProgress) -> None:
@@ -115,7 +125,7 @@ async def record(client: AsyncClient) -> None:
         assert_type(progress.total_predictions, int)
         assert_type(progress.completed_players, tuple[str, ...])
         assert_type(progress.is_complete, bool)
-        assert_type(progress.is_finalised, bool)
+        assert_type(progress.is_finalized, bool)
         assert_type(await manager.wait_until_complete("b", timeout=30), BatchProgress)
         assert_type(await manager.finalize("b"), bool)
 

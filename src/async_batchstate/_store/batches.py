@@ -13,13 +13,15 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
-from .._errors import BatchExistsError, BatchNotFoundError, InvalidInputError
+from .._errors import BatchExistsError, InvalidInputError, batch_not_found
 from .._retry import Retrying
 from .._types import BatchProgress
-from . import schema as f
+from . import names as f
+from .batch_info import BatchInfo
+from .decode import progress_from
+from .new_batch import NewBatch
 from .refs import Refs
 from .roster import BatchInfoCache, recorded_players, stored_roster
-from .schema import BatchInfo, NewBatch, progress_from
 
 _LISTED = [
     f.EXPECTED_COUNT,
@@ -27,7 +29,7 @@ _LISTED = [
     f.COMPLETED_COUNT,
     f.TOTAL_PREDICTIONS,
     f.TOTAL_PREDICTIONS_SUBCOLL,
-    f.FINALISED_BY,
+    f.FINALIZED_BY,
     f.DEADLINE,
     f.CREATED_AT,
     f.COMPLETED_AT,
@@ -146,7 +148,7 @@ class BatchReader:
         ref = self._refs.batch(batch_id)
         snap = await self._retrying(lambda: ref.get(retry=None), f"reading batch {batch_id!r}")
         if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
+            raise batch_not_found(batch_id, self._refs.layout.collection)
         return snap.to_dict() or {}
 
     async def missing(self, batch_id: str, data: dict[str, Any]) -> list[str]:

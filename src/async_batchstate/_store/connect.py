@@ -8,6 +8,7 @@ from google.auth.exceptions import GoogleAuthError
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._errors import ConfigurationError
+from ._client_internals import close_channel
 
 EMULATOR_ENV = "FIRESTORE_EMULATOR_HOST"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
@@ -41,6 +42,4 @@ def client_from_env(project: str | None = None) -> AsyncClient:
 
 async def aclose_client(client: AsyncClient) -> None:
     """Close the client's gRPC channel (``AsyncClient`` has no public ``close``)."""
-    api = getattr(client, "_firestore_api_internal", None)
-    if api is not None:
-        await api.transport.close()
+    await close_channel(client)

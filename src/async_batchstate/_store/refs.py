@@ -6,8 +6,8 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_collection import AsyncCollectionReference
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 
-from . import schema as f
-from .schema import Layout
+from . import names as f
+from .ids import Layout
 
 
 class Refs:

@@ -19,11 +19,12 @@ from typing import Any
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
-from .._errors import BatchNotFoundError
+from .._errors import batch_not_found
 from .._retry import Retrying
-from . import schema as f
+from . import names as f
+from .batch_info import BatchInfo
+from .decode import counted, guarded
 from .refs import Refs
-from .schema import BatchInfo
 
 SMALL_ROSTER = 1_000
 """Up to this many players, missing players are found by point reads of their
@@ -98,10 +99,7 @@ class BatchInfoCache:
         ]
         snap = await self._refs.batch(batch_id).get(field_paths=fields, retry=None)
         if not snap.exists:
-            raise BatchNotFoundError(
-                f"batch {batch_id!r} does not exist in {self._refs.layout.collection!r}; "
-                "call create_batch first"
-            )
+            raise batch_not_found(batch_id, self._refs.layout.collection)
         data = snap.to_dict() or {}
         deadline = data.get(f.DEADLINE)
         return BatchInfo(
@@ -109,7 +107,7 @@ class BatchInfoCache:
             roster=await stored_roster(self._refs, batch_id, data),
             deadline=deadline if isinstance(deadline, dt.datetime) else None,
             terminal=data.get(f.STATUS) in f.TERMINAL_STATUSES,
-            guarded=f.guarded(data),
+            guarded=guarded(data),
         )
 
 
@@ -149,7 +147,7 @@ async def recorded_players(
     array: frozenset[str] = frozenset()
     if not mode.reads_subcollection and isinstance(data.get(f.COMPLETED_PLAYERS), list):
         array = frozenset(data[f.COMPLETED_PLAYERS])
-        if len(array) >= f.counted(data):
+        if len(array) >= counted(data):
             return array
     if roster is not None and len(roster) <= SMALL_ROSTER:
         docs = [refs.completion(batch_id, p) for p in roster]

@@ -1,4 +1,4 @@
-"""``run_transactional``: the client's ``async_transactional`` without its two retry-loop traps."""
+"""Transactions: ``async_transactional`` without its retry-loop traps, under our retry policy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ from collections.abc import Awaitable, Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
 from google.api_core import exceptions as gexc
+from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
+
+from .._clock import Clock
+from .._retry import RetryPolicy, run_with_retry
+from ._client_internals import raised_by_rollback
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -52,20 +57,44 @@ async def run_transactional(
         raise
     except Exception as exc:
         hidden = exc.__context__
-        if exc.__cause__ is None and hidden is not None and _raised_by_rollback(exc):
+        if exc.__cause__ is None and hidden is not None and raised_by_rollback(exc):
             raise hidden from None
         raise
-
-
-def _raised_by_rollback(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "_rollback":
-            return True
-        tb = tb.tb_next
-    return False
 
 
 REFUSED_AT_COMMIT = (gexc.InvalidArgument, gexc.FailedPrecondition)
 """What a transaction commit gets when the plain client re-sent a commit whose answer
 was lost and the server had already committed (or closed) the transaction."""
+
+
+MAX_WRITES_PER_COMMIT = 400
+"""Document writes one commit of ours makes at most (plus the batch document's update).
+
+Firestore has long capped a commit at 500 writes; 400 leaves headroom and stays
+far below the 10 MiB request limit with 1,500-byte ids.
+"""
+
+
+async def transact(
+    client: AsyncClient,
+    fn: Callable[[AsyncTransaction, str], Awaitable[T]],
+    batch_id: str,
+    *,
+    retry: RetryPolicy | None,
+    what: str,
+    clock: Clock,
+    read_only: bool = False,
+) -> T:
+    """``fn(transaction, batch_id)`` in a transaction, each attempt retried by our policy.
+
+    The client's own retry is off (one attempt per transaction): ``retry`` (the
+    default ``RetryPolicy()`` when None) decides, with backoff and a deadline,
+    and ``run_transactional`` keeps each failure's real cause.
+    """
+
+    async def attempt() -> T:
+        transaction = client.transaction(max_attempts=1, read_only=read_only)
+        return await run_transactional(fn, transaction, batch_id)
+
+    result, _ = await run_with_retry(attempt, retry or RetryPolicy(), what=what, clock=clock)
+    return result

@@ -1,1 +1,1 @@
-"""The hot path: manager facade, group runner, lanes, writer, finaliser, limits."""
+"""The hot path: manager facade, group runner, lanes, writer, finalizer, limits."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import enum
 import inspect
 import logging
 import math
@@ -48,16 +47,17 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from .._clock import SYSTEM_CLOCK, Clock
 from .._errors import ConfigurationError
 from .._retry import Retrying
-from .._store import schema as f
+from .._store import names as f
 from .._store.refs import Refs
 from .._types import BatchProgress
+from .lease import Claim, Lease
 from .writer import new_write_id
 
 logger = logging.getLogger("async_batchstate")
 
 OnComplete = Callable[[str, BatchProgress], Awaitable[None] | None]
-"""``on_complete(batch_id, progress)``: sync or async; runs at least once per finalised
-batch (``progress.finalisation_key`` is the same for every run)."""
+"""``on_complete(batch_id, progress)``: sync or async; runs at least once per finalized
+batch (``progress.finalization_key`` is the same for every run)."""
 
 Reader = Callable[[str], Awaitable[tuple[BatchProgress, Any]]]
 """``read(batch_id)``: the batch's progress and the snapshot it came from (one attempt)."""
@@ -70,17 +70,6 @@ SWEEP_START = 50
 """Most deliveries one sweep starts."""
 _DEFERRED_KEPT = 10_000
 """Most batches remembered as "leased elsewhere until": bounded for long-lived processes."""
-
-
-class _Claim(enum.Enum):
-    """What a conditional update of a claim found."""
-
-    HELD = "held"
-    """The claim was ours: the update landed."""
-    TAKEN = "taken"
-    """Another process holds the claim now."""
-    DONE = "done"
-    """Nothing is owed any more, and not by this update: another runner marked it done."""
 
 
 def _seconds(name: str, value: object) -> float:
@@ -97,7 +86,7 @@ class Callbacks:
     Args:
         client: The Firestore client.
         refs: Where batches live.
-        read: Reads a batch's progress and snapshot (the finaliser's read).
+        read: Reads a batch's progress and snapshot (the finalizer's read).
         retrying: Runs a call under the manager's retry policy.
         on_complete: Run once a batch completes.
         on_expired: Run once a batch expires.
@@ -127,7 +116,6 @@ class Callbacks:
         sweep_interval: float | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.lease = _seconds("callback_lease", lease)
         self._sweep_interval = (
             None if sweep_interval is None else _seconds("callback_sweep_interval", sweep_interval)
         )
@@ -137,6 +125,9 @@ class Callbacks:
         self._retrying = retrying
         self._callbacks = {f.STATUS_COMPLETE: on_complete, f.STATUS_EXPIRED: on_expired}
         self._retain_for = retain_for
+        self._lease = Lease(
+            client, refs, retrying=retrying, seconds=_seconds("callback_lease", lease)
+        )
         self._clock = clock
         self._tasks: set[asyncio.Task[Any]] = set()
         self._by_batch: dict[str, asyncio.Task[Any]] = {}
@@ -145,8 +136,6 @@ class Callbacks:
         self._sweeper: asyncio.Task[None] | None = None
         self._cursor: Any = None
         self._closed = False
-        self.leases_lost = 0
-        """Runs of this process whose lease another process took while they ran."""
 
     # -- what exists -------------------------------------------------------------------
 
@@ -175,8 +164,8 @@ class Callbacks:
     async def settle(self, batch_id: str, finished: BatchProgress | None, owed: bool) -> None:
         """After a finish: run the callback if this call finished the batch, else an owed one."""
         if finished is not None:
-            assert finished.finaliser_id is not None
-            await self.run(batch_id, finished, finished.finaliser_id)
+            assert finished.finalizer_id is not None
+            await self.run(batch_id, finished, finished.finalizer_id)
         elif owed:
             await self.deliver_owed_logged(batch_id)
 
@@ -226,7 +215,7 @@ class Callbacks:
                 await self._stamp_children(batch_id)
             return False
         lost = asyncio.Event()
-        heartbeat = asyncio.create_task(self._renew(batch_id, claim, lost))
+        heartbeat = asyncio.create_task(self._lease.keep(batch_id, claim, lost))
         try:
             if self._retain_for is not None:
                 await self._stamp_children(batch_id)
@@ -253,7 +242,7 @@ class Callbacks:
             f.CALLBACK_DONE_AT: SERVER_TIMESTAMP,
         }
         try:
-            found = await self._if_ours(batch_id, claim, done, "confirming the callback")
+            found = await self._lease.if_ours(batch_id, claim, done, "confirming the callback")
         except Exception:
             logger.exception(
                 "could not mark the callback of batch %r done; it may run again",
@@ -261,81 +250,9 @@ class Callbacks:
                 extra={"batch_id": batch_id},
             )
         else:
-            if found is not _Claim.HELD:
-                self._lost(batch_id, claim)
+            if found is not Claim.HELD:
+                self._lease.lost(batch_id, claim)
         return True
-
-    async def _renew(self, batch_id: str, claim: str, lost: asyncio.Event) -> None:
-        """Renew the lease every ``lease / 3`` while the callback runs; set ``lost`` if taken.
-
-        Beats keep their cadence (a slow renewal does not push the next one back),
-        in real time: the server judges the lease on its clock.
-        """
-        renewal = {f.CALLBACK_CLAIMED_AT: SERVER_TIMESTAMP}
-        beat = self.lease / 3
-        due = time.monotonic()
-        while True:
-            due += beat
-            await asyncio.sleep(max(due - time.monotonic(), 0.0))
-            due = max(due, time.monotonic() - beat)  # after a long stall: no burst
-            try:
-                async with asyncio.timeout(self.lease):
-                    found = await self._if_ours(batch_id, claim, renewal, "renewing the lease")
-            except Exception:
-                # Try again at the next beat: the lease lasts three of them.
-                logger.warning(
-                    "renewing the callback lease of batch %r failed",
-                    batch_id,
-                    exc_info=True,
-                    extra={"batch_id": batch_id},
-                )
-                continue
-            if found is not _Claim.HELD:
-                lost.set()
-                self._lost(batch_id, claim)
-                return
-
-    def _lost(self, batch_id: str, claim: str) -> None:
-        self.leases_lost += 1
-        logger.warning(
-            "the callback of batch %r lost its lease while running: another process runs "
-            "it too; this run does not mark it done",
-            batch_id,
-            extra={"batch_id": batch_id, "claim": claim},
-        )
-
-    async def _if_ours(
-        self, batch_id: str, claim: str, update: dict[str, Any], what: str
-    ) -> _Claim:
-        """Apply ``update`` to the batch if its callback is still owed and claimed by ``claim``.
-
-        A read, then an update with an ``update_time`` precondition (re-read when
-        the batch changed in between); retried like every write: a retry after a
-        lost answer reads the outcome (still ours; or nothing owed, when the lost
-        update was the done mark itself).
-        """
-        ref = self._refs.batch(batch_id)
-        unknown = [False]  # an update of ours may have landed unanswered
-
-        async def attempt() -> _Claim:
-            snap = await ref.get(field_paths=[f.CALLBACK_OWED, f.CALLBACK_CLAIMED_BY], retry=None)
-            data = snap.to_dict() or {}
-            if data.get(f.CALLBACK_OWED) is not True:
-                return _Claim.HELD if unknown[0] else _Claim.DONE
-            if data.get(f.CALLBACK_CLAIMED_BY) != claim:
-                return _Claim.TAKEN
-            option = self._client.write_option(last_update_time=snap.update_time)
-            try:
-                await ref.update(update, option=option, retry=None)
-            except gexc.FailedPrecondition:
-                raise gexc.Aborted("batch changed since the claim was read") from None  # type: ignore[no-untyped-call]
-            except Exception:
-                unknown[0] = True
-                raise
-            return _Claim.HELD
-
-        found: _Claim = await self._retrying(attempt, f"{what} of batch {batch_id!r}")
-        return found
 
     # -- owed callbacks ----------------------------------------------------------------
 
@@ -362,7 +279,7 @@ class Callbacks:
                 return progress  # our claim landed; its answer was lost
             if not self.has(progress.status):
                 return None  # this manager has no callback for that ending
-            left = self._lease_left(data, snap.read_time)
+            left = self._lease.left(data, snap.read_time)
             if left > 0:
                 self._defer(batch_id, left)
                 return None
@@ -384,7 +301,7 @@ class Callbacks:
             "running the owed %s callback of batch %r",
             progress.status,
             batch_id,
-            extra={"batch_id": batch_id, "finaliser_id": progress.finaliser_id},
+            extra={"batch_id": batch_id, "finalizer_id": progress.finalizer_id},
         )
         return await self.run(batch_id, progress, claim)
 
@@ -398,17 +315,6 @@ class Callbacks:
                 batch_id,
                 extra={"batch_id": batch_id},
             )
-
-    def _lease_left(self, data: dict[str, Any], read_time: dt.datetime) -> float:
-        """Seconds the current claim still holds; 0 if none.
-
-        Judged on the server's clock (its read time against its own claim stamp),
-        not on the manager's Clock: the lease is held between processes.
-        """
-        claimed_at = data.get(f.CALLBACK_CLAIMED_AT)
-        if not isinstance(claimed_at, dt.datetime):
-            return 0.0
-        return self.lease - (read_time - claimed_at).total_seconds()
 
     def _defer(self, batch_id: str, seconds: float) -> None:
         if len(self._leased_until) >= _DEFERRED_KEPT:
@@ -465,7 +371,7 @@ class Callbacks:
                 status = data.get(f.STATUS)
                 if not isinstance(status, str) or not self.has(status):
                     continue
-                if self._lease_left(data, snap.read_time) > 0 or snap.id in self._by_batch:
+                if self._lease.left(data, snap.read_time) > 0 or snap.id in self._by_batch:
                     continue
                 self._leased_until.pop(snap.id, None)
                 self.settle_soon(snap.id, None, owed=True)

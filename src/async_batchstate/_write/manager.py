@@ -1,4 +1,4 @@
-"""``AsyncBatchStateManager``: a facade over the batch store, group runner and finaliser."""
+"""``AsyncBatchStateManager``: a facade over the batch store, group runner and finalizer."""
 
 from __future__ import annotations
 
@@ -20,19 +20,13 @@ from .._errors import (
     ManagerClosedError,
 )
 from .._retry import RetryPolicy, run_with_retry
-from .._store import schema as f
+from .._store import names as f
 from .._store.batches import BatchReader, create_batch
+from .._store.decode import progress_from
+from .._store.ids import Layout, validate_count, validate_id, validate_player
+from .._store.new_batch import LegacyLimits, new_batch
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
-from .._store.schema import (
-    Layout,
-    LegacyLimits,
-    new_batch,
-    progress_from,
-    validate_count,
-    validate_id,
-    validate_player,
-)
 from .._types import BatchProgress, CompletionResult
 from ..consistency import (
     AlertHook,
@@ -46,7 +40,7 @@ from ..consistency._sampled import SampledValidator
 from ..instrumentation._events import CompletionFinished, Hook, Recorder, Stats
 from .boundary import typed_errors, typed_iteration
 from .callbacks import OnComplete
-from .finaliser import Finaliser
+from .finalizer import Finalizer
 from .limits import in_flight_bound, make_rate_limiter
 from .runner import GroupRunner
 from .writer import Completion, FaultInjector, GroupWriter, WritePath, new_write_id
@@ -98,7 +92,7 @@ class AsyncBatchStateManager:
             cut short (crash, shutdown, exception) stays owed and runs again in a
             manager that has it once ``callback_lease`` has passed: on
             ``deliver_owed_callbacks``, its next touch of the batch, or its sweep.
-            Deduplicate on ``progress.finalisation_key``. A sync callback runs on
+            Deduplicate on ``progress.finalization_key``. A sync callback runs on
             the event loop and blocks it (its lease renewal too): make slow ones async.
         on_expired: ``on_expired(batch_id, progress)``, run after a batch expires
             (``expire``, a passed deadline, any process); owed like ``on_complete``.
@@ -113,7 +107,7 @@ class AsyncBatchStateManager:
             TTL policy on ``expire_at`` (see the docs, Operations: TTL and retention).
             None (default): no stamp.
         hooks: Receive every ``Event`` (calls answered, attempts failed, groups
-            committed, finalisations), e.g. ``OpenTelemetryHook()`` for metrics and spans.
+            committed, finalizations), e.g. ``OpenTelemetryHook()`` for metrics and spans.
         legacy_array_limit: Most players a batch may hold in a mode that writes
             the legacy array (each player costs 3 of a document's 40,000 index
             entries and ~50 bytes of its 1 MiB). Larger batches are refused with
@@ -186,7 +180,7 @@ class AsyncBatchStateManager:
             client, self._layout, self.mode, self._infos, fault_injector, write_path, clock=clock
         )
         self._recorder = Recorder(tuple(hooks))
-        self._finaliser = Finaliser(
+        self._finalizer = Finalizer(
             client,
             self._writer.refs,
             self.mode,
@@ -200,7 +194,7 @@ class AsyncBatchStateManager:
             clock=clock,
             infos=self._infos,
         )
-        self._finaliser.callbacks.start()  # the sweep, if made inside the event loop
+        self._finalizer.callbacks.start()  # the sweep, if made inside the event loop
         refs = self._writer.refs
         self._reader = BatchReader(refs, self.mode, self._infos, self._retrying)
         self._validator = SampledValidator(
@@ -217,7 +211,7 @@ class AsyncBatchStateManager:
         )
         self._runner = GroupRunner(
             self._writer,
-            self._finaliser,
+            self._finalizer,
             self._recorder,
             self._validator,
             retry=self._retry,
@@ -233,7 +227,7 @@ class AsyncBatchStateManager:
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self._finaliser.callbacks.start()
+        self._finalizer.callbacks.start()
         return self
 
     async def __aexit__(
@@ -261,7 +255,7 @@ class AsyncBatchStateManager:
         started = self._clock.monotonic()
         await self._runner.aclose(drain)
         spent = self._clock.monotonic() - started
-        await self._finaliser.callbacks.aclose(max(drain - spent, 0.0))
+        await self._finalizer.callbacks.aclose(max(drain - spent, 0.0))
         await self._validator.aclose()
         await self._writer.aclose()
 
@@ -362,7 +356,7 @@ class AsyncBatchStateManager:
 
         Returns:
             This completion's outcome; ``batch_completed`` is True for the one call
-            that finalised the batch.
+            that finalized the batch.
 
         Raises:
             InvalidIdError: Bad batch or player id; nothing written.
@@ -385,7 +379,11 @@ class AsyncBatchStateManager:
             raise
         finally:
             seconds = self._clock.monotonic() - started
-            self._recorder.emit(CompletionFinished(batch_id, player, seconds, result, error))
+            self._recorder.emit(
+                CompletionFinished(
+                    batch_id=batch_id, player=player, seconds=seconds, result=result, error=error
+                )
+            )
 
     @typed_errors
     async def expire(self, batch_id: str, *, reason: str | None = None) -> bool:
@@ -399,7 +397,7 @@ class AsyncBatchStateManager:
         A batch whose every completion is already recorded is not expired: it
         completes (an expiry racing the last completion ends in exactly one
         terminal status). Completions arriving afterwards are stored and counted,
-        answered ``LATE``, and never finalise the batch.
+        answered ``LATE``, and never finalize the batch.
 
         Returns:
             True for the one call that expired the batch.
@@ -414,17 +412,17 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         info = await self._infos.get(batch_id)
         missing = partial(self._reader.missing, batch_id)
-        expired = await self._finaliser.expire(batch_id, why, missing, background=background)
+        expired = await self._finalizer.expire(batch_id, why, missing, background=background)
         info.terminal = info.terminal or expired
         return expired
 
     @typed_errors
     async def finalize(self, batch_id: str) -> bool:
-        """Finalise the batch if every completion is recorded and nobody has yet.
+        """Finalize the batch if every completion is recorded and nobody has yet.
 
         Runs automatically after completions; call it to recover a batch whose
-        finaliser crashed. Exactly one call across all processes returns True
-        (and runs ``on_complete``, awaited here). On a finalised batch it runs an
+        finalizer crashed. Exactly one call across all processes returns True
+        (and runs ``on_complete``, awaited here). On a finalized batch it runs an
         owed callback whose lease expired (awaited too).
 
         Raises:
@@ -432,7 +430,7 @@ class AsyncBatchStateManager:
             BatchNotFoundError: No such batch.
         """
         validate_id("batch id", batch_id)
-        return await self._finaliser.finalize(batch_id)
+        return await self._finalizer.finalize(batch_id)
 
     @typed_errors
     async def deliver_owed_callbacks(self, batch_id: str) -> bool:
@@ -453,7 +451,7 @@ class AsyncBatchStateManager:
             RetryExhaustedError: Reading or claiming kept failing.
         """
         validate_id("batch id", batch_id)
-        return await self._finaliser.callbacks.deliver_owed(batch_id)
+        return await self._finalizer.callbacks.deliver_owed(batch_id)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -482,7 +480,7 @@ class AsyncBatchStateManager:
             data = await self._reader.document(batch_id)
             progress = progress_from(batch_id, self.mode, data)
         elif data.get(f.CALLBACK_OWED) is True:
-            self._finaliser.callbacks.settle_soon(batch_id, None, owed=True)
+            self._finalizer.callbacks.settle_soon(batch_id, None, owed=True)
         if not include_players:
             return dataclasses.replace(progress, completed_players=(), missing_players=())
         return await self._reader.with_players(progress, data)
@@ -538,7 +536,7 @@ class AsyncBatchStateManager:
 
         Wakes at once when this process finishes the batch, and polls otherwise
         (another process may finish it). If every completion is recorded but
-        nobody finalised (the finaliser crashed), this call finalises it; if its
+        nobody finalized (the finalizer crashed), this call finalizes it; if its
         deadline passed, it expires it; an owed callback whose lease expired is
         started too. Callbacks run in the background: this call does not wait for
         them. Nothing about the batch is kept once the call returns.
@@ -548,13 +546,13 @@ class AsyncBatchStateManager:
             CompletionTimeoutError: ``timeout`` seconds passed first.
         """
         validate_id("batch id", batch_id)
-        with self._finaliser.waiter(batch_id) as finished:
+        with self._finalizer.waiter(batch_id) as finished:
             try:
                 async with self._clock.timeout(timeout):
                     while True:
                         progress = await self._read_progress(batch_id)
                         if not progress.is_terminal and progress.is_complete:
-                            await self._finaliser.finalize(batch_id, background=True)
+                            await self._finalizer.finalize(batch_id, background=True)
                             progress = await self._read_progress(batch_id)
                         elif self._overdue(progress):
                             await self._expire_overdue(batch_id)
@@ -653,7 +651,7 @@ class AsyncBatchStateManager:
     def _check_open(self) -> None:
         if self._closed:
             raise ManagerClosedError("the manager is closed")
-        self._finaliser.callbacks.start()  # the sweep, if the manager was made outside the loop
+        self._finalizer.callbacks.start()  # the sweep, if the manager was made outside the loop
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
         result, _ = await run_with_retry(
@@ -663,7 +661,7 @@ class AsyncBatchStateManager:
 
     async def _read_progress(self, batch_id: str) -> BatchProgress:
         read = await self._retrying(
-            lambda: self._finaliser.read(batch_id), f"reading batch {batch_id!r}"
+            lambda: self._finalizer.read(batch_id), f"reading batch {batch_id!r}"
         )
         progress: BatchProgress = read[0]
         return progress

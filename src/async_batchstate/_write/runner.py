@@ -2,7 +2,7 @@
 
 ``AsyncBatchStateManager`` validates a completion and hands it here. A lane
 (``lanes.Lane``) queues it with the batch's other completions; each group goes
-out as ONE write (``writer.GroupWriter``) under the retry loop, the finaliser
+out as ONE write (``writer.GroupWriter``) under the retry loop, the finalizer
 checks the batch, and every member's caller gets its own outcome, or an error,
 whatever happens (cancellation and shutdown included).
 """
@@ -29,7 +29,7 @@ from .._retry import AttemptFailure, ErrorKind, RetryPolicy, run_with_retry
 from .._types import BatchProgress, CompletionResult, CompletionStatus
 from ..consistency._sampled import SampledValidator
 from ..instrumentation._events import AttemptFailed, GroupCommitted, GroupFailed, Recorder
-from .finaliser import Finaliser
+from .finalizer import Finalizer
 from .lanes import Lane, Pending
 from .limits import AdaptiveLimit
 from .writer import Completion, GroupOutcome, GroupState, GroupWriter
@@ -38,7 +38,7 @@ logger = logging.getLogger("async_batchstate")
 
 _CONTENTION = (ErrorKind.CONTENTION, ErrorKind.OVERLOADED)
 FLIP_GRACE = 2.0
-"""Seconds a close that cut a group waits for its finalisation flip (a read and an update)."""
+"""Seconds a close that cut a group waits for its finalization flip (a read and an update)."""
 MAX_GROUP_SIZE = 1500
 """Largest group: 1,500 completions of the longest ids stay under the 10 MiB request limit."""
 
@@ -49,7 +49,7 @@ class GroupRunner:
     def __init__(
         self,
         writer: GroupWriter,
-        finaliser: Finaliser,
+        finalizer: Finalizer,
         recorder: Recorder,
         validator: SampledValidator,
         *,
@@ -70,7 +70,7 @@ class GroupRunner:
         if linger < 0:
             raise ConfigurationError("linger must be >= 0 seconds")
         self._writer = writer
-        self._finaliser = finaliser
+        self._finalizer = finalizer
         self._recorder = recorder
         self._validator = validator
         self._retry = retry
@@ -83,7 +83,7 @@ class GroupRunner:
         self._expected_count = expected_count
         self._lanes: dict[str, Lane] = {}
         self._untold: set[str] = set()
-        """Batches this process finalised while the finalising caller had stopped waiting."""
+        """Batches this process finalized while the finalizing caller had stopped waiting."""
 
     @property
     def lanes(self) -> int:
@@ -138,7 +138,6 @@ class GroupRunner:
         except TimeoutError:
             arrived = self._settle(lane, pending)
             if arrived is None:
-                self._recorder.failed += 1
                 raise CompletionTimeoutError(
                     f"no confirmation for player {player!r} of batch {batch_id!r} within "
                     f"{wait}s; it was recorded whole or not at all: record it again to be sure"
@@ -198,7 +197,6 @@ class GroupRunner:
         budget = max(p.deadline for p in group) - started
 
         async def attempt() -> Any:
-            self._recorder.attempts += 1
             if self._rate is not None:
                 await self._rate.acquire()
             begun = self._clock.monotonic()
@@ -224,12 +222,12 @@ class GroupRunner:
             )
             self._recorder.emit(
                 AttemptFailed(
-                    batch_id,
-                    len(group),
-                    failure.attempt,
-                    failure.kind,
-                    failure.error,
-                    failure.delay,
+                    batch_id=batch_id,
+                    group_size=len(group),
+                    attempt=failure.attempt,
+                    kind=failure.kind,
+                    error=failure.error,
+                    delay=failure.delay,
                 )
             )
 
@@ -261,18 +259,18 @@ class GroupRunner:
         recorded = outcome.new_count
         self._recorder.emit(
             GroupCommitted(
-                batch_id,
-                len(group),
-                recorded,
-                len(group) - recorded,
-                attempts,
-                self._clock.monotonic() - started,
+                batch_id=batch_id,
+                group_size=len(group),
+                recorded=recorded,
+                duplicates=len(group) - recorded,
+                attempts=attempts,
+                seconds=self._clock.monotonic() - started,
             )
         )
         flipped: BatchProgress | None = None
         owed = False
         check = asyncio.ensure_future(
-            self._finaliser.after_write(batch_id, outcome, self._expected_count)
+            self._finalizer.after_write(batch_id, outcome, self._expected_count)
         )
         try:
             flipped, owed = await asyncio.shield(check)
@@ -284,9 +282,9 @@ class GroupRunner:
             raise
         except Exception:
             # The completions are committed; a later completion, redelivery,
-            # wait_until_complete() or finalize() finalises the batch.
+            # wait_until_complete() or finalize() finalizes the batch.
             logger.exception(
-                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
+                "finalization check of batch %r failed", batch_id, extra={"batch_id": batch_id}
             )
         finally:
             # Tell every caller, even when cancelled mid-check: their writes are committed.
@@ -300,7 +298,7 @@ class GroupRunner:
         # The callback runs in a background task of the manager, never in a caller's
         # call; a close cuts it after the drain timeout, and then it stays owed.
         owed = owed or (outcome.batch is not None and outcome.batch.callback_owed)
-        await self._finaliser.settle(batch_id, flipped, owed, background=True)
+        await self._finalizer.settle(batch_id, flipped, owed, background=True)
 
     async def _flip_within_grace(
         self, batch_id: str, check: asyncio.Future[tuple[BatchProgress | None, bool]]
@@ -313,14 +311,14 @@ class GroupRunner:
         except (TimeoutError, asyncio.CancelledError):
             check.cancel()
             logger.warning(
-                "closing with the finalisation of batch %r unanswered; if it landed, its "
+                "closing with the finalization of batch %r unanswered; if it landed, its "
                 "callback stays owed",
                 batch_id,
                 extra={"batch_id": batch_id},
             )
         except Exception:
             logger.exception(
-                "finalisation check of batch %r failed", batch_id, extra={"batch_id": batch_id}
+                "finalization check of batch %r failed", batch_id, extra={"batch_id": batch_id}
             )
         return None
 
@@ -350,16 +348,12 @@ class GroupRunner:
                 continue
             status = CompletionStatus.DUPLICATE
             if is_new:
-                self._recorder.recorded += 1
-                self._recorder.late += late[index]
                 status = CompletionStatus.LATE if late[index] else CompletionStatus.RECORDED
-            else:
-                self._recorder.duplicates += 1
             pending.resolve(
                 CompletionResult(
-                    batch_id,
-                    pending.completion.player,
-                    status,
+                    batch_id=batch_id,
+                    player=pending.completion.player,
+                    status=status,
                     batch_completed=index == completer,
                     attempts=attempts,
                     group_size=len(group),
@@ -386,8 +380,7 @@ class GroupRunner:
     def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
         if not group:
             return
-        self._recorder.failed += len(group)
-        self._recorder.emit(GroupFailed(batch_id, len(group), error))
+        self._recorder.emit(GroupFailed(batch_id=batch_id, group_size=len(group), error=error))
         for pending in group:
             pending.fail(error)
 

@@ -59,11 +59,16 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
-from .._errors import BatchNotFoundError, ConfigurationError, WriteFailedError
-from .._store import schema as f
+from .._errors import ConfigurationError, WriteFailedError, batch_not_found
+from .._store import decode
+from .._store import names as f
+from .._store._client_internals import rollback_by_id
+from .._store.batch_info import BatchInfo
+from .._store.completion import completion_doc
+from .._store.decode import as_int
+from .._store.ids import Layout, needs_whole_map_write, player_field
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
-from .._store.schema import BatchInfo, Layout
 from .._store.transactions import REFUSED_AT_COMMIT, P, T, run_transactional
 
 logger = logging.getLogger("async_batchstate")
@@ -311,12 +316,9 @@ class GroupWriter:
     async def _release(self, transaction_id: bytes) -> None:
         """Best-effort rollback of an abandoned transaction, bounded (~40 s in all)."""
         for attempt in range(8):
-            orphan = self._client.transaction()
-            # No public API rolls back by id; the server's answer is all that matters.
-            orphan._id = transaction_id  # type: ignore[assignment]
             try:
                 async with self._clock.timeout(2.0):
-                    await orphan._rollback()
+                    await rollback_by_id(self._client, transaction_id)
                 return
             except (TimeoutError, gexc.ServiceUnavailable, gexc.DeadlineExceeded):
                 await self._clock.sleep(min(4.0, 0.25 * 2**attempt))
@@ -370,10 +372,7 @@ class GroupWriter:
                     batch_id, group, firsts, state, legacy_read, info
                 )
         except gexc.NotFound as exc:
-            raise BatchNotFoundError(
-                f"batch {batch_id!r} does not exist in {self.refs.layout.collection!r}; "
-                "call create_batch first"
-            ) from exc
+            raise batch_not_found(batch_id, self.refs.layout.collection) from exc
         except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
             raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
         recorded = tuple(
@@ -483,15 +482,15 @@ class GroupWriter:
             else:
                 members[snap.reference.id] = snap.to_dict() or {}
         if data is None:
-            raise BatchNotFoundError(f"batch {batch_ref.id!r} does not exist")
+            raise batch_not_found(batch_ref.id, self.refs.layout.collection)
         self._resolve_found(members, data, state)
         batch = BatchView(
             str(data.get(f.STATUS, f.STATUS_IN_PROGRESS)),
-            f.as_int(data.get(f.EXPECTED_COUNT)),
+            as_int(data.get(f.EXPECTED_COUNT)),
             data.get(f.CALLBACK_OWED) is True,
         )
         expired = batch.status == f.STATUS_EXPIRED
-        return set(members), GroupOutcome((), f.counted(data), batch, expired=expired)
+        return set(members), GroupOutcome((), decode.counted(data), batch, expired=expired)
 
     @staticmethod
     def _resolve_found(
@@ -620,7 +619,7 @@ class GroupWriter:
         self._resolve_found(members, data, state)
         array = set(data.get(f.COMPLETED_PLAYERS) or ()) if legacy_read else set()
         # Completion documents guard the batch: every writer keeps them, LEGACY included.
-        docs = self._mode.writes_subcollection or f.guarded(data)
+        docs = self._mode.writes_subcollection or decode.guarded(data)
         whole_map: dict[str, Any] | None = None
         if f.PREDICTIONS_BY_PLAYER in fields:
             stored = data.get(f.PREDICTIONS_BY_PLAYER)
@@ -643,11 +642,11 @@ class GroupWriter:
         new = [group[firsts[p]] for p in pending if p not in state.resolved]
         # What the batch's guard is (this write does not change it: a write that creates
         # completion documents keeps it, one that does not is on an unguarded batch).
-        guarded = f.guarded(data) if legacy_read else None
+        guarded = decode.guarded(data) if legacy_read else None
         expired = data.get(f.STATUS) == f.STATUS_EXPIRED
         if not new:
             counted = (
-                f.counted(data, array_counts=not self._mode.reads_subcollection)
+                decode.counted(data, array_counts=not self._mode.reads_subcollection)
                 if legacy_read
                 else None
             )
@@ -674,28 +673,23 @@ class GroupWriter:
         if legacy_read:  # the batch's count after this commit, from what the transaction read
             after = dict(data)
             if docs:
-                after[f.COMPLETED_COUNT] = f.as_int(data.get(f.COMPLETED_COUNT)) + len(new)
+                after[f.COMPLETED_COUNT] = as_int(data.get(f.COMPLETED_COUNT)) + len(new)
             else:
-                after[f.LEGACY_ONLY_COUNT] = f.as_int(data.get(f.LEGACY_ONLY_COUNT)) + len(new)
+                after[f.LEGACY_ONLY_COUNT] = as_int(data.get(f.LEGACY_ONLY_COUNT)) + len(new)
             if self._mode.writes_legacy:
                 after[f.COMPLETED_PLAYERS] = [*array, *names]
-            counted = f.counted(after, array_counts=not self._mode.reads_subcollection)
+            counted = decode.counted(after, array_counts=not self._mode.reads_subcollection)
         await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(firsts))
         return _Staged(tuple(names), results_at, counted, expired, guarded)
 
     # -- pieces ----------------------------------------------------------------------
 
     def _completion_doc(self, completion: Completion, state: GroupState) -> dict[str, Any]:
-        return {
-            f.PLAYER_LOOKUP: completion.player,
-            f.PREDICTIONS_COUNT: completion.predictions_count,
-            f.COMPLETED_AT: SERVER_TIMESTAMP,
-            f.WRITE_ID: state.write_id,
-        }
+        return completion_doc(completion.player, completion.predictions_count, state.write_id)
 
     def _whole_map(self, players: Iterable[str]) -> bool:
         """Whether a write of ``players`` rewrites the whole legacy map (and must read it)."""
-        return self._mode.writes_legacy and any(f.needs_whole_map_write(p) for p in players)
+        return self._mode.writes_legacy and any(needs_whole_map_write(p) for p in players)
 
     async def _read_group(
         self,
@@ -727,9 +721,7 @@ class GroupWriter:
             elif snap.exists:
                 members[snap.reference.id] = snap.to_dict() or {}
         if fields and batch is None:
-            raise BatchNotFoundError(
-                f"batch {batch_ref.id!r} does not exist; call create_batch first"
-            )
+            raise batch_not_found(batch_ref.id, self.refs.layout.collection)
         return batch or {}, members, version
 
     def _batch_update(
@@ -760,7 +752,7 @@ class GroupWriter:
             if whole_map is not None:
                 data[f.PREDICTIONS_BY_PLAYER] = {**whole_map, **entries}
             else:
-                data |= {f.player_field(p): count for p, count in entries.items()}
+                data |= {player_field(p): count for p, count in entries.items()}
             data[f.TOTAL_PREDICTIONS] = Increment(total)
             data[f.UPDATED_AT] = SERVER_TIMESTAMP
             if not docs:

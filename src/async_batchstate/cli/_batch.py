@@ -169,7 +169,7 @@ def as_dict(progress: BatchProgress) -> dict[str, Any]:
         "created_at": _when(progress.created_at),
         "finished_at": _when(progress.finished_at),
         "expired_reason": progress.expired_reason,
-        "finalisation_key": progress.finalisation_key,
+        "finalization_key": progress.finalization_key,
     }
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import BatchNotFoundError, BatchStateError, ConfigurationError, InvalidInputError, Layout
-from .._store.schema import validate_id
+from .._store.ids import validate_id
 
 if TYPE_CHECKING:
     from google.cloud.firestore_v1.async_client import AsyncClient

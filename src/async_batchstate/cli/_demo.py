@@ -6,7 +6,7 @@ for Pub/Sub). Like Pub/Sub, delivery is at least once: a share of messages is
 delivered twice, and a share of workers fail before acknowledging, so their
 message comes back. Every completion goes through ``record_completion``; at
 the end the demo checks that every structure agrees and that exactly one
-caller finalised the batch.
+caller finalized the batch.
 """
 
 from __future__ import annotations
@@ -112,29 +112,29 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
 
 
 @dataclass
-class _Tally:
+class _DemoTally:
     recorded: int = 0
     duplicates: int = 0
     worker_failures: int = 0
-    transactions: int = 0
+    commits: int = 0
     attempts: int = 0
     retries: int = 0
     latency: str = ""
     completers: list[str] = field(default_factory=list)
 
-    def merge(self, other: _Tally) -> None:
+    def merge(self, other: _DemoTally) -> None:
         """Add another process's counts (latency stays this process's)."""
         self.recorded += other.recorded
         self.duplicates += other.duplicates
         self.worker_failures += other.worker_failures
-        self.transactions += other.transactions
+        self.commits += other.commits
         self.attempts += other.attempts
         self.retries += other.retries
         self.completers += other.completers
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; 0 when the batch ends consistent and finalised exactly once.
+    """Run the demo; 0 when the batch ends consistent and finalized exactly once.
 
     Raises:
         InvalidInputError: More ``--processes`` than ``--players`` (a process
@@ -216,7 +216,7 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
             )
             for process, results in children:
                 await anyio.to_thread.run_sync(process.join)
-                tally.merge(_Tally(**results.get(timeout=5)))
+                tally.merge(_DemoTally(**results.get(timeout=5)))
             elapsed = time.perf_counter() - started
             final = await manager.wait_until_complete(batch_id, timeout=60)
             report = await manager.validate(batch_id)
@@ -225,7 +225,7 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
 
     ok = (
         report.is_consistent
-        and final.is_finalised
+        and final.is_finalized
         and len(tally.completers) == 1
         and tally.recorded == len(players)
     )
@@ -236,14 +236,14 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
     table.add_row(
         "throughput", f"{(tally.recorded + tally.duplicates) / elapsed:,.0f} completions/s"
     )
-    table.add_row("transactions / attempts", f"{tally.transactions} / {tally.attempts}")
+    table.add_row("commits / attempts", f"{tally.commits} / {tally.attempts}")
     table.add_row("retries", str(tally.retries))
     table.add_row(
         "completions per transaction",
-        f"{(tally.recorded + tally.duplicates) / max(tally.transactions, 1):.1f}",
+        f"{(tally.recorded + tally.duplicates) / max(tally.commits, 1):.1f}",
     )
     table.add_row("latency p50 / p99 (first process)", tally.latency)
-    table.add_row("finalised", f"{final.status}, by {tally.completers}")
+    table.add_row("finalized", f"{final.status}, by {tally.completers}")
     table.add_row(
         "progress",
         f"{final.completed_count}/{final.expected_count}, {final.total_predictions} predictions",
@@ -281,7 +281,7 @@ def _child(
     """A worker process: record its messages, then report its tally."""
     args = argparse.Namespace(**arguments)
 
-    async def main() -> _Tally:
+    async def main() -> _DemoTally:
         client = client_from_env()
         try:
             mode = MigrationMode(args.mode) if args.mode else None
@@ -302,9 +302,9 @@ async def _record(
     rng: random.Random,
     console: Console | None,
     manager: AsyncBatchStateManager,
-) -> _Tally:
+) -> _DemoTally:
     """Workers consume ``messages``; a failed delivery goes back on the queue."""
-    tally = _Tally()
+    tally = _DemoTally()
     send, receive = anyio.create_memory_object_stream[str](max_buffer_size=len(messages) * 2)
     for message in messages:
         send.send_nowait(message)
@@ -352,8 +352,8 @@ async def _record(
             for _ in range(args.workers):
                 tg.start_soon(worker, receive, tg.cancel_scope)
     stats = manager.stats()
-    tally.transactions, tally.attempts, tally.retries = (
-        stats.transactions,
+    tally.commits, tally.attempts, tally.retries = (
+        stats.commits,
         stats.attempts,
         stats.retries,
     )

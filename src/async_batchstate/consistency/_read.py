@@ -12,6 +12,7 @@ false mismatch).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,12 +23,13 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
-from .._errors import BatchNotFoundError
-from .._retry import RetryPolicy, run_with_retry
-from .._store import schema as f
+from .._errors import batch_not_found
+from .._retry import RetryPolicy, retried
+from .._store import names as f
+from .._store.decode import as_int
+from .._store.ids import Layout, validate_id
 from .._store.refs import Refs
-from .._store.schema import Layout, as_int, validate_id
-from ._report import BATCH_FIELDS, LEGACY_FIELDS, ConsistencyReport, build_report
+from ._report import BATCH_FIELDS, ConsistencyReport, build_report
 
 _INDEX_ENTRIES_PER_READ = 1_000
 
@@ -66,8 +68,8 @@ async def read_document(refs: Refs, batch_id: str) -> Reading:
     """
     snap = await refs.batch(batch_id).get(field_paths=list(BATCH_FIELDS), retry=None)
     if not snap.exists or snap.read_time is None:
-        raise BatchNotFoundError(f"batch {batch_id!r} does not exist in {refs.layout.collection!r}")
-    return Reading(batch_id, snap.to_dict() or {}, snap.read_time, 1)
+        raise batch_not_found(batch_id, refs.layout.collection)
+    return Reading(batch_id=batch_id, data=snap.to_dict() or {}, read_time=snap.read_time, reads=1)
 
 
 async def read_aggregation(refs: Refs, reading: Reading) -> Reading:
@@ -79,13 +81,11 @@ async def read_aggregation(refs: Refs, reading: Reading) -> Reading:
         for result in row:
             values[result.alias] = as_int(result.value)  # empty sets come back as 0.0
     docs = values.get("docs", 0)
-    return Reading(
-        reading.batch_id,
-        reading.data,
-        reading.read_time,
-        reading.reads + aggregation_reads(docs),
-        docs,
-        values.get("total", 0),
+    return dataclasses.replace(
+        reading,
+        reads=reading.reads + aggregation_reads(docs),
+        completion_docs=docs,
+        completion_sum=values.get("total", 0),
     )
 
 
@@ -103,7 +103,7 @@ async def read_report(
     reading = await read_aggregation(refs, await read_document(refs, batch_id))
     docs, reads = reading.completion_docs or 0, reading.reads
     ids: set[str] | None = None
-    if any(name in reading.data for name in LEGACY_FIELDS):
+    if any(name in reading.data for name in f.LEGACY_FIELDS):
         ids = set()
         if docs:  # ids only when there is an array to compare them with
             query = refs.completions(batch_id).select([FieldPath.document_id()])
@@ -148,7 +148,4 @@ async def validate(
         report, _ = await read_report(refs, mode, batch_id)
         return report
 
-    report, _ = await run_with_retry(
-        attempt, retry or RetryPolicy(), what=f"validating batch {batch_id!r}", clock=clock
-    )
-    return report
+    return await retried(attempt, retry, what=f"validating batch {batch_id!r}", clock=clock)

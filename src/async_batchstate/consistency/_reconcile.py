@@ -20,22 +20,17 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
-from .._errors import BatchNotFoundError, ConfigurationError
-from .._retry import RetryPolicy, run_with_retry
-from .._store import schema as f
+from .._errors import ConfigurationError, batch_not_found
+from .._retry import RetryPolicy, retried
+from .._store import names as f
+from .._store.completion import completion_doc
+from .._store.decode import as_int
+from .._store.ids import Layout, validate_id
 from .._store.refs import Refs
-from .._store.schema import Layout, as_int, validate_id
-from .._store.transactions import run_transactional
-from ._report import LEGACY_FIELDS, opt_int
+from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
+from ._report import opt_int
 
 logger = logging.getLogger("async_batchstate.consistency")
-
-MAX_DOC_WRITES_PER_TRANSACTION = 400
-"""Completion-document writes per reconcile transaction.
-
-Firestore has long capped a commit at 500 writes; 400 plus the batch document
-leaves headroom and stays far below the 10 MiB request limit with 1,500-byte ids.
-"""
 
 
 class Source(enum.Enum):
@@ -132,7 +127,7 @@ def _plan(
     total = sum(truth.values())
     # Rewrite every structure the mode writes, and any other that exists (stale
     # leftovers must not contradict the truth either).
-    has_legacy = any(name in data for name in LEGACY_FIELDS)
+    has_legacy = any(name in data for name in f.LEGACY_FIELDS)
     has_sub = f.COMPLETED_COUNT in data or f.TOTAL_PREDICTIONS_SUBCOLL in data or bool(docs)
     if mode.writes_legacy or has_legacy:
         in_array = set(array)
@@ -175,7 +170,7 @@ async def _read_for_repair(
         if snap.exists:
             data = snap.to_dict() or {}
     if data is None:
-        raise BatchNotFoundError(f"batch {batch_id!r} does not exist in {layout.collection!r}")
+        raise batch_not_found(batch_id, layout.collection)
     query = Refs(client, layout).completions(batch_id).select([f.PREDICTIONS_COUNT])
     docs = {
         s.id: as_int((s.to_dict() or {}).get(f.PREDICTIONS_COUNT))
@@ -199,7 +194,7 @@ async def reconcile(
 
     Each transaction reads the batch document and every completion document it
     rewrites, so it serialises with concurrent writers. A batch needing more
-    than ``MAX_DOC_WRITES_PER_TRANSACTION`` completion-document writes is
+    than ``MAX_WRITES_PER_COMMIT`` completion-document writes is
     repaired in several transactions: the completion documents first, in
     chunks, then the batch document with the last chunk (between them its
     counters still lag, as they did before the repair; re-running finishes an
@@ -231,26 +226,25 @@ async def reconcile(
         raise ConfigurationError(
             f"mode {mode.name} no longer writes the legacy array: it cannot be the source of truth"
         )
-    policy = retry or RetryPolicy()
     if dry_run:
-        (data, docs), _ = await run_with_retry(
+        data, docs = await retried(
             partial(_read_for_repair, client, layout, batch_id, None),
-            policy,
+            retry,
             what=f"reading batch {batch_id!r} for a dry-run reconcile",
             clock=clock,
         )
         return _result(batch_id, source, [_plan(mode, source, data, docs)], 0, dry_run=True)
 
-    async def step(transaction: AsyncTransaction) -> tuple[_Plan, bool]:
+    async def step(transaction: AsyncTransaction, batch_id: str) -> tuple[_Plan, bool]:
         data, docs = await _read_for_repair(client, layout, batch_id, transaction)
         plan = _plan(mode, source, data, docs)
         refs = Refs(client, layout)
         completions = refs.completions(batch_id)
-        final = plan.doc_writes <= MAX_DOC_WRITES_PER_TRANSACTION
+        final = plan.doc_writes <= MAX_WRITES_PER_COMMIT
         if not final:
             _truncate(plan)
         for player, count in plan.create.items():
-            transaction.create(completions.document(player), _completion(player, count))
+            transaction.create(completions.document(player), completion_doc(player, count))
         for player, count in plan.update.items():
             transaction.update(completions.document(player), {f.PREDICTIONS_COUNT: count})
         for player in plan.delete:
@@ -267,14 +261,8 @@ async def reconcile(
 
     plans: list[_Plan] = []
     while True:
-
-        async def attempt() -> tuple[_Plan, bool]:
-            transaction = client.transaction(max_attempts=1)
-            outcome: tuple[_Plan, bool] = await run_transactional(step, transaction)
-            return outcome
-
-        (plan, final), _ = await run_with_retry(
-            attempt, policy, what=f"reconciling batch {batch_id!r}", clock=clock
+        plan, final = await transact(
+            client, step, batch_id, retry=retry, what=f"reconciling batch {batch_id!r}", clock=clock
         )
         plans.append(plan)
         if final:
@@ -297,13 +285,9 @@ async def reconcile(
     return result
 
 
-def _completion(player: str, count: int) -> dict[str, Any]:
-    return {f.PLAYER_LOOKUP: player, f.PREDICTIONS_COUNT: count, f.COMPLETED_AT: SERVER_TIMESTAMP}
-
-
 def _truncate(plan: _Plan) -> None:
     """Keep only the first chunk of completion-document writes."""
-    room = MAX_DOC_WRITES_PER_TRANSACTION
+    room = MAX_WRITES_PER_COMMIT
     plan.create = dict(list(plan.create.items())[:room])
     room -= len(plan.create)
     plan.delete = plan.delete[:room]

@@ -23,12 +23,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .._config import MigrationMode
-from .._store import schema as f
-from .._store.schema import as_int
+from .._store import names as f
+from .._store.decode import as_int
 
-LEGACY_FIELDS = (f.COMPLETED_PLAYERS, f.PREDICTIONS_BY_PLAYER, f.TOTAL_PREDICTIONS)
 BATCH_FIELDS = (
-    *LEGACY_FIELDS,
+    *f.LEGACY_FIELDS,
     f.COMPLETED_COUNT,
     f.TOTAL_PREDICTIONS_SUBCOLL,
     f.COMPLETIONS_BACKFILLED,

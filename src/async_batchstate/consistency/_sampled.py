@@ -26,8 +26,8 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import ConfigurationError
 from .._retry import RetryPolicy, run_with_retry
+from .._store.ids import Layout
 from .._store.refs import Refs
-from .._store.schema import Layout
 from ..instrumentation._events import ValidationRan
 from ._alerts import AlertHook, log_mismatch, run_alert_hooks
 from ._read import read_aggregation, read_document, read_report

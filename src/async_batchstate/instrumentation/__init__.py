@@ -10,7 +10,7 @@ import typing
 from .._retry import ErrorKind
 from ._events import (
     AttemptFailed,
-    BatchFinalised,
+    BatchFinalized,
     CompletionFinished,
     Event,
     GroupCommitted,
@@ -23,7 +23,7 @@ from ._prometheus import PrometheusCollector
 
 __all__ = [
     "AttemptFailed",
-    "BatchFinalised",
+    "BatchFinalized",
     "CompletionFinished",
     "ErrorKind",
     "Event",
@@ -40,6 +40,11 @@ if not typing.TYPE_CHECKING:  # so type checkers still flag the removed names
 
     def __getattr__(name: str) -> object:
         """Fail loudly, with the way out, for names 0.1 exported from here."""
+        if name == "BatchFinalised":
+            raise AttributeError(
+                "async_batchstate.instrumentation.BatchFinalised was renamed in 0.2: use "
+                "BatchFinalized (from async_batchstate.instrumentation import BatchFinalized)"
+            )
         if name == "completion_span":
             raise AttributeError(
                 "async_batchstate.instrumentation.completion_span was removed in 0.2: "

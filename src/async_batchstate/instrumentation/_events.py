@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
+import typing
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .._errors import CompletionTimeoutError
 from .._retry import ErrorKind
-from .._types import BatchProgress, CompletionResult
+from .._types import BatchProgress, CompletionResult, CompletionStatus, renamed_attribute
 
 logger = logging.getLogger("async_batchstate.metrics")
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptFailed:
-    """A transaction attempt failed; ``delay`` is the backoff before the next, None if none."""
+    """A write attempt failed; ``delay`` is the backoff before the next, None if none."""
 
     batch_id: str
     group_size: int
@@ -28,7 +30,7 @@ class AttemptFailed:
 
 @dataclass(frozen=True, slots=True)
 class GroupCommitted:
-    """A transaction committed a group of completions."""
+    """A commit (lock-free or in a transaction) wrote a group of completions."""
 
     batch_id: str
     group_size: int
@@ -48,7 +50,7 @@ class GroupFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchFinalised:
+class BatchFinalized:
     """This process flipped the batch's ``status`` to ``complete``."""
 
     batch_id: str
@@ -109,7 +111,7 @@ Event = (
     | AttemptFailed
     | GroupCommitted
     | GroupFailed
-    | BatchFinalised
+    | BatchFinalized
     | ValidationRan
 )
 
@@ -134,13 +136,15 @@ class Stats:
         recorded: Completions counted for the first time (late ones included).
         late: Of those, completions counted after their batch expired.
         duplicates: Completions that were already recorded.
-        failed: Completions whose caller got an error.
-        transactions: Committed transactions.
-        attempts: Transaction attempts, committed or not.
+        failed: Completions whose caller got an error from the write (its group's write
+            failed for good) or no answer in time (``CompletionTimeoutError``).
+        commits: Committed group writes (lock-free commits and transactions alike).
+        attempts: Write attempts, committed or not.
         retries: Attempts after a failed one.
-        aborts_by_cause: Failed attempts by error kind (``aborted``, ``unavailable``, ...).
-        group_sizes: How many committed transactions carried each group size.
-        batches_finalised: Batches this process finalised.
+        failures_by_cause: Failed attempts by error kind (``aborted``, ``unavailable``,
+            ``deadline_exceeded``, ``fatal``, ...).
+        group_sizes: How many commits carried each group size.
+        batches_finalized: Batches this process finalized.
         latency_p50: Median seconds from ``record_completion`` to its result (recent window).
         latency_p95: 95th percentile, seconds.
         latency_p99: 99th percentile, seconds.
@@ -153,12 +157,12 @@ class Stats:
     late: int = 0
     duplicates: int = 0
     failed: int = 0
-    transactions: int = 0
+    commits: int = 0
     attempts: int = 0
     retries: int = 0
-    aborts_by_cause: Mapping[str, int] = field(default_factory=dict)
+    failures_by_cause: Mapping[str, int] = field(default_factory=dict)
     group_sizes: Mapping[int, int] = field(default_factory=dict)
-    batches_finalised: int = 0
+    batches_finalized: int = 0
     latency_p50: float = 0.0
     latency_p95: float = 0.0
     latency_p99: float = 0.0
@@ -166,17 +170,29 @@ class Stats:
     validations: int = 0
     validation_reads: int = 0
 
+    if not typing.TYPE_CHECKING:  # hidden so type checkers flag the old names too
+
+        def __getattr__(self, name: str) -> object:
+            raise renamed_attribute(self, name, _STATS_RENAMED)
+
     @property
     def commits_per_completion(self) -> float:
-        """Committed transactions per recorded or duplicate completion."""
+        """Commits per recorded or duplicate completion."""
         done = self.recorded + self.duplicates
-        return self.transactions / done if done else 0.0
+        return self.commits / done if done else 0.0
 
     @property
     def validation_reads_per_completion(self) -> float:
         """Document reads spent on validation per recorded or duplicate completion."""
         done = self.recorded + self.duplicates
         return self.validation_reads / done if done else 0.0
+
+
+_STATS_RENAMED = {
+    "transactions": "commits",
+    "aborts_by_cause": "failures_by_cause",
+    "batches_finalised": "batches_finalized",
+}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -188,7 +204,11 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Recorder:
-    """Mutable counters and hook fan-out owned by one manager."""
+    """Mutable counters and hook fan-out owned by one manager.
+
+    The only thing that changes the counters is ``emit``: every count is read
+    off an event, so what ``stats()`` says and what a hook sees cannot drift.
+    """
 
     def __init__(self, hooks: tuple[Hook, ...], window: int = 10_000) -> None:
         self.hooks = hooks
@@ -196,11 +216,11 @@ class Recorder:
         self.duplicates = 0
         self.late = 0
         self.failed = 0
-        self.transactions = 0
+        self.commits = 0
         self.attempts = 0
         self.retries = 0
-        self.finalised = 0
-        self.aborts: Counter[str] = Counter()
+        self.finalized = 0
+        self.failures: Counter[str] = Counter()
         self.group_sizes: Counter[int] = Counter()
         self.latencies: deque[float] = deque(maxlen=window)
         self.validations = 0
@@ -209,17 +229,20 @@ class Recorder:
     def emit(self, event: Event) -> None:
         """Update counters from ``event`` and pass it to every hook."""
         if isinstance(event, CompletionFinished):
-            if event.result is not None:
-                self.latencies.append(event.seconds)
+            self._count_completion(event)
         elif isinstance(event, AttemptFailed):
-            self.aborts[event.kind.value] += 1
+            self.attempts += 1
+            self.failures[event.kind.value] += 1
             if event.delay is not None:
                 self.retries += 1
         elif isinstance(event, GroupCommitted):
-            self.transactions += 1
+            self.attempts += 1  # the attempt that committed; failed ones come as AttemptFailed
+            self.commits += 1
             self.group_sizes[event.group_size] += 1
-        elif isinstance(event, BatchFinalised):
-            self.finalised += 1
+        elif isinstance(event, GroupFailed):
+            self.failed += event.group_size
+        elif isinstance(event, BatchFinalized):
+            self.finalized += 1
         elif isinstance(event, ValidationRan):
             self.validations += 1
             self.validation_reads += event.reads
@@ -229,6 +252,21 @@ class Recorder:
             except Exception:
                 logger.exception("hook %r failed on %s", hook, type(event).__name__)
 
+    def _count_completion(self, event: CompletionFinished) -> None:
+        if event.result is None:
+            # A caller left without an answer: it may be recorded or not (the group's
+            # write failures are counted from GroupFailed, per member).
+            if isinstance(event.error, CompletionTimeoutError):
+                self.failed += 1
+            return
+        self.latencies.append(event.seconds)
+        status = event.result.status
+        if status is CompletionStatus.DUPLICATE:
+            self.duplicates += 1
+        else:
+            self.recorded += 1
+            self.late += status is CompletionStatus.LATE
+
     def snapshot(self) -> Stats:
         """A frozen copy of the counters."""
         ordered = sorted(self.latencies)
@@ -237,12 +275,12 @@ class Recorder:
             late=self.late,
             duplicates=self.duplicates,
             failed=self.failed,
-            transactions=self.transactions,
+            commits=self.commits,
             attempts=self.attempts,
             retries=self.retries,
-            aborts_by_cause=dict(self.aborts),
+            failures_by_cause=dict(self.failures),
             group_sizes=dict(sorted(self.group_sizes.items())),
-            batches_finalised=self.finalised,
+            batches_finalized=self.finalized,
             latency_p50=percentile(ordered, 50),
             latency_p95=percentile(ordered, 95),
             latency_p99=percentile(ordered, 99),

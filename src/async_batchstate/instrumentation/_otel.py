@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .._version import __version__
 from ._events import (
     AttemptFailed,
-    BatchFinalised,
+    BatchFinalized,
     CompletionFinished,
     Event,
     GroupCommitted,
@@ -47,7 +47,7 @@ class OpenTelemetryHook:
       attempts, by ``kind`` (``aborted``, ``unavailable``, ...) and ``retried``.
     * ``async_batchstate.groups.committed`` (counter): committed transactions.
     * ``async_batchstate.groups.failed`` (counter): groups that failed for good.
-    * ``async_batchstate.batches.finalised`` (counter): batches this process finalised.
+    * ``async_batchstate.batches.finalized`` (counter): batches this process finalized.
     * ``async_batchstate.group.duration`` (histogram, seconds): from a group's
       first attempt to its commit.
     * ``async_batchstate.completion.duration`` (histogram, seconds): from a
@@ -121,10 +121,10 @@ class OpenTelemetryHook:
             unit="{group}",
             description="Groups of completions whose write failed for good.",
         )
-        self._finalised = meter.create_counter(
-            "async_batchstate.batches.finalised",
+        self._finalized = meter.create_counter(
+            "async_batchstate.batches.finalized",
             unit="{batch}",
-            description="Batches this process finalised.",
+            description="Batches this process finalized.",
         )
         self._duration = meter.create_histogram(
             "async_batchstate.group.duration",
@@ -160,8 +160,8 @@ class OpenTelemetryHook:
             self._completions_failed.add(event.group_size)
             self._groups_failed.add(1, {"error": type(event.error).__name__})
             self._span(event, "failed", None, error=event.error)
-        elif isinstance(event, BatchFinalised):
-            self._finalised.add(1)
+        elif isinstance(event, BatchFinalized):
+            self._finalized.add(1)
 
     def _completion(self, event: CompletionFinished) -> None:
         result, error = event.result, event.error

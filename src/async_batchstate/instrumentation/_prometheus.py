@@ -37,11 +37,11 @@ class PrometheusCollector:
 
     * ``<ns>_completions_recorded_total``, ``<ns>_completions_duplicate_total``,
       ``<ns>_completions_failed_total`` (counters).
-    * ``<ns>_transactions_total``, ``<ns>_attempts_total``, ``<ns>_retries_total``
-      (counters).
-    * ``<ns>_aborts_total{cause="aborted"|"unavailable"|...}`` (counter): failed
-      attempts by error kind.
-    * ``<ns>_batches_finalised_total`` (counter).
+    * ``<ns>_commits_total``, ``<ns>_attempts_total``, ``<ns>_retries_total``
+      (counters): commits count lock-free commits and transactions alike.
+    * ``<ns>_failures_total{cause="aborted"|"unavailable"|...}`` (counter): failed
+      attempts by error kind (every kind, not only aborts).
+    * ``<ns>_batches_finalized_total`` (counter).
     * ``<ns>_completion_latency_seconds{quantile="0.5"|"0.95"|"0.99"}`` and
       ``<ns>_completion_latency_max_seconds`` (gauges over the recent window).
     * ``<ns>_commits_per_completion`` (gauge).
@@ -137,18 +137,18 @@ class PrometheusCollector:
         counter("completions_recorded", "Completions counted for the first time.", s.recorded)
         counter("completions_duplicate", "Completions that were already recorded.", s.duplicates)
         counter("completions_failed", "Completions whose caller got an error.", s.failed)
-        counter("transactions", "Committed transactions.", s.transactions)
-        counter("attempts", "Transaction attempts, committed or not.", s.attempts)
-        counter("retries", "Transaction attempts after a failed one.", s.retries)
-        counter("batches_finalised", "Batches this process finalised.", s.batches_finalised)
+        counter("commits", "Committed group writes (lock-free or transactional).", s.commits)
+        counter("attempts", "Write attempts, committed or not.", s.attempts)
+        counter("retries", "Write attempts after a failed one.", s.retries)
+        counter("batches_finalized", "Batches this process finalized.", s.batches_finalized)
 
-        aborts = core.CounterMetricFamily(
-            f"{ns}_aborts", "Failed transaction attempts by cause.", labels=[*names, "cause"]
+        failures = core.CounterMetricFamily(
+            f"{ns}_failures", "Failed write attempts by cause.", labels=[*names, "cause"]
         )
         if stats is not None:
-            for cause, count in sorted(stats.aborts_by_cause.items()):
-                aborts.add_metric([*values, cause], count)
-        families.append(aborts)
+            for cause, count in sorted(stats.failures_by_cause.items()):
+                failures.add_metric([*values, cause], count)
+        families.append(failures)
 
         latency = core.GaugeMetricFamily(
             f"{ns}_completion_latency_seconds",
@@ -166,7 +166,7 @@ class PrometheusCollector:
         )
         gauge(
             "commits_per_completion",
-            "Committed transactions per recorded or duplicate completion.",
+            "Commits per recorded or duplicate completion.",
             s.commits_per_completion,
         )
         return families

@@ -11,7 +11,7 @@ The invariants the library promises for one batch, whatever failed on the way:
   where both name a player, and together every completion);
 * no more completions than ``expected_count``;
 * ``status`` is ``complete`` only when every expected completion is recorded
-  (and, with ``require_finalised``, whenever it is);
+  (and, with ``require_finalized``, whenever it is);
 * with ``expected``: the recorded players and counts are exactly these.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._config import MigrationMode
-from .._store import schema as f
+from .._store import names as f
 
 __all__ = ["batch_violations"]
 
@@ -36,7 +36,7 @@ async def batch_violations(
     *,
     expected: Mapping[str, int] | None = None,
     completions_subcollection: str = "completions",
-    require_finalised: bool = False,
+    require_finalized: bool = False,
 ) -> list[str]:
     """Every invariant of ``batch_id`` that does not hold (empty when all hold).
 
@@ -47,7 +47,7 @@ async def batch_violations(
         mode: The mode the batch was written in.
         expected: If given, the exact ``{player: predictions_count}`` that must be recorded.
         completions_subcollection: Name of the completions subcollection.
-        require_finalised: A batch with every completion must have ``status`` complete.
+        require_finalized: A batch with every completion must have ``status`` complete.
     """
     ref = client.collection(collection).document(batch_id)
     snap = await ref.get()
@@ -113,7 +113,7 @@ async def batch_violations(
     status = data.get(f.STATUS)
     if status == f.STATUS_COMPLETE and len(recorded) < expected_count:
         bad(f"status complete with {len(recorded)}/{expected_count} completions")
-    if require_finalised and len(recorded) >= expected_count and status != f.STATUS_COMPLETE:
+    if require_finalized and len(recorded) >= expected_count and status != f.STATUS_COMPLETE:
         bad(f"all {expected_count} completions recorded but status is {status!r}")
     if status == f.STATUS_COMPLETE and data.get(f.COMPLETED_AT) is None:
         bad("status complete without completed_at")

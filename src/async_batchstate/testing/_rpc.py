@@ -28,6 +28,7 @@ from typing import Any, Self
 import grpc
 
 from .._errors import ConfigurationError
+from .._store._client_internals import grpc_channel, interceptor_lists
 
 __all__ = ["LostAnswers", "RpcCounter"]
 
@@ -39,12 +40,6 @@ _CODES = {
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
 _UNARY = frozenset({"Commit", "BeginTransaction", "Rollback"})
-
-
-def channel_of(client: Any) -> grpc.aio.Channel:
-    """The gRPC channel of a google-cloud-firestore ``AsyncClient``."""
-    channel: grpc.aio.Channel = client._firestore_api.transport.grpc_channel
-    return channel
 
 
 def _method(details: Any) -> str:
@@ -91,13 +86,10 @@ class RpcCounter:
         self._interceptor = _Count(self.counts)
         self._channels: list[grpc.aio.Channel] = []
 
-    def _lists(self, channel: grpc.aio.Channel) -> tuple[list[Any], list[Any]]:
-        return channel._unary_unary_interceptors, channel._unary_stream_interceptors
-
     def attach(self, client: Any) -> Self:
         """Count every RPC ``client`` sends from now on; returns self."""
-        channel = channel_of(client)
-        for interceptors in self._lists(channel):
+        channel = grpc_channel(client)
+        for interceptors in interceptor_lists(channel):
             if self._interceptor not in interceptors:
                 interceptors.append(self._interceptor)
         if all(c is not channel for c in self._channels):
@@ -107,7 +99,7 @@ class RpcCounter:
     def detach(self) -> None:
         """Stop counting on every client attached (idempotent); the counts stay."""
         for channel in self._channels:
-            for interceptors in self._lists(channel):
+            for interceptors in interceptor_lists(channel):
                 if self._interceptor in interceptors:
                     interceptors.remove(self._interceptor)
         self._channels.clear()
@@ -140,7 +132,7 @@ class LostAnswers(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         methods: Firestore RPCs whose answers may be lost: ``Commit``,
             ``BeginTransaction``, ``Rollback`` (every write goes through ``Commit``).
         times: How many answers to lose; None loses every matching one while armed.
-        when: Optional predicate on the request (e.g. the Commit that finalises).
+        when: Optional predicate on the request (e.g. the Commit that finalizes).
         code: The status the client sees instead: ``UNAVAILABLE`` (default),
             ``UNKNOWN``, ``CANCELLED``, ``DEADLINE_EXCEEDED`` or ``INTERNAL``.
 
@@ -181,7 +173,7 @@ class LostAnswers(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
     def attach(self, client: Any) -> Self:
         """Install on ``client``'s channel (every RPC it sends from now on); returns self."""
-        interceptors = channel_of(client)._unary_unary_interceptors
+        interceptors = interceptor_lists(grpc_channel(client))[0]
         if self not in interceptors:
             interceptors.append(self)
         return self

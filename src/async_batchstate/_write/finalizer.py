@@ -1,15 +1,15 @@
-"""Finalisation: flip a batch to ``complete`` exactly once, and owe its callback durably.
+"""Finalization: flip a batch to ``complete`` exactly once, and owe its callback durably.
 
 The flip is lock-free: a plain read of the batch document, then an update with
 an ``update_time`` precondition that stores ``status=complete`` and the
-finalising call's id (``finalised_by``). When the answer to that update is
+finalizing call's id (``finalised_by``). When the answer to that update is
 lost, the retry reads the batch: its own id means this call flipped it. No
 outcome is decided from error text, and exactly one call ever flips.
 
 The finishing write always records the callback as owed; what happens to it
 after (the lease, running it, delivering it elsewhere) is ``callbacks.Callbacks``.
 So the flip is exactly once and the callback at least once, with
-``BatchProgress.finalisation_key`` to dedupe on.
+``BatchProgress.finalization_key`` to dedupe on.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
-from .._errors import BatchNotFoundError, ConfigurationError
+from .._errors import ConfigurationError, batch_not_found
 from .._retry import Retrying
-from .._store import schema as f
+from .._store import names as f
+from .._store.decode import progress_from
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
-from .._store.schema import progress_from
 from .._types import BatchProgress
-from ..instrumentation._events import BatchFinalised, Recorder
+from ..instrumentation._events import BatchFinalized, Recorder
 from .callbacks import Callbacks
 from .callbacks import OnComplete as OnComplete  # re-exported
 from .writer import BatchView, GroupOutcome, new_write_id
@@ -49,7 +49,7 @@ _BASE_FIELDS = [
     f.CREATED_AT,
     f.COMPLETED_AT,
     f.EXPIRED_REASON,
-    f.FINALISED_BY,
+    f.FINALIZED_BY,
     f.TOTAL_PREDICTIONS_SUBCOLL,
     f.TOTAL_PREDICTIONS,
     f.CALLBACK_OWED,
@@ -59,7 +59,7 @@ _BASE_FIELDS = [
 ]
 
 
-class Finaliser:
+class Finalizer:
     """Flips batches to a terminal status, exactly once; ``callbacks`` runs what that owes."""
 
     def __init__(
@@ -109,7 +109,7 @@ class Finaliser:
 
     @contextlib.contextmanager
     def waiter(self, batch_id: str) -> Iterator[asyncio.Event]:
-        """An event set when this process finalises ``batch_id``; forgotten on exit."""
+        """An event set when this process finalizes ``batch_id``; forgotten on exit."""
         event = asyncio.Event()
         waiters = self._waiters.setdefault(batch_id, set())
         waiters.add(event)
@@ -119,11 +119,6 @@ class Finaliser:
             waiters.discard(event)
             if not waiters and self._waiters.get(batch_id) is waiters:
                 del self._waiters[batch_id]
-
-    @property
-    def waiting_batches(self) -> int:
-        """Batches some caller of this process is waiting on."""
-        return len(self._waiters)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -138,7 +133,7 @@ class Finaliser:
         """The batch's progress (without players) and the snapshot it came from."""
         snap = await self._refs.batch(batch_id).get(field_paths=self._fields(batch_id), retry=None)
         if not snap.exists:
-            raise BatchNotFoundError(f"batch {batch_id!r} does not exist")
+            raise batch_not_found(batch_id, self._refs.layout.collection)
         progress = progress_from(batch_id, self._mode, snap.to_dict() or {})
         return dataclasses.replace(progress, completed_players=()), snap
 
@@ -156,11 +151,11 @@ class Finaliser:
         per batch) and reads nothing unless the batch is complete; a write that
         read the batch document (a group of redeliveries) decides from that read.
         A group that neither wrote nor read checks by reading: that is how a batch
-        whose finaliser crashed gets finalised by a later redelivery.
+        whose finalizer crashed gets finalized by a later redelivery.
         """
         batch: BatchView | None = outcome.batch
         if outcome.expired:
-            return None, False  # the batch expired: a late completion never finalises it
+            return None, False  # the batch expired: a late completion never finalizes it
         if batch is not None:
             if batch.status != f.STATUS_IN_PROGRESS:
                 return None, batch.callback_owed
@@ -171,15 +166,6 @@ class Finaliser:
             outcome.completed_count < await expected_count(batch_id)
         ):
             return None, False
-        return await self.flip(batch_id)
-
-    async def flip(self, batch_id: str) -> tuple[BatchProgress | None, bool]:
-        """Flip ``status`` to complete if every completion is recorded and nobody has yet.
-
-        Returns:
-            The final progress if this call flipped it (else None), and whether a
-            completion callback is owed (finished earlier, never confirmed done).
-        """
         return await self.finish(batch_id, f.STATUS_COMPLETE)
 
     async def finish(
@@ -214,7 +200,7 @@ class Finaliser:
             progress, snap = await self.read(batch_id)
             data = snap.to_dict() or {}
             if progress.is_terminal:
-                if progress.finaliser_id == finish_id:  # our answer was lost; we did it
+                if progress.finalizer_id == finish_id:  # our answer was lost; we did it
                     return progress
                 owed[0] = data.get(f.CALLBACK_OWED) is True
                 return None
@@ -223,7 +209,7 @@ class Finaliser:
             update: dict[str, Any] = {
                 f.STATUS: status,
                 f.COMPLETED_AT: SERVER_TIMESTAMP,
-                f.FINALISED_BY: finish_id,
+                f.FINALIZED_BY: finish_id,
             }
             if status == f.STATUS_EXPIRED:
                 update[f.EXPIRED_FLAG] = 1
@@ -241,7 +227,7 @@ class Finaliser:
             return dataclasses.replace(
                 progress,
                 status=status,
-                finaliser_id=finish_id,
+                finalizer_id=finish_id,
                 expired_reason=update.get(f.EXPIRED_REASON),
                 missing_players=tuple(update.get(f.MISSING_PLAYERS, ())),
             )
@@ -257,7 +243,7 @@ class Finaliser:
             status,
             extra={"batch_id": batch_id, "completed_count": finished.completed_count},
         )
-        self._recorder.emit(BatchFinalised(batch_id, finished))
+        self._recorder.emit(BatchFinalized(batch_id, finished))
         for event in self._waiters.get(batch_id, ()):
             event.set()
         return finished, False
@@ -273,7 +259,7 @@ class Finaliser:
         """Finish an unfinished, incomplete batch as ``expired``; True for the one call that did.
 
         Stores the reason and the first ``MISSING_KEPT`` of ``missing(document)``.
-        A complete batch is left to its completion's finaliser: one terminal status.
+        A complete batch is left to its completion's finalizer: one terminal status.
         ``background``: run ``on_expired`` in a background task instead of awaiting it.
         """
 
@@ -289,7 +275,8 @@ class Finaliser:
 
     async def finalize(self, batch_id: str, *, background: bool = False) -> bool:
         """Flip the batch if it is complete; True for the one call that did."""
-        return await self.settle(batch_id, *await self.flip(batch_id), background=background)
+        finished, owed = await self.finish(batch_id, f.STATUS_COMPLETE)
+        return await self.settle(batch_id, finished, owed, background=background)
 
     async def settle(
         self,

@@ -1,0 +1,136 @@
+"""Id validation, the batches' ``Layout``, and safe field paths into the legacy map.
+
+Field paths into ``predictions_by_player`` are always built with ``FieldPath``:
+a player id such as ``a.b`` or ``total_predictions`` must become a literal map
+key, never a path to another field (the old code's ``'{}'.format`` bug). An
+id with a carriage return is never put in a field path at all: its entry is
+written with the whole map (``needs_whole_map_write``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from .._config import MigrationMode
+from .._errors import InvalidCountError, InvalidIdError
+from .names import PREDICTIONS_BY_PLAYER
+
+MAX_ID_BYTES = 1500
+MAX_FIELD_PATH_BYTES = 1500
+MAX_COUNT = 2**63 - 1  # Firestore integers are signed 64-bit.
+_RESERVED_ID = re.compile(r"^__.*__$", re.DOTALL)
+
+
+def validate_id(kind: str, value: object) -> str:
+    """Return ``value`` if Firestore can store it as a document id, else raise.
+
+    Args:
+        kind: What the id names, for the error message ("batch id", "player id").
+        value: The candidate id.
+
+    Raises:
+        InvalidIdError: Not a ``str``, empty, ``.`` or ``..``, contains ``/``,
+            matches ``__.*__``, is not valid UTF-8 or is over 1,500 bytes.
+    """
+    if not isinstance(value, str):
+        raise InvalidIdError(f"{kind} must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidIdError(f"{kind} must not be empty")
+    if value in (".", ".."):
+        raise InvalidIdError(f"{kind} {value!r} is reserved by Firestore")
+    if "/" in value:
+        raise InvalidIdError(f"{kind} {value!r} must not contain '/'")
+    if _RESERVED_ID.match(value):
+        raise InvalidIdError(f"{kind} {value!r} matches Firestore's reserved pattern __.*__")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidIdError(f"{kind} {value!r} is not valid UTF-8: {exc.reason}") from None
+    if size > MAX_ID_BYTES:
+        raise InvalidIdError(f"{kind} is {size} bytes; Firestore allows at most {MAX_ID_BYTES}")
+    return value
+
+
+def validate_count(name: str, value: object, *, minimum: int = 0) -> int:
+    """Return ``value`` if it is an ``int`` in ``[minimum, 2**63 - 1]``, else raise.
+
+    Raises:
+        InvalidCountError: A ``bool``, a non-``int`` or out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidCountError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise InvalidCountError(f"{name} must be >= {minimum}, got {value}")
+    if value > MAX_COUNT:
+        raise InvalidCountError(f"{name} must fit in a signed 64-bit integer, got {value}")
+    return value
+
+
+def player_field(player: str) -> str:
+    """The quoted field path of ``player``'s entry in ``predictions_by_player``."""
+    return FieldPath(PREDICTIONS_BY_PLAYER, player).to_api_repr()
+
+
+def needs_whole_map_write(player: str) -> bool:
+    """Whether ``player``'s map entry must be written by rewriting the whole map.
+
+    A field path naming a key with a carriage return (CR) does not reach that
+    key: the Firestore emulator reads a raw CR in a quoted field path as a line
+    feed (and CR LF as LF). An update of ``predictions_by_player.`a<CR>b``` then
+    sets, or deletes, the key ``a<LF>b`` (another player's entry) and never
+    writes ``a<CR>b``. The client's quoting is the documented one (only
+    backticks and backslashes are escaped) and no documented escape names a CR.
+    A map *value* keeps its keys byte for byte, so such an entry is written as
+    part of the whole map, read in the same transaction.
+    """
+    return "\r" in player
+
+
+def validate_legacy_key(player: str) -> None:
+    """Reject a player id whose ``predictions_by_player`` field path is too long.
+
+    Raises:
+        InvalidIdError: The quoted field path is over Firestore's 1,500 bytes.
+    """
+    size = len(player_field(player).encode("utf-8"))
+    if size > MAX_FIELD_PATH_BYTES:
+        raise InvalidIdError(
+            f"player id makes a {size}-byte field path in {PREDICTIONS_BY_PLAYER}; Firestore "
+            f"allows {MAX_FIELD_PATH_BYTES}. Shorter ids, or SUBCOLLECTION_ONLY mode, avoid it"
+        )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a batch and its completions live.
+
+    Args:
+        collection: Collection path of the batch documents, e.g. ``prediction_batches``
+            (may be nested: ``tenants/t1/batches``).
+        completions: Name of the per-batch completions subcollection.
+    """
+
+    collection: str = "prediction_batches"
+    completions: str = "completions"
+
+    def __post_init__(self) -> None:
+        parts = self.collection.split("/")
+        if len(parts) % 2 != 1:
+            raise InvalidIdError(
+                f"collection {self.collection!r} must be a collection path (odd number of segments)"
+            )
+        for part in parts:
+            validate_id("collection segment", part)
+        validate_id("completions subcollection", self.completions)
+
+
+def validate_player(mode: MigrationMode, player: object) -> str:
+    """Return ``player`` if ``mode`` can store it as a player id, else raise ``InvalidIdError``."""
+    validate_id("player id", player)
+    assert isinstance(player, str)
+    if mode.writes_legacy:
+        validate_legacy_key(player)
+    return player

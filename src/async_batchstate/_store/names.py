@@ -1,0 +1,84 @@
+"""Names of the stored documents' fields and statuses, and limits on what they hold.
+
+Defaults keep the old field names, so existing data works. Read as ``f.NAME``
+(``from .._store import names as f``).
+"""
+
+# Field names of the batch document. Defaults keep the old names so existing data works.
+EXPECTED_COUNT = "expected_count"
+STATUS = "status"
+CREATED_AT = "created_at"
+COMPLETED_AT = "completed_at"
+UPDATED_AT = "updated_at"
+LAST_UPDATED = "last_updated"
+COMPLETED_PLAYERS = "completed_players"
+PREDICTIONS_BY_PLAYER = "predictions_by_player"
+TOTAL_PREDICTIONS = "total_predictions"
+COMPLETED_COUNT = "completed_count"
+TOTAL_PREDICTIONS_SUBCOLL = "total_predictions_subcoll"
+LEGACY_FIELDS = (COMPLETED_PLAYERS, PREDICTIONS_BY_PLAYER, TOTAL_PREDICTIONS)
+"""The legacy structure: what ``cleanup_legacy`` removes once nothing reads it."""
+# True when every player in completed_players has a completion document: set by
+# create_batch in the modes that write completion documents and by migrate backfill.
+# Writers of completion documents trust it to write lock-free; a LEGACY-mode writer
+# that finds it keeps it true (it creates the completion documents too), so during a
+# rolling deploy or a rollback nothing makes a guarded batch unguarded.
+COMPLETIONS_BACKFILLED = "completions_backfilled"
+# Players in completed_players WITHOUT a completion document: +n by each LEGACY-mode
+# write that adds n to an unguarded batch, -n by backfill as it creates their
+# documents (0 once backfilled). completed_count + legacy_only_count is the batch's
+# count as every mode that wrote it counts (the union of both structures), and each
+# lock-free Commit reads it back with Increment(0): above 0 means the batch is not
+# guarded after all (a LEGACY writer of 0.1 was at it).
+LEGACY_ONLY_COUNT = "legacy_only_count"
+# True once SUBCOLLECTION_ONLY created or wrote the batch: its legacy array (if a
+# dual writer adds one) holds only some players, by design. The consistency rules
+# then compare each structure with itself, not the array with the subcollection.
+ARRAY_PARTIAL = "array_partial"
+# Who wrote what, so an outcome whose answer was lost is decided by what is stored
+# (a retry finds its own id: "this call wrote it") and never by error text.
+CREATED_BY = "created_by"  # create_batch's call id
+FINALIZED_BY = "finalised_by"  # the finalizing call's id; the callbacks' idempotency key
+RECENT_WRITES = "recent_writes"  # LEGACY: ids of the last groups committed (no completion docs)
+RECENT_WRITES_KEPT = 100
+# The owed completion callback (durable): set with the flip, cleared when it returned.
+CALLBACK_OWED = "callback_owed"
+CALLBACK_CLAIMED_BY = "callback_claimed_by"
+CALLBACK_CLAIMED_AT = "callback_claimed_at"
+CALLBACK_DONE_AT = "callback_done_at"
+# Fields of a completion document.
+PLAYER_LOOKUP = "player_lookup"
+PREDICTIONS_COUNT = "predictions_count"
+WRITE_ID = "write_id"  # the id of the group write that created it
+
+STATUS_IN_PROGRESS = "in_progress"
+STATUS_COMPLETE = "complete"
+STATUS_EXPIRED = "expired"
+TERMINAL_STATUSES = frozenset({STATUS_COMPLETE, STATUS_EXPIRED})
+
+# The roster (create_batch(expected_players=...)): inline in the batch document up
+# to ROSTER_INLINE_BYTES (out of the ~48 KB a legacy batch keeps free beside its
+# array and map), else in chunk documents {batch}/{roster}/{index}.
+ROSTER = "roster"  # inline: [player, ...]
+ROSTER_CHUNKS = "roster_chunks"  # chunked: how many chunk documents
+ROSTER_CHUNK_PLAYERS = "players"  # field of a chunk document
+ROSTER_INLINE_BYTES = 16 * 1024
+ROSTER_CHUNK_BYTES = 512 * 1024
+ROSTER_CHUNK_MAX = 10_000  # players per chunk (index entries: well under 40,000)
+# Deadlines and expiry.
+DEADLINE = "deadline"
+EXPIRED_REASON = "expired_reason"
+MISSING_PLAYERS = "missing_players"  # stored at expiry, at most MISSING_KEPT of them
+MISSING_COUNT = "missing_count"
+MISSING_KEPT = 1_000
+# Every group write applies Increment(0) to this field: the transform's result says,
+# atomically with the write, whether the batch had expired (0: no, 1: yes), so a late
+# completion is told LATE without an extra read.
+EXPIRED_FLAG = "expired_flag"
+# Retention: a Firestore TTL policy on this field deletes finished batches' documents.
+EXPIRE_AT = "expire_at"
+
+GUARD_FIELDS = (COMPLETIONS_BACKFILLED, LEGACY_ONLY_COUNT, TOTAL_PREDICTIONS)
+"""What ``decode.guarded`` needs."""
+COUNT_FIELDS = (COMPLETED_COUNT, LEGACY_ONLY_COUNT, COMPLETIONS_BACKFILLED)
+"""What ``decode.counted`` needs (and ``COMPLETED_PLAYERS`` where the batch is not guarded)."""
