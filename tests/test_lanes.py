@@ -13,9 +13,9 @@ import logging
 import pytest
 
 from async_batchstate import CompletionResult, CompletionStatus
+from async_batchstate._write.group import Completion
 from async_batchstate._write.lanes import Lane, Pending
 from async_batchstate._write.limits import AdaptiveLimit
-from async_batchstate._write.writer import Completion
 
 
 class FakeRunner:

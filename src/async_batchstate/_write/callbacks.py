@@ -50,8 +50,8 @@ from .._retry import Retrying
 from .._store import names as f
 from .._store.refs import Refs
 from .._types import BatchProgress
+from .group import new_write_id
 from .lease import Claim, Lease
-from .writer import new_write_id
 
 logger = logging.getLogger("async_batchstate")
 

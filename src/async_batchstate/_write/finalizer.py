@@ -38,7 +38,7 @@ from .._types import BatchProgress
 from ..instrumentation._events import BatchFinalized, Recorder
 from .callbacks import Callbacks
 from .callbacks import OnComplete as OnComplete  # re-exported
-from .writer import BatchView, GroupOutcome, new_write_id
+from .group import BatchView, GroupOutcome, new_write_id
 
 logger = logging.getLogger("async_batchstate")
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._types import CompletionResult
+from .group import Completion
 from .limits import AdaptiveLimit
-from .writer import Completion
 
 logger = logging.getLogger("async_batchstate.coalesce")
 

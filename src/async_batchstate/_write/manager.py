@@ -41,9 +41,10 @@ from ..instrumentation._events import CompletionFinished, Hook, Recorder, Stats
 from .boundary import typed_errors, typed_iteration
 from .callbacks import OnComplete
 from .finalizer import Finalizer
+from .group import Completion, FaultInjector, WritePath, new_write_id
 from .limits import in_flight_bound, make_rate_limiter
 from .runner import GroupRunner
-from .writer import Completion, FaultInjector, GroupWriter, WritePath, new_write_id
+from .writer import GroupWriter
 
 
 class AsyncBatchStateManager:

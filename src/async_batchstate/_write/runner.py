@@ -30,9 +30,10 @@ from .._types import BatchProgress, CompletionResult, CompletionStatus
 from ..consistency._sampled import SampledValidator
 from ..instrumentation._events import AttemptFailed, GroupCommitted, GroupFailed, Recorder
 from .finalizer import Finalizer
+from .group import Completion, GroupOutcome, GroupState
 from .lanes import Lane, Pending
 from .limits import AdaptiveLimit
-from .writer import Completion, GroupOutcome, GroupState, GroupWriter
+from .writer import GroupWriter
 
 logger = logging.getLogger("async_batchstate")
 

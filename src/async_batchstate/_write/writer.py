@@ -41,161 +41,52 @@ it (``schema.counted``), so whichever mode finishes a batch finalises it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import enum
 import logging
-import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Concatenate, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, ArrayUnion, Increment
 from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
-from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
 from .._errors import ConfigurationError, WriteFailedError, batch_not_found
 from .._store import decode
 from .._store import names as f
-from .._store._client_internals import rollback_by_id
 from .._store.batch_info import BatchInfo
 from .._store.completion import completion_doc
 from .._store.decode import as_int
-from .._store.ids import Layout, needs_whole_map_write, player_field
+from .._store.ids import Layout, needs_whole_map_write
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
-from .._store.transactions import REFUSED_AT_COMMIT, P, T, run_transactional
+from .._store.transactions import REFUSED_AT_COMMIT
+from .group import (
+    LATE_SUFFIX,
+    BatchView,
+    Completion,
+    FaultInjector,
+    FaultPoint,
+    GroupOutcome,
+    GroupState,
+    WritePath,
+    firsts_of,
+    landed_late,
+)
+from .transactions import Transactions
+from .update import ResultsAt, batch_update
 
 logger = logging.getLogger("async_batchstate")
-
-WritePath = Literal["auto", "transaction"]
-"""``"auto"``: lock-free wherever completion documents are the guard; ``"transaction"``:
-every group through ``async_transactional``."""
-
-
-class FaultPoint(enum.Enum):
-    """Steps of one write attempt at which a ``fault_injector`` is called."""
-
-    BEFORE_BEGIN = "before_begin"
-    AFTER_READS = "after_reads"
-    """After the attempt's reads (none for a fresh group on the lock-free path)."""
-    BEFORE_COMMIT = "before_commit"
-    """All writes are staged; nothing is committed."""
-    AFTER_COMMIT = "after_commit"
-    """The commit succeeded; no caller has been told yet."""
-
-
-FaultInjector = Callable[[FaultPoint, str, Sequence[str]], Awaitable[None]]
-"""``async (point, batch_id, players) -> None``; raise to inject a fault."""
-
-
-def new_write_id() -> str:
-    """A random id (64 bits, hex) naming one write, stored with what it writes."""
-    return secrets.token_hex(8)
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """One worker's report: ``player`` finished with ``predictions_count`` predictions."""
-
-    player: str
-    predictions_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class BatchView:
-    """What a write saw of the batch document, when it read it anyway (no extra RPC)."""
-
-    status: str
-    expected_count: int
-    callback_owed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class GroupOutcome:
-    """What one group's write did.
-
-    Attributes:
-        recorded: Per input completion, True if this group's write counted it.
-        completed_count: The batch's count as every mode counts it
-            (``schema.counted``) right after this write or as read by it; None if
-            the write neither committed nor read the batch document.
-        batch: The batch document's status, when the write read it.
-        expired: The batch had expired when this write landed (or was read).
-        late: Per input completion, True if this group recorded it after the
-            batch expired (as stored: a retry after a lost answer included).
-    """
-
-    recorded: tuple[bool, ...]
-    completed_count: int | None = None
-    batch: BatchView | None = None
-    expired: bool = False
-    late: tuple[bool, ...] = ()
-
-    @property
-    def new_count(self) -> int:
-        """Completions counted by this group's write."""
-        return sum(self.recorded)
-
-
-@dataclass
-class GroupState:
-    """What one group learned across its attempts; kept by the group runner.
-
-    Attributes:
-        write_id: Stored with everything this group writes.
-        resolved: Player -> True if this group's write recorded it, False if
-            someone else's did. Facts about stored data: they survive attempts.
-        plans: LEGACY only: attempt id -> players that attempt was to add (the
-            batch document's ``recent_writes`` tells which attempt committed, and
-            whether the batch had expired then: ``LATE_SUFFIX``).
-        late: Players this group recorded after the batch expired.
-        uncertain_commits: Transaction commits whose outcome was unknown.
-    """
-
-    write_id: str = field(default_factory=new_write_id)
-    resolved: dict[str, bool] = field(default_factory=dict)
-    plans: dict[str, frozenset[str]] = field(default_factory=dict)
-    late: set[str] = field(default_factory=set)
-    uncertain_commits: int = 0
-
-
-LATE_SUFFIX = ".late"
-"""Appended to a LEGACY attempt id in ``recent_writes`` when the batch had expired."""
-
-
-@dataclass(frozen=True, slots=True)
-class _ResultsAt:
-    """Where the batch update's transform results land (sorted by field path)."""
-
-    counter: int | None
-    """The completed counter's Increment: its value after the commit."""
-    legacy_only: int
-    """``legacy_only_count``'s Increment: players only in the legacy array, after."""
-    expired: int
-    """The ``Increment(0)`` of the expired flag: 1 if the batch had expired."""
-
-    def read(self, write_result: Any) -> tuple[GroupOutcome, int]:
-        """The outcome (count, expired) and ``legacy_only_count`` after the commit."""
-        results = write_result.transform_results
-        legacy_only = int(results[self.legacy_only].integer_value)
-        count = None
-        if self.counter is not None:
-            count = int(results[self.counter].integer_value) + legacy_only
-        expired = int(results[self.expired].integer_value) == 1
-        return GroupOutcome((), count, expired=expired), legacy_only
 
 
 @dataclass(frozen=True, slots=True)
 class _Staged:
     new: tuple[str, ...]
     """Players the transaction creates; empty when it writes nothing."""
-    results_at: _ResultsAt | None
+    results_at: ResultsAt | None
     counted: int | None
     """The batch's count after the commit, when the transaction read the batch."""
     expired: bool = False
@@ -204,47 +95,10 @@ class _Staged:
     """Whether completion documents guard the batch, when the transaction read it."""
 
 
-_CUT_OFF = (
-    asyncio.CancelledError,
-    TimeoutError,
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.Unknown,
-    gexc.Cancelled,
-)
-"""Errors after which a begun transaction's rollback may not have reached the server."""
-
 _MAX_UNCERTAIN_COMMITS = 3
 _MAX_CONFLICT_ROUNDS = 8
 _MEMBER_FIELDS = [f.WRITE_ID, f.COMPLETED_AT]
 _BATCH_FINISH = [f.STATUS, f.COMPLETED_AT]
-
-
-def _landed_late(member: dict[str, Any], batch: dict[str, Any]) -> bool:
-    """Whether a completion found stored landed after its batch expired.
-
-    Both are commit times of writes to the batch document (the completion's Commit
-    updates it too), so they are ordered: later than the expiry's means LATE.
-    """
-    if batch.get(f.STATUS) != f.STATUS_EXPIRED:
-        return False
-    landed, expired = member.get(f.COMPLETED_AT), batch.get(f.COMPLETED_AT)
-    if landed is None or expired is None:
-        return False
-    return bool(landed > expired)
-
-
-def _is_transform(value: object) -> bool:
-    return value is SERVER_TIMESTAMP or isinstance(value, ArrayUnion | Increment)
-
-
-def _firsts(group: Sequence[Completion]) -> dict[str, int]:
-    """Player -> index of its first completion in the group (later ones are duplicates)."""
-    first: dict[str, int] = {}
-    for index, completion in enumerate(group):
-        first.setdefault(completion.player, index)
-    return first
 
 
 class GroupWriter:
@@ -267,71 +121,15 @@ class GroupWriter:
             )
         self._client = client
         self.refs = Refs(client, layout)
-        self._clock = clock
         self._mode = mode
         self._inject = fault_injector
         self._write_path = write_path
-        self._releases: set[asyncio.Task[None]] = set()
+        self._transactions = Transactions(client, clock)
         self._infos = infos
-
-    # -- transactions ----------------------------------------------------------------
-
-    async def transact(
-        self,
-        fn: Callable[Concatenate[AsyncTransaction, P], Awaitable[T]],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> tuple[T, AsyncTransaction]:
-        """Run ``fn`` in ONE transaction attempt; the result and the committed transaction.
-
-        If the attempt is cut off (timeout, cancellation, connection lost) after
-        the transaction began, the plain client's rollback may have been lost
-        with the connection. The server then keeps the abandoned transaction's
-        locks until it expires (60 s idle), and every later attempt that reads
-        the same document waits behind it. So the transaction is rolled back
-        again in the background until that succeeds.
-        """
-        transaction = self._client.transaction(max_attempts=1)
-        began: list[bytes] = []
-
-        async def body(txn: AsyncTransaction, /, *a: P.args, **kw: P.kwargs) -> T:
-            began.append(txn.id)
-            return await fn(txn, *a, **kw)
-
-        try:
-            result = await run_transactional(body, transaction, *args, **kwargs)
-        except _CUT_OFF:
-            if began:
-                self._release_later(began[-1])
-            raise
-        return result, transaction
-
-    def _release_later(self, transaction_id: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._release(transaction_id), name="async-batchstate rollback"
-        )
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
-
-    async def _release(self, transaction_id: bytes) -> None:
-        """Best-effort rollback of an abandoned transaction, bounded (~40 s in all)."""
-        for attempt in range(8):
-            try:
-                async with self._clock.timeout(2.0):
-                    await rollback_by_id(self._client, transaction_id)
-                return
-            except (TimeoutError, gexc.ServiceUnavailable, gexc.DeadlineExceeded):
-                await self._clock.sleep(min(4.0, 0.25 * 2**attempt))
-            except Exception:  # already rolled back or expired: nothing holds a lock
-                return
 
     async def aclose(self) -> None:
         """Stop background rollbacks (the server expires what they did not release)."""
-        tasks = list(self._releases)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._transactions.aclose()
 
     async def _fault(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
         if self._inject is not None:
@@ -353,7 +151,7 @@ class GroupWriter:
             WriteFailedError: A non-retryable Firestore error; nothing was written.
             google.api_core.exceptions.GoogleAPICallError: Retryable errors, unchanged.
         """
-        firsts = _firsts(group)
+        firsts = firsts_of(group)
         await self._fault(FaultPoint.BEFORE_BEGIN, batch_id, list(firsts))
         try:
             info = await self._infos.get(batch_id)
@@ -426,7 +224,7 @@ class GroupWriter:
             write = self._client.batch()
             for completion in pending:
                 write.create(refs[completion.player], self._completion_doc(completion, state))
-            update, results_at = self._batch_update(pending, docs=True)
+            update, results_at = batch_update(self._mode, pending, docs=True)
             write.update(batch_ref, update)
             await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
             try:
@@ -500,7 +298,7 @@ class GroupWriter:
         for player, member in members.items():
             mine = member.get(f.WRITE_ID) == state.write_id
             state.resolved[player] = mine
-            if mine and _landed_late(member, batch):
+            if mine and landed_late(member, batch):
                 state.late.add(player)
 
     async def _write_transaction(
@@ -513,7 +311,7 @@ class GroupWriter:
         info: BatchInfo,
     ) -> GroupOutcome:
         try:
-            staged, transaction = await self.transact(
+            staged, transaction = await self._transactions.attempt(
                 lambda txn: self._stage(txn, txn, batch_id, group, firsts, state, legacy_read)
             )
         except gexc.ServiceUnavailable as exc:
@@ -656,7 +454,7 @@ class GroupWriter:
         if docs:
             for completion in new:
                 writes.create(refs[completion.player], self._completion_doc(completion, state))
-        update, results_at = self._batch_update(new, whole_map, docs=docs)
+        update, results_at = batch_update(self._mode, new, whole_map, docs=docs)
         if not self._mode.writes_subcollection:
             attempt_id = f"{state.write_id}.{len(state.plans)}"
             state.plans[attempt_id] = frozenset(names)
@@ -723,52 +521,3 @@ class GroupWriter:
         if fields and batch is None:
             raise batch_not_found(batch_ref.id, self.refs.layout.collection)
         return batch or {}, members, version
-
-    def _batch_update(
-        self,
-        new: Sequence[Completion],
-        whole_map: Mapping[str, Any] | None = None,
-        *,
-        docs: bool,
-    ) -> tuple[dict[str, Any], _ResultsAt]:
-        """The batch-document update for ``new``, and where its transform results land.
-
-        ``whole_map``: the stored ``predictions_by_player``, read in this transaction,
-        when the new entries are to be written as part of the whole map. ``docs``:
-        the write creates the completion documents (every mode but LEGACY on an
-        unguarded batch), so the subcollection counters move with them.
-        """
-        total = sum(c.predictions_count for c in new)
-        # Players written without a completion document are counted apart; the others
-        # read that count back (above 0: the batch is not guarded after all).
-        legacy_only = 0 if docs else len(new)
-        data: dict[str, Any] = {
-            f.EXPIRED_FLAG: Increment(0),
-            f.LEGACY_ONLY_COUNT: Increment(legacy_only),
-        }
-        if self._mode.writes_legacy:
-            data[f.COMPLETED_PLAYERS] = ArrayUnion([c.player for c in new])
-            entries = {c.player: c.predictions_count for c in new}
-            if whole_map is not None:
-                data[f.PREDICTIONS_BY_PLAYER] = {**whole_map, **entries}
-            else:
-                data |= {player_field(p): count for p, count in entries.items()}
-            data[f.TOTAL_PREDICTIONS] = Increment(total)
-            data[f.UPDATED_AT] = SERVER_TIMESTAMP
-            if not docs:
-                # This write adds players without completion documents.
-                data[f.COMPLETIONS_BACKFILLED] = DELETE_FIELD
-        if docs and not self._mode.writes_legacy:
-            data[f.ARRAY_PARTIAL] = True  # these players are not in the array
-        if docs:
-            data[f.COMPLETED_COUNT] = Increment(len(new))
-            data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)
-            data[f.LAST_UPDATED] = SERVER_TIMESTAMP
-        # The client sends a write's field transforms sorted by field path.
-        transforms = sorted(FieldPath.from_string(k) for k, v in data.items() if _is_transform(v))
-        counter = FieldPath(f.COMPLETED_COUNT)
-        return data, _ResultsAt(
-            transforms.index(counter) if counter in transforms else None,
-            transforms.index(FieldPath(f.LEGACY_ONLY_COUNT)),
-            transforms.index(FieldPath(f.EXPIRED_FLAG)),
-        )

@@ -8,7 +8,7 @@ Importing this package needs no pytest. The pytest plugin with the fixtures
 """
 
 from .._store.connect import aclose_client
-from .._write.writer import FaultInjector, FaultPoint
+from .._write.group import FaultInjector, FaultPoint
 from ._ceiling import WriteCeilingProxy
 from ._clock import FakeClock
 from ._emulator import (

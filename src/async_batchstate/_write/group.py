@@ -1,0 +1,132 @@
+"""What one group write is about: its completions, its state across attempts, its outcome.
+
+Shared by the writer (which makes attempts), the runner (which tells callers) and
+the finalizer (which decides from the outcome whether to flip the batch).
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .._store import names as f
+
+WritePath = Literal["auto", "transaction"]
+"""``"auto"``: lock-free wherever completion documents are the guard; ``"transaction"``:
+every group through ``async_transactional``."""
+
+
+class FaultPoint(enum.Enum):
+    """Steps of one write attempt at which a ``fault_injector`` is called."""
+
+    BEFORE_BEGIN = "before_begin"
+    AFTER_READS = "after_reads"
+    """After the attempt's reads (none for a fresh group on the lock-free path)."""
+    BEFORE_COMMIT = "before_commit"
+    """All writes are staged; nothing is committed."""
+    AFTER_COMMIT = "after_commit"
+    """The commit succeeded; no caller has been told yet."""
+
+
+FaultInjector = Callable[[FaultPoint, str, Sequence[str]], Awaitable[None]]
+"""``async (point, batch_id, players) -> None``; raise to inject a fault."""
+
+
+def new_write_id() -> str:
+    """A random id (64 bits, hex) naming one write, stored with what it writes."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One worker's report: ``player`` finished with ``predictions_count`` predictions."""
+
+    player: str
+    predictions_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchView:
+    """What a write saw of the batch document, when it read it anyway (no extra RPC)."""
+
+    status: str
+    expected_count: int
+    callback_owed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOutcome:
+    """What one group's write did.
+
+    Attributes:
+        recorded: Per input completion, True if this group's write counted it.
+        completed_count: The batch's count as every mode counts it
+            (``schema.counted``) right after this write or as read by it; None if
+            the write neither committed nor read the batch document.
+        batch: The batch document's status, when the write read it.
+        expired: The batch had expired when this write landed (or was read).
+        late: Per input completion, True if this group recorded it after the
+            batch expired (as stored: a retry after a lost answer included).
+    """
+
+    recorded: tuple[bool, ...]
+    completed_count: int | None = None
+    batch: BatchView | None = None
+    expired: bool = False
+    late: tuple[bool, ...] = ()
+
+    @property
+    def new_count(self) -> int:
+        """Completions counted by this group's write."""
+        return sum(self.recorded)
+
+
+@dataclass
+class GroupState:
+    """What one group learned across its attempts; kept by the group runner.
+
+    Attributes:
+        write_id: Stored with everything this group writes.
+        resolved: Player -> True if this group's write recorded it, False if
+            someone else's did. Facts about stored data: they survive attempts.
+        plans: LEGACY only: attempt id -> players that attempt was to add (the
+            batch document's ``recent_writes`` tells which attempt committed, and
+            whether the batch had expired then: ``LATE_SUFFIX``).
+        late: Players this group recorded after the batch expired.
+        uncertain_commits: Transaction commits whose outcome was unknown.
+    """
+
+    write_id: str = field(default_factory=new_write_id)
+    resolved: dict[str, bool] = field(default_factory=dict)
+    plans: dict[str, frozenset[str]] = field(default_factory=dict)
+    late: set[str] = field(default_factory=set)
+    uncertain_commits: int = 0
+
+
+LATE_SUFFIX = ".late"
+"""Appended to a LEGACY attempt id in ``recent_writes`` when the batch had expired."""
+
+
+def landed_late(member: dict[str, Any], batch: dict[str, Any]) -> bool:
+    """Whether a completion found stored landed after its batch expired.
+
+    Both are commit times of writes to the batch document (the completion's Commit
+    updates it too), so they are ordered: later than the expiry's means LATE.
+    """
+    if batch.get(f.STATUS) != f.STATUS_EXPIRED:
+        return False
+    landed, expired = member.get(f.COMPLETED_AT), batch.get(f.COMPLETED_AT)
+    if landed is None or expired is None:
+        return False
+    return bool(landed > expired)
+
+
+def firsts_of(group: Sequence[Completion]) -> dict[str, int]:
+    """Player -> index of its first completion in the group (later ones are duplicates)."""
+    first: dict[str, int] = {}
+    for index, completion in enumerate(group):
+        first.setdefault(completion.player, index)
+    return first

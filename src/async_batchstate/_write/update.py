@@ -1,0 +1,97 @@
+"""The batch-document update of a group write, and where its transform results land (pure).
+
+The update is transforms (``Increment``, ``ArrayUnion``, server timestamps) and
+literal map entries only, so it needs no read of the hot document; the transform
+results that come back with the Commit say, atomically with the write, the
+batch's count and whether it had expired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, ArrayUnion, Increment
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from .._config import MigrationMode
+from .._store import names as f
+from .._store.ids import player_field
+from .group import Completion, GroupOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsAt:
+    """Where the batch update's transform results land (sorted by field path)."""
+
+    counter: int | None
+    """The completed counter's Increment: its value after the commit."""
+    legacy_only: int
+    """``legacy_only_count``'s Increment: players only in the legacy array, after."""
+    expired: int
+    """The ``Increment(0)`` of the expired flag: 1 if the batch had expired."""
+
+    def read(self, write_result: Any) -> tuple[GroupOutcome, int]:
+        """The outcome (count, expired) and ``legacy_only_count`` after the commit."""
+        results = write_result.transform_results
+        legacy_only = int(results[self.legacy_only].integer_value)
+        count = None
+        if self.counter is not None:
+            count = int(results[self.counter].integer_value) + legacy_only
+        expired = int(results[self.expired].integer_value) == 1
+        return GroupOutcome((), count, expired=expired), legacy_only
+
+
+def _is_transform(value: object) -> bool:
+    return value is SERVER_TIMESTAMP or isinstance(value, ArrayUnion | Increment)
+
+
+def batch_update(
+    mode: MigrationMode,
+    new: Sequence[Completion],
+    whole_map: Mapping[str, Any] | None = None,
+    *,
+    docs: bool,
+) -> tuple[dict[str, Any], ResultsAt]:
+    """The batch-document update for ``new``, and where its transform results land.
+
+    ``whole_map``: the stored ``predictions_by_player``, read in this transaction,
+    when the new entries are to be written as part of the whole map. ``docs``:
+    the write creates the completion documents (every mode but LEGACY on an
+    unguarded batch), so the subcollection counters move with them.
+    """
+    total = sum(c.predictions_count for c in new)
+    # Players written without a completion document are counted apart; the others
+    # read that count back (above 0: the batch is not guarded after all).
+    legacy_only = 0 if docs else len(new)
+    data: dict[str, Any] = {
+        f.EXPIRED_FLAG: Increment(0),
+        f.LEGACY_ONLY_COUNT: Increment(legacy_only),
+    }
+    if mode.writes_legacy:
+        data[f.COMPLETED_PLAYERS] = ArrayUnion([c.player for c in new])
+        entries = {c.player: c.predictions_count for c in new}
+        if whole_map is not None:
+            data[f.PREDICTIONS_BY_PLAYER] = {**whole_map, **entries}
+        else:
+            data |= {player_field(p): count for p, count in entries.items()}
+        data[f.TOTAL_PREDICTIONS] = Increment(total)
+        data[f.UPDATED_AT] = SERVER_TIMESTAMP
+        if not docs:
+            # This write adds players without completion documents.
+            data[f.COMPLETIONS_BACKFILLED] = DELETE_FIELD
+    if docs and not mode.writes_legacy:
+        data[f.ARRAY_PARTIAL] = True  # these players are not in the array
+    if docs:
+        data[f.COMPLETED_COUNT] = Increment(len(new))
+        data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)
+        data[f.LAST_UPDATED] = SERVER_TIMESTAMP
+    # The client sends a write's field transforms sorted by field path.
+    transforms = sorted(FieldPath.from_string(k) for k, v in data.items() if _is_transform(v))
+    counter = FieldPath(f.COMPLETED_COUNT)
+    return data, ResultsAt(
+        transforms.index(counter) if counter in transforms else None,
+        transforms.index(FieldPath(f.LEGACY_ONLY_COUNT)),
+        transforms.index(FieldPath(f.EXPIRED_FLAG)),
+    )
