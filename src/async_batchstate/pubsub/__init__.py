@@ -33,7 +33,7 @@ from ._messages import (
     parse_json,
 )
 from ._pull import PullConsumer
-from ._push import GOOGLE_CERTS_URL, PushAuth, PushAuthError, PushEndpoint, decode_envelope
+from ._push import PushAuth, PushAuthError, PushEndpoint, decode_envelope
 
 __all__ = [
     "Action",
@@ -41,7 +41,6 @@ __all__ = [
     "Completion",
     "Decision",
     "Drainable",
-    "GOOGLE_CERTS_URL",
     "MessageParseError",
     "Parser",
     "PoisonHook",
