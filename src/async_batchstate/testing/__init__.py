@@ -20,7 +20,7 @@ from ._emulator import (
 from ._fixtures_support import EmulatorInfo, make_client
 from ._invariants import batch_violations
 from ._proxy import FaultyProxy, ProxyState
-from ._pubsub import PubSubEmulator, find_pubsub_emulator
+from ._pubsub import LoopbackAsgiServer, PubSubEmulator, find_pubsub_emulator
 from ._rpc import LostAnswers, RpcCounter
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "FaultPoint",
     "FaultyProxy",
     "FirestoreEmulator",
+    "LoopbackAsgiServer",
     "LostAnswers",
     "ProxyState",
     "PubSubEmulator",

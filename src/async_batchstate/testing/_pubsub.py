@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -18,7 +20,7 @@ from typing import IO, Any, Self
 
 from ._emulator import EmulatorNotFoundError, EmulatorStartError, find_in_sdk, free_port
 
-__all__ = ["PUBSUB_HOST_ENV", "PubSubEmulator", "find_pubsub_emulator"]
+__all__ = ["PUBSUB_HOST_ENV", "LoopbackAsgiServer", "PubSubEmulator", "find_pubsub_emulator"]
 
 PUBSUB_HOST_ENV = "PUBSUB_EMULATOR_HOST"
 BINARY_ENV = "ASYNC_BATCHSTATE_PUBSUB_EMULATOR"
@@ -211,18 +213,39 @@ class PubSubEmulator:
         self._put(path, body)
         return path
 
+    def publish(
+        self, project: str, topic: str, messages: list[bytes], **attributes: str
+    ) -> list[str]:
+        """Publish ``messages`` (1,000 per request) to ``topic``; returns their message ids."""
+        ids: list[str] = []
+        for start in range(0, len(messages), 1000):
+            body = {
+                "messages": [
+                    {"data": base64.b64encode(m).decode(), "attributes": attributes}
+                    for m in messages[start : start + 1000]
+                ]
+            }
+            answer = self._call("POST", f"projects/{project}/topics/{topic}:publish", body)
+            ids += answer.get("messageIds", [])
+        return ids
+
     def _put(self, path: str, body: dict[str, Any]) -> None:
-        request = urllib.request.Request(
-            f"http://{self.host}/v1/{path}",
-            data=json.dumps(body).encode(),
-            method="PUT",
-            headers={"content-type": "application/json"},
-        )
         try:
-            urllib.request.urlopen(request, timeout=30).close()
+            self._call("PUT", path, body)
         except urllib.error.HTTPError as exc:
             if exc.code != 409:  # already exists
                 raise
+
+    def _call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://{self.host}/v1/{path}",
+            data=json.dumps(body).encode(),
+            method=method,
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read() or b"{}")
+        return answer if isinstance(answer, dict) else {}
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -252,3 +275,114 @@ class PubSubEmulator:
         running = self._process is not None and self._process.poll() is None
         owner = "running" if running else "attached" if self._process is None else "stopped"
         return f"<PubSubEmulator {self.host} pid={self.pid} {owner}>"
+
+
+class LoopbackAsgiServer:
+    """A minimal HTTP/1.1 server for one ASGI app on loopback, for push tests and the demo.
+
+        async with LoopbackAsgiServer(endpoint) as server:
+            emulator.create_subscription(..., push_endpoint=server.url + "/push")
+
+    Enough for Pub/Sub's push requests (a POST with a ``Content-Length`` body,
+    keep-alive); not a production server: serve production apps with uvicorn,
+    hypercorn or Cloud Run's own.
+
+    Args:
+        app: The ASGI app (``http`` scopes only).
+        host: Loopback address to bind.
+        port: Port; a free one by default.
+    """
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.requests = 0
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self._host}:{self._port}"
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._connection, self._host, self._port)
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):  # keep-alive connections (no close_clients in 3.11)
+                writer.close()
+            await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while not reader.at_eof():
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = [
+                    (k.strip().lower().encode(), v.strip().encode())
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                ]
+                length = int(dict(headers).get(b"content-length", b"0"))
+                body = await reader.readexactly(length)
+                self.requests += 1
+                await self._serve(method, target, headers, body, writer)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _serve(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        path, _, query = target.partition("?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": query.encode(),
+            "headers": headers,
+            "client": None,
+            "server": (self._host, self._port),
+        }
+        sent = False
+        status = 500
+        out_headers: list[tuple[bytes, bytes]] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status, out_headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                out_headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                data = message.get("body", b"")
+                head = [f"HTTP/1.1 {status} X", f"content-length: {len(data)}"]
+                head += [f"{k.decode()}: {v.decode()}" for k, v in out_headers]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+                await writer.drain()
+
+        await self._app(scope, receive, send)
