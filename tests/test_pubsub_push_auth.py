@@ -56,7 +56,8 @@ def token(private: str = PRIVATE, **claims: Any) -> str:
         "sub": "1234",
     } | claims
     signer = crypt.RSASigner.from_string(private, key_id="local-1")
-    return jwt.encode(signer, body).decode()
+    encoded: bytes = jwt.encode(signer, body)
+    return encoded.decode()
 
 
 async def certs_app(scope: Any, receive: Any, send: Any) -> None:

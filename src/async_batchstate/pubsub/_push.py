@@ -24,7 +24,7 @@ __all__ = ["GOOGLE_CERTS_URL", "PushAuth", "PushAuthError", "PushEndpoint"]
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]  # takes Starlette's (MutableMapping) too
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 """Where Google publishes the certificates that sign push requests' OIDC tokens."""
