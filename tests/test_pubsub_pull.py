@@ -159,8 +159,8 @@ async def test_poison_is_acknowledged_or_left_to_the_dead_letter_topic(
         manager,
         path,
         subscriber=subscriber,
-        poison=policy,
-        on_poison=poisoned.append,  # type: ignore[arg-type]
+        poison=policy,  # type: ignore[arg-type]
+        on_poison=poisoned.append,
     ) as consumer:
         await wait_finalised(manager, expected)
         if policy == "ack":
