@@ -29,6 +29,8 @@ from async_batchstate.pubsub import (
 )
 from async_batchstate.pubsub._messages import parse_with
 
+from .helpers import run_python
+
 POLICY = UnknownBatchPolicy(grace=600, min_delay=10, max_delay=600)
 
 
@@ -150,3 +152,30 @@ def test_decode_envelope_refuses_other_bodies(body: bytes) -> None:
     """Not JSON, no message, bad base64: InvalidInputError (answered 400)."""
     with pytest.raises(ValueError):
         decode_envelope(body)
+
+
+def test_without_the_extra_only_the_pubsub_module_fails_and_names_the_extra(
+    pytester: pytest.Pytester,
+) -> None:
+    """No google-cloud-pubsub: the library and its testing helpers import; the adapters say what to install."""
+    result = run_python(
+        pytester,
+        """
+        import sys
+
+        class Blocked:
+            def find_spec(self, name, path=None, target=None):
+                if name.startswith("google.cloud.pubsub"):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Blocked())
+        import async_batchstate, async_batchstate.testing, async_batchstate.cli
+        try:
+            import async_batchstate.pubsub
+        except ImportError as exc:
+            print("REFUSED", exc)
+        """,
+    )
+    assert 0 == result.ret, result.stderr.str()
+    assert "async-batchstate[pubsub]" in result.stdout.str()
