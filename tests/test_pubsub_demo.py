@@ -20,7 +20,7 @@ def test_demo_through_pubsub_ends_consistent(
     """Publisher duplicates and failed workers: consistent, finalised once, exit 0."""
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
-    argv = ["demo", "--pubsub", way, "--players", "40", "--workers", "10"]
+    argv = ["demo", "--pubsub", way, "--players", "20", "--workers", "10"]
     argv += ["--redeliver", "0.2", "--fail", "0.2", "--collection", batch_collection, "--seed", "5"]
     status = main(argv)
     out = capsys.readouterr().out

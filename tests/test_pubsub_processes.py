@@ -34,7 +34,7 @@ from .pubsub_helpers import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-Starter = Callable[[int, str], list[subprocess.Popen[str]]]
+Starter = Callable[..., list[subprocess.Popen[str]]]
 
 
 @pytest.fixture
@@ -44,8 +44,10 @@ def start_workers(
     """Start N worker processes on a subscription; any still running after the test is killed."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(n: int, subscription: str) -> list[subprocess.Popen[str]]:
-        procs = _spawn(n, firestore_emulator, pubsub_emulator, batch_collection, subscription)
+    def start(n: int, subscription: str, delay: float = 0.05) -> list[subprocess.Popen[str]]:
+        procs = _spawn(
+            n, firestore_emulator, pubsub_emulator, batch_collection, subscription, delay
+        )
         started.extend(procs)
         return procs
 
@@ -58,7 +60,12 @@ def start_workers(
 
 
 def _spawn(
-    n: int, firestore: EmulatorInfo, pubsub: PubSubEmulator, collection: str, subscription: str
+    n: int,
+    firestore: EmulatorInfo,
+    pubsub: PubSubEmulator,
+    collection: str,
+    subscription: str,
+    delay: float,
 ) -> list[subprocess.Popen[str]]:
     env = {
         **os.environ,
@@ -68,7 +75,15 @@ def _spawn(
     }
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "tests._pubsub_worker", collection, subscription, "0.05", "6"],
+            [
+                sys.executable,
+                "-m",
+                "tests._pubsub_worker",
+                collection,
+                subscription,
+                str(delay),
+                "6",
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -159,7 +174,11 @@ async def test_a_killed_consumer_s_messages_come_back_to_the_others(
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
-    """3 consumers, one SIGKILLed mid-load: its unacked messages return after the 10 s lease."""
+    """3 consumers, one SIGKILLed mid-load: its unacked messages return after the 10 s lease.
+
+    The killed one never finishes a write (each attempt waits an hour), so the
+    batches can only complete if the messages it held come back to the others.
+    """
     finalised, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete, callback_lease=2.0)
     expected = plan(3, 40)
@@ -167,12 +186,13 @@ async def test_a_killed_consumer_s_messages_come_back_to_the_others(
     topic, sub = names()
     pubsub_emulator.create_topic(PROJECT, topic)
     path = pubsub_emulator.create_subscription(PROJECT, sub, topic, ack_deadline=10)
-    procs = start_workers(3, path)
+    procs = start_workers(1, path, delay=3600) + start_workers(2, path)
     await ready(procs)
     pubsub_emulator.publish(PROJECT, topic, messages(expected, duplicate_every=10))
     while await completed(manager, list(expected)) < 20:
         await asyncio.sleep(0.05)
     procs[0].kill()
+    assert await completed(manager, list(expected)) < 120
     await wait_finalised(manager, expected, timeout=90)
     for proc in procs:
         if proc.poll() is None:

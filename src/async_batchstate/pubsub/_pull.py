@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -107,6 +108,8 @@ class PullConsumer:
         self._stream: concurrent.futures.Future[Any] | None = None
         self._done: asyncio.Future[Any] | None = None
         self._closed = False
+        self._leased: dict[str, Message] = {}
+        self._direct = False  # after the stream closed: settle by direct RPCs
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -170,16 +173,32 @@ class PullConsumer:
     async def drain(self, grace: float = 8.0) -> int:
         """Stop taking messages, finish writes in flight within ``grace`` seconds, nack the rest.
 
-        The stream stays open until the writes in flight are acknowledged (so
-        their acks reach Pub/Sub), then closes; messages that arrive meanwhile
-        are nacked at once, for other consumers to take.
+        The stream closes first, so Pub/Sub sends nothing more (the client nacks
+        what it had received but not handed over). The messages being written get
+        their ack deadline moved past the grace; each is then acknowledged (or
+        nacked, if cut short or failed) by a direct ``acknowledge`` /
+        ``modify_ack_deadline`` call, since the stream is gone.
 
         Returns:
             How many messages were cut short and nacked.
         """
-        cut = await self._processor.drain(grace)
-        await self._stop_stream()
-        return cut
+        processor = self._processor
+        processor.accepting = False
+        stream = self._stream
+        if stream is not None and not stream.done():
+            leased = [m.ack_id for m in self._leased.values()]
+            self._direct = True
+            if leased:
+                await self._modify(leased, math.ceil(grace) + 5)
+            # cancel() joins the client's threads: off the loop.
+            await asyncio.to_thread(stream.cancel)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._done), timeout=30)  # type: ignore[arg-type]
+            except (asyncio.CancelledError, concurrent.futures.CancelledError):
+                pass
+            except Exception as exc:  # the stream's own failure, already over
+                logger.warning("the streaming pull ended with %r", exc)
+        return await processor.drain(grace)
 
     async def aclose(self, grace: float = 8.0) -> None:
         """Drain (``grace`` seconds), close the stream and, if this consumer made it, the client."""
@@ -189,19 +208,6 @@ class PullConsumer:
         await self.drain(grace)
         if self._owns_subscriber and self._subscriber is not None:
             await asyncio.to_thread(self._subscriber.close)
-
-    async def _stop_stream(self) -> None:
-        stream = self._stream
-        if stream is None or stream.done():
-            return
-        # cancel() joins the client's threads: off the loop.
-        await asyncio.to_thread(stream.cancel)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._done), timeout=30)  # type: ignore[arg-type]
-        except (asyncio.CancelledError, concurrent.futures.CancelledError):
-            pass
-        except Exception as exc:  # the stream's own failure, already over
-            logger.warning("the streaming pull ended with %r", exc)
 
     def stats(self) -> AdapterStats:
         """A snapshot of the consumer's counters."""
@@ -236,32 +242,66 @@ class PullConsumer:
 
     def _take(self, message: Message) -> None:
         processor = self._processor
-        if not processor.accepting:
-            processor.counts["retried"] += 1
-            message.nack()
-            return
+        self._leased[message.ack_id] = message
         processor.track(self._deliver(message))
 
     async def _deliver(self, message: Message) -> None:
         processor = self._processor
         try:
-            decision = await processor.process(
-                message.message_id,
-                message.data,
-                dict(message.attributes),
-                message.publish_time.timestamp(),
-            )
-        except asyncio.CancelledError:
-            processor.counts["retried"] += 1
-            message.nack()
-            raise
-        if decision.action is Action.ACK:
-            message.ack()
-        elif decision.action is Action.DELAY:
-            # A new deadline, then out of lease management: back after the delay, not at once.
-            message.modify_ack_deadline(decision.delay)
-            message.drop()
-        elif decision.action is Action.POISON and processor.poison == "ack":
-            message.ack()
+            if not processor.accepting:
+                processor.counts["retried"] += 1
+                await self._settle(message, ack=False)
+                return
+            try:
+                decision = await processor.process(
+                    message.message_id,
+                    message.data,
+                    dict(message.attributes),
+                    message.publish_time.timestamp(),
+                )
+            except asyncio.CancelledError:
+                processor.counts["retried"] += 1
+                await self._settle(message, ack=False)
+                raise
+            if decision.action is Action.ACK:
+                await self._settle(message, ack=True)
+            elif decision.action is Action.DELAY:
+                await self._settle(message, ack=False, delay=decision.delay)
+            else:
+                poison_ack = decision.action is Action.POISON and processor.poison == "ack"
+                await self._settle(message, ack=poison_ack)
+        finally:
+            self._leased.pop(message.ack_id, None)
+
+    async def _settle(self, message: Message, *, ack: bool, delay: int = 0) -> None:
+        """Ack, nack or delay: through the stream while it is open, else by direct calls."""
+        if not self._direct:
+            if ack:
+                message.ack()
+            elif delay:
+                # A new deadline, then out of lease management: back after the delay.
+                message.modify_ack_deadline(delay)
+                message.drop()
+            else:
+                message.nack()
+            return
+        if ack:
+            await self._call("acknowledge", {"ack_ids": [message.ack_id]})
         else:
-            message.nack()
+            await self._modify([message.ack_id], delay)
+
+    async def _modify(self, ack_ids: list[str], seconds: int) -> None:
+        await self._call(
+            "modify_ack_deadline", {"ack_ids": ack_ids, "ack_deadline_seconds": seconds}
+        )
+
+    async def _call(self, method: str, request: dict[str, Any]) -> None:
+        subscriber = self._subscriber
+        assert subscriber is not None
+        request["subscription"] = self.subscription
+        try:
+            await asyncio.to_thread(getattr(subscriber, method), request=request, timeout=10)
+        except Exception as exc:  # the lease then runs out and Pub/Sub redelivers: safe
+            logger.warning(
+                "pubsub %s failed during a drain: %r", method, exc, extra={"method": method}
+            )
