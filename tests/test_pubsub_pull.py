@@ -183,6 +183,7 @@ async def test_poison_is_acknowledged_or_left_to_the_dead_letter_topic(
     await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
 
 
+@pytest.mark.timeout(240)
 async def test_drain_nacks_what_it_cannot_finish_and_acks_only_what_was_written(
     pubsub_emulator: PubSubEmulator,
     subscriber: pubsub_v1.SubscriberClient,
@@ -215,6 +216,6 @@ async def test_drain_nacks_what_it_cannot_finish_and_acks_only_what_was_written(
     await first.aclose()
     manager: AsyncBatchStateManager = make_manager(on_complete=on_complete)
     async with PullConsumer(manager, path, subscriber=subscriber) as second:
-        await wait_finalised(manager, expected)
+        await wait_finalised(manager, expected, timeout=150)
         await wait_for(lambda: second.stats().acked >= 10, what="every ack")
     await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
