@@ -10,6 +10,7 @@ import async_batchstate
 import async_batchstate.consistency
 import async_batchstate.instrumentation
 import async_batchstate.migration
+import async_batchstate.pubsub
 import async_batchstate.testing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,7 @@ def test_every_public_name_has_an_api_entry() -> None:
             async_batchstate.consistency,
             async_batchstate.instrumentation,
             async_batchstate.migration,
+            async_batchstate.pubsub,
             async_batchstate.testing,
         )
         for name in module.__all__
