@@ -45,7 +45,7 @@ from async_batchstate.testing import EmulatorInfo, aclose_client
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
-LANGUAGES = {"python", "bash", "text", "toml"}
+LANGUAGES = {"python", "bash", "text", "toml", "json"}
 """Fence languages a page may use; only python and bash blocks are code we check."""
 KNOWN_COMMANDS = {"gcloud", "pytest"}
 """Shell commands that are not ours to check (their own tools validate them)."""
@@ -185,6 +185,8 @@ def _extras() -> set[str]:
 
 def _check_command(argv: list[str]) -> None:
     name, args = argv[0], argv[1:]
+    if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", name):
+        return  # a shell variable assignment, not a command
     if name == "async-batchstate":
         try:
             build_parser().parse_args(args)
