@@ -7,8 +7,9 @@ SLO; see ``benchmarks/README.md``.
 
 from ._open import OPEN_FULL, OPEN_QUICK, OpenBench, OpenConfig, open_wan
 from ._open_report import write_open
-from ._report import target_lines, targets, write
+from ._report import write
 from ._run import FULL, QUICK, TINY, Bench, Config, wan
+from ._targets import target_lines, targets
 
 __all__ = [
     "FULL",
