@@ -101,6 +101,13 @@ async def create_batch(client: AsyncClient, collection: str, batch_id: str, expe
         await manager.create_batch(batch_id, expected_count=expected)
 
 
+def note_error(errors: Counter[str], examples: dict[str, str], exc: Exception) -> None:
+    """Count ``exc`` by its type; keep the first message of each type (300 characters)."""
+    name = type(exc).__name__
+    errors[name] += 1
+    examples.setdefault(name, str(exc)[:300])
+
+
 async def drive(
     client: AsyncClient,
     collection: str,
@@ -140,9 +147,7 @@ async def drive(
             except Exception as exc:
                 if cut:
                     return
-                name = type(exc).__name__
-                load.errors[name] += 1
-                load.error_examples.setdefault(name, str(exc)[:300])
+                note_error(load.errors, load.error_examples, exc)
             else:
                 if cut:
                     return

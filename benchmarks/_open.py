@@ -28,17 +28,13 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from rich.progress import Progress
 
 from async_batchstate.testing import (
-    EmulatorInfo,
     RpcCounter,
     WriteCeilingProxy,
-    aclose_client,
-    make_client,
 )
 
-from . import _run
 from ._delay import _cpu_seconds
-from ._load import _ABANDONED, check_batch, create_batch, percentile
-from ._run import SCHEMA_VERSION, Bench, Config, machine_facts
+from ._load import _ABANDONED, check_batch, create_batch, note_error, percentile
+from ._run import SCHEMA_VERSION, Bench, Config, machine_facts, worker_client
 from ._strategies import NOT_IDEMPOTENT, OPEN_LOOP, STRATEGIES, has_write_path
 
 Arrival = tuple[float, str, str, int]
@@ -227,9 +223,7 @@ async def open_loop(
         except Exception as exc:
             if ended:
                 return
-            name = type(exc).__name__
-            load.errors[name] += 1
-            load.error_examples.setdefault(name, str(exc)[:300])
+            note_error(load.errors, load.error_examples, exc)
         else:
             if not ended:
                 load.latencies.append(loop.time() - due)
@@ -289,11 +283,7 @@ def _open_worker(job: _OpenJob) -> OpenLoad:
 
 
 async def _open_worker_load(job: _OpenJob) -> OpenLoad:
-    client = make_client(EmulatorInfo(job.host, job.project, None))
-    try:
-        # Connected before the schedule starts, as a running instance is.
-        await client.collection(job.collection).document("connect").get()
-        await asyncio.to_thread(_run._barrier.wait, 120)  # all processes start together
+    async with worker_client(job.host, job.project, job.collection, "connect") as client:
         return await open_loop(
             client,
             job.collection,
@@ -302,8 +292,6 @@ async def _open_worker_load(job: _OpenJob) -> OpenLoad:
             drain=job.drain,
             grace=job.grace,
         )
-    finally:
-        await aclose_client(client)
 
 
 # -- a step's figures ------------------------------------------------------------------

@@ -243,14 +243,24 @@ def _worker(job: _Job) -> Load:
     return asyncio.run(_worker_load(job))
 
 
-async def _worker_load(job: _Job) -> Load:
-    client = make_client(EmulatorInfo(job.host, job.project, None))
+@contextlib.asynccontextmanager
+async def worker_client(
+    host: str, project: str, collection: str, document: str
+) -> AsyncIterator[AsyncClient]:
+    """A worker process's client, connected before the clock starts as a running instance
+    is (one read of ``document`` opens the channel: TCP, HTTP/2, several round trips
+    through the delay proxy), yielded once every process is ready: they start together."""
+    client = make_client(EmulatorInfo(host, project, None))
     try:
-        # Connected before the clock starts, as a running instance is: one read opens
-        # the channel (TCP, HTTP/2; several round trips through the delay proxy).
-        await client.collection(job.collection).document(job.batch_id).get()
-        # All processes start together, one job each.
+        await client.collection(collection).document(document).get()
         await asyncio.to_thread(_barrier.wait, 120)
+        yield client
+    finally:
+        await aclose_client(client)
+
+
+async def _worker_load(job: _Job) -> Load:
+    async with worker_client(job.host, job.project, job.collection, job.batch_id) as client:
         return await drive(
             client,
             job.collection,
@@ -261,8 +271,6 @@ async def _worker_load(job: _Job) -> Load:
             budget=job.budget,
             grace=job.grace,
         )
-    finally:
-        await aclose_client(client)
 
 
 # -- the run -------------------------------------------------------------------------
