@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ._markdown import network, table
-from ._open import BATCHES, CEILING, HOT, NOT_REACHED, cell_title, groups
+from ._open import cell_title, groups
+from ._open_sweep import BATCHES, CEILING, HOT, NOT_REACHED
 from ._report import write_files
 from ._targets import Group, Line, Target, find, line, ratio
 

@@ -54,7 +54,7 @@ def _others(rpcs: dict[str, int], *methods: str) -> int:
 
 def _one_commit_per_group(cell: Cell) -> bool:
     rpcs = cell["rpcs"]
-    return bool(rpcs.get("Commit", 0) == cell["commits"] and _others(rpcs, "Commit") == 0)
+    return rpcs.get("Commit", 0) == cell["commits"] and _others(rpcs, "Commit") == 0
 
 
 def _one_read_and_commit_more(cell: Cell) -> bool:
@@ -120,10 +120,14 @@ class Target:
 
     def text(self, value: Any, cells: dict[str, Cell], **facts: Any) -> tuple[str, str]:
         """The title and the measured figure, formatted."""
-        b = cells.get(self.versus or "")
-        x = times(value) if self.versus else ""
-        facts = _Facts(a=cells[self.cell], b=b, value=value, x=x, **facts)
-        return self.title.format_map(facts), self.figure.format_map(facts)
+        names = _Facts(
+            a=cells[self.cell],
+            b=cells.get(self.versus or ""),
+            value=value,
+            x=times(value) if self.versus else "",
+            **facts,
+        )
+        return self.title.format_map(names), self.figure.format_map(names)
 
 
 @dataclass(frozen=True)
