@@ -17,7 +17,7 @@ import os
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -260,19 +260,3 @@ class OpenBench(Bench):
             "recorded": sum(c["recorded"] for c in checks),
             "confirmed": sum(c["confirmed"] for c in checks),
         }
-
-
-def groups(results: dict[str, Any]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """The sweeps by cell, in run order: ``(cell key, its sweeps)``."""
-    by: dict[str, list[dict[str, Any]]] = {}
-    for sweep in results["sweeps"]:
-        by.setdefault(sweep["cell"], []).append(sweep)
-    yield from by.items()
-
-
-def cell_title(sweep: dict[str, Any]) -> str:
-    """A cell in words: shape, processes, ceiling."""
-    shape = "one hot batch" if sweep["batches"] == 1 else f"{sweep['batches']} batches"
-    if sweep["ceiling_writes_per_s"]:
-        shape += f", ceiling {sweep['ceiling_writes_per_s']:g} writes/s per document"
-    return f"{shape}, W = {sweep['processes']}"

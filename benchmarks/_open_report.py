@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ._markdown import network, table
-from ._open import cell_title, groups
 from ._open_sweep import BATCHES, CEILING, HOT, NOT_REACHED
 from ._report import write_files
 from ._targets import Group, Line, Target, find, line, ratio
-
-Sweep = dict[str, Any]
 
 _CAPACITY_FIGURE = (
     "{a[capacity][per_s]:g}/s ({a[capacity][limit]}) vs "
@@ -109,6 +107,22 @@ def open_targets(results: dict[str, Any]) -> list[Line]:
         _client_cpu(results),
         _validation_reads(results),
     ]
+
+
+def groups(results: dict[str, Any]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The sweeps by cell, in run order: ``(cell key, its sweeps)``."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for sweep in results["sweeps"]:
+        by.setdefault(sweep["cell"], []).append(sweep)
+    yield from by.items()
+
+
+def cell_title(sweep: dict[str, Any]) -> str:
+    """A cell in words: shape, processes, ceiling."""
+    shape = "one hot batch" if sweep["batches"] == 1 else f"{sweep['batches']} batches"
+    if sweep["ceiling_writes_per_s"]:
+        shape += f", ceiling {sweep['ceiling_writes_per_s']:g} writes/s per document"
+    return f"{shape}, W = {sweep['processes']}"
 
 
 def _num(value: Any, digits: int = 2) -> Any:
