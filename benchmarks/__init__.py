@@ -5,10 +5,13 @@ repository root, with ``--rtt-ms 14`` for the WAN profile, ``--open-loop`` for c
 SLO; see ``benchmarks/README.md``.
 """
 
-from ._open import OPEN_FULL, OPEN_QUICK, OpenBench, OpenConfig, open_wan
+from ._config import FULL, QUICK, TINY, Config, wan
+from ._open import OpenBench
 from ._open_report import write_open
-from ._report import target_lines, targets, write
-from ._run import FULL, QUICK, TINY, Bench, Config, wan
+from ._open_sweep import OPEN_FULL, OPEN_QUICK, OpenConfig, open_wan
+from ._report import write
+from ._run import Bench
+from ._targets import target_lines, targets
 
 __all__ = [
     "FULL",

@@ -24,8 +24,9 @@ from async_batchstate.testing import FirestoreEmulator
 
 from . import FULL, QUICK, Bench, target_lines, wan, write
 from ._delay import delay_proxy
-from ._open import GROUPS, OPEN_FULL, OPEN_QUICK, OpenBench, open_wan
+from ._open import OpenBench
 from ._open_report import write_open
+from ._open_sweep import GROUPS, OPEN_FULL, OPEN_QUICK, open_wan
 from ._strategies import OPEN_LOOP
 
 PROJECT = "demo-bench"

@@ -101,6 +101,13 @@ async def create_batch(client: AsyncClient, collection: str, batch_id: str, expe
         await manager.create_batch(batch_id, expected_count=expected)
 
 
+def note_error(errors: Counter[str], examples: dict[str, str], exc: Exception) -> None:
+    """Count ``exc`` by its type; keep the first message of each type (300 characters)."""
+    name = type(exc).__name__
+    errors[name] += 1
+    examples.setdefault(name, str(exc)[:300])
+
+
 async def drive(
     client: AsyncClient,
     collection: str,
@@ -140,9 +147,7 @@ async def drive(
             except Exception as exc:
                 if cut:
                     return
-                name = type(exc).__name__
-                load.errors[name] += 1
-                load.error_examples.setdefault(name, str(exc)[:300])
+                note_error(load.errors, load.error_examples, exc)
             else:
                 if cut:
                     return
@@ -248,4 +253,71 @@ async def ceiling(
         "elapsed_s": elapsed,
         "docs_per_s": docs / elapsed,
         "consistency": await check_batch(client, collection, batch_id, dict(work)),
+    }
+
+
+def summarise(
+    loads: list[Load],
+    *,
+    scenario: str,
+    strategy: str,
+    concurrency: int,
+    ops: int,
+    consistency: dict[str, Any],
+    processes: int = 1,
+    parallel: bool = True,
+    redeliver: float = 0.0,
+) -> dict[str, Any]:
+    """One result cell from the loads of one or more processes (or sequential rounds).
+
+    ``ops`` counts messages (a redelivery is a second message of the same player);
+    ``succeeded`` counts calls that returned normally, duplicates included.
+    """
+    latencies = [x for load in loads for x in load.latencies]
+    attempts_each = Counter(a for load in loads for a in load.attempts_each)
+    succeeded = len(latencies)
+    errors = sum((load.errors for load in loads), Counter[str]())
+    aborts = sum((Counter(load.aborts) for load in loads), Counter[str]())
+    rpcs = sum((Counter(load.rpcs) for load in loads), Counter[str]())
+    if parallel:
+        elapsed = max(x.started + x.elapsed for x in loads) - min(x.started for x in loads)
+    else:
+        elapsed = sum(load.elapsed for load in loads)
+    attempts = sum(load.attempts for load in loads)
+    commits = sum(load.commits for load in loads)
+    failed = sum(errors.values())
+    return {
+        "scenario": scenario,
+        "strategy": strategy,
+        "label": STRATEGIES[strategy].label,
+        "processes": processes,
+        "concurrency": concurrency,
+        "redeliver": redeliver,
+        "ops": ops,
+        "succeeded": succeeded,
+        "failed": failed,
+        "unfinished": ops - succeeded - failed,
+        "stalled": any(load.stalled for load in loads),
+        "elapsed_s": elapsed,
+        "completions_per_s": succeeded / elapsed if elapsed else 0.0,
+        "fraction_of_ceiling": None,  # filled in once the run's ceiling is known
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p95_ms": percentile(latencies, 95) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+        "max_ms": max(latencies, default=0.0) * 1e3,
+        "attempts": attempts,
+        "attempts_per_completion": attempts / max(1, succeeded + failed),
+        "aborts": sum(aborts.values()),
+        "aborts_by_cause": dict(aborts),
+        "commits": commits,
+        "commits_per_completion": commits / max(1, succeeded),
+        "duplicates": sum(load.duplicates for load in loads),
+        "rpcs": dict(sorted(rpcs.items())),
+        "rpcs_per_completion": sum(rpcs.values()) / max(1, succeeded),
+        "commit_rpcs_per_commit": rpcs["Commit"] / commits if commits else 0.0,
+        "attempts_histogram": {str(k): v for k, v in sorted(attempts_each.items())},
+        "errors": dict(errors),
+        "error_examples": {k: v for load in loads for k, v in load.error_examples.items()},
+        "consistency": consistency,
+        "latencies_ms": [round(x * 1e3, 2) for x in latencies],
     }

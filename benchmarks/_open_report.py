@@ -2,104 +2,91 @@
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._open import BATCHES, CEILING, HOT, NOT_REACHED, cell_title, groups
-from ._report import _network, _table
+from ._markdown import network, table
+from ._open_sweep import BATCHES, CEILING, HOT, NOT_REACHED
+from ._report import write_files
+from ._targets import Group, Line, Target, find, line, ratio
 
-Sweep = dict[str, Any]
-
-
-def _sweep(results: dict[str, Any], strategy: str, **where: Any) -> Sweep | None:
-    return next(
+_CAPACITY_FIGURE = (
+    "{a[capacity][per_s]:g}/s ({a[capacity][limit]}) vs "
+    "{b[capacity][per_s]:g}/s ({b[capacity][limit]}) = {value:.2f}x"
+)
+CAPACITY: tuple[Group, ...] = tuple(
+    Group(
+        "sweeps",
+        {"a": {"strategy": "manager", **where}, "b": {"strategy": "blind_txn", **where}},
+        (Target(title, "a", "capacity", ">=", factor, _CAPACITY_FIGURE, versus="b"),),
+        skip=title,
+    )
+    for title, factor, where in (
         (
-            s
-            for s in results["sweeps"]
-            if s["strategy"] == strategy and all(s[k] == v for k, v in where.items())
+            "open loop, one hot batch, W = 4: manager capacity at SLO >= 1.5x the old fix, exact",
+            1.5,
+            {"group": HOT, "processes": 4},
         ),
-        None,
+        (
+            "open loop, 200 batches, W = 4: manager capacity at SLO >= 1.5x the old fix, exact",
+            1.5,
+            {"group": BATCHES, "processes": 4, "batches": 200},
+        ),
+        (
+            "ceiling 100 writes/s per document, hot batch: manager capacity >= 5x the old fix",
+            5.0,
+            {"group": CEILING, "ceiling_writes_per_s": 100.0},
+        ),
     )
+)
+"""Issue 18's capacity targets: the manager's capacity at SLO against the old fix's."""
 
 
-def _cap(sweep: Sweep) -> str:
-    c = sweep["capacity"]
-    return f"{c['per_s']:g}/s ({c['limit']})"
+def _capacity(group: Group, results: dict[str, Any]) -> Line:
+    """A capacity target; the manager must also be exact, and a sweep that never missed
+    gives a lower bound only: judge what it allows."""
+    cells = group.find(results)
+    if cells is None:
+        return line(group.skip, None)
+    (target,) = group.targets
+    value = target.value(cells)
+    title, measured = target.text(value, cells)
+    manager, old = cells["a"]["capacity"], cells["b"]["capacity"]
+    ok: bool | None = target.met(value) and manager["exact"]
+    measured += "" if manager["exact"] else "; the manager was NOT exact"
+    if old["limit"] == NOT_REACHED or (manager["limit"] == NOT_REACHED and not ok):
+        ok, measured = None, f"{measured}; a sweep did not reach its limit"
+    return line(title, ok, measured)
 
 
-def open_targets(results: dict[str, Any]) -> list[dict[str, str]]:
-    """Issue 18's open-loop targets, each PASS, MISS or SKIP (not in this run), with figures."""
-    out: list[dict[str, str]] = []
-
-    def add(target: str, ok: bool | None, measured: str = "not measured in this run") -> None:
-        status = "SKIP" if ok is None else "PASS" if ok else "MISS"
-        out.append({"target": target, "status": status, "measured": measured})
-
-    def versus(title: str, factor: float, **where: Any) -> None:
-        manager, old = _sweep(results, "manager", **where), _sweep(results, "blind_txn", **where)
-        if not (manager and old):
-            add(title, None)
-            return
-        mine, theirs = manager["capacity"]["per_s"], old["capacity"]["per_s"]
-        ratio = mine / theirs if theirs else math.inf
-        exact = manager["capacity"]["exact"]
-        measured = f"{_cap(manager)} vs {_cap(old)} = {ratio:.2f}x" + (
-            "" if exact else "; the manager was NOT exact"
-        )
-        # A sweep that never missed gives a lower bound only: judge what it allows.
-        ok: bool | None = ratio >= factor and exact
-        if old["capacity"]["limit"] == NOT_REACHED or (
-            manager["capacity"]["limit"] == NOT_REACHED and not ok
-        ):
-            ok, measured = None, f"{measured}; a sweep did not reach its limit"
-        add(title, ok, measured)
-
-    versus(
-        "open loop, one hot batch, W = 4: manager capacity at SLO >= 1.5x the old fix, exact",
-        1.5,
-        group=HOT,
-        processes=4,
-    )
-    versus(
-        "open loop, 200 batches, W = 4: manager capacity at SLO >= 1.5x the old fix, exact",
-        1.5,
-        group=BATCHES,
-        processes=4,
-        batches=200,
-    )
-    versus(
-        "ceiling 100 writes/s per document, hot batch: manager capacity >= 5x the old fix",
-        5.0,
-        group=CEILING,
-        ceiling_writes_per_s=100.0,
-    )
+def _client_cpu(results: dict[str, Any]) -> Line:
     title = "groups of one: manager client CPU per message <= 0.8x the old fix's"
-    manager = _sweep(results, "manager", group=BATCHES, processes=4)
-    old = _sweep(results, "blind_txn", group=BATCHES, processes=4)
-    if manager and old:
-        # The lowest offered rate both ran: where the manager's groups are smallest.
-        rate = min(
-            {s["offered_per_s"] for s in manager["steps"]}
-            & {s["offered_per_s"] for s in old["steps"]},
-            default=None,
-        )
-        if rate is None:
-            add(title, None)
-        else:
-            m = next(s for s in manager["steps"] if s["offered_per_s"] == rate)
-            o = next(s for s in old["steps"] if s["offered_per_s"] == rate)
-            mine, theirs = m["client_cpu_ms_per_message"], o["client_cpu_ms_per_message"]
-            ratio = mine / theirs if theirs else math.inf
-            add(
-                title,
-                ratio <= 0.8,
-                f"200 batches, W = 4, {rate:g}/s: {mine:.2f} vs {theirs:.2f} ms = {ratio:.2f}x "
-                f"(mean group {m['mean_group_size']:.2f})",
-            )
-    else:
-        add(title, None)
+    where = {"group": BATCHES, "processes": 4}
+    manager = find(results["sweeps"], strategy="manager", **where)
+    old = find(results["sweeps"], strategy="blind_txn", **where)
+    if not (manager and old):
+        return line(title, None)
+    # The lowest offered rate both ran: where the manager's groups are smallest.
+    rates = {s["offered_per_s"] for s in manager["steps"]} & {
+        s["offered_per_s"] for s in old["steps"]
+    }
+    if not rates:
+        return line(title, None)
+    rate = min(rates)
+    m = next(s for s in manager["steps"] if s["offered_per_s"] == rate)
+    o = next(s for s in old["steps"] if s["offered_per_s"] == rate)
+    mine, theirs = m["client_cpu_ms_per_message"], o["client_cpu_ms_per_message"]
+    r = ratio(mine, theirs)
+    return line(
+        title,
+        r <= 0.8,
+        f"200 batches, W = 4, {rate:g}/s: {mine:.2f} vs {theirs:.2f} ms = {r:.2f}x "
+        f"(mean group {m['mean_group_size']:.2f})",
+    )
+
+
+def _validation_reads(results: dict[str, Any]) -> Line:
     title = "manager: document reads per completion spent on validation <= 0.05"
     reads = [
         s["validation_reads_per_completion"]
@@ -108,11 +95,34 @@ def open_targets(results: dict[str, Any]) -> list[dict[str, str]]:
         for s in sweep["steps"]
         if s["validation_reads_per_completion"] is not None
     ]
-    if reads:
-        add(title, max(reads) <= 0.05, f"at most {max(reads):.3f} over {len(reads)} steps")
-    else:
-        add(title, None, "this manager's stats() has no validation_reads")
-    return out
+    if not reads:
+        return line(title, None, "this manager's stats() has no validation_reads")
+    return line(title, max(reads) <= 0.05, f"at most {max(reads):.3f} over {len(reads)} steps")
+
+
+def open_targets(results: dict[str, Any]) -> list[Line]:
+    """Issue 18's open-loop targets, each PASS, MISS or SKIP (not in this run), with figures."""
+    return [
+        *(_capacity(group, results) for group in CAPACITY),
+        _client_cpu(results),
+        _validation_reads(results),
+    ]
+
+
+def groups(results: dict[str, Any]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The sweeps by cell, in run order: ``(cell key, its sweeps)``."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for sweep in results["sweeps"]:
+        by.setdefault(sweep["cell"], []).append(sweep)
+    yield from by.items()
+
+
+def cell_title(sweep: dict[str, Any]) -> str:
+    """A cell in words: shape, processes, ceiling."""
+    shape = "one hot batch" if sweep["batches"] == 1 else f"{sweep['batches']} batches"
+    if sweep["ceiling_writes_per_s"]:
+        shape += f", ceiling {sweep['ceiling_writes_per_s']:g} writes/s per document"
+    return f"{shape}, W = {sweep['processes']}"
 
 
 def _num(value: Any, digits: int = 2) -> Any:
@@ -183,7 +193,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"{m.get('emulator_version', '?')}, google-cloud-firestore "
         f"{m['google_cloud_firestore']}, async-batchstate {m['async_batchstate']}. Mode "
         "DUAL_WRITE.",
-        _network(results),
+        network(results),
         f"Poisson arrivals per process, {cfg['step_s']:g} s per step, "
         f"{cfg['redeliver']:.0%} of the messages delivered again to another process "
         f"{cfg['redeliver_delay'][0] * 1e3:g}-{cfg['redeliver_delay'][1] * 1e3:g} ms later; "
@@ -200,7 +210,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             f"- **{t['status']}** {t['target']}: {t['measured']}" for t in results["targets"]
         ),
         "## Capacity at SLO",
-        _table(
+        table(
             [
                 "cell",
                 "strategy",
@@ -240,7 +250,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     ]
     for _, sweeps in groups(results):
         parts.append(f"### {cell_title(sweeps[0])}")
-        parts.append(_table(_STEP_HEADERS, [_step_row(st) for s in sweeps for st in s["steps"]]))
+        parts.append(table(_STEP_HEADERS, [_step_row(st) for s in sweeps for st in s["steps"]]))
     parts.append("## Plots")
     parts += [f"![{title}]({path})" for title, path in plots.items()]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -302,18 +312,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 
 def write_open(results: dict[str, Any], out: Path, *, plots: bool = True) -> dict[str, Path]:
     """Write ``<name>.json`` (summary), ``<name>.raw.json``, ``<name>.md`` and the PNGs."""
-    out.mkdir(parents=True, exist_ok=True)
-    name = results["name"]
     results["targets"] = open_targets(results)
     results["warnings"] = _warnings(results)
-    pngs = plot(results, out, name) if plots else {}
-    paths = {
-        "json": out / f"{name}.json",
-        "raw": out / f"{name}.raw.json",
-        "markdown": out / f"{name}.md",
-    }
-    paths["json"].write_text(json.dumps(summary(results), indent=1) + "\n")
-    paths["raw"].write_text(json.dumps(results) + "\n")
-    paths["markdown"].write_text(markdown(results, pngs))
-    paths.update({title: out / file for title, file in pngs.items()})
-    return paths
+    return write_files(
+        results, out, summary=summary, markdown=markdown, plot=plot if plots else None
+    )

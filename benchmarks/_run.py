@@ -5,27 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import multiprocessing
 import os
-import platform
 import random
-import subprocess
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, replace
-from importlib.metadata import version
+from dataclasses import asdict
 from typing import Any
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 from rich.progress import Progress
 
-from async_batchstate.testing import EmulatorInfo, aclose_client, find_emulator_jar, make_client
+from async_batchstate.testing import EmulatorInfo, aclose_client, make_client
 
+from ._config import SCHEMA_VERSION, Config, machine_facts
 from ._load import (
-    CANCEL_GRACE,
     Advance,
     Load,
     Player,
@@ -34,8 +29,8 @@ from ._load import (
     create_batch,
     deliveries,
     drive,
-    percentile,
     players,
+    summarise,
 )
 from ._strategies import (
     MULTIPROCESS,
@@ -46,250 +41,7 @@ from ._strategies import (
     SWEEP,
     has_write_path,
 )
-
-SCHEMA_VERSION = 2
-
-
-@dataclass(frozen=True)
-class Config:
-    """Sizes of one run. ``sweep`` is ``(concurrency, completions)`` per point.
-
-    ``redelivery`` is ``(processes, callers per process, players)`` per cell; each
-    runs without redeliveries and with ``redeliver`` of the messages delivered twice.
-    """
-
-    name: str
-    overhead_ops: int  # per strategy, split over ``overhead_rounds`` interleaved rounds
-    overhead_rounds: int
-    sweep: tuple[tuple[int, int], ...]
-    cell_budget: float  # seconds before a cell is cut short and reported as stalled
-    processes: tuple[int, ...]
-    process_ops: int  # per process
-    process_concurrency: int  # callers per process
-    process_budget: float
-    ceiling_docs: int
-    warmup_min_s: float  # the JVM keeps speeding up for a while (DESIGN.md section 4)
-    warmup_max_s: float
-    warmup_min_rounds: int
-    redelivery: tuple[tuple[int, int, int], ...] = ()
-    redeliver: float = 0.1
-    rpc_burst: int = 200  # concurrent callers of the RPC-cost cells
-    cancel_grace: float = CANCEL_GRACE  # seconds a cut cell's cancelled callers get to end
-
-
-FULL = Config(
-    name="full",
-    overhead_ops=600,
-    overhead_rounds=3,
-    sweep=((1, 300), (10, 2000), (50, 3000), (200, 5000), (500, 6000)),
-    cell_budget=60.0,
-    processes=(1, 2, 4),
-    process_ops=1500,
-    process_concurrency=200,
-    process_budget=90.0,
-    ceiling_docs=6000,
-    warmup_min_s=40.0,
-    warmup_max_s=90.0,
-    warmup_min_rounds=3,
-    redelivery=((4, 100, 2000), (8, 10, 1500)),
-)
-QUICK = Config(
-    name="quick",
-    overhead_ops=90,
-    overhead_rounds=3,
-    sweep=((1, 50), (50, 500), (200, 1000), (500, 1500)),
-    cell_budget=6.0,
-    processes=(1, 2, 4),
-    process_ops=300,
-    process_concurrency=200,
-    process_budget=15.0,
-    ceiling_docs=1500,
-    warmup_min_s=8.0,
-    warmup_max_s=20.0,
-    warmup_min_rounds=2,
-    redelivery=((4, 100, 600), (8, 10, 400)),
-)
-TINY = Config(  # the smoke test: every scenario, cell and code path, as few completions as can
-    name="tiny",
-    overhead_ops=2,  # one measured completion per round (after one unmeasured), two rounds
-    overhead_rounds=2,
-    sweep=((1, 2), (4, 8)),  # one caller, and contention
-    # (a) read-modify-write stalls under any contention on the emulator (lock waits): its
-    # contended cell is cut at the budget and reported stalled, its callers cancelled and
-    # abandoned after the grace. Those two are its cost.
-    cell_budget=2.0,
-    processes=(2,),
-    process_ops=3,
-    process_concurrency=2,
-    process_budget=10.0,
-    ceiling_docs=20,
-    warmup_min_s=0.0,
-    warmup_max_s=0.0,
-    warmup_min_rounds=1,
-    redelivery=((2, 2, 8),),
-    redeliver=0.25,  # 2 of the 8 players delivered twice
-    rpc_burst=4,  # the mixed burst: 2 redelivered players and 2 new ones
-    cancel_grace=0.5,
-)
-
-
-def wan(cfg: Config, rtt_ms: float) -> Config:
-    """``cfg`` for the WAN profile: every RPC costs ``rtt_ms`` more, so fewer completions.
-
-    The sequential and single-caller cells pay a round trip per RPC, and the plain
-    strategies that stall stall longer; sizes shrink so the run stays bounded.
-    """
-    quick = cfg.name == QUICK.name
-    return replace(
-        cfg,
-        name=f"{'quick-' if quick else ''}wan{rtt_ms:g}",
-        overhead_ops=cfg.overhead_ops // 2,
-        sweep=tuple((c, n if c > 1 else n * 2 // 3) for c, n in cfg.sweep),
-        cell_budget=cfg.cell_budget * (1.5 if quick else 0.75),
-    )
-
-
-def summarise(
-    loads: list[Load],
-    *,
-    scenario: str,
-    strategy: str,
-    concurrency: int,
-    ops: int,
-    consistency: dict[str, Any],
-    processes: int = 1,
-    parallel: bool = True,
-    redeliver: float = 0.0,
-) -> dict[str, Any]:
-    """One result cell from the loads of one or more processes (or sequential rounds).
-
-    ``ops`` counts messages (a redelivery is a second message of the same player);
-    ``succeeded`` counts calls that returned normally, duplicates included.
-    """
-    latencies = [x for load in loads for x in load.latencies]
-    attempts_each = Counter(a for load in loads for a in load.attempts_each)
-    succeeded = len(latencies)
-    errors = sum((load.errors for load in loads), Counter[str]())
-    aborts = sum((Counter(load.aborts) for load in loads), Counter[str]())
-    rpcs = sum((Counter(load.rpcs) for load in loads), Counter[str]())
-    if parallel:
-        elapsed = max(x.started + x.elapsed for x in loads) - min(x.started for x in loads)
-    else:
-        elapsed = sum(load.elapsed for load in loads)
-    attempts = sum(load.attempts for load in loads)
-    commits = sum(load.commits for load in loads)
-    failed = sum(errors.values())
-    return {
-        "scenario": scenario,
-        "strategy": strategy,
-        "label": STRATEGIES[strategy].label,
-        "processes": processes,
-        "concurrency": concurrency,
-        "redeliver": redeliver,
-        "ops": ops,
-        "succeeded": succeeded,
-        "failed": failed,
-        "unfinished": ops - succeeded - failed,
-        "stalled": any(load.stalled for load in loads),
-        "elapsed_s": elapsed,
-        "completions_per_s": succeeded / elapsed if elapsed else 0.0,
-        "fraction_of_ceiling": None,  # filled in once the run's ceiling is known
-        "p50_ms": percentile(latencies, 50) * 1e3,
-        "p95_ms": percentile(latencies, 95) * 1e3,
-        "p99_ms": percentile(latencies, 99) * 1e3,
-        "max_ms": max(latencies, default=0.0) * 1e3,
-        "attempts": attempts,
-        "attempts_per_completion": attempts / max(1, succeeded + failed),
-        "aborts": sum(aborts.values()),
-        "aborts_by_cause": dict(aborts),
-        "commits": commits,
-        "commits_per_completion": commits / max(1, succeeded),
-        "duplicates": sum(load.duplicates for load in loads),
-        "rpcs": dict(sorted(rpcs.items())),
-        "rpcs_per_completion": sum(rpcs.values()) / max(1, succeeded),
-        "commit_rpcs_per_commit": rpcs["Commit"] / commits if commits else 0.0,
-        "attempts_histogram": {str(k): v for k, v in sorted(attempts_each.items())},
-        "errors": dict(errors),
-        "error_examples": {k: v for load in loads for k, v in load.error_examples.items()},
-        "consistency": consistency,
-        "latencies_ms": [round(x * 1e3, 2) for x in latencies],
-    }
-
-
-# -- multi-process: each worker is a spawned process with its own client ---------------
-
-_barrier: Any = None
-
-
-def _init_worker(barrier: Any) -> None:
-    global _barrier
-    _barrier = barrier
-
-
-@dataclass(frozen=True)
-class _Job:
-    host: str
-    project: str
-    collection: str
-    strategy: str
-    batch_id: str
-    work: tuple[Player, ...]
-    concurrency: int
-    budget: float
-    grace: float
-
-
-def _worker(job: _Job) -> Load:
-    return asyncio.run(_worker_load(job))
-
-
-async def _worker_load(job: _Job) -> Load:
-    client = make_client(EmulatorInfo(job.host, job.project, None))
-    try:
-        # Connected before the clock starts, as a running instance is: one read opens
-        # the channel (TCP, HTTP/2; several round trips through the delay proxy).
-        await client.collection(job.collection).document(job.batch_id).get()
-        # All processes start together, one job each.
-        await asyncio.to_thread(_barrier.wait, 120)
-        return await drive(
-            client,
-            job.collection,
-            job.strategy,
-            job.batch_id,
-            job.work,
-            concurrency=job.concurrency,
-            budget=job.budget,
-            grace=job.grace,
-        )
-    finally:
-        await aclose_client(client)
-
-
-# -- the run -------------------------------------------------------------------------
-
-
-def machine_facts() -> dict[str, Any]:
-    """Where the numbers come from: cores, Python, emulator, client versions, load."""
-    facts: dict[str, Any] = {
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "google_cloud_firestore": version("google-cloud-firestore"),
-        "grpcio": version("grpcio"),
-        "async_batchstate": version("async-batchstate"),
-    }
-    with contextlib.suppress(Exception):
-        jar = find_emulator_jar()
-        facts["emulator_jar"] = str(jar)
-        snapshot = jar.parents[2] / ".install" / "cloud-firestore-emulator.snapshot.json"
-        component = json.loads(snapshot.read_text())["components"][0]
-        facts["emulator_version"] = component["version"]["version_string"]
-    with contextlib.suppress(Exception):
-        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30)
-        facts["java"] = java.stderr.splitlines()[0]
-    return facts
+from ._worker import Job, init_worker, worker
 
 
 class Bench:
@@ -532,7 +284,7 @@ class Bench:
         async with self.client() as client:
             await create_batch(client, self.collection, batch_id, expected)
         jobs = [
-            _Job(
+            Job(
                 self.emulator.host,
                 self.emulator.project,
                 self.collection,
@@ -545,7 +297,7 @@ class Bench:
             )
             for part in parts
         ]
-        loads = await asyncio.to_thread(pool.map, _worker, jobs, 1)
+        loads = await asyncio.to_thread(pool.map, worker, jobs, 1)
         succeeded = {p: c for load in loads for p, c in load.succeeded.items()}
         async with self.client() as client:
             consistency = await check_batch(client, self.collection, batch_id, succeeded)
@@ -572,7 +324,7 @@ class Bench:
             return self._workers[1]
         self._close_pool()
         ctx = multiprocessing.get_context("spawn")
-        pool = ctx.Pool(n, initializer=_init_worker, initargs=(ctx.Barrier(n),))
+        pool = ctx.Pool(n, initializer=init_worker, initargs=(ctx.Barrier(n),))
         self._workers = (n, pool)
         return pool
 

@@ -15,16 +15,10 @@ import pytest
 from benchmarks import TINY, Bench, target_lines, targets, write
 from benchmarks.__main__ import main
 from benchmarks._load import deliveries, drive, players
-from benchmarks._open import (
-    OPEN_QUICK,
-    OpenBench,
-    OpenLoad,
-    capacity,
-    next_rate,
-    schedule,
-    step_summary,
-)
+from benchmarks._open import OpenBench
 from benchmarks._open_report import write_open
+from benchmarks._open_sweep import OPEN_QUICK, capacity, next_rate, schedule, step_summary
+from benchmarks._open_worker import OpenLoad
 from benchmarks._strategies import (
     MULTIPROCESS,
     OVERHEAD,
