@@ -117,3 +117,17 @@ async def test_closing_while_the_flip_is_in_flight_still_tells_exactly_one_calle
     assert CompletionStatus.DUPLICATE == again.status
     assert 1 == told_here + again.batch_completed
     assert final.is_finalized
+
+
+@pytest.mark.parametrize("reason", ["bad \ud800 surrogate", 42, "x" * 10_001])
+async def test_a_bad_expiry_reason_is_refused_before_anything_is_written(
+    reason: Any, make_manager: ManagerFactory
+) -> None:
+    """A reason that is not a str, not UTF-8 or too long is an InvalidInputError; the batch
+    stays in progress."""
+    manager = make_manager()
+    await manager.create_batch("b", expected_count=2)
+
+    with pytest.raises(InvalidInputError, match="reason"):
+        await manager.expire("b", reason=reason)
+    assert "in_progress" == (await manager.get_progress("b")).status

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
-from .._errors import InvalidCountError, InvalidIdError
+from .._errors import InvalidCountError, InvalidIdError, InvalidInputError
 from .names import PREDICTIONS_BY_PLAYER
 
 MAX_ID_BYTES = 1500
@@ -51,6 +51,27 @@ def validate_id(kind: str, value: object) -> str:
         raise InvalidIdError(f"{kind} {value!r} is not valid UTF-8: {exc.reason}") from None
     if size > MAX_ID_BYTES:
         raise InvalidIdError(f"{kind} is {size} bytes; Firestore allows at most {MAX_ID_BYTES}")
+    return value
+
+
+MAX_TEXT_BYTES = 10_000
+
+
+def validate_text(name: str, value: object) -> str:
+    """Return ``value`` if Firestore can store it as a string field (an expiry reason).
+
+    Raises:
+        InvalidInputError: Not a ``str``, not valid UTF-8 (a lone surrogate), or over
+            ``MAX_TEXT_BYTES`` bytes.
+    """
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a str, not {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"{name} is not valid UTF-8: {exc.reason}") from None
+    if size > MAX_TEXT_BYTES:
+        raise InvalidInputError(f"{name} is {size} bytes; at most {MAX_TEXT_BYTES}")
     return value
 
 

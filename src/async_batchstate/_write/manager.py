@@ -23,7 +23,7 @@ from .._retry import RetryPolicy, run_with_retry
 from .._store import names as f
 from .._store.batches import BatchReader, create_batch
 from .._store.decode import progress_from
-from .._store.ids import Layout, validate_count, validate_id, validate_player
+from .._store.ids import Layout, validate_count, validate_id, validate_player, validate_text
 from .._store.new_batch import LegacyLimits, new_batch
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
@@ -405,9 +405,13 @@ class AsyncBatchStateManager:
 
         Raises:
             InvalidIdError: Bad batch id.
+            InvalidInputError: A reason that is not a str, not valid UTF-8 or over
+                10,000 bytes; nothing written.
             BatchNotFoundError: No such batch.
         """
-        return await self._expire(batch_id, "expired" if reason is None else reason)
+        validate_id("batch id", batch_id)
+        why = "expired" if reason is None else validate_text("reason", reason)
+        return await self._expire(batch_id, why)
 
     async def _expire(self, batch_id: str, why: str, *, background: bool = False) -> bool:
         validate_id("batch id", batch_id)
