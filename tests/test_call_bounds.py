@@ -4,6 +4,7 @@ and a close that cuts a finalization still tells exactly one caller across proce
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -131,3 +132,34 @@ async def test_a_bad_expiry_reason_is_refused_before_anything_is_written(
     with pytest.raises(InvalidInputError, match="reason"):
         await manager.expire("b", reason=reason)
     assert "in_progress" == (await manager.get_progress("b")).status
+
+
+@pytest.mark.parametrize(
+    ("call", "arguments"),
+    [
+        ("create_batch", {"expected_count": 2, "deadline": dt.timedelta(days=999_999_999)}),
+        ("wait_until_complete", {"timeout": float("nan")}),
+        ("wait_until_complete", {"timeout": -1}),
+        ("wait_until_complete", {"poll_interval": 0}),
+        ("wait_until_complete", {"poll_interval": float("inf")}),
+    ],
+)
+async def test_hostile_durations_are_refused_with_one_typed_error(
+    call: str, arguments: dict[str, Any], make_manager: ManagerFactory
+) -> None:
+    """Durations that overflow, are NaN, negative or zero where a wait needs a period: an
+    InvalidInputError (never OverflowError, ValueError or a busy loop), nothing written."""
+    manager = make_manager()
+    with pytest.raises(InvalidInputError):
+        await getattr(manager, call)("b", **arguments)
+
+
+@pytest.mark.parametrize("older_than", [float("nan"), -1.0, 1e300, dt.timedelta(days=999_999_999)])
+async def test_hostile_stalled_ages_are_refused(
+    older_than: Any, make_manager: ManagerFactory
+) -> None:
+    """stalled(older_than=...) that is NaN, negative or beyond the calendar: InvalidInputError."""
+    manager = make_manager()
+    with pytest.raises(InvalidInputError):
+        async for _ in manager.stalled(older_than):
+            pass

@@ -9,6 +9,7 @@ written with the whole map (``needs_whole_map_write``).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -73,6 +74,23 @@ def validate_text(name: str, value: object) -> str:
     if size > MAX_TEXT_BYTES:
         raise InvalidInputError(f"{name} is {size} bytes; at most {MAX_TEXT_BYTES}")
     return value
+
+
+def validate_seconds(name: str, value: object) -> float:
+    """Return ``value`` as float seconds if it is a finite real number >= 0.
+
+    Raises:
+        InvalidInputError: Not a number (``bool`` included), NaN, infinite or negative.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidInputError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+    return seconds
 
 
 def validate_count(name: str, value: object, *, minimum: int = 0) -> int:

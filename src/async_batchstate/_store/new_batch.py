@@ -89,7 +89,10 @@ def absolute_deadline(
     if deadline is None:
         return None
     if isinstance(deadline, dt.timedelta):
-        return now + deadline
+        try:
+            return now + deadline
+        except OverflowError:
+            raise InvalidInputError(f"deadline {deadline} from now is past year 9999") from None
     if isinstance(deadline, dt.datetime):
         if deadline.tzinfo is None:
             raise InvalidInputError("deadline must be an aware datetime (e.g. UTC) or a timedelta")

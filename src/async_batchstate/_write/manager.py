@@ -23,7 +23,14 @@ from .._retry import RetryPolicy, run_with_retry
 from .._store import names as f
 from .._store.batches import BatchReader, create_batch
 from .._store.decode import progress_from
-from .._store.ids import Layout, validate_count, validate_id, validate_player, validate_text
+from .._store.ids import (
+    Layout,
+    validate_count,
+    validate_id,
+    validate_player,
+    validate_seconds,
+    validate_text,
+)
 from .._store.new_batch import LegacyLimits, new_batch
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
@@ -522,16 +529,23 @@ class AsyncBatchStateManager:
         """In-progress batches created more than ``older_than`` ago (seconds or a timedelta).
 
         Raises:
-            InvalidInputError: A negative age.
+            InvalidInputError: A negative, NaN or unrepresentable age.
         """
-        age = (
-            older_than if isinstance(older_than, dt.timedelta) else dt.timedelta(seconds=older_than)
-        )
+        if isinstance(older_than, dt.timedelta):
+            age = older_than
+        else:
+            seconds = validate_seconds("older_than", older_than)
+            try:
+                age = dt.timedelta(seconds=seconds)
+            except OverflowError:
+                raise InvalidInputError(f"older_than {older_than!r} is too large") from None
         if age < dt.timedelta(0):
             raise InvalidInputError("older_than must be >= 0")
-        return self.list_batches(
-            status=f.STATUS_IN_PROGRESS, created_before=self._clock.now() - age
-        )
+        try:
+            before = self._clock.now() - age
+        except OverflowError:
+            raise InvalidInputError(f"older_than {older_than!r} reaches before year 1") from None
+        return self.list_batches(status=f.STATUS_IN_PROGRESS, created_before=before)
 
     @typed_errors
     async def wait_until_complete(
@@ -551,6 +565,10 @@ class AsyncBatchStateManager:
             CompletionTimeoutError: ``timeout`` seconds passed first.
         """
         validate_id("batch id", batch_id)
+        if timeout is not None:
+            validate_seconds("timeout", timeout)
+        if validate_seconds("poll_interval", poll_interval) <= 0:
+            raise InvalidInputError("poll_interval must be > 0 seconds")
         with self._finalizer.waiter(batch_id) as finished:
             try:
                 async with self._clock.timeout(timeout):
@@ -633,9 +651,7 @@ class AsyncBatchStateManager:
         validate_id("batch id", batch_id)
         validate_player(self.mode, player)
         count = validate_count("predictions_count", predictions_count)
-        wait = self._retry.deadline if timeout is None else timeout
-        if not (isinstance(wait, int | float) and wait >= 0):  # NaN included
-            raise InvalidInputError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        wait = self._retry.deadline if timeout is None else validate_seconds("timeout", timeout)
         try:
             # The timeout bounds the whole call: reading the batch's settings and
             # expiring an overdue batch count against it too.
