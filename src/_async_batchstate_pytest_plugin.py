@@ -19,11 +19,15 @@ Fixtures:
         install, and the rest of the session runs.
     firestore_namespace: per test; a unique prefix for collection names.
     batch_collection: per test; ``"<namespace>_batches"``, a collection no other test uses.
+    pubsub_emulator: session; an ``async_batchstate.testing.PubSubEmulator`` started
+        on a free loopback port (and ``PUBSUB_EMULATOR_HOST`` set to it) or reused
+        from ``PUBSUB_EMULATOR_HOST``; stopped by its own process group.
 
 When no emulator can be found the fixtures skip the test with the reason,
 unless ``--require-firestore-emulator`` (or ``ASYNC_BATCHSTATE_REQUIRE_EMULATOR=1``)
-makes it an error. The ini option ``firestore_project`` names the clients'
-project; the marker ``emulator`` is registered.
+makes it an error; likewise for ``pubsub_emulator`` with ``--require-pubsub-emulator``
+(or ``ASYNC_BATCHSTATE_REQUIRE_PUBSUB_EMULATOR=1``). The ini option
+``firestore_project`` names the clients' project; the marker ``emulator`` is registered.
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ import pytest
 if TYPE_CHECKING:
     from google.cloud.firestore_v1.async_client import AsyncClient
 
-    from async_batchstate.testing import EmulatorInfo
+    from async_batchstate.testing import EmulatorInfo, PubSubEmulator
 
 REQUIRE_ENV = "ASYNC_BATCHSTATE_REQUIRE_EMULATOR"
 HOST_ENV = "FIRESTORE_EMULATOR_HOST"
+PUBSUB_REQUIRE_ENV = "ASYNC_BATCHSTATE_REQUIRE_PUBSUB_EMULATOR"
+PUBSUB_HOST_ENV = "PUBSUB_EMULATOR_HOST"
 DEFAULT_PROJECT = "demo-async-batchstate"
 CLIENT_FIXTURES_PLUGIN = "async_batchstate.firestore_client"
 NEEDS_PYTEST_ASYNCIO = (
@@ -63,6 +69,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help=f"fail instead of skipping when no Firestore emulator can be started "
         f"(also: {REQUIRE_ENV}=1)",
+    )
+    group.addoption(
+        "--require-pubsub-emulator",
+        action="store_true",
+        default=False,
+        help=f"fail instead of skipping when no Pub/Sub emulator can be started "
+        f"(also: {PUBSUB_REQUIRE_ENV}=1)",
     )
     parser.addini("firestore_project", "project id for emulator clients", default=DEFAULT_PROJECT)
 
@@ -118,9 +131,13 @@ def _missing_client_fixture() -> Callable[..., Any]:
     return firestore_client
 
 
-def _required(config: pytest.Config) -> bool:
-    flag = os.environ.get(REQUIRE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-    return flag or bool(config.getoption("--require-firestore-emulator"))
+def _required(
+    config: pytest.Config,
+    env: str = REQUIRE_ENV,
+    option: str = "--require-firestore-emulator",
+) -> bool:
+    flag = os.environ.get(env, "").strip().lower() in {"1", "true", "yes", "on"}
+    return flag or bool(config.getoption(option))
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +167,30 @@ def firestore_emulator(request: pytest.FixtureRequest) -> Iterator[EmulatorInfo]
         yield EmulatorInfo(emulator.host, project, emulator)
     finally:
         os.environ.pop(HOST_ENV, None)
+        emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(request: pytest.FixtureRequest) -> Iterator[PubSubEmulator]:
+    """The session's Pub/Sub emulator: reused from ``PUBSUB_EMULATOR_HOST`` or started here."""
+    from async_batchstate.testing import EmulatorNotFoundError, EmulatorStartError, PubSubEmulator
+
+    existing = os.environ.get(PUBSUB_HOST_ENV)
+    if existing:
+        yield PubSubEmulator.attach(existing)
+        return
+    try:
+        emulator = PubSubEmulator().start()
+    except (EmulatorNotFoundError, EmulatorStartError) as exc:
+        message = f"Pub/Sub emulator unavailable: {exc}"
+        if _required(request.config, PUBSUB_REQUIRE_ENV, "--require-pubsub-emulator"):
+            pytest.fail(message + f" (required by --require-pubsub-emulator/{PUBSUB_REQUIRE_ENV})")
+        pytest.skip(message)
+    os.environ[PUBSUB_HOST_ENV] = emulator.host
+    try:
+        yield emulator
+    finally:
+        os.environ.pop(PUBSUB_HOST_ENV, None)
         emulator.stop()
 
 

@@ -9,6 +9,7 @@ import async_batchstate
 import async_batchstate.consistency
 import async_batchstate.instrumentation
 import async_batchstate.migration
+import async_batchstate.pubsub
 import async_batchstate.testing
 
 API_PAGE = Path(__file__).resolve().parent.parent / "docs" / "api.md"
@@ -24,6 +25,7 @@ def test_every_public_name_has_an_api_entry() -> None:
             async_batchstate.consistency,
             async_batchstate.instrumentation,
             async_batchstate.migration,
+            async_batchstate.pubsub,
             async_batchstate.testing,
         )
         for name in module.__all__

@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "async_batchstate.consistency",
     "async_batchstate.instrumentation",
     "async_batchstate.migration",
+    "async_batchstate.pubsub",
     "async_batchstate.testing",
 ]
 

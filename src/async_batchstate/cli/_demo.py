@@ -7,6 +7,13 @@ delivered twice, and a share of workers fail before acknowledging, so their
 message comes back. Every completion goes through ``record_completion``; at
 the end the demo checks that every structure agrees and that exactly one
 caller finalised the batch.
+
+With ``--pubsub push`` or ``--pubsub pull`` the messages go through the real
+Pub/Sub emulator instead (``PUBSUB_EMULATOR_HOST``, else one started for the
+run): a publisher that sends some messages twice, and the
+``async_batchstate.pubsub`` push endpoint (on a loopback server) or pull
+consumer recording them; a failed worker's write is refused, so Pub/Sub
+redelivers the message.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import multiprocessing
 import multiprocessing.process
 import multiprocessing.queues
@@ -22,7 +30,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +43,10 @@ from rich.table import Table
 from .._config import MigrationMode
 from .._errors import ConfigurationError, InvalidInputError
 from .._store.connect import EMULATOR_ENV, PROJECT_ENV, aclose_client, client_from_env
-from .._types import CompletionStatus
+from .._types import BatchProgress, CompletionStatus
 from .._write.manager import AsyncBatchStateManager
+from .._write.writer import FaultPoint
+from ..consistency import ConsistencyReport
 from ..testing._emulator import EmulatorNotFoundError, EmulatorStartError, FirestoreEmulator
 from ._common import (
     ArgumentParser,
@@ -44,6 +54,14 @@ from ._common import (
     collection_argument,
     int_range,
     share,
+)
+
+_COLUMNS = (
+    TextColumn("[progress.description]{task.description}"),
+    BarColumn(),
+    MofNCompleteColumn(),
+    TimeElapsedColumn(),
+    TextColumn("{task.fields[detail]}"),
 )
 
 
@@ -108,6 +126,13 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
         default=None,
         help="random seed (>= 0), for a repeatable run",
     )
+    parser.add_argument(
+        "--pubsub",
+        choices=["push", "pull"],
+        default=None,
+        help="deliver through the Pub/Sub emulator to the push endpoint or the pull consumer "
+        "(needs the pubsub extra; one process, --workers deliveries at once)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -142,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         ConfigurationError: No emulator nor project configured, and no local
             emulator could be started.
     """
+    if args.pubsub and args.processes > 1:
+        raise InvalidInputError("--pubsub runs in one process: drop --processes")
     if args.processes > args.players:
         raise InvalidInputError(
             f"--processes ({args.processes}) must not exceed --players ({args.players}): "
@@ -153,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _firestore(console) as describe:
             console.print(f"[bold]Firestore:[/] {describe}")
+            if args.pubsub:
+                return _run_pubsub(args, console)
             return anyio.run(_main, args, console)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -223,11 +252,25 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
     finally:
         await aclose_client(client)
 
+    return summary(console, batch_id, len(players), tally, elapsed, final, report)
+
+
+def summary(
+    console: Console,
+    batch_id: str,
+    players: int,
+    tally: _Tally,
+    elapsed: float,
+    final: BatchProgress,
+    report: ConsistencyReport,
+    extra: dict[str, str] | None = None,
+) -> int:
+    """Print the run's table; 0 when consistent, finalised once and every player recorded."""
     ok = (
         report.is_consistent
         and final.is_finalised
         and len(tally.completers) == 1
-        and tally.recorded == len(players)
+        and tally.recorded == players
     )
     table = Table(title=f"batch {batch_id}", show_header=False)
     table.add_row("completions recorded", str(tally.recorded))
@@ -248,6 +291,8 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
         "progress",
         f"{final.completed_count}/{final.expected_count}, {final.total_predictions} predictions",
     )
+    for name, value in (extra or {}).items():
+        table.add_row(name, value)
     verdict = "[green]consistent[/]" if report.is_consistent else "[red]MISMATCH[/]"
     table.add_row("consistency check", f"{verdict}: {report.summary()}")
     console.print(table)
@@ -309,15 +354,8 @@ async def _record(
     for message in messages:
         send.send_nowait(message)
     outstanding = len(messages)
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[detail]}"),
-    )
     started = time.perf_counter()
-    with Progress(*columns, console=console, disable=console is None) as progress:
+    with Progress(*_COLUMNS, console=console, disable=console is None) as progress:
         task = progress.add_task("deliveries (this process)", total=outstanding, detail="")
 
         async def worker(inbox: MemoryObjectReceiveStream[str], scope: anyio.CancelScope) -> None:
@@ -359,3 +397,122 @@ async def _record(
     )
     tally.latency = f"{stats.latency_p50 * 1e3:.0f} ms / {stats.latency_p99 * 1e3:.0f} ms"
     return tally
+
+
+# -- through the Pub/Sub emulator (--pubsub push|pull) -----------------------------------
+
+
+def _run_pubsub(args: argparse.Namespace, console: Console) -> int:
+    """The demo through the Pub/Sub emulator (started here unless ``PUBSUB_EMULATOR_HOST``)."""
+    from ..testing._pubsub import PUBSUB_HOST_ENV, PubSubEmulator
+
+    existing = os.environ.get(PUBSUB_HOST_ENV)
+    if existing:
+        console.print(f"[bold]Pub/Sub:[/] emulator at {existing}")
+        return anyio.run(_main_pubsub, args, console, PubSubEmulator.attach(existing))
+    with console.status("starting the local Pub/Sub emulator..."):
+        try:
+            emulator = PubSubEmulator().start()
+        except (EmulatorNotFoundError, EmulatorStartError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigurationError(
+                f"--pubsub needs the Pub/Sub emulator ({PUBSUB_HOST_ENV}), which cannot "
+                f"start: {first}"
+            ) from exc
+    os.environ[PUBSUB_HOST_ENV] = emulator.host
+    try:
+        console.print(
+            f"[bold]Pub/Sub:[/] local emulator at {emulator.host} (pid {emulator.pid}), "
+            "stopped at exit"
+        )
+        return anyio.run(_main_pubsub, args, console, emulator)
+    finally:
+        os.environ.pop(PUBSUB_HOST_ENV, None)
+        emulator.stop()
+
+
+async def _main_pubsub(args: argparse.Namespace, console: Console, emulator: Any) -> int:
+    try:
+        from .. import pubsub
+    except ImportError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    from google.api_core.exceptions import PermissionDenied
+
+    from ..testing._pubsub import LoopbackAsgiServer
+
+    rng = random.Random(args.seed)
+    client = client_from_env()
+    batch_id = args.batch_id or f"demo-{uuid.uuid4().hex[:8]}"
+    players = [f"player-{i:05d}" for i in range(args.players)]
+    # A publisher that retries publishes some messages twice (another message id each).
+    sends = [p for p in players for _ in range(2 if rng.random() < args.redeliver else 1)]
+    rng.shuffle(sends)
+    tally = _Tally()
+
+    async def failing_worker(point: FaultPoint, batch: str, group: Sequence[str]) -> None:
+        # A worker that fails before its write: refused, so Pub/Sub delivers it again.
+        if point is FaultPoint.BEFORE_BEGIN and rng.random() < args.fail:
+            tally.worker_failures += 1
+            raise PermissionDenied("demo: worker failure")  # type: ignore[no-untyped-call]
+
+    project = os.environ.get(PROJECT_ENV) or "demo-async-batchstate"
+    topic = f"demo-completions-{uuid.uuid4().hex[:8]}"
+    emulator.create_topic(project, topic)
+    mode = MigrationMode(args.mode) if args.mode else None
+    try:
+        async with AsyncBatchStateManager(
+            client,
+            collection=args.collection,
+            mode=mode,
+            on_complete=lambda b, p: tally.completers.append(p.finaliser_id or b),
+            fault_injector=failing_worker if args.fail else None,
+        ) as manager:
+            await manager.create_batch(batch_id, expected_players=players)
+            console.print(
+                f"[bold]Batch[/] {batch_id!r}: {len(players)} players through Pub/Sub "
+                f"{args.pubsub}, {args.workers} deliveries at once, mode {manager.mode.name}, "
+                f"{len(sends) - len(players)} publisher duplicates, {args.fail:.0%} worker "
+                "failures"
+            )
+            data = [
+                json.dumps(
+                    {"batch_id": batch_id, "player": p, "predictions_count": sum(map(ord, p)) % 20}
+                ).encode()
+                for p in sends
+            ]
+            started = time.perf_counter()
+            async with contextlib.AsyncExitStack() as stack:
+                adapter: Any
+                if args.pubsub == "push":
+                    adapter = pubsub.PushEndpoint(manager, max_concurrency=args.workers)
+                    server = await stack.enter_async_context(LoopbackAsgiServer(adapter))
+                    emulator.create_subscription(
+                        project, topic + "-push", topic, push_endpoint=server.url
+                    )
+                else:
+                    path = emulator.create_subscription(project, topic + "-pull", topic)
+                    adapter = await stack.enter_async_context(
+                        pubsub.PullConsumer(manager, path, max_outstanding=args.workers)
+                    )
+                emulator.publish(project, topic, data)
+                with Progress(*_COLUMNS, console=console) as progress:
+                    task = progress.add_task("acknowledged", total=len(sends), detail="")
+                    while (stats := adapter.stats()).acked < len(sends):
+                        progress.update(
+                            task,
+                            completed=stats.acked,
+                            detail=f"dup {stats.duplicates} redelivered {stats.retried}",
+                        )
+                        await anyio.sleep(0.1)
+                    progress.update(task, completed=stats.acked)
+            elapsed = time.perf_counter() - started
+            final = await manager.wait_until_complete(batch_id, timeout=60)
+            report = await manager.validate(batch_id)
+            m = manager.stats()
+    finally:
+        await aclose_client(client)
+    tally.recorded, tally.duplicates = stats.acked - stats.duplicates, stats.duplicates
+    tally.transactions, tally.attempts, tally.retries = m.transactions, m.attempts, m.retries
+    tally.latency = f"{m.latency_p50 * 1e3:.0f} ms / {m.latency_p99 * 1e3:.0f} ms"
+    extra = {f"pubsub {args.pubsub}": f"{stats.acked} acked, {stats.retried} redelivered"}
+    return summary(console, batch_id, len(players), tally, elapsed, final, report, extra)

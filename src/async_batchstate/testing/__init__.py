@@ -2,8 +2,8 @@
 
 Importing this package needs no pytest. The pytest plugin with the fixtures
 (``firestore_emulator``, ``firestore_client``, ``firestore_namespace``,
-``batch_collection``) loads automatically when async-batchstate is installed
-(entry point ``pytest11``); it is the top-level module
+``batch_collection``, ``pubsub_emulator``) loads automatically when async-batchstate
+is installed (entry point ``pytest11``); it is the top-level module
 ``_async_batchstate_pytest_plugin``, so that loading it imports nothing but pytest.
 """
 
@@ -21,6 +21,7 @@ from ._emulator import (
 from ._fixtures_support import EmulatorInfo, make_client
 from ._invariants import batch_violations
 from ._proxy import FaultyProxy, ProxyState
+from ._pubsub import LoopbackAsgiServer, PubSubEmulator, find_pubsub_emulator
 from ._rpc import LostAnswers, RpcCounter
 
 __all__ = [
@@ -32,13 +33,16 @@ __all__ = [
     "FaultPoint",
     "FaultyProxy",
     "FirestoreEmulator",
+    "LoopbackAsgiServer",
     "LostAnswers",
     "ProxyState",
+    "PubSubEmulator",
     "RpcCounter",
     "WriteCeilingProxy",
     "aclose_client",
     "batch_violations",
     "find_emulator_jar",
+    "find_pubsub_emulator",
     "free_port",
     "make_client",
 ]

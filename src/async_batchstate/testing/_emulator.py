@@ -55,9 +55,20 @@ def find_emulator_jar() -> Path:
         if not Path(override).is_file():
             raise EmulatorNotFoundError(f"{JAR_ENV}={override} is not a file")
         return Path(override)
+    found = find_in_sdk(_JAR_IN_SDK)
+    if found is not None:
+        return found
+    raise EmulatorNotFoundError(
+        "the Firestore emulator is not installed: install google-cloud-cli with "
+        "google-cloud-cli-firestore-emulator, or set " + JAR_ENV
+    )
+
+
+def find_in_sdk(relative: Path) -> Path | None:
+    """``relative`` in the Cloud SDK: common locations first, then ``gcloud info``'s SDK root."""
     for root in _SDK_GUESSES:
-        if (root / _JAR_IN_SDK).is_file():
-            return root / _JAR_IN_SDK
+        if (root / relative).is_file():
+            return root / relative
     gcloud = shutil.which("gcloud")
     if gcloud is not None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -68,12 +79,9 @@ def find_emulator_jar() -> Path:
                 timeout=30,
                 check=True,
             ).stdout.strip()
-            if root_text and (Path(root_text) / _JAR_IN_SDK).is_file():
-                return Path(root_text) / _JAR_IN_SDK
-    raise EmulatorNotFoundError(
-        "the Firestore emulator is not installed: install google-cloud-cli with "
-        "google-cloud-cli-firestore-emulator, or set " + JAR_ENV
-    )
+            if root_text and (Path(root_text) / relative).is_file():
+                return Path(root_text) / relative
+    return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

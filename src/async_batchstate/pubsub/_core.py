@@ -1,0 +1,241 @@
+"""What both adapters share: one delivery processed end to end, counters, and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._errors import InvalidInputError
+from .._write.manager import AsyncBatchStateManager
+from ._messages import (
+    Action,
+    Decision,
+    Parser,
+    PoisonMessage,
+    PoisonPolicy,
+    UnknownBatchPolicy,
+    decide,
+    parse_with,
+)
+
+__all__ = ["AdapterStats", "Drainable", "PoisonHook", "drain_on_sigterm"]
+
+logger = logging.getLogger("async_batchstate.pubsub")
+
+_signal_tasks: set[asyncio.Task[None]] = set()
+
+PoisonHook = Callable[[PoisonMessage], object]
+"""Called with each poison message (sync or async); its errors are logged, not raised."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterStats:
+    """A snapshot of an adapter's counters (``stats()``), one per outcome of a delivery.
+
+    Attributes:
+        received: Deliveries taken (push requests that passed authentication and
+            the concurrency bound; pull messages handed to the event loop).
+        acked: Acknowledged after a confirmed write (RECORDED, DUPLICATE or LATE).
+        duplicates: Of ``acked``, those the manager found already recorded.
+        retried: Refused for a redelivery soon: a retryable failure, or cut short by a drain.
+        delayed: Refused for a redelivery later: the batch does not exist yet.
+        poison: Poison messages (acknowledged or refused per the policy).
+        saturated: Push requests answered 429 (concurrency bound reached).
+        unauthorized: Push requests refused by authentication (401/403).
+        in_flight: Deliveries being processed now.
+    """
+
+    received: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    delayed: int = 0
+    poison: int = 0
+    saturated: int = 0
+    unauthorized: int = 0
+    in_flight: int = 0
+
+
+class Processor:
+    """Parses a delivery, records it and decides its fate; counts and reports poison."""
+
+    def __init__(
+        self,
+        manager: AsyncBatchStateManager,
+        *,
+        parse: Parser,
+        poison: PoisonPolicy,
+        unknown_batch: UnknownBatchPolicy,
+        on_poison: PoisonHook | None,
+        timeout: float | None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if poison not in ("ack", "nack"):
+            raise InvalidInputError(f"poison must be 'ack' or 'nack', not {poison!r}")
+        self.manager = manager
+        self.poison = poison
+        self._parse = parse
+        self._unknown_batch = unknown_batch
+        self._on_poison = on_poison
+        self._timeout = timeout
+        self._wall_clock = wall_clock
+        self.counts: dict[str, int] = dict.fromkeys(AdapterStats.__slots__, 0)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.accepting = True
+
+    def stats(self) -> AdapterStats:
+        """A snapshot of the counters."""
+        return AdapterStats(**(self.counts | {"in_flight": len(self.tasks)}))
+
+    async def process(
+        self,
+        message_id: str,
+        data: bytes,
+        attributes: Mapping[str, str],
+        publish_time: float | None,
+    ) -> Decision:
+        """Record one delivery; the decision says whether it may be acknowledged."""
+        self.counts["received"] += 1
+        outcome: Any
+        try:
+            c = parse_with(self._parse, data, attributes)
+            outcome = await self.manager.record_completion(
+                c.batch_id, c.player, c.predictions_count, timeout=self._timeout
+            )
+        except Exception as exc:  # every failure is classified: nothing escapes unacked-but-lost
+            outcome = exc
+        age = 0.0 if publish_time is None else max(0.0, self._wall_clock() - publish_time)
+        decision = decide(outcome, age=age, unknown_batch=self._unknown_batch)
+        if decision.action is Action.ACK:
+            self.counts["acked"] += 1
+            self.counts["duplicates"] += decision.reason == "duplicate"
+        elif decision.action is Action.RETRY:
+            self.counts["retried"] += 1
+            logger.info(
+                "pubsub message %s will be redelivered: %s",
+                message_id,
+                decision.reason,
+                extra={"message_id": message_id, "reason": decision.reason},
+            )
+        elif decision.action is Action.DELAY:
+            self.counts["delayed"] += 1
+        else:
+            await self._report_poison(message_id, data, attributes, decision)
+        return decision
+
+    async def _report_poison(
+        self, message_id: str, data: bytes, attributes: Mapping[str, str], decision: Decision
+    ) -> None:
+        self.counts["poison"] += 1
+        acknowledged = self.poison == "ack"
+        poison = PoisonMessage(
+            message_id, data, dict(attributes), decision.reason, decision.error, acknowledged
+        )
+        logger.warning(
+            "poison pubsub message %s (%s): %s",
+            message_id,
+            "acknowledged" if poison.acknowledged else "refused, left to the dead-letter policy",
+            decision.reason,
+            extra={
+                "message_id": message_id,
+                "reason": decision.reason,
+                "poison_policy": self.poison,
+                "data_prefix": data[:200].decode("utf-8", "replace"),
+            },
+        )
+        if self._on_poison is None:
+            return
+        try:
+            result = self._on_poison(poison)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("the on_poison hook failed for message %s", message_id)
+
+    def track(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a delivery as a task that ``drain`` waits for (or cancels after its grace)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def drain(self, grace: float) -> int:
+        """Stop accepting; wait up to ``grace`` seconds for deliveries in flight, cancel the rest.
+
+        A cancelled delivery is refused (nack, 503), never acknowledged: its write
+        either committed whole (a redelivery is then a DUPLICATE) or not at all.
+
+        Returns:
+            How many deliveries were cut short.
+        """
+        self.accepting = False
+        pending = set(self.tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            logger.warning(
+                "drain: %d pubsub deliveries cut short after %.1fs, left for redelivery",
+                len(pending),
+                grace,
+                extra={"cut_short": len(pending), "grace": grace},
+            )
+        return len(pending)
+
+
+class Drainable(Protocol):
+    """Anything with ``drain(grace)``: ``PushEndpoint`` and ``PullConsumer``."""
+
+    def drain(self, grace: float = ...) -> Awaitable[int]:
+        """Stop taking deliveries, finish those in flight within ``grace`` seconds."""
+        ...
+
+
+def drain_on_sigterm(
+    target: Drainable, *, grace: float = 8.0, then: Callable[[], object] | None = None
+) -> asyncio.Future[int]:
+    """On SIGTERM, ``await target.drain(grace)`` (Cloud Run allows 10 s before SIGKILL).
+
+    Installs a handler on the running loop (Unix only; call it from the loop's
+    thread). The returned future resolves with ``drain``'s result once the drain
+    after a SIGTERM is over (await it to know when to exit); ``then``, if given,
+    runs after the drain, e.g. to stop a server.
+
+    Args:
+        target: A ``PullConsumer`` or a ``PushEndpoint``.
+        grace: Seconds to finish writes in flight (default 8: Cloud Run's 10 s less a margin).
+        then: Called after the drain.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+
+    async def run() -> None:
+        try:
+            cut = await target.drain(grace)
+        except BaseException as exc:
+            if not done.done():
+                done.set_exception(exc)
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+        if not done.done():
+            done.set_result(cut)
+        if then is not None:
+            then()
+
+    def on_sigterm() -> None:
+        logger.info("SIGTERM: draining pubsub deliveries (grace %.1fs)", grace)
+        task = loop.create_task(run())
+        _signal_tasks.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(_signal_tasks.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    return done

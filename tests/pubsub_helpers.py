@@ -1,0 +1,104 @@
+"""Helpers of the Pub/Sub tests: names, payloads, waiting, and the exact end-of-test checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from async_batchstate import AsyncBatchStateManager, BatchProgress
+from async_batchstate.testing import batch_violations
+
+PROJECT = "demo-pubsub-tests"
+
+
+def names() -> tuple[str, str]:
+    """A fresh topic and subscription name (the emulator wants >= 6 characters)."""
+    tag = uuid.uuid4().hex[:10]
+    return f"topic-{tag}", f"sub-{tag}"
+
+
+def payload(batch_id: str, player: str, count: int) -> bytes:
+    """A message in the default format."""
+    return json.dumps({"batch_id": batch_id, "player": player, "predictions_count": count}).encode()
+
+
+def plan(batches: int, players: int) -> dict[str, dict[str, int]]:
+    """``{batch_id: {player: count}}``."""
+    tag = uuid.uuid4().hex[:6]
+    return {
+        f"b{k}-{tag}": {f"p{i:03d}": (k + i) % 7 for i in range(players)} for k in range(batches)
+    }
+
+
+def messages(expected: dict[str, dict[str, int]], *, duplicate_every: int = 0) -> list[bytes]:
+    """One message per completion, every ``duplicate_every``-th published twice (a publisher retry)."""
+    out = []
+    n = 0
+    for batch_id, players in expected.items():
+        for player, count in players.items():
+            out.append(payload(batch_id, player, count))
+            n += 1
+            if duplicate_every and n % duplicate_every == 0:
+                out.append(payload(batch_id, player, count))
+    return out
+
+
+async def create_batches(
+    manager: AsyncBatchStateManager, expected: dict[str, dict[str, int]]
+) -> None:
+    """Create each batch with its roster."""
+    for batch_id, players in expected.items():
+        await manager.create_batch(batch_id, expected_players=list(players))
+
+
+async def wait_for(check: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
+    """Poll ``check`` every 50 ms until true; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, f"timed out waiting for {what or check}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_finalised(
+    manager: AsyncBatchStateManager, batch_ids: Iterable[str], timeout: float = 60.0
+) -> None:
+    """Until every batch is complete."""
+    for batch_id in batch_ids:
+        await manager.wait_until_complete(batch_id, timeout=timeout)
+
+
+async def assert_exact(
+    client: AsyncClient,
+    collection: str,
+    manager: AsyncBatchStateManager,
+    expected: dict[str, dict[str, int]],
+    finalised: list[str],
+) -> list[BatchProgress]:
+    """Every batch: exactly its players and counts, consistent, finalised once, callback run once."""
+    progress = []
+    for batch_id, players in expected.items():
+        violations = await batch_violations(
+            client, collection, batch_id, manager.mode, expected=players, require_finalised=True
+        )
+        assert [] == violations, batch_id
+        p = await manager.get_progress(batch_id)
+        assert (len(players), sum(players.values()), "complete") == (
+            p.completed_count,
+            p.total_predictions,
+            p.status,
+        )
+        progress.append(p)
+    assert sorted(expected) == sorted(finalised)
+    return progress
+
+
+def on_complete_recorder() -> tuple[list[str], Callable[[str, Any], None]]:
+    """A list and an ``on_complete`` that appends each finalised batch id to it."""
+    finalised: list[str] = []
+    return finalised, lambda batch_id, progress: finalised.append(batch_id)
