@@ -499,9 +499,14 @@ def _summary(summary: Any) -> dict[str, Any]:
 
 
 async def rehearse(
-    cfg: Config, run_dir: Path, say: Callable[[str], None]
+    cfg: Config,
+    run_dir: Path,
+    say: Callable[[str], None],
+    *,
+    firestore_host: str | None = None,
+    pubsub_host: str | None = None,
 ) -> tuple[Run, dict[str, Any]]:
     """Play the rehearsal; the run (plan, records, events) and the end checks."""
     run = Run(cfg, run_dir, say)
-    result = await run.run()
+    result = await run.run(firestore_host, pubsub_host)
     return run, result

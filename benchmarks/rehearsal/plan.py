@@ -185,7 +185,7 @@ def traffic(cfg: Config, tag: str) -> Traffic:
     t = rng.expovariate(cfg.rate / mean)
     n = 0
     while t < last:
-        size = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+        size = round(math.exp(rng.uniform(math.log(lo), math.log(hi))))
         players = tuple(f"p{i:04d}" for i in range(size))
         expires = rng.random() < cfg.expiring
         deadline: float | None = None
