@@ -36,7 +36,7 @@ from .proxy import ControlledProxy, controlled_proxy
 from .records import Records
 
 PROJECT = "demo-rehearsal"
-STRANDED = 15.0  # s unacknowledged after publishing: the emulator stranded it (ack deadline 10)
+STRANDED = 12.0  # s unacknowledged after publishing: the emulator stranded it (ack deadline 10)
 COMPLETIONS = "completions"
 
 
@@ -298,7 +298,7 @@ class Run:
         last: dict[int, float] = {}
         when = dt.datetime.fromtimestamp(self.t0 - 5, dt.UTC).isoformat().replace("+00:00", "Z")
         while True:
-            await asyncio.sleep(2.5)
+            await asyncio.sleep(1.0)
             self.read_records(fleet)
             messages = self.plan.messages
             while next_message < len(messages) and messages[next_message].key in self.published:

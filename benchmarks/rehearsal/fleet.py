@@ -26,9 +26,9 @@ from async_batchstate import MigrationMode
 from async_batchstate.testing import free_port
 
 from .plan import mode_env
-from .worker import GRACE
 
 ROOT = Path(__file__).resolve().parents[2]
+KILL_AFTER = 10.0  # Cloud Run's termination grace: SIGKILL this long after SIGTERM
 
 
 @dataclass
@@ -149,14 +149,22 @@ class Fleet:
     async def _end(self, proc: Proc, sig: signal.Signals) -> dict[str, Any]:
         began = time.time()
         proc.popen.send_signal(sig)
+        killed = False
         try:
-            code = await asyncio.to_thread(proc.popen.wait, GRACE + 30)
+            code = await asyncio.to_thread(proc.popen.wait, KILL_AFTER)
         except subprocess.TimeoutExpired:
+            # As Cloud Run does: SIGKILL once the termination grace has passed.
             proc.popen.kill()  # our own child, by its handle
             code = await asyncio.to_thread(proc.popen.wait, 30)
+            killed = True
         proc.ended = time.time()
-        proc.how = "sigkill" if sig is signal.SIGKILL else "sigterm"
-        out: dict[str, Any] = {"process": proc.name, "exit": code, "seconds": proc.ended - began}
+        proc.how = "sigkill" if sig is signal.SIGKILL or killed else "sigterm"
+        out: dict[str, Any] = {
+            "process": proc.name,
+            "exit": code,
+            "seconds": proc.ended - began,
+            "killed_after_grace": killed,
+        }
         with contextlib.suppress(FileNotFoundError):
             for line in proc.log.read_text().splitlines():
                 if line.startswith("S\t"):

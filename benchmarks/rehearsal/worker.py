@@ -35,7 +35,7 @@ from async_batchstate.instrumentation import CompletionFinished, Event
 from async_batchstate.pubsub import PullConsumer, PushEndpoint, decode_envelope, drain_on_sigterm
 from async_batchstate.testing import LoopbackAsgiServer, aclose_client
 
-GRACE = 8.0  # Cloud Run's 10 s less a margin
+GRACE = 8.0  # Cloud Run's 10 s less a margin (the fleet SIGKILLs at 10 s)
 KEY = "k"  # the message attribute naming a published message (the driver's key)
 
 
@@ -174,7 +174,7 @@ async def main(env: Mapping[str, str]) -> None:
         hooks=[_event_hook(records)],
         alert_hooks=[alert],
     )
-    async with manager:
+    try:
         adapter: PullConsumer | PushEndpoint
         if env["REHEARSAL_KIND"] == "pull":
             subscriber: Any = _TrackedSubscriber(records)
@@ -201,6 +201,9 @@ async def main(env: Mapping[str, str]) -> None:
                 records.write("R", manager.mode.value, "push")
                 await drained
         records.write("S", json.dumps(dataclasses.asdict(adapter.stats())))
+    finally:
+        # The adapter's drain waited for the writes; callbacks still running stay owed.
+        await manager.aclose(drain_timeout=1.0)
     await aclose_client(client)
     records.write("X", "exit")
     records.close()
