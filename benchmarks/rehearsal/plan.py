@@ -56,7 +56,7 @@ class Config:
 FULL = Config(
     name="rehearsal",
     duration=600.0,
-    rate=100.0,
+    rate=60.0,  # the emulator pushes 2 requests at a time per push slot: ~30/s each at best
     processes=4,
     push=2,
     sizes=(20, 300),
@@ -66,8 +66,8 @@ FULL = Config(
 )
 QUICK = Config(
     name="quick-rehearsal",
-    duration=60.0,
-    rate=25.0,
+    duration=70.0,
+    rate=15.0,
     processes=2,
     push=1,
     sizes=(10, 60),

@@ -371,11 +371,14 @@ def _brief(e: dict[str, Any]) -> str:
     a = e["action"]
     if a in ("roll", "rollback", "forward") and isinstance(d, list):
         return "; ".join(
-            f"{x.get('process')} exit {x.get('exit')} in {x.get('seconds', 0):.1f} s" for x in d
+            f"{x.get('process')} exit {x.get('exit')} in {x.get('seconds', 0):.1f} s"
+            + (" (SIGKILL after the grace)" if x.get("killed_after_grace") else "")
+            for x in d
         )
     if a in ("kill", "term") and isinstance(d, dict):
         s = d.get("stats") or {}
-        return f"{d['process']} exit {d['exit']} in {d['seconds']:.1f} s" + (
+        killed = ", SIGKILLed after the grace" if d.get("killed_after_grace") else ""
+        return f"{d['process']} exit {d['exit']} in {d['seconds']:.1f} s{killed}" + (
             f", in flight at exit {s.get('in_flight')}" if s else ""
         )
     if a == "backfill" and isinstance(d, dict):
