@@ -73,6 +73,7 @@ QUICK = Config(
     sizes=(10, 60),
     window=6.0,
     poison=6,
+    settle=60.0,
 )
 
 
