@@ -103,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in summary["table"]:
         say(
             f"{row['phase']:>20}: p2a p50/p99 {row['p2a_p50_ms']:.0f}/{row['p2a_p99_ms']:.0f} ms "
-            f"(outside outages {row['p2a_p99_outside_ms']:.0f}), completion p99 "
-            f"{row['completion_p99_ms']:.0f} ms, failures {row['failure_rate']:.3%}, "
-            f"lost {row['lost']}"
+            f"(outside outages {row['p2a_p99_outside_ms']:.0f}), receive-to-ack p50/p99 "
+            f"{row['receive_to_ack_p50_ms']:.0f}/{row['receive_to_ack_p99_ms']:.0f} ms, "
+            f"completion p99 {row['completion_p99_ms']:.0f} ms, "
+            f"failures {row['failure_rate']:.3%}, lost {row['lost']}"
         )
     say(f"delivery: {summary['delivery']}")
     say(f"verdicts: {summary['verdicts']} -> {'PASS' if summary['ok'] else 'FAIL'}")

@@ -24,6 +24,7 @@ class Records:
     """Everything the fleet told, merged over its record files."""
 
     acks: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    receipts: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     writes: list[Write] = field(default_factory=list)
     callbacks: dict[str, list[tuple[str, str, float, str]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -50,6 +51,8 @@ class Records:
         kind, t = f[0], float(f[1])
         if kind == "A":
             self.acks[f[2]].append(t)
+        elif kind == "I":
+            self.receipts[f[2]].append(t)
         elif kind == "W":
             self.writes.append(Write(t, f[2], f[3], float(f[4]), f[5], process))
         elif kind in ("C", "E"):
