@@ -26,8 +26,8 @@ from .test_consistency import corrupt, healthy_batch
 DUAL = MigrationMode.DUAL_WRITE
 CONFIRMED = "document re-read + 2 deep reads"
 # A sampled check of the corrupted batch (2 completion docs): the document, its re-read,
-# then twice the document + one aggregation + 2 ids.
-CONFIRMING_READS = 1 + 1 + 2 * (1 + 1 + 2)
+# then twice the document + one aggregation + 2 ids + the document's version again.
+CONFIRMING_READS = 1 + 1 + 2 * (1 + 1 + 2 + 1)
 
 
 def _validator(
@@ -147,7 +147,8 @@ async def test_transient_disagreement_fixed_before_the_re_read_is_not_alerted(
 async def test_finished_batch_is_checked_once_against_its_aggregation(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """on_finished on an exact batch: the document plus one aggregation, 2 reads, no ids."""
+    """on_finished on an exact batch: the document, one aggregation and the document's version
+    again, 3 reads, no ids."""
     await healthy_batch(make_manager)
     validator, alerts, events = _validator(firestore_client, batch_collection)
 
@@ -155,7 +156,7 @@ async def test_finished_batch_is_checked_once_against_its_aggregation(
     await validator.aclose()
 
     assert scheduled
-    assert ([], [ValidationRan("b", reads=2)]) == (alerts, events)
+    assert ([], [ValidationRan("b", reads=3)]) == (alerts, events)
 
 
 async def test_finished_batch_with_mismatch_is_alerted_with_its_confirmation(
@@ -170,7 +171,7 @@ async def test_finished_batch_with_mismatch_is_alerted_with_its_confirmation(
     await validator.aclose()
 
     assert ["count re-read + 2 deep reads"] == [a.confirmation for a in alerts]
-    assert [2 + 2 + 2 * (1 + 1 + 2)] == [e.reads for e in events]
+    assert [3 + 3 + 2 * (1 + 1 + 2 + 1)] == [e.reads for e in events]
 
 
 async def test_partly_legacy_batch_awaits_backfill_and_is_not_alerted(

@@ -1,13 +1,15 @@
-"""Reading a batch for its consistency report: one snapshot, and what it costs.
+"""Reading a batch for its consistency report: one consistent state, and what it costs.
 
-Every read of one check happens at the ``read_time`` of its batch-document
-read: the ``count()`` and ``sum()`` aggregation over the completion documents
-(one billed read per 1,000 index entries instead of one per document) and,
-when a legacy array exists, the completion ids through a projection. So the
-document, the aggregation and the ids are one snapshot even while writers
-commit (a read-only transaction does not give that on the emulator, where a
-commit landing between the document read and the aggregation once raised a
-false mismatch).
+A check reads the batch document, then the ``count()`` and ``sum()`` aggregation
+over the completion documents (one billed read per 1,000 index entries instead
+of one per document) and, when a legacy array exists, the completion ids through
+a projection, then the batch document's version again. Every write of every mode
+updates the batch document, so an unchanged ``update_time`` means no write
+landed in between: the reads saw one state. A changed one is ABORTED, and the
+retry reads again. (A read-only transaction does not give one snapshot on the
+emulator, where a commit landing between the reads once raised a false mismatch;
+reads at a ``read_time`` do, but the emulator answers a query at a past
+``read_time`` by scanning its whole database.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
@@ -46,7 +49,8 @@ class Reading:
     Attributes:
         batch_id: The batch.
         data: The batch document's ``BATCH_FIELDS``.
-        read_time: When the snapshot was taken; every later read of the check uses it.
+        read_time: When the document was read.
+        version: The batch document's ``update_time`` then (``confirm_unchanged``).
         reads: Billed document reads spent on it so far.
         completion_docs: Completion documents (aggregation ``count()``), None if not read.
         completion_sum: Their ``predictions_count`` summed, None if not read.
@@ -55,6 +59,7 @@ class Reading:
     batch_id: str
     data: Mapping[str, Any]
     read_time: dt.datetime
+    version: Any
     reads: int
     completion_docs: int | None = None
     completion_sum: int | None = None
@@ -69,15 +74,34 @@ async def read_document(refs: Refs, batch_id: str) -> Reading:
     snap = await refs.batch(batch_id).get(field_paths=list(BATCH_FIELDS), retry=None)
     if not snap.exists or snap.read_time is None:
         raise batch_not_found(batch_id, refs.layout.collection)
-    return Reading(batch_id=batch_id, data=snap.to_dict() or {}, read_time=snap.read_time, reads=1)
+    return Reading(
+        batch_id=batch_id,
+        data=snap.to_dict() or {},
+        read_time=snap.read_time,
+        version=snap.update_time,
+        reads=1,
+    )
+
+
+async def confirm_unchanged(refs: Refs, reading: Reading) -> Reading:
+    """``reading`` if the batch document is still at its version (1 more billed read).
+
+    Raises:
+        google.api_core.exceptions.Aborted: A write landed since the reading began
+            (retryable: the next attempt reads again).
+    """
+    snap = await refs.batch(reading.batch_id).get(field_paths=[f.STATUS], retry=None)
+    if snap.update_time != reading.version:
+        raise gexc.Aborted(f"batch {reading.batch_id!r} changed during its check")  # type: ignore[no-untyped-call]
+    return dataclasses.replace(reading, reads=reading.reads + 1)
 
 
 async def read_aggregation(refs: Refs, reading: Reading) -> Reading:
-    """``reading`` with the count and sum of its completion documents, at its read time."""
+    """``reading`` with the count and sum of its completion documents (then confirm it)."""
     completions: Any = refs.completions(reading.batch_id)  # count() is untyped
     aggregation = completions.count(alias="docs").sum(f.PREDICTIONS_COUNT, alias="total")
     values: dict[str, int] = {}
-    for row in await aggregation.get(read_time=reading.read_time, retry=None):
+    for row in await aggregation.get(retry=None):
         for result in row:
             values[result.alias] = as_int(result.value)  # empty sets come back as 0.0
     docs = values.get("docs", 0)
@@ -92,7 +116,7 @@ async def read_aggregation(refs: Refs, reading: Reading) -> Reading:
 async def read_report(
     refs: Refs, mode: MigrationMode, batch_id: str
 ) -> tuple[ConsistencyReport, int]:
-    """Read one batch's full report from one snapshot, and the billed reads it cost.
+    """Read one batch's full report from one consistent state, and the billed reads it cost.
 
     The completion ids are listed (1 read each) only when there is a legacy
     array to compare them with.
@@ -107,8 +131,9 @@ async def read_report(
         ids = set()
         if docs:  # ids only when there is an array to compare them with
             query = refs.completions(batch_id).select([FieldPath.document_id()])
-            ids = {s.id async for s in query.stream(read_time=reading.read_time, retry=None)}
+            ids = {s.id async for s in query.stream(retry=None)}
             reads += max(1, len(ids))  # a query is billed at least one read
+    reads += (await confirm_unchanged(refs, reading)).reads - reading.reads
     report = build_report(batch_id, mode, reading.data, docs, reading.completion_sum or 0, ids)
     return report, reads
 
@@ -124,10 +149,11 @@ async def validate(
 ) -> ConsistencyReport:
     """Compare a batch's legacy array with its completions subcollection.
 
-    Reads one snapshot without a transaction (it takes no locks, so it never
-    slows writers down): the batch document, then the aggregation and the
-    completion ids at that document's read time. It costs 1 read, plus 1 per
-    1,000 completions, plus 1 per completion when the batch has a legacy array.
+    Reads one consistent state without a transaction (it takes no locks, so it
+    never slows writers down): the batch document, the aggregation, the
+    completion ids, and the document's version again (a write in between: read
+    again). It costs 2 reads, plus 1 per 1,000 completions, plus 1 per
+    completion when the batch has a legacy array.
 
     Args:
         client: The Firestore client.

@@ -30,7 +30,7 @@ from .._store.ids import Layout
 from .._store.refs import Refs
 from ..instrumentation._events import ValidationRan
 from ._alerts import AlertHook, log_mismatch, run_alert_hooks
-from ._read import read_aggregation, read_document, read_report
+from ._read import confirm_unchanged, read_aggregation, read_document, read_report
 from ._report import ConsistencyReport, aggregate_problems, document_problems
 
 logger = logging.getLogger("async_batchstate.consistency")
@@ -333,7 +333,9 @@ class _Check:
             reading = await read_document(self._refs, self._batch_id)
             if not self._finished:
                 return document_problems(self._mode, reading.data), reading.reads
-            reading = await read_aggregation(self._refs, reading)
+            reading = await confirm_unchanged(
+                self._refs, await read_aggregation(self._refs, reading)
+            )
             problems = aggregate_problems(
                 self._mode, reading.data, reading.completion_docs or 0, reading.completion_sum or 0
             )
