@@ -1,0 +1,144 @@
+"""The push endpoint's answers, called as an ASGI app: 400/405/425/429/503, draining, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from async_batchstate.pubsub import PushEndpoint, UnknownBatchPolicy
+from async_batchstate.testing import FaultPoint
+
+from ..helpers import ManagerFactory
+from ..pubsub_helpers import payload
+
+
+def envelope(data: bytes, publish_time: str | None = None) -> bytes:
+    message: dict[str, Any] = {"data": base64.b64encode(data).decode(), "messageId": "m1"}
+    if publish_time is not None:
+        message["publishTime"] = publish_time
+    return json.dumps({"message": message, "subscription": "projects/p/subscriptions/s"}).encode()
+
+
+async def call(endpoint: PushEndpoint, body: bytes, method: str = "POST") -> tuple[int, Any]:
+    sent: list[dict[str, Any]] = []
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if received:
+            await asyncio.Event().wait()
+        received = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await endpoint({"type": "http", "method": method, "headers": []}, receive, send)
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+class Gate:
+    """A fault injector that holds every write attempt until released."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        if point is FaultPoint.BEFORE_COMMIT:
+            self.reached.set()
+            await self.release.wait()
+
+
+async def test_bad_requests_are_refused_without_writing(make_manager: ManagerFactory) -> None:
+    """GET: 405; a body that is no push envelope: 400."""
+    endpoint = PushEndpoint(make_manager())
+    assert 405 == (await call(endpoint, b"", method="GET"))[0]
+    assert 400 == (await call(endpoint, b"{}"))[0]
+    assert 0 == endpoint.stats().received
+
+
+async def test_an_unknown_batch_is_too_early_until_the_grace_then_poison(
+    make_manager: ManagerFactory,
+) -> None:
+    """A fresh message for a batch not created yet: 425; one past the grace: poison (422)."""
+    endpoint = PushEndpoint(make_manager(), unknown_batch=UnknownBatchPolicy(grace=60))
+    status, body = await call(endpoint, envelope(payload("nope", "p", 1), "2999-01-01T00:00:00Z"))
+    assert (425, 10) == (status, body["retry_after"])
+    status, _ = await call(endpoint, envelope(payload("nope", "p", 1), "2020-01-01T00:00:00Z"))
+    assert 422 == status
+    assert (1, 1) == (endpoint.stats().delayed, endpoint.stats().poison)
+
+
+async def test_a_saturated_endpoint_answers_429(make_manager: ManagerFactory) -> None:
+    """max_concurrency deliveries in flight: the next is answered 429 at once."""
+    gate = Gate()
+    manager = make_manager(fault_injector=gate)
+    await manager.create_batch("b", expected_players=["p1", "p2"])
+    endpoint = PushEndpoint(manager, max_concurrency=1)
+    first = asyncio.create_task(call(endpoint, envelope(payload("b", "p1", 1))))
+    await gate.reached.wait()
+    assert 429 == (await call(endpoint, envelope(payload("b", "p2", 1))))[0]
+    gate.release.set()
+    assert 200 == (await first)[0]
+    assert 1 == endpoint.stats().saturated
+
+
+async def test_drain_finishes_writes_within_the_grace(make_manager: ManagerFactory) -> None:
+    """A write in flight when the drain starts is answered 200; new requests get 503."""
+    gate = Gate()
+    manager = make_manager(fault_injector=gate)
+    await manager.create_batch("b", expected_players=["p1", "p2"])
+    endpoint = PushEndpoint(manager)
+    first = asyncio.create_task(call(endpoint, envelope(payload("b", "p1", 1))))
+    await gate.reached.wait()
+    drain = asyncio.create_task(endpoint.drain(grace=30))
+    await asyncio.sleep(0)
+    assert 503 == (await call(endpoint, envelope(payload("b", "p2", 1))))[0]
+    gate.release.set()
+    assert (200, 0) == ((await first)[0], await drain)
+    assert 1 == (await manager.get_progress("b")).completed_count
+
+
+async def test_drain_answers_503_to_writes_past_the_grace(make_manager: ManagerFactory) -> None:
+    """A write still held after the grace is cut short and answered 503, never 200."""
+    gate = Gate()
+    manager = make_manager(fault_injector=gate)
+    await manager.create_batch("b", expected_players=["p1"])
+    endpoint = PushEndpoint(manager)
+    first = asyncio.create_task(call(endpoint, envelope(payload("b", "p1", 1))))
+    await gate.reached.wait()
+    assert 1 == await endpoint.drain(grace=0.1)
+    assert 503 == (await first)[0]
+    gate.release.set()
+
+
+async def test_lifespan_shutdown_drains(make_manager: ManagerFactory) -> None:
+    """Served standalone (uvicorn), the lifespan shutdown drains the endpoint."""
+    endpoint = PushEndpoint(make_manager())
+    events = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(events)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    await endpoint({"type": "lifespan"}, receive, send)
+    assert ["lifespan.startup.complete", "lifespan.shutdown.complete"] == sent
+    assert 503 == (await call(endpoint, envelope(b"{}")))[0]
+
+
+@pytest.mark.parametrize("knob", [0, -1, 1.5, True])
+async def test_max_concurrency_must_be_a_positive_int(
+    make_manager: ManagerFactory, knob: Any
+) -> None:
+    """Refused before anything runs."""
+    with pytest.raises(ValueError):
+        PushEndpoint(make_manager(), max_concurrency=knob)

@@ -1,0 +1,150 @@
+"""What each write path costs, counted in RPCs at the client's channel (never timed).
+
+The lock-free path: a group of fresh completions is exactly one Commit; a group
+with redeliveries costs one more BatchGetDocuments and one more Commit per
+round of conflicts; a group of redeliveries only writes nothing. Transactions
+(LEGACY, a dual-write batch not yet backfilled, ``write_path="transaction"``)
+cost BeginTransaction, reads and Commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from async_batchstate import CompletionStatus, MigrationMode
+from async_batchstate.testing import RpcCounter
+
+from ..helpers import ManagerFactory
+
+pytestmark = pytest.mark.emulator
+
+
+async def _group(manager: object, batch_id: str, players: list[str]) -> list[CompletionStatus]:
+    """Record ``players`` concurrently: they queue together and go out as one group."""
+    results = await asyncio.gather(
+        *(manager.record_completion(batch_id, p, 1) for p in players)  # type: ignore[attr-defined]
+    )
+    assert 1 == len({r.group_size for r in results})
+    return [r.status for r in results]
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [m for m in MigrationMode if m.writes_subcollection],
+    ids=lambda m: m.value,
+)
+async def test_a_fresh_group_costs_exactly_one_commit(
+    mode: MigrationMode, make_manager: ManagerFactory, firestore_client: AsyncClient
+) -> None:
+    """Ten new completions, one group: one Commit RPC, no read, no transaction."""
+    manager = make_manager(mode=mode, validation_rate=0.0)
+    await manager.create_batch("b", expected_count=100)
+    rpcs = RpcCounter().attach(firestore_client)
+
+    statuses = await _group(manager, "b", [f"p{i}" for i in range(10)])
+
+    assert [CompletionStatus.RECORDED] * 10 == statuses
+    assert {"Commit": 1} == dict(rpcs.counts)
+
+
+async def test_a_group_with_redeliveries_costs_one_read_and_one_more_commit(
+    make_manager: ManagerFactory, firestore_client: AsyncClient
+) -> None:
+    """Members already recorded: Commit fails whole, one lock-free read, one Commit of the rest."""
+    manager = make_manager(validation_rate=0.0)
+    await manager.create_batch("b", expected_count=100)
+    await _group(manager, "b", ["p0", "p1"])
+    rpcs = RpcCounter().attach(firestore_client)
+
+    statuses = await _group(manager, "b", ["p0", "p1", "p2", "p3"])
+
+    dup, rec = CompletionStatus.DUPLICATE, CompletionStatus.RECORDED
+    assert [dup, dup, rec, rec] == statuses
+    assert {"Commit": 2, "BatchGetDocuments": 1} == dict(rpcs.counts)
+
+
+async def test_a_group_of_redeliveries_only_writes_nothing(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """Every member recorded already: one refused Commit and one read; the batch is untouched."""
+    manager = make_manager(validation_rate=0.0)
+    await manager.create_batch("b", expected_count=100)
+    await _group(manager, "b", ["p0", "p1", "p2"])
+    ref = firestore_client.collection(batch_collection).document("b")
+    before = (await ref.get()).update_time
+    rpcs = RpcCounter().attach(firestore_client)
+
+    statuses = await _group(manager, "b", ["p0", "p1", "p2"])
+
+    assert [CompletionStatus.DUPLICATE] * 3 == statuses
+    assert {"Commit": 1, "BatchGetDocuments": 1} == dict(rpcs.counts)
+    assert before == (await ref.get()).update_time
+
+
+async def test_legacy_groups_are_one_read_and_one_conditional_commit(
+    make_manager: ManagerFactory, firestore_client: AsyncClient
+) -> None:
+    """LEGACY: the array is the only guard, so read it (no lock, no transaction) and commit
+    on the condition that the batch document is unchanged since."""
+    manager = make_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    await manager.create_batch("b", expected_count=100)
+    rpcs = RpcCounter().attach(firestore_client)
+
+    await _group(manager, "b", [f"p{i}" for i in range(5)])
+
+    assert {"BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
+
+
+async def test_write_path_transaction_runs_every_group_through_a_transaction(
+    make_manager: ManagerFactory, firestore_client: AsyncClient
+) -> None:
+    """write_path="transaction": begin, read the completion docs, commit (today's path)."""
+    manager = make_manager(write_path="transaction", validation_rate=0.0)
+    await manager.create_batch("b", expected_count=100)
+    rpcs = RpcCounter().attach(firestore_client)
+
+    await _group(manager, "b", [f"p{i}" for i in range(5)])
+
+    assert {"BeginTransaction": 1, "BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
+
+
+async def test_a_dual_write_batch_not_backfilled_reads_its_array_before_a_conditional_commit(
+    make_manager: ManagerFactory, firestore_client: AsyncClient
+) -> None:
+    """A batch started by LEGACY writers: its array must be read (with the backfill flag), and
+    the Commit is conditional on the batch being unchanged; a legacy-only player is a DUPLICATE."""
+    legacy = make_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    await legacy.create_batch("b", expected_count=100)
+    await legacy.record_completion("b", "old", 1)
+    manager = make_manager(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
+    await manager.record_completion("b", "warm-up", 1)  # expected count cached
+    rpcs = RpcCounter().attach(firestore_client)
+
+    statuses = await _group(manager, "b", ["old", "new"])
+
+    assert [CompletionStatus.DUPLICATE, CompletionStatus.RECORDED] == statuses
+    # Known not backfilled: ONE read (the array with the flag, and the members' docs), commit.
+    assert {"BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
+
+
+async def test_a_carriage_return_id_is_written_with_the_whole_map_read_before(
+    make_manager: ManagerFactory, firestore_client: AsyncClient
+) -> None:
+    """A CR in a player id cannot go in a field path: its group reads the legacy map and writes
+    it whole, conditional on the batch being unchanged; groups without such an id stay one
+    plain Commit."""
+    manager = make_manager(validation_rate=0.0)
+    await manager.create_batch("b", expected_count=100)
+    rpcs = RpcCounter().attach(firestore_client)
+
+    statuses = await _group(manager, "b", ["a\rb", "p"])
+
+    assert [CompletionStatus.RECORDED] * 2 == statuses
+    # Read the completion docs and the map in one RPC, then one conditional Commit.
+    assert {"BatchGetDocuments": 1, "Commit": 1} == dict(rpcs.counts)
+    rpcs.reset()
+    await _group(manager, "b", ["q", "r"])
+    assert {"Commit": 1} == dict(rpcs.counts)
