@@ -218,6 +218,12 @@ class OpenBench(Bench):
             for batch_id, done in load.succeeded.items():
                 succeeded[batch_id].update(done)
         consistency = await self._check(list(expected), succeeded)
+        # A fresh database for the next step: the emulator answers every query (a
+        # listing, an aggregation) by scanning ALL its documents, so a sweep's earlier
+        # steps would slow every later step's queries (production Firestore does not).
+        reset = getattr(self.emulator, "reset", None)
+        if reset is not None:
+            await asyncio.to_thread(reset, self.emulator.project)
         return step_summary(
             loads,
             cfg=o,

@@ -45,6 +45,10 @@ def _is_mismatch(report: ConsistencyReport) -> bool:
     return not report.is_consistent and not report.awaiting_backfill
 
 
+_MAX_FINISHING = 1_000
+"""Finished batches waiting for their check, at most (beyond, they go unchecked)."""
+
+
 class SampledValidator:
     """Validates a random sample of batches in the background after their commits.
 
@@ -95,7 +99,7 @@ class SampledValidator:
         rng: random.Random | None = None,
         alert_hooks: Iterable[AlertHook] = (),
         retry: RetryPolicy | None = None,
-        max_outstanding: int = 64,
+        max_outstanding: int = 8,
         min_interval: float = 5.0,
         clock: Clock = SYSTEM_CLOCK,
         confirm_delay: float = 1.0,
@@ -118,6 +122,7 @@ class SampledValidator:
         self._max = max_outstanding
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max_outstanding)
         self._interval = min_interval
         self._clock = clock
         self._confirm_delay = confirm_delay
@@ -176,10 +181,14 @@ class SampledValidator:
             return False
         sampled = self._tasks.get(batch_id)
 
+        if len(self._finishing) >= _MAX_FINISHING:
+            return False  # a monitor, not a queue: a burst of finishes drops the excess
+
         async def after_sampled() -> None:
             if sampled is not None:
                 await asyncio.gather(sampled, return_exceptions=True)
-            await self._run(batch_id, finished=True)
+            async with self._slots:  # at most max_outstanding aggregations at a time
+                await self._run(batch_id, finished=True)
 
         try:
             task = asyncio.get_running_loop().create_task(after_sampled())
