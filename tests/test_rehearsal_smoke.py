@@ -20,6 +20,7 @@ from async_batchstate.testing import EmulatorInfo, PubSubEmulator
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.rehearsal
 @pytest.mark.timeout(900)
 def test_quick_rehearsal_loses_nothing(
     firestore_emulator: EmulatorInfo, pubsub_emulator: PubSubEmulator, tmp_path: Path
