@@ -108,6 +108,7 @@ COMMANDS = [
             "--collection": ID_OK,
             "--batch-id": ID_OK,
             "--seed": ZERO_OK,
+            "--pubsub": NONE_OK,  # a choice: every hostile value is refused
         },
     ),
     Command(("batch", "show"), {"ID": "b", "--collection": "{c}"}, CONNECTION | {"ID": ID_OK}, 1),
