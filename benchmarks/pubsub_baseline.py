@@ -206,7 +206,7 @@ async def run(
         v
         for batch_id, roster in expected.items()
         for v in await batch_violations(
-            client, collection, batch_id, MODE, expected=roster, require_finalised=True
+            client, collection, batch_id, MODE, expected=roster, require_finalized=True
         )
     ]
     for problem in problems:

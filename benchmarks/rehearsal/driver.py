@@ -460,7 +460,7 @@ class Run:
                 SUB_ONLY,
                 expected=None if held else expected[b.batch_id],
                 completions_subcollection=COMPLETIONS,
-                require_finalised=True,
+                require_finalized=True,
             )
             progress = await reader.get_progress(b.batch_id, include_players=False)
             want = "expired" if b.expires else "complete"
@@ -483,7 +483,7 @@ class Run:
             out[b.batch_id] = {
                 "problems": problems,
                 "status": progress.status,
-                "finalisation_key": progress.finalisation_key,
+                "finalisation_key": progress.finalization_key,
                 "stored": stored,
                 "pending": held,
             }

@@ -155,7 +155,7 @@ async def main(env: Mapping[str, str]) -> None:
 
     def callback(kind: str) -> Callable[[str, BatchProgress], None]:
         def run(batch_id: str, progress: BatchProgress) -> None:
-            records.write(kind, batch_id, progress.finalisation_key)
+            records.write(kind, batch_id, progress.finalization_key)
 
         return run
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +66,6 @@ from .._store.roster import BatchInfoCache
 from .._store.transactions import REFUSED_AT_COMMIT
 from .group import (
     LATE_SUFFIX,
-    BatchView,
     Completion,
     FaultInjector,
     FaultPoint,
@@ -74,8 +73,8 @@ from .group import (
     GroupState,
     WritePath,
     firsts_of,
-    landed_late,
 )
+from .reads import read_after_conflict, read_group, resolve_found
 from .transactions import Transactions
 from .update import ResultsAt, batch_update
 
@@ -97,7 +96,6 @@ class _Staged:
 
 _MAX_UNCERTAIN_COMMITS = 3
 _MAX_CONFLICT_ROUNDS = 8
-_MEMBER_FIELDS = [f.WRITE_ID, f.COMPLETED_AT]
 _BATCH_FINISH = [f.STATUS, f.COMPLETED_AT]
 
 
@@ -212,7 +210,7 @@ class GroupWriter:
         conflicted = False
         if info.reads_first and len(pending) > 1:
             refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
-            found, seen = await self._read_after_conflict(batch_ref, refs, state)
+            found, seen = await read_after_conflict(self.refs, batch_ref, refs, state)
             conflicted = bool(found)
             pending = [c for c in pending if c.player not in found]
         await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
@@ -233,7 +231,7 @@ class GroupWriter:
                 # Some member exists. One lock-free read of the batch and the members
                 # says which, whose they are, and where the batch stands.
                 conflicted = True
-                found, seen = await self._read_after_conflict(batch_ref, refs, state)
+                found, seen = await read_after_conflict(self.refs, batch_ref, refs, state)
                 still = [c for c in pending if c.player not in found]
                 if len(still) == len(pending):
                     # Nothing we meant to create exists after all (deleted meanwhile?):
@@ -252,54 +250,6 @@ class GroupWriter:
             await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
             return outcome
         raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
-
-    async def _read_after_conflict(
-        self, batch_ref: Any, refs: dict[str, Any], state: GroupState
-    ) -> tuple[set[str], GroupOutcome]:
-        """Which members exist (resolved into ``state``) and where the batch stands (one RPC).
-
-        A member with this group's write id is this group's (an earlier attempt
-        whose answer was lost): LATE if its commit came after the batch's expiry.
-        """
-        fields = [
-            *_MEMBER_FIELDS,
-            f.STATUS,
-            f.EXPECTED_COUNT,
-            *f.COUNT_FIELDS,
-            f.CALLBACK_OWED,
-        ]
-        members: dict[str, dict[str, Any]] = {}
-        data: dict[str, Any] | None = None
-        async for snap in self._client.get_all(
-            [batch_ref, *refs.values()], field_paths=fields, retry=None
-        ):
-            if not snap.exists:
-                continue
-            if snap.reference.path == batch_ref.path:
-                data = snap.to_dict() or {}
-            else:
-                members[snap.reference.id] = snap.to_dict() or {}
-        if data is None:
-            raise batch_not_found(batch_ref.id, self.refs.layout.collection)
-        self._resolve_found(members, data, state)
-        batch = BatchView(
-            str(data.get(f.STATUS, f.STATUS_IN_PROGRESS)),
-            as_int(data.get(f.EXPECTED_COUNT)),
-            data.get(f.CALLBACK_OWED) is True,
-        )
-        expired = batch.status == f.STATUS_EXPIRED
-        return set(members), GroupOutcome((), decode.counted(data), batch, expired=expired)
-
-    @staticmethod
-    def _resolve_found(
-        members: dict[str, dict[str, Any]], batch: dict[str, Any], state: GroupState
-    ) -> None:
-        """Record found members as this group's (its write id) or someone else's."""
-        for player, member in members.items():
-            mine = member.get(f.WRITE_ID) == state.write_id
-            state.resolved[player] = mine
-            if mine and landed_late(member, batch):
-                state.late.add(player)
 
     async def _write_transaction(
         self,
@@ -410,11 +360,13 @@ class GroupWriter:
         if self._whole_map(pending):
             fields.append(f.PREDICTIONS_BY_PLAYER)
         # One read: the batch (where it is read) and the members' completion documents.
-        data, members, version = await self._read_group(transaction, batch_ref, refs, fields)
+        data, members, version = await read_group(self.refs, transaction, batch_ref, refs, fields)
         if not legacy_read and any(m.get(f.WRITE_ID) == state.write_id for m in members.values()):
             # Our own earlier attempt committed: was the batch expired by then?
-            data, _, version = await self._read_group(transaction, batch_ref, {}, _BATCH_FINISH)
-        self._resolve_found(members, data, state)
+            data, _, version = await read_group(
+                self.refs, transaction, batch_ref, {}, _BATCH_FINISH
+            )
+        resolve_found(members, data, state)
         array = set(data.get(f.COMPLETED_PLAYERS) or ()) if legacy_read else set()
         # Completion documents guard the batch: every writer keeps them, LEGACY included.
         docs = self._mode.writes_subcollection or decode.guarded(data)
@@ -488,36 +440,3 @@ class GroupWriter:
     def _whole_map(self, players: Iterable[str]) -> bool:
         """Whether a write of ``players`` rewrites the whole legacy map (and must read it)."""
         return self._mode.writes_legacy and any(needs_whole_map_write(p) for p in players)
-
-    async def _read_group(
-        self,
-        transaction: AsyncTransaction | None,
-        batch_ref: Any,
-        refs: Mapping[str, Any],
-        fields: list[str],
-    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], Any]:
-        """In one RPC: the batch's fields, the members that exist, the batch's version.
-
-        ``fields`` empty: the batch is not read. The version is the batch document's
-        ``update_time`` (None when not read).
-
-        Raises:
-            BatchNotFoundError: The batch was to be read and does not exist.
-        """
-        wanted = ([batch_ref] if fields else []) + list(refs.values())
-        if not wanted:
-            return {}, {}, None
-        batch: dict[str, Any] | None = None
-        version: Any = None
-        members: dict[str, dict[str, Any]] = {}
-        async for snap in self._client.get_all(
-            wanted, field_paths=[*fields, *_MEMBER_FIELDS], transaction=transaction, retry=None
-        ):
-            if snap.reference.path == batch_ref.path:
-                batch = (snap.to_dict() or {}) if snap.exists else None
-                version = snap.update_time
-            elif snap.exists:
-                members[snap.reference.id] = snap.to_dict() or {}
-        if fields and batch is None:
-            raise batch_not_found(batch_ref.id, self.refs.layout.collection)
-        return batch or {}, members, version
