@@ -91,73 +91,51 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-class FirestoreEmulator:
-    """One emulator process of our own, on loopback.
+class LocalEmulator:
+    """An emulator process of our own on loopback, stopped by its process group.
 
-    Use as a context manager, or call ``start()``/``stop()``:
+    Started in its own process group, ready when ``GET /`` answers ``Ok``, stopped
+    by that group (never by process name).
 
-        with FirestoreEmulator() as emulator:
-            os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-
-    It is started with Java directly (about 1 s; through gcloud about 2 s, and
-    gcloud's Java child survives a SIGTERM to gcloud), in its own process group,
-    and stopped with ``POST /shutdown``, then by its own process group: never by
-    process name.
-
-    Args:
-        port: Port to listen on; a free one by default.
-        host: Loopback address to bind.
-        jar: Emulator jar; found by ``find_emulator_jar`` by default.
-        start_timeout: Seconds to wait for ``GET /`` to answer ``Ok``.
+    Subclasses name the command (``_command``) and what they are (``_name``).
     """
 
+    _name = "emulator"
+
     def __init__(
-        self,
-        port: int | None = None,
-        *,
-        host: str = "127.0.0.1",
-        jar: Path | None = None,
-        start_timeout: float = 60.0,
+        self, port: int | None = None, *, host: str = "127.0.0.1", start_timeout: float = 60.0
     ) -> None:
         self.bind = host
         self.port = port if port is not None else free_port(host)
-        self._jar = jar
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def host(self) -> str:
-        """``host:port``, the value for ``FIRESTORE_EMULATOR_HOST``."""
+        """``host:port``, the value for the client's ``*_EMULATOR_HOST``."""
         return f"{self.bind}:{self.port}"
 
     @property
     def pid(self) -> int | None:
-        """The Java process id while running."""
+        """The emulator's process id while this object runs it."""
         return self._process.pid if self._process is not None else None
 
     def _url(self, path: str) -> str:
         return f"http://{self.host}{path}"
 
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
     def start(self) -> Self:
         """Start the emulator and wait until it answers.
 
         Raises:
-            EmulatorNotFoundError: No Java or jar.
+            EmulatorNotFoundError: No Java or emulator.
             EmulatorStartError: It exited or did not answer within ``start_timeout``.
         """
-        jar = self._jar or find_emulator_jar()
+        command = self._command()
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-        command = [
-            "java",
-            "-Duser.language=en",
-            "-cp",
-            str(jar),
-            _MAIN_CLASS,
-            "start",
-            f"--host={self.bind}",
-            f"--port={self.port}",
-        ]
         self._process = subprocess.Popen(
             command,
             stdout=self._log,
@@ -171,15 +149,14 @@ class FirestoreEmulator:
                 output = self._read_log()
                 self._close_log()
                 self._process = None
-                raise EmulatorStartError(f"the Firestore emulator exited at start:\n{output}")
+                raise EmulatorStartError(f"the {self._name} exited at start:\n{output}")
             if self.is_ready():
                 return self
             time.sleep(0.05)
         output = self._read_log()
         self.stop()
         raise EmulatorStartError(
-            f"the Firestore emulator did not answer on {self.host} in {self._start_timeout}s:\n"
-            f"{output}"
+            f"the {self._name} did not answer on {self.host} in {self._start_timeout}s:\n{output}"
         )
 
     def is_ready(self) -> bool:
@@ -190,42 +167,26 @@ class FirestoreEmulator:
         except (OSError, urllib.error.URLError):
             return False
 
-    def reset(self, project: str) -> None:
-        """Delete every document of ``project``'s default database."""
-        request = urllib.request.Request(
-            self._url(f"/emulator/v1/projects/{project}/databases/(default)/documents"),
-            method="DELETE",
-        )
-        with urllib.request.urlopen(request, timeout=30):
-            pass
-
-    def kill(self) -> None:
-        """Kill the emulator outright (SIGKILL to its process group), as a crash would."""
-        if self._process is not None and self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait(timeout=30)
-
     def stop(self) -> None:
-        """Shut down gracefully (``POST /shutdown``), else terminate its process group."""
+        """Stop an emulator this object started: SIGTERM to its process group, then SIGKILL."""
+        self._end_group(graceful=False)
+
+    def _end_group(self, *, graceful: bool) -> None:
+        """Wait for the process (``graceful``: it was asked to exit), else SIGTERM, SIGKILL."""
         process = self._process
         if process is None:
             return
-        if process.poll() is None:
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                request = urllib.request.Request(self._url("/shutdown"), method="POST")
-                urllib.request.urlopen(request, timeout=5).close()
+        # None: no signal, wait for the exit it was asked for.
+        signals = [None] if graceful else []
+        for sig in [*signals, signal.SIGTERM, signal.SIGKILL]:
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, sig)
             try:
                 process.wait(timeout=10)
+                break
             except subprocess.TimeoutExpired:
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, sig)
-                    try:
-                        process.wait(timeout=10)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
+                continue
         # The emulator's Java may leave children in its group; end them too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -253,6 +214,78 @@ class FirestoreEmulator:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class FirestoreEmulator(LocalEmulator):
+    """One emulator process of our own, on loopback.
+
+    Use as a context manager, or call ``start()``/``stop()``:
+
+        with FirestoreEmulator() as emulator:
+            os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+
+    It is started with Java directly (about 1 s; through gcloud about 2 s, and
+    gcloud's Java child survives a SIGTERM to gcloud), in its own process group,
+    and stopped with ``POST /shutdown``, then by its own process group: never by
+    process name.
+
+    Args:
+        port: Port to listen on; a free one by default.
+        host: Loopback address to bind.
+        jar: Emulator jar; found by ``find_emulator_jar`` by default.
+        start_timeout: Seconds to wait for ``GET /`` to answer ``Ok``.
+    """
+
+    _name = "Firestore emulator"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        jar: Path | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(port, host=host, start_timeout=start_timeout)
+        self._jar = jar
+
+    def _command(self) -> list[str]:
+        jar = self._jar or find_emulator_jar()
+        return [
+            "java",
+            "-Duser.language=en",
+            "-cp",
+            str(jar),
+            _MAIN_CLASS,
+            "start",
+            f"--host={self.bind}",
+            f"--port={self.port}",
+        ]
+
+    def reset(self, project: str) -> None:
+        """Delete every document of ``project``'s default database."""
+        request = urllib.request.Request(
+            self._url(f"/emulator/v1/projects/{project}/databases/(default)/documents"),
+            method="DELETE",
+        )
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+
+    def kill(self) -> None:
+        """Kill the emulator outright (SIGKILL to its process group), as a crash would."""
+        if self._process is not None and self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Shut down gracefully (``POST /shutdown``), else terminate its process group."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                request = urllib.request.Request(self._url("/shutdown"), method="POST")
+                urllib.request.urlopen(request, timeout=5).close()
+        self._end_group(graceful=True)
 
     def __repr__(self) -> str:
         state = (

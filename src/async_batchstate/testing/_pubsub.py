@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
-from ._emulator import EmulatorNotFoundError, EmulatorStartError, find_in_sdk, free_port
+from ._emulator import EmulatorNotFoundError, LocalEmulator, find_in_sdk
 
 __all__ = ["PUBSUB_HOST_ENV", "LoopbackAsgiServer", "PubSubEmulator", "find_pubsub_emulator"]
 
@@ -49,7 +43,7 @@ def find_pubsub_emulator() -> Path:
     return found
 
 
-class PubSubEmulator:
+class PubSubEmulator(LocalEmulator):
     """One Pub/Sub emulator process of our own on loopback, or one already running.
 
         with PubSubEmulator() as emulator:
@@ -68,6 +62,8 @@ class PubSubEmulator:
         start_timeout: Seconds to wait for ``GET /`` to answer ``Ok``.
     """
 
+    _name = "Pub/Sub emulator"
+
     def __init__(
         self,
         port: int | None = None,
@@ -76,12 +72,8 @@ class PubSubEmulator:
         binary: Path | None = None,
         start_timeout: float = 60.0,
     ) -> None:
-        self.bind = host
-        self.port = port if port is not None else free_port(host)
+        super().__init__(port, host=host, start_timeout=start_timeout)
         self._binary = binary
-        self._start_timeout = start_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @classmethod
     def attach(cls, host: str) -> PubSubEmulator:
@@ -89,74 +81,9 @@ class PubSubEmulator:
         bind, _, port = host.rpartition(":")
         return cls(int(port), host=bind)
 
-    @property
-    def host(self) -> str:
-        """``host:port``, the value for ``PUBSUB_EMULATOR_HOST``."""
-        return f"{self.bind}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The emulator's process id while this object runs it."""
-        return self._process.pid if self._process is not None else None
-
-    def start(self) -> Self:
-        """Start the emulator and wait until it answers.
-
-        Raises:
-            EmulatorNotFoundError: No Java or emulator.
-            EmulatorStartError: It exited or did not answer within ``start_timeout``.
-        """
+    def _command(self) -> list[str]:
         binary = self._binary or find_pubsub_emulator()
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-        self._process = subprocess.Popen(
-            [str(binary), f"--host={self.bind}", f"--port={self.port}"],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + self._start_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                output = self._read_log()
-                self._process = None
-                self._close_log()
-                raise EmulatorStartError(f"the Pub/Sub emulator exited at start:\n{output}")
-            if self.is_ready():
-                return self
-            time.sleep(0.05)
-        output = self._read_log()
-        self.stop()
-        raise EmulatorStartError(
-            f"the Pub/Sub emulator did not answer on {self.host} in {self._start_timeout}s:\n"
-            f"{output}"
-        )
-
-    def is_ready(self) -> bool:
-        """Whether ``GET /`` answers ``Ok``."""
-        try:
-            with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as response:
-                return bool(response.read().strip() == b"Ok")
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def stop(self) -> None:
-        """Stop an emulator this object started: SIGTERM to its process group, then SIGKILL."""
-        process = self._process
-        if process is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, sig)
-            try:
-                process.wait(timeout=10)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # children left in its group
-        self._process = None
-        self._close_log()
+        return [str(binary), f"--host={self.bind}", f"--port={self.port}"]
 
     # -- REST helpers ----------------------------------------------------------------
 
@@ -246,30 +173,6 @@ class PubSubEmulator:
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read() or b"{}")
         return answer if isinstance(answer, dict) else {}
-
-    # -- plumbing --------------------------------------------------------------------
-
-    def _read_log(self) -> str:
-        if self._log is None:
-            return ""
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")[-4000:]
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         running = self._process is not None and self._process.poll() is None
