@@ -1,4 +1,4 @@
-"""ONE write of a group of completions of one batch: lock-free where it can, else a transaction.
+"""ONE write of a group of completions of one batch, without a lock wherever it can.
 
 The lock-free write (the default wherever completion documents are the guard)
 is a single non-transactional Commit: a ``create`` of every new completion
@@ -10,15 +10,17 @@ many, or nothing is written; it takes no lock. ALREADY_EXISTS means some
 member is already recorded: one plain ``get_all`` (no transaction, no lock)
 finds which, and the rest is committed again.
 
-The transactional write (``async_transactional``) is needed where the legacy
-array is the only guard: in LEGACY mode, and for a dual-write batch whose
-legacy-only players were not yet backfilled into completion documents. It
-reads the completion documents and, there, the batch document's array.
+Where the legacy array is the only guard (LEGACY mode; a dual-write batch whose
+legacy-only players were not yet backfilled), the write reads the batch
+document and the members' completion documents in one plain read and commits
+on the condition that the batch's ``update_time`` is unchanged (every write
+updates the batch document); refused, it reads again. ``write_path="transaction"``
+does the same in a transaction (``async_transactional``), for comparison.
 
 A player id with a carriage return has its ``predictions_by_player`` entry
 written as part of the whole map, never through a field path naming it (see
-``schema.needs_whole_map_write``): a group with such a player goes through the
-transaction, which reads the map and writes it back with the new entries.
+``ids.needs_whole_map_write``): a group with such a player reads the map first
+and writes it back with the new entries, conditionally as above.
 
 Every write carries the group's write id (stored in each completion document;
 in LEGACY mode in the batch document's ``recent_writes``). After any uncertain
@@ -30,13 +32,13 @@ again after a lost answer, its commit time (``completed_at``) against the
 expiry's. No outcome is decided from error text.
 
 Rolling deploys and rollbacks: once completion documents guard a batch, they
-stay its guard whatever mode writes it. A LEGACY-mode writer reads the batch in
-its transaction anyway; on a guarded batch it creates the completion documents
+stay its guard whatever mode writes it. A LEGACY-mode writer reads the batch
+before writing anyway; on a guarded batch it creates the completion documents
 and moves the subcollection counters too, so a player it records is a DUPLICATE
 for every other mode at once, with no window. Every lock-free Commit still reads
-``legacy_only_count`` back (``Increment(0)``) and goes transactional on a batch
-it finds unguarded. Every write reports the batch's count as every mode counts
-it (``schema.counted``), so whichever mode finishes a batch finalises it.
+``legacy_only_count`` back (``Increment(0)``) and reads the array first on a
+batch it finds unguarded. Every write reports the batch's count as every mode
+counts it (``decode.counted``), so whichever mode finishes a batch finalises it.
 """
 
 from __future__ import annotations
@@ -154,8 +156,8 @@ class GroupWriter:
         try:
             info = await self._infos.get(batch_id)
             # LEGACY players have no completion document: where the batch may have
-            # some (LEGACY mode; a batch not backfilled), the array is read, in a
-            # transaction.
+            # some (LEGACY mode; a batch not backfilled), the array is read first (a
+            # plain read and a conditional Commit, or a transaction on request).
             legacy_read = not (self._mode.writes_subcollection and info.guarded)
             if self._write_path == "auto" and not legacy_read and not self._whole_map(firsts):
                 written = await self._write_lock_free(batch_id, group, firsts, state, info)
