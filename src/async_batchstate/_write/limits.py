@@ -104,7 +104,7 @@ def in_flight_bound(mode: MigrationMode, coalesce: bool, write_path: str, given:
             raise ConfigurationError("max_in_flight_per_batch must be >= 1")
         return given
     if mode is MigrationMode.LEGACY:
-        return 1  # LEGACY transactions read the hot document: two would wait on each other
+        return 1  # LEGACY reads the hot document first: a second write would void the first
     if not coalesce:
         return 32
     return 16 if write_path == "auto" else 2

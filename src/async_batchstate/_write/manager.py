@@ -71,8 +71,9 @@ class AsyncBatchStateManager:
             (``MigrationMode.from_env``).
         write_path: ``"auto"`` (default): each group is ONE lock-free Commit
             wherever completion documents are the guard (every mode that writes
-            the subcollection, on batches that need no legacy read), a transaction
-            elsewhere (LEGACY; a dual-write batch not yet backfilled).
+            the subcollection, on batches that need no legacy read), elsewhere
+            (LEGACY; a dual-write batch not yet backfilled) a plain read and ONE
+            Commit conditional on the batch being unchanged since.
             ``"transaction"``: every group through ``async_transactional``.
         coalesce: Group concurrent completions of one batch into one write.
             ``False`` writes each completion alone (for comparison).
@@ -83,7 +84,8 @@ class AsyncBatchStateManager:
             up while commits succeed without contention and their latency stays
             near its floor, down on ABORTED, RESOURCE_EXHAUSTED or rising latency.
             Default 16 on the lock-free path, 2 with transactions, 32 without
-            coalescing, 1 in LEGACY mode (its transactions read the hot document).
+            coalescing, 1 in LEGACY mode (each write reads the hot document first, and a
+            second in flight would only make the first's condition fail).
         linger: Seconds a lane waits before taking a group, to let more completions
             join it. 0 (default) adds no latency: groups form from what queued
             while the previous write was in flight.
