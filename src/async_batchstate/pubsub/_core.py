@@ -62,6 +62,15 @@ class AdapterStats:
     in_flight: int = 0
 
 
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is an ``int`` >= 1 (not a ``bool``), else ``InvalidInputError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} must be an int")
+    if value < 1:
+        raise InvalidInputError(f"{name} must be >= 1, not {value}")
+    return value
+
+
 class Processor:
     """Parses a delivery, records it and decides its fate; counts and reports poison."""
 
@@ -71,7 +80,7 @@ class Processor:
         *,
         parse: Parser,
         poison: PoisonPolicy,
-        unknown_batch: UnknownBatchPolicy,
+        unknown_batch: UnknownBatchPolicy | None,
         on_poison: PoisonHook | None,
         timeout: float | None,
         wall_clock: Callable[[], float] = time.time,
@@ -81,7 +90,7 @@ class Processor:
         self.manager = manager
         self.poison = poison
         self._parse = parse
-        self._unknown_batch = unknown_batch
+        self._unknown_batch = unknown_batch or UnknownBatchPolicy()
         self._on_poison = on_poison
         self._timeout = timeout
         self._wall_clock = wall_clock

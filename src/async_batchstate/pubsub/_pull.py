@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import InvalidInputError, ManagerClosedError
 from .._write.manager import AsyncBatchStateManager
-from ._core import AdapterStats, PoisonHook, Processor, logger
+from ._core import AdapterStats, PoisonHook, Processor, logger, positive_int
 from ._messages import Action, Parser, PoisonPolicy, UnknownBatchPolicy, parse_json
 
 if TYPE_CHECKING:
@@ -85,10 +85,7 @@ class PullConsumer:
         on_poison: PoisonHook | None = None,
         timeout: float | None = None,
     ) -> None:
-        if isinstance(max_outstanding, bool) or not isinstance(max_outstanding, int):
-            raise InvalidInputError("max_outstanding must be an int")
-        if max_outstanding < 1:
-            raise InvalidInputError(f"max_outstanding must be >= 1, not {max_outstanding}")
+        positive_int("max_outstanding", max_outstanding)
         if ack_deadline is not None and not 10 <= ack_deadline <= 600:
             raise InvalidInputError(f"ack_deadline must be 10-600 seconds, not {ack_deadline}")
         self.subscription = subscription
@@ -96,7 +93,7 @@ class PullConsumer:
             manager,
             parse=parse,
             poison=poison,
-            unknown_batch=unknown_batch or UnknownBatchPolicy(),
+            unknown_batch=unknown_batch,
             on_poison=on_poison,
             timeout=timeout,
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._errors import BatchStateError, InvalidInputError
 from .._write.manager import AsyncBatchStateManager
-from ._core import AdapterStats, PoisonHook, Processor, logger
+from ._core import AdapterStats, PoisonHook, Processor, logger, positive_int
 from ._messages import Action, Parser, PoisonPolicy, UnknownBatchPolicy, parse_json
 
 __all__ = ["GOOGLE_CERTS_URL", "PushAuth", "PushAuthError", "PushEndpoint"]
@@ -229,15 +229,12 @@ class PushEndpoint:
         on_poison: PoisonHook | None = None,
         timeout: float | None = None,
     ) -> None:
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-            raise InvalidInputError("max_concurrency must be an int")
-        if max_concurrency < 1:
-            raise InvalidInputError(f"max_concurrency must be >= 1, not {max_concurrency}")
+        positive_int("max_concurrency", max_concurrency)
         self._processor = Processor(
             manager,
             parse=parse,
             poison=poison,
-            unknown_batch=unknown_batch or UnknownBatchPolicy(),
+            unknown_batch=unknown_batch,
             on_poison=on_poison,
             timeout=timeout,
         )
