@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in summary["table"]:
         say(
             f"{row['phase']:>20}: p2a p50/p99 {row['p2a_p50_ms']:.0f}/{row['p2a_p99_ms']:.0f} ms "
-            f"(outside outages {row['p2a_p99_outside_ms']:.0f}), receive-to-ack p50/p99 "
+            f"(outside outages {row['p2a_p99_outside_ms']:.0f}, and emulator stranding "
+            f"{row['p2a_p99_fleet_ms']:.0f}; {row['stranded']} stranded), receive-to-ack p50/p99 "
             f"{row['receive_to_ack_p50_ms']:.0f}/{row['receive_to_ack_p99_ms']:.0f} ms, "
             f"completion p99 {row['completion_p99_ms']:.0f} ms, "
             f"failures {row['failure_rate']:.3%}, lost {row['lost']}"
