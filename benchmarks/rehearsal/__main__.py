@@ -28,6 +28,7 @@ def config(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--rate", type=float, help="messages/s offered (first deliveries)")
     p.add_argument("--processes", type=int, help="coordinator processes")
     p.add_argument("--push", type=int, help="of which push endpoints (the rest pull)")
+    p.add_argument("--push-rate", type=float, help="messages/s routed to each push slot")
     p.add_argument("--rtt-ms", type=float, help="round trip added to Firestore (default 14)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
@@ -43,6 +44,7 @@ def config(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
             "rate": args.rate,
             "processes": args.processes,
             "push": args.push,
+            "push_rate": args.push_rate,
             "rtt_ms": args.rtt_ms,
             "seed": args.seed,
         }.items()

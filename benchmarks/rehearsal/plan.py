@@ -48,6 +48,7 @@ class Config:
     poison: int = 6
     expiring: float = 0.1  # share of batches that pass their deadline with players missing
     rtt_ms: float = 14.0
+    push_rate: float | None = None  # messages/s routed to each push slot (None: an equal share)
     lease: float = 5.0  # callback lease and sweep interval of the fleet
     settle: float = 90.0  # most seconds after the last publish to wait for acks/callbacks
     seed: int = 20
@@ -56,9 +57,9 @@ class Config:
 FULL = Config(
     name="rehearsal",
     duration=600.0,
-    rate=60.0,  # the emulator pushes 2 requests at a time per push slot: ~30/s each at best
+    rate=60.0,  # 120/s: the emulator strands a third of the messages (benchmarks/README.md)
     processes=4,
-    push=2,
+    push=2,  # the emulator pushes 2 requests at a time per push slot: ~30/s each at best
     sizes=(20, 300),
     window=20.0,
     poison=20,
@@ -198,11 +199,24 @@ def traffic(cfg: Config, tag: str) -> Traffic:
         n += 1
         t += rng.expovariate(cfg.rate / mean)
     k = 0
+    pull = cfg.processes - cfg.push
+    weights = [1.0] * cfg.processes
+    if cfg.push_rate is not None and pull:
+        share = min(1.0, cfg.push_rate * cfg.push / cfg.rate)  # of all messages, to push slots
+        weights = [(1 - share) / pull] * pull + [share / cfg.push] * cfg.push
 
     def add(at: float, batch_id: str, player: str, count: int, kind: str) -> None:
         nonlocal k
         out.messages.append(
-            Message(f"m{k:07d}", at, batch_id, player, count, rng.randrange(cfg.processes), kind)
+            Message(
+                f"m{k:07d}",
+                at,
+                batch_id,
+                player,
+                count,
+                rng.choices(range(cfg.processes), weights)[0],
+                kind,
+            )
         )
         k += 1
 
