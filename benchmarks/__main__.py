@@ -27,7 +27,7 @@ from ._delay import delay_proxy
 from ._open import OpenBench
 from ._open_report import write_open
 from ._open_sweep import GROUPS, OPEN_FULL, OPEN_QUICK, open_wan
-from ._strategies import OPEN_LOOP
+from ._strategies import OPEN_LOOP, STRATEGIES
 
 PROJECT = "demo-bench"
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     loop.add_argument(
         "--strategies",
-        type=_names(OPEN_LOOP),
-        help=f"comma-separated from {','.join(OPEN_LOOP)} (default: all)",
+        type=_names(tuple(STRATEGIES)),
+        help=f"comma-separated strategy keys (default: {','.join(OPEN_LOOP)})",
     )
     args = parser.parse_args(argv)
     if args.rtt_ms < 0 or args.jitter_ms < 0:

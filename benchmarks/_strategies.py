@@ -298,6 +298,13 @@ STRATEGIES: dict[str, Strategy] = {
             "(d) manager, write_path=transaction",
             _managed(write_path="transaction"),
         ),
+        # One Commit in flight per batch per process: under a per-document write ceiling
+        # the group grows with the arrivals instead of queueing Commits at the document.
+        Strategy(
+            "manager_one_in_flight",
+            "(d) manager, max_in_flight_per_batch=1",
+            _managed(max_in_flight_per_batch=1),
+        ),
         # The defaults include sampled validation (10 % of completions start a background
         # scan of the batch); this variant shows what it costs.
         Strategy(
