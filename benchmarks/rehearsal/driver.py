@@ -36,7 +36,8 @@ from .proxy import ControlledProxy, controlled_proxy
 from .records import Records
 
 PROJECT = "demo-rehearsal"
-STRANDED = 12.0  # s unacknowledged after publishing: the emulator stranded it (ack deadline 10)
+ACK_DEADLINE = 10  # s, of every subscription (and each consumer's lease extension)
+STRANDED = ACK_DEADLINE + 2.0  # s unacknowledged after publishing: the emulator stranded it
 COMPLETIONS = "completions"
 
 
@@ -213,7 +214,7 @@ class Run:
                 PROJECT,
                 f"rh-{kind}{i}-sub-{self.tag}",
                 topic,
-                ack_deadline=10,
+                ack_deadline=ACK_DEADLINE,
                 **(push if kind == "push" else {}),  # type: ignore[arg-type]
             )
             fleet.slots.append(Slot(i, kind, topic, sub))

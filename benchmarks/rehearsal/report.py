@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._load import percentile
-from .driver import Run
+from .driver import ACK_DEADLINE, Run
 from .plan import PHASES
 
 POISON_ERRORS = (
@@ -17,12 +17,12 @@ POISON_ERRORS = (
     "InvalidCountError",
     "MessageParseError",
 )
-KILL_RECOVERY = 12.0  # a SIGKILLed consumer's leases (10 s) run out, then redelivery
+KILL_RECOVERY = ACK_DEADLINE + 2.0  # a SIGKILLed consumer's leases run out, then redelivery
 OUTAGE_RECOVERY = 2.0
-STRANDED_AFTER = 9.0
+STRANDED_AFTER = ACK_DEADLINE - 1.0
 """A message that no coordinator received for this long after its publish was routed by
-the emulator to a closed stream or a gone push endpoint (held for an ack deadline, 10 s):
-Pub/Sub's delivery, not the fleet's (DESIGN.md 4b)."""
+the emulator to a closed stream or a gone push endpoint (held there for an ack deadline):
+Pub/Sub's delivery, not the fleet's (benchmarks/README.md)."""
 
 
 def _phases(run: Run, end: float) -> list[tuple[str, float, float]]:
