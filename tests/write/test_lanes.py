@@ -154,7 +154,7 @@ async def test_a_redelivery_of_a_player_in_flight_waits_for_the_next_group() -> 
     """The same player never rides two groups at once: its redelivery is deferred, others
     queued behind it are not held up, and it goes out once the first group is done."""
     runner = FakeRunner()
-    lane = make_lane(runner, limit=2)
+    lane = make_lane(runner, limit=2, max_group_size=1)  # "q" alone fills a group
     await start_one_group(lane, runner, "p")
     submit(lane, "p", "q")
     await runner.started(2)
@@ -174,7 +174,7 @@ async def test_only_deferred_work_starts_no_writer() -> None:
     """Only a redelivery of the player in flight queued: no writer starts for it (none could
     take it, and none spins); it goes out once the first group is done."""
     runner = FakeRunner()
-    lane = make_lane(runner, limit=2)
+    lane = make_lane(runner, limit=2, max_group_size=1)  # one takeable would be a group
     await start_one_group(lane, runner, "p")
     before = set(lane.tasks)
     submit(lane, "p")
@@ -189,17 +189,36 @@ async def test_only_deferred_work_starts_no_writer() -> None:
     assert [["p"], ["p"]] == runner.groups
 
 
-async def test_work_queued_beside_a_spare_writer_starts_without_waiting() -> None:
-    """Limit 2, one group in flight: a completion for another player gets the free slot."""
+async def test_less_than_a_group_waits_for_the_write_in_flight() -> None:
+    """Limit 2, one group in flight: completions that fit in one group start no second
+    write (it would only queue at the same document); they are the next group."""
     runner = FakeRunner()
-    lane = make_lane(runner, limit=2)
-    submit(lane, "p")
-    await runner.started(1)
-    submit(lane, "q")
+    lane = make_lane(runner, limit=2, max_group_size=3)
+    await start_one_group(lane, runner, "p")
+    submit(lane, "q", "r")
+
+    assert (1, 2) == (lane.in_flight, len(lane.queue))
+    runner.release(0)
+    await runner.started(2)
+    runner.release(1)
+    await lane.drain()
+
+    assert [["p"], ["q", "r"]] == runner.groups
+
+
+async def test_a_full_group_queued_beside_a_write_starts_without_waiting() -> None:
+    """Limit 2, one group in flight: a whole group's worth queued takes the free slot."""
+    runner = FakeRunner()
+    lane = make_lane(runner, limit=2, max_group_size=2)
+    await start_one_group(lane, runner, "p")
+    submit(lane, "q", "r")
     async with asyncio.timeout(0.5):  # no I/O here: a free slot would be taken at once
         await runner.started(2)
 
-    assert [["p"], ["q"]] == runner.groups
+    assert [["p"], ["q", "r"]] == runner.groups
+    runner.release(0)
+    runner.release(1)
+    await lane.drain()
 
 
 async def test_withdraw_removes_a_caller_no_group_has_taken() -> None:

@@ -1,9 +1,10 @@
 """Per-batch lanes: completions that queue while a write is in flight go out together.
 
 This is the database "group commit": every completion of a batch touches one
-document, so instead of N transactions fighting over it, a lane keeps a few
-transactions in flight and batches everything that arrived meanwhile into the
-next one. 200 concurrent callers become a handful of large commits.
+document, so instead of N transactions fighting over it, a lane keeps one write
+in flight (a second only when what queues fills a whole group) and batches
+everything that arrived meanwhile into the next one. 200 concurrent callers
+become a handful of large commits.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class Lane:
 
         Redeliveries of players in flight wait; it stops looking as soon as it knows.
         """
+        if len(self.queue) <= count:
+            return False
         for pending in self.queue:
             if pending.completion.player not in self._writing:
                 count -= 1
@@ -113,12 +116,10 @@ class Lane:
         return False
 
     def _pump(self) -> None:
-        # One writer per takeable completion at most: a spare writer that finds nothing
-        # would hold a slot of the in-flight limit while work queues behind it.
         while (
             not self._stopped
             and len(self.tasks) < self.limit.limit
-            and self._takeable_beyond(self._starting)
+            and self._takeable_beyond(self._carried())
         ):
             self._starting += 1
             task = asyncio.get_running_loop().create_task(
@@ -126,6 +127,21 @@ class Lane:
             )
             self.tasks.add(task)
             task.add_done_callback(self._done)
+
+    def _carried(self) -> int:
+        """Queued completions the writers already there will take: a new writer needs more.
+
+        A writer not yet started takes up to a full group. While a group is in flight, a
+        second one starts only for a full group: the batch's writes all land on one
+        document, whose writes Firestore serialises, so a second Commit in flight only
+        waits there (behind a per-document write ceiling, it queues and is refused)
+        where, held back, its completions join the next group. Pipelining pays only
+        when what queues does not fit in one group.
+        """
+        carried = self._starting * self._max_group_size
+        if len(self.tasks) > self._starting:
+            carried += self._max_group_size - 1
+        return carried
 
     async def _write_next(self) -> bool:
         """Write one group; False if every queued completion had to wait."""

@@ -80,7 +80,11 @@ class AsyncBatchStateManager:
         max_group_size: Most completions per write (default 250, at most 1,500:
             a group is one request, under Firestore's 10 MiB even with 1,500-byte ids).
         max_in_flight_per_batch: Most writes per batch in flight in this process.
-            The adaptive limit starts at 2 and moves between 1 and this bound:
+            A lane keeps one write in flight and starts another beside it only
+            when what queues fills a whole group (every write of a batch lands on
+            one document, whose writes Firestore serialises: a second Commit would
+            queue there while its completions could join the next group). Beyond
+            that, an adaptive limit starts at 2 and moves between 1 and this bound:
             up while commits succeed without contention and their latency stays
             near its floor, down on ABORTED, RESOURCE_EXHAUSTED or rising latency.
             Default 16 on the lock-free path, 2 with transactions, 32 without
