@@ -17,6 +17,7 @@ from packaging.requirements import Requirement
 
 from async_batchstate._store import _client_internals as internals
 from async_batchstate._store.transactions import run_transactional
+from async_batchstate._write.wire import create_write, update_write
 from async_batchstate.testing import EmulatorInfo, RpcCounter, make_client
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -124,3 +125,26 @@ async def test_close_channel_closes_the_clients_channel(firestore_emulator: Emul
     with pytest.raises(Exception) as refused:
         await client.collection("c").document("d").get()
     assert not isinstance(refused.value, AssertionError)
+
+
+async def test_prebuilt_writes_commit_through_a_write_batch(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """document_name gives the full resource name, add_writes adds Writes a batch commits."""
+    ref = firestore_client.collection(batch_collection).document("b")
+    await ref.set({"n": 1, "keep": "me"})
+    created = ref.collection("c").document("x.y")
+    name = internals.document_name(ref)
+    batch = firestore_client.batch()
+    internals.add_writes(
+        batch,
+        [
+            create_write(internals.document_name(created), {"v": True}),
+            update_write(name, {"m.`x.y`": 2, "t": "s"}),
+        ],
+    )
+    await batch.commit()
+
+    assert name.startswith("projects/") and name.endswith(f"/documents/{batch_collection}/b")
+    assert {"n": 1, "keep": "me", "m": {"x.y": 2}, "t": "s"} == (await ref.get()).to_dict()
+    assert {"v": True} == (await created.get()).to_dict()

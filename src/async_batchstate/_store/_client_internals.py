@@ -1,6 +1,6 @@
 """Every use of google-cloud-firestore's (and grpc.aio's) private internals, in one place.
 
-The library needs four things no public API offers. Each is a small function
+The library needs six things no public API offers. Each is a small function
 here, and ``tests/test_client_internals.py`` exercises every one of them
 against the emulator with the installed client, whose version it checks
 against the range ``pyproject.toml`` allows: a client upgrade that moves one
@@ -53,6 +53,17 @@ async def close_channel(client: AsyncClient) -> None:
     api = getattr(client, "_firestore_api_internal", None)
     if api is not None:
         await api.transport.close()
+
+
+def document_name(reference: Any) -> str:
+    """The full resource name of a ``DocumentReference`` (``projects/.../documents/...``)."""
+    name: str = reference._document_path
+    return name
+
+
+def add_writes(batch: Any, writes: list[Any]) -> None:
+    """Add prebuilt ``Write`` messages to a ``WriteBatch`` (its builders take only dicts)."""
+    batch._add_write_pbs(writes)
 
 
 def grpc_channel(client: Any) -> grpc.aio.Channel:

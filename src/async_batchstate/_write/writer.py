@@ -59,6 +59,7 @@ from .._config import MigrationMode
 from .._errors import ConfigurationError, WriteFailedError, batch_not_found
 from .._store import decode
 from .._store import names as f
+from .._store._client_internals import add_writes, document_name
 from .._store.batch_info import BatchInfo
 from .._store.completion import completion_doc
 from .._store.decode import as_int
@@ -79,6 +80,7 @@ from .group import (
 from .reads import read_after_conflict, read_group, resolve_found
 from .transactions import Transactions
 from .update import ResultsAt, batch_update
+from .wire import create_write, update_write
 
 logger = logging.getLogger("async_batchstate")
 
@@ -221,11 +223,18 @@ class GroupWriter:
                 info.note_conflict(conflicted)
                 return seen
             refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
-            write = self._client.batch()
-            for completion in pending:
-                write.create(refs[completion.player], self._completion_doc(completion, state))
             update, results_at = batch_update(self._mode, pending, docs=True)
-            write.update(batch_ref, update)
+            write = self._client.batch()
+            add_writes(
+                write,
+                [
+                    *(
+                        create_write(document_name(refs[c.player]), self._completion_doc(c, state))
+                        for c in pending
+                    ),
+                    update_write(document_name(batch_ref), update),
+                ],
+            )
             await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
             try:
                 results = await write.commit(retry=None)
