@@ -87,17 +87,29 @@ def _client_cpu(results: dict[str, Any]) -> Line:
 
 
 def _validation_reads(results: dict[str, Any]) -> Line:
-    title = "manager: document reads per completion spent on validation <= 0.05"
-    reads = [
-        s["validation_reads_per_completion"]
+    """The average over every manager step, weighted by completions: a step's own figure
+    also carries the one check of the batch that finished in it, which on a step of a
+    few dozen completions (a 20 writes/s ceiling) is most of it."""
+    title = "manager: document reads per completion spent on validation <= 0.05 (average)"
+    steps = [
+        s
         for sweep in results["sweeps"]
         if sweep["strategy"] == "manager"
         for s in sweep["steps"]
-        if s["validation_reads_per_completion"] is not None
+        if s["validation_reads_per_completion"] is not None and s["completions"]
     ]
-    if not reads:
+    if not steps:
         return line(title, None, "this manager's stats() has no validation_reads")
-    return line(title, max(reads) <= 0.05, f"at most {max(reads):.3f} over {len(reads)} steps")
+    completions = sum(s["completions"] for s in steps)
+    reads = sum(s["validation_reads_per_completion"] * s["completions"] for s in steps)
+    most = max(steps, key=lambda s: s["validation_reads_per_completion"])
+    return line(
+        title,
+        reads / completions <= 0.05,
+        f"{reads / completions:.3f} over {len(steps)} steps ({completions} completions); "
+        f"the most in one step {most['validation_reads_per_completion']:.3f} "
+        f"({most['completions']} completions)",
+    )
 
 
 def open_targets(results: dict[str, Any]) -> list[Line]:

@@ -14,7 +14,7 @@ from async_batchstate.testing import RpcCounter
 
 from ._load import _ABANDONED, note_error
 from ._strategies import STRATEGIES
-from ._worker import worker_client
+from ._worker import run_job, worker_client
 
 Arrival = tuple[float, str, str, int]
 """``(seconds after the start, batch id, player, predictions)``: one message."""
@@ -133,7 +133,7 @@ class OpenJob:
 
 def open_worker(job: OpenJob) -> OpenLoad:
     """Run ``job`` in this (pool) process."""
-    return asyncio.run(_open_worker_load(job))
+    return run_job(_open_worker_load(job))
 
 
 async def _open_worker_load(job: OpenJob) -> OpenLoad:

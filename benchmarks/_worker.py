@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 
@@ -15,6 +15,7 @@ from async_batchstate.testing import EmulatorInfo, aclose_client, make_client
 from ._load import Load, Player, drive
 
 _barrier: Any = None
+T = TypeVar("T")
 
 
 def init_worker(barrier: Any) -> None:
@@ -38,9 +39,25 @@ class Job:
     grace: float
 
 
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def run_job(job: Coroutine[Any, Any, T]) -> T:
+    """Run one job on this pool process's event loop, the same loop for every job.
+
+    grpc.aio binds its completion-queue poller to the first loop it runs on: a new
+    ``asyncio.run`` per job left it posting to a closed loop ("Event loop is closed").
+    """
+    global _loop
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+    return _loop.run_until_complete(job)
+
+
 def worker(job: Job) -> Load:
     """Run ``job`` in this (pool) process."""
-    return asyncio.run(_worker_load(job))
+    return run_job(_worker_load(job))
 
 
 @contextlib.asynccontextmanager

@@ -37,7 +37,7 @@ def client_update(data: dict[str, Any]) -> Any:
 # Player ids as the manager accepts them, odd ones included: dots, backticks,
 # backslashes, spaces, non-ASCII (a CR goes through the whole-map path instead).
 PLAYER = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\r"),
+    alphabet=st.characters(categories=None, exclude_categories=["Cs"], exclude_characters="/\r"),
     min_size=1,
     max_size=20,
 ).filter(lambda p: p not in (".", "..") and not needs_whole_map_write(p))
