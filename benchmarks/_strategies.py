@@ -7,9 +7,10 @@ counters), so a cell's final documents can be checked the same way for all.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -184,6 +185,10 @@ class Recorder(Protocol):
         """What it cost since creation."""
         ...
 
+    async def prepare(self, batch_ids: Sequence[str]) -> None:
+        """Read what it keeps per batch (unmeasured: a process's earlier messages did)."""
+        ...
+
     async def aclose(self) -> None:
         """Release resources (drain the manager)."""
         ...
@@ -222,6 +227,9 @@ class PlainRecorder:
         aborts = {k: v for k, v in self.aborts.items() if v}
         return Costs(self.attempts, self.commits, aborts, grouped=self.commits)
 
+    async def prepare(self, batch_ids: Sequence[str]) -> None:
+        return None  # keeps nothing per batch
+
     async def aclose(self) -> None:
         return None
 
@@ -246,6 +254,12 @@ class ManagerRecorder:
             # Being added to ``Stats`` by another change; absent: not reported.
             validation_reads=getattr(s, "validation_reads", None),
         )
+
+    async def prepare(self, batch_ids: Sequence[str]) -> None:
+        # The batch settings each process caches on its first message of a batch; no
+        # public call reads them without writing, so the cache is filled directly.
+        infos = self.manager._infos
+        await asyncio.gather(*(infos.get(b) for b in batch_ids))
 
     async def aclose(self) -> None:
         await self.manager.aclose(drain_timeout=10.0)

@@ -7,6 +7,7 @@ import asyncio
 import copy
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,9 @@ class _Hang:
 
     def counters(self) -> Costs:
         return Costs()
+
+    async def prepare(self, batch_ids: Sequence[str]) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None
