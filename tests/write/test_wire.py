@@ -96,3 +96,11 @@ def test_an_empty_map_stays_a_map() -> None:
 def test_a_value_it_cannot_encode_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="float"):
         update_write(NAME, {"x": 1.5})
+
+
+@pytest.mark.parametrize("player", ["abc\n", "a b", "x.y", "`q`", "\\", "é", "_1", "1a"])
+def test_odd_player_ids_are_written_as_the_client_writes_them(player: str) -> None:
+    """Quoting follows the client's own rule, a trailing newline included."""
+    data, _ = batch_update(MigrationMode.DUAL_WRITE, [Completion(player, 3)], docs=True)
+
+    assert client_update(data) == update_write(NAME, data)

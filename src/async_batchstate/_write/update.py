@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, ArrayUnion, Increment
-from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
 from .._store import names as f
@@ -87,11 +86,11 @@ def batch_update(
         data[f.COMPLETED_COUNT] = Increment(len(new))
         data[f.TOTAL_PREDICTIONS_SUBCOLL] = Increment(total)
         data[f.LAST_UPDATED] = SERVER_TIMESTAMP
-    # The client sends a write's field transforms sorted by field path.
-    transforms = sorted(FieldPath.from_string(k) for k, v in data.items() if _is_transform(v))
-    counter = FieldPath(f.COMPLETED_COUNT)
+    # The client sends a write's field transforms sorted by field path; every transform
+    # here is a top-level field with a plain name, so its path sorts as its name.
+    transforms = sorted(k for k, v in data.items() if _is_transform(v))
     return data, ResultsAt(
-        transforms.index(counter) if counter in transforms else None,
-        transforms.index(FieldPath(f.LEGACY_ONLY_COUNT)),
-        transforms.index(FieldPath(f.EXPIRED_FLAG)),
+        transforms.index(f.COMPLETED_COUNT) if f.COMPLETED_COUNT in transforms else None,
+        transforms.index(f.LEGACY_ONLY_COUNT),
+        transforms.index(f.EXPIRED_FLAG),
     )

@@ -9,6 +9,7 @@ one). These build the same messages directly, from the same dicts;
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,11 +21,22 @@ _WRITE: Any = Write.pb()
 _REQUEST_TIME = DocumentTransform.FieldTransform.ServerValue.REQUEST_TIME
 
 
+_SIMPLE = re.compile("^[_a-zA-Z][_a-zA-Z0-9]*$")
+"""A field name the client leaves unquoted in a field path (its own pattern, ``$`` and all)."""
+
+
 def _parts(key: str) -> tuple[str, ...]:
     """The segments of an ``update()`` key (a dotted, possibly quoted, field path)."""
-    if "." not in key and "`" not in key:
+    if _SIMPLE.match(key):
         return (key,)
     return tuple(FieldPath.from_string(key).parts)
+
+
+def _path(parts: tuple[str, ...]) -> str:
+    """``parts`` as the API writes a field path."""
+    if len(parts) == 1 and _SIMPLE.match(parts[0]):
+        return parts[0]
+    return str(FieldPath(*parts).to_api_repr())
 
 
 def _set(value_pb: Any, value: Any) -> None:
@@ -80,10 +92,10 @@ def _document_write(name: str, data: Mapping[str, Any], *, update: bool) -> Writ
         # create() takes keys literally; update() reads them as field paths.
         parts = _parts(key) if update else (key,)
         if _is_transform(value):
-            transforms.append((parts, FieldPath(*parts).to_api_repr(), value))
+            transforms.append((parts, _path(parts), value))
             continue
         if update:
-            masked.append((parts, FieldPath(*parts).to_api_repr()))
+            masked.append((parts, _path(parts)))
         if value is DELETE_FIELD:
             continue
         fields = write.update.fields
