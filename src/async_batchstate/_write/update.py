@@ -18,6 +18,7 @@ from .._config import MigrationMode
 from .._store import names as f
 from .._store.ids import player_field
 from .group import Completion, GroupOutcome
+from .wire import is_transform
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +41,6 @@ class ResultsAt:
             count = int(results[self.counter].integer_value) + legacy_only
         expired = int(results[self.expired].integer_value) == 1
         return GroupOutcome((), count, expired=expired), legacy_only
-
-
-def _is_transform(value: object) -> bool:
-    return value is SERVER_TIMESTAMP or isinstance(value, ArrayUnion | Increment)
 
 
 def batch_update(
@@ -88,7 +85,7 @@ def batch_update(
         data[f.LAST_UPDATED] = SERVER_TIMESTAMP
     # The client sends a write's field transforms sorted by field path; every transform
     # here is a top-level field with a plain name, so its path sorts as its name.
-    transforms = sorted(k for k, v in data.items() if _is_transform(v))
+    transforms = sorted(k for k, v in data.items() if is_transform(v))
     return data, ResultsAt(
         transforms.index(f.COMPLETED_COUNT) if f.COMPLETED_COUNT in transforms else None,
         transforms.index(f.LEGACY_ONLY_COUNT),

@@ -20,7 +20,6 @@ from google.cloud.firestore_v1.types import DocumentTransform, Write
 _WRITE: Any = Write.pb()
 _REQUEST_TIME = DocumentTransform.FieldTransform.ServerValue.REQUEST_TIME
 
-
 _SIMPLE = re.compile("^[_a-zA-Z][_a-zA-Z0-9]*$")
 """A field name the client leaves unquoted in a field path (its own pattern, ``$`` and all)."""
 
@@ -64,7 +63,8 @@ def _set_array(array_pb: Any, values: Iterable[Any]) -> None:
         _set(array_pb.values.add(), item)
 
 
-def _is_transform(value: object) -> bool:
+def is_transform(value: object) -> bool:
+    """Whether ``value`` is sent as a field transform (not a value) in an update."""
     return value is SERVER_TIMESTAMP or isinstance(value, ArrayUnion | Increment)
 
 
@@ -91,7 +91,7 @@ def _document_write(name: str, data: Mapping[str, Any], *, update: bool) -> Writ
     for key, value in data.items():
         # create() takes keys literally; update() reads them as field paths.
         parts = _parts(key) if update else (key,)
-        if _is_transform(value):
+        if is_transform(value):
             transforms.append((parts, _path(parts), value))
             continue
         if update:
