@@ -10,12 +10,14 @@ cost BeginTransaction, reads and Commit.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
+from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import CompletionStatus, MigrationMode
-from async_batchstate.testing import RpcCounter
+from async_batchstate.testing import FaultPoint, RpcCounter, batch_violations
 
 from ..helpers import ManagerFactory
 
@@ -148,3 +150,89 @@ async def test_a_carriage_return_id_is_written_with_the_whole_map_read_before(
     rpcs.reset()
     await _group(manager, "b", ["q", "r"])
     assert {"Commit": 1} == dict(rpcs.counts)
+
+
+async def test_a_member_committed_elsewhere_after_the_read_is_set_aside_not_waited_for(
+    make_manager: ManagerFactory,
+    other_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """The race a read cannot close: another process commits a member between this group's read
+    and its Commit. The refusal names it; the rest are committed at once, with no read to wait
+    for, while that member alone is read beside them (whose it is)."""
+    other = other_manager(validation_rate=0.0)
+    steps: list[tuple[str, list[str]]] = []
+
+    async def race(at: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        steps.append((at.value, sorted(players)))
+        reads = [s for s, _ in steps].count("after_reads")
+        if at is FaultPoint.AFTER_READS and reads == 1:
+            await other.record_completion(batch_id, "p0", 1)
+        elif at is FaultPoint.AFTER_READS and reads == 2:
+            await other.record_completion(batch_id, "p2", 1)  # lands after the read
+
+    manager = make_manager(validation_rate=0.0, fault_injector=race)
+    await manager.create_batch("b", expected_count=100)
+    await manager.record_completion("b", "warm-up", 1)  # settings cached
+    steps.clear()
+    rpcs = RpcCounter().attach(firestore_client)
+
+    statuses = await _group(manager, "b", ["p0", "p1", "p2", "p3"])
+
+    dup, rec = CompletionStatus.DUPLICATE, CompletionStatus.RECORDED
+    assert [dup, rec, dup, rec] == statuses
+    assert [
+        ("before_begin", ["p0", "p1", "p2", "p3"]),
+        ("after_reads", ["p0", "p1", "p2", "p3"]),
+        ("before_commit", ["p0", "p1", "p2", "p3"]),  # refused: p0 exists; read all
+        ("after_reads", ["p1", "p2", "p3"]),
+        ("before_commit", ["p1", "p2", "p3"]),  # refused, naming p2: set aside
+        ("before_commit", ["p1", "p3"]),  # at once: p2 is read beside this Commit
+        ("after_commit", ["p1", "p3"]),
+    ] == steps
+    assert {"Commit": 3, "BatchGetDocuments": 2} == dict(rpcs.counts)
+    mode = MigrationMode.DUAL_WRITE
+    assert [] == await batch_violations(firestore_client, batch_collection, "b", mode)
+
+
+@pytest.mark.parametrize("point", [FaultPoint.BEFORE_COMMIT, FaultPoint.AFTER_COMMIT])
+async def test_a_fault_beside_a_set_aside_read_still_gives_every_member_its_outcome(
+    point: FaultPoint,
+    make_manager: ManagerFactory,
+    other_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """The Commit re-sent beside a set-aside read fails (before it is sent, or its answer is
+    lost after it landed): the read is dropped, the next attempt reads what is stored."""
+    other = other_manager(validation_rate=0.0)
+    steps: list[tuple[FaultPoint, list[str]]] = []
+
+    async def race(at: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        steps.append((at, sorted(players)))
+        reads = [s for s, _ in steps].count(FaultPoint.AFTER_READS)
+        if at is FaultPoint.AFTER_READS and reads == 1:
+            await other.record_completion(batch_id, "p0", 1)
+        elif at is FaultPoint.AFTER_READS and reads == 2:
+            await other.record_completion(batch_id, "p2", 1)
+        elif (at, sorted(players)) == (point, ["p1", "p3"]) and steps.count(steps[-1]) == 1:
+            raise gexc.ServiceUnavailable("injected")
+
+    manager = make_manager(validation_rate=0.0, fault_injector=race)
+    await manager.create_batch("b", expected_count=100)
+    await manager.record_completion("b", "warm-up", 1)
+    steps.clear()
+
+    statuses = await _group(manager, "b", ["p0", "p1", "p2", "p3"])
+
+    dup, rec = CompletionStatus.DUPLICATE, CompletionStatus.RECORDED
+    assert [dup, rec, dup, rec] == statuses
+    mode = MigrationMode.DUAL_WRITE
+    assert [] == await batch_violations(
+        firestore_client,
+        batch_collection,
+        "b",
+        mode,
+        expected={"warm-up": 1, "p0": 1, "p1": 1, "p2": 1, "p3": 1},
+    )

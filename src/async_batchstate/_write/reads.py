@@ -61,6 +61,32 @@ async def read_after_conflict(
     return set(members), GroupOutcome((), decode.counted(data), batch, expired=expired)
 
 
+_PATH_ENDS = frozenset("}\"' ,;)]\n")
+
+
+def named_member(refusal: Exception, refs: Mapping[str, Any]) -> str | None:
+    """The one member whose path an ALREADY_EXISTS refusal names, if exactly one.
+
+    A hint, never an outcome: the member is still read to learn whose it is. Firestore
+    says ``Document already exists: projects/.../documents/<path>``, the emulator
+    ``entity already exists: EntityRef{..., path=/<path>}``. An id that could be read
+    as another member's path with more after it (``a`` and ``a}``) names nobody.
+    """
+    text = str(getattr(refusal, "message", refusal))
+    named = [player for player, ref in refs.items() if _names(text, "/" + ref.path)]
+    return named[0] if len(named) == 1 else None
+
+
+def _names(text: str, path: str) -> bool:
+    at = text.find(path)
+    while at >= 0:
+        end = at + len(path)
+        if end == len(text) or text[end] in _PATH_ENDS:
+            return True
+        at = text.find(path, at + 1)
+    return False
+
+
 def resolve_found(
     members: dict[str, dict[str, Any]], batch: dict[str, Any], state: GroupState
 ) -> None:

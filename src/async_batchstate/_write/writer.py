@@ -43,6 +43,7 @@ counts it (``decode.counted``), so whichever mode finishes a batch finalises it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
@@ -77,7 +78,7 @@ from .group import (
     WritePath,
     firsts_of,
 )
-from .reads import read_after_conflict, read_group, resolve_found
+from .reads import named_member, read_after_conflict, read_group, resolve_found
 from .transactions import Transactions
 from .update import ResultsAt, batch_update
 from .wire import create_write, update_write
@@ -206,61 +207,101 @@ class GroupWriter:
 
         Where most groups of the batch meet an existing member (redeliveries in flight
         in other processes), the members are read first, so that one conflict does not
-        refuse, and re-send, the whole group.
+        refuse, and re-send, the whole group. A conflict after the group has read its
+        members is a member another process committed since (a race with a write in
+        flight): the member the refusal names is set aside and read beside the
+        re-sent Commit, so that the rest pay one round trip, not two.
         """
         batch_ref = self.refs.batch(batch_id)
         pending = [group[i] for p, i in firsts.items() if p not in state.resolved]
         seen = GroupOutcome(())
-        conflicted = False
+        conflicted = read = False
         if info.reads_first and len(pending) > 1:
             refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
             found, seen = await read_after_conflict(self.refs, batch_ref, refs, state)
-            conflicted = bool(found)
+            read, conflicted = True, bool(found)
             pending = [c for c in pending if c.player not in found]
         await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
-        for _ in range(_MAX_CONFLICT_ROUNDS):
-            if not pending:
+        aside: dict[str, asyncio.Task[tuple[set[str], GroupOutcome]]] = {}
+        try:
+            for _ in range(_MAX_CONFLICT_ROUNDS):
+                if not pending:
+                    seen = await self._set_aside(aside, seen)
+                    info.note_conflict(conflicted)
+                    return seen
+                refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
+                update, results_at = batch_update(self._mode, pending, docs=True)
+                write = self._client.batch()
+                add_writes(
+                    write,
+                    [
+                        *(
+                            create_write(
+                                document_name(refs[c.player]), self._completion_doc(c, state)
+                            )
+                            for c in pending
+                        ),
+                        update_write(document_name(batch_ref), update),
+                    ],
+                )
+                await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
+                try:
+                    results = await write.commit(retry=None)
+                except gexc.Conflict as exc:
+                    conflicted = True
+                    named = named_member(exc, refs) if read and len(pending) > 1 else None
+                    if named is not None:
+                        # Whose it is does not change what the rest commit: read it beside.
+                        aside[named] = asyncio.ensure_future(
+                            read_after_conflict(self.refs, batch_ref, {named: refs[named]}, state)
+                        )
+                        pending = [c for c in pending if c.player != named]
+                        continue
+                    # Some member exists. One lock-free read of the batch and the members
+                    # says which, whose they are, and where the batch stands.
+                    read = True
+                    found, seen = await read_after_conflict(self.refs, batch_ref, refs, state)
+                    still = [c for c in pending if c.player not in found]
+                    if len(still) == len(pending):
+                        # Nothing we meant to create exists after all (deleted meanwhile?):
+                        # back off and try again rather than spin.
+                        raise gexc.Aborted("ALREADY_EXISTS, but no member exists") from None  # type: ignore[no-untyped-call]
+                    pending = still
+                    await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
+                    continue
+                outcome, legacy_only = results_at.read(results[-1])
+                for completion in pending:
+                    state.resolved[completion.player] = True
+                    if outcome.expired:
+                        state.late.add(completion.player)
+                self._confirm(batch_id, info, legacy_only)
                 info.note_conflict(conflicted)
-                return seen
-            refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
-            update, results_at = batch_update(self._mode, pending, docs=True)
-            write = self._client.batch()
-            add_writes(
-                write,
-                [
-                    *(
-                        create_write(document_name(refs[c.player]), self._completion_doc(c, state))
-                        for c in pending
-                    ),
-                    update_write(document_name(batch_ref), update),
-                ],
-            )
-            await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
-            try:
-                results = await write.commit(retry=None)
-            except gexc.Conflict:
-                # Some member exists. One lock-free read of the batch and the members
-                # says which, whose they are, and where the batch stands.
-                conflicted = True
-                found, seen = await read_after_conflict(self.refs, batch_ref, refs, state)
-                still = [c for c in pending if c.player not in found]
-                if len(still) == len(pending):
-                    # Nothing we meant to create exists after all (deleted meanwhile?):
-                    # back off and try again rather than spin.
-                    raise gexc.Aborted("ALREADY_EXISTS, but no member exists") from None  # type: ignore[no-untyped-call]
-                pending = still
-                await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
-                continue
-            outcome, legacy_only = results_at.read(results[-1])
-            for completion in pending:
-                state.resolved[completion.player] = True
-                if outcome.expired:
-                    state.late.add(completion.player)
-            self._confirm(batch_id, info, legacy_only)
-            info.note_conflict(conflicted)
-            await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
-            return outcome
-        raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
+                await self._set_aside(aside, seen)
+                await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
+                return outcome
+            raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
+        finally:
+            for task in aside.values():
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: a failed read means the next attempt reads
+
+    @staticmethod
+    async def _set_aside(
+        aside: dict[str, asyncio.Task[tuple[set[str], GroupOutcome]]], seen: GroupOutcome
+    ) -> GroupOutcome:
+        """Wait for the reads of the members set aside; the latest view of the batch.
+
+        Raises:
+            google.api_core.exceptions.Aborted: A member named by a refusal was not
+                found (the next attempt commits it again).
+        """
+        for player, task in aside.items():
+            found, seen = await task
+            if player not in found:
+                raise gexc.Aborted(f"ALREADY_EXISTS named {player!r}, which does not exist")  # type: ignore[no-untyped-call]
+        return seen
 
     async def _write_transaction(
         self,
