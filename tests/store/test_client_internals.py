@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from google.api_core import exceptions as gexc
+from google.cloud.firestore_v1 import Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from packaging.requirements import Requirement
@@ -127,24 +128,59 @@ async def test_close_channel_closes_the_clients_channel(firestore_emulator: Emul
     assert not isinstance(refused.value, AssertionError)
 
 
-async def test_prebuilt_writes_commit_through_a_write_batch(
+async def test_prebuilt_writes_commit_in_one_rpc_the_interceptors_see(
     firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """document_name gives the full resource name, add_writes adds Writes a batch commits."""
+    """document_name gives the full resource name; commit_writes commits prebuilt Writes
+    in one Commit on the client's channel (its interceptors see it) and returns one
+    result per write, transform results included."""
     ref = firestore_client.collection(batch_collection).document("b")
     await ref.set({"n": 1, "keep": "me"})
     created = ref.collection("c").document("x.y")
     name = internals.document_name(ref)
-    batch = firestore_client.batch()
-    internals.add_writes(
-        batch,
-        [
-            create_write(internals.document_name(created), {"v": True}),
-            update_write(name, {"m.`x.y`": 2, "t": "s"}),
-        ],
-    )
-    await batch.commit()
 
+    with RpcCounter().attach(firestore_client) as rpcs:
+        results = await internals.commit_writes(
+            firestore_client,
+            [
+                create_write(internals.document_name(created), {"v": True}),
+                update_write(name, {"m.`x.y`": 2, "t": "s", "n": Increment(4)}),
+            ],
+        )
+
+    assert {"Commit": 1} == dict(rpcs.counts)
+    assert 2 == len(results) and 5 == results[-1].transform_results[0].integer_value
     assert name.startswith("projects/") and name.endswith(f"/documents/{batch_collection}/b")
-    assert {"n": 1, "keep": "me", "m": {"x.y": 2}, "t": "s"} == (await ref.get()).to_dict()
+    assert {"n": 5, "keep": "me", "m": {"x.y": 2}, "t": "s"} == (await ref.get()).to_dict()
     assert {"v": True} == (await created.get()).to_dict()
+
+
+async def test_commit_writes_maps_errors_as_the_client_does(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """ALREADY_EXISTS is Conflict (with the server's message), a missing document NotFound,
+    and nothing of a refused Commit is applied."""
+    ref = firestore_client.collection(batch_collection).document("b")
+    await ref.set({"n": 1})
+    taken = ref.collection("c").document("taken")
+    await taken.set({"v": 1})
+    fresh = ref.collection("c").document("fresh")
+
+    with pytest.raises(gexc.Conflict) as conflict:
+        await internals.commit_writes(
+            firestore_client,
+            [
+                create_write(internals.document_name(fresh), {"v": 2}),
+                create_write(internals.document_name(taken), {"v": 2}),
+                update_write(internals.document_name(ref), {"n": Increment(1)}),
+            ],
+        )
+    with pytest.raises(gexc.NotFound):
+        await internals.commit_writes(
+            firestore_client,
+            [update_write(internals.document_name(ref.collection("c").document("no")), {"v": 3})],
+        )
+
+    assert "taken" in conflict.value.message
+    assert not (await fresh.get()).exists
+    assert {"n": 1} == (await ref.get()).to_dict()

@@ -60,7 +60,7 @@ from .._config import MigrationMode
 from .._errors import ConfigurationError, WriteFailedError, batch_not_found
 from .._store import decode
 from .._store import names as f
-from .._store._client_internals import add_writes, document_name
+from .._store._client_internals import commit_writes, document_name
 from .._store.batch_info import BatchInfo
 from .._store.completion import completion_doc
 from .._store.decode import as_int
@@ -231,22 +231,16 @@ class GroupWriter:
                     return seen
                 refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
                 update, results_at = batch_update(self._mode, pending, docs=True)
-                write = self._client.batch()
-                add_writes(
-                    write,
-                    [
-                        *(
-                            create_write(
-                                document_name(refs[c.player]), self._completion_doc(c, state)
-                            )
-                            for c in pending
-                        ),
-                        update_write(document_name(batch_ref), update),
-                    ],
-                )
+                writes = [
+                    *(
+                        create_write(document_name(refs[c.player]), self._completion_doc(c, state))
+                        for c in pending
+                    ),
+                    update_write(document_name(batch_ref), update),
+                ]
                 await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
                 try:
-                    results = await write.commit(retry=None)
+                    results = await commit_writes(self._client, writes)
                 except gexc.Conflict as exc:
                     conflicted = True
                     named = named_member(exc, refs) if read and len(pending) > 1 else None
