@@ -226,9 +226,7 @@ class GroupWriter:
         try:
             for _ in range(_MAX_CONFLICT_ROUNDS):
                 if not pending:
-                    seen = await self._set_aside(aside, seen)
-                    info.note_conflict(conflicted)
-                    return seen
+                    break
                 refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
                 update, results_at = batch_update(self._mode, pending, docs=True)
                 writes = [
@@ -273,7 +271,12 @@ class GroupWriter:
                 await self._set_aside(aside, seen)
                 await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
                 return outcome
-            raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
+            if pending:
+                raise gexc.Aborted("too many rounds of conflicting completions")  # type: ignore[no-untyped-call]
+            # Every member was found or set aside (the last one may be in the last round).
+            seen = await self._set_aside(aside, seen)
+            info.note_conflict(conflicted)
+            return seen
         finally:
             for task in aside.values():
                 if not task.done():
