@@ -16,6 +16,7 @@ from .._write.manager import AsyncBatchStateManager
 from ._messages import (
     Action,
     Decision,
+    MessageParseError,
     Parser,
     PoisonMessage,
     PoisonPolicy,
@@ -29,6 +30,13 @@ __all__ = ["AdapterStats", "Drainable", "PoisonHook", "drain_on_sigterm"]
 logger = logging.getLogger("async_batchstate.pubsub")
 
 _signal_tasks: set[asyncio.Task[None]] = set()
+
+DELIVERY_TIMEOUT = 10.0
+"""The adapters' default ``record_completion`` timeout (seconds): a push answer
+comes well inside Pub/Sub's ack deadline and Cloud Run's request timeout."""
+
+SHUTDOWN_BUDGET = 8.0
+"""Default seconds from SIGTERM to the end of a shutdown: Cloud Run's 10 s less 2 s to exit."""
 
 PoisonHook = Callable[[PoisonMessage], object]
 """Called with each poison message (sync or async); its errors are logged, not raised."""
@@ -114,11 +122,15 @@ class Processor:
         outcome: Any
         try:
             c = parse_with(self._parse, data, attributes)
-            outcome = await self.manager.record_completion(
-                c.batch_id, c.player, c.predictions_count, timeout=self._timeout
-            )
-        except Exception as exc:  # every failure is classified: nothing escapes unacked-but-lost
+        except MessageParseError as exc:  # whatever the parser raised: it would again
             outcome = exc
+        else:
+            try:
+                outcome = await self.manager.record_completion(
+                    c.batch_id, c.player, c.predictions_count, timeout=self._timeout
+                )
+            except Exception as exc:  # classified by decide: only the write's failures retry
+                outcome = exc
         age = 0.0 if publish_time is None else max(0.0, self._wall_clock() - publish_time)
         decision = decide(outcome, age=age, unknown_batch=self._unknown_batch)
         if decision.action is Action.ACK:
@@ -199,36 +211,72 @@ class Processor:
             )
         return len(pending)
 
+    async def shutdown(self, budget: float, drain: Callable[[float], Awaitable[int]]) -> int:
+        """``drain`` within ``budget`` seconds, then close the manager within what is left.
+
+        The manager's close waits for its queued and in-flight writes, then for
+        its callbacks, and cuts what is left when the budget runs out (writes
+        committed whole or not at all; callbacks stay owed). The adapter never
+        acknowledges a delivery whose write it did not see confirmed.
+
+        Returns:
+            How many deliveries the drain cut short.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        cut = await drain(budget)
+        left = max(0.0, budget - (loop.time() - started))
+        await self.manager.aclose(drain_timeout=left)
+        logger.info(
+            "pubsub shutdown over after %.1fs (budget %.1fs, %d deliveries cut short)",
+            loop.time() - started,
+            budget,
+            cut,
+            extra={"budget": budget, "cut_short": cut},
+        )
+        return cut
+
 
 class Drainable(Protocol):
-    """Anything with ``drain(grace)``: ``PushEndpoint`` and ``PullConsumer``."""
+    """Anything with ``shutdown(budget)``: ``PushEndpoint`` and ``PullConsumer``."""
 
-    def drain(self, grace: float = ...) -> Awaitable[int]:
-        """Stop taking deliveries, finish those in flight within ``grace`` seconds."""
+    def shutdown(self, budget: float = ...) -> Awaitable[int]:
+        """Stop taking deliveries, finish them, close the manager: all within ``budget`` seconds."""
         ...
 
 
 def drain_on_sigterm(
-    target: Drainable, *, grace: float = 8.0, then: Callable[[], object] | None = None
+    target: Drainable,
+    *,
+    grace: float = SHUTDOWN_BUDGET,
+    then: Callable[[], object] | None = None,
 ) -> asyncio.Future[int]:
-    """On SIGTERM, ``await target.drain(grace)`` (Cloud Run allows 10 s before SIGKILL).
+    """On SIGTERM, ``await target.shutdown(grace)``: one budget from the signal to exit.
+
+    Cloud Run sends SIGKILL 10 s after SIGTERM. Within ``grace`` seconds the
+    target stops taking deliveries, finishes those in flight, refuses what it
+    cut short (nack, 503), then closes its manager with what is left of the
+    budget (writes still queued get ``ManagerClosedError``, callbacks still
+    running are cancelled and stay owed). Nothing is acknowledged unwritten.
 
     Installs a handler on the running loop (Unix only; call it from the loop's
-    thread). The returned future resolves with ``drain``'s result once the drain
-    after a SIGTERM is over (await it to know when to exit); ``then``, if given,
-    runs after the drain, e.g. to stop a server.
+    thread); a second SIGTERM during the shutdown is ignored. The returned
+    future resolves with ``shutdown``'s result (deliveries cut short) once it
+    is over; ``then``, if given, runs after it, e.g. to stop a server.
 
     Args:
         target: A ``PullConsumer`` or a ``PushEndpoint``.
-        grace: Seconds to finish writes in flight (default 8: Cloud Run's 10 s less a margin).
-        then: Called after the drain.
+        grace: The shutdown budget in seconds (default 8: Cloud Run's 10 s less
+            2 s for the process to exit).
+        then: Called after the shutdown.
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
+    started = False
 
     async def run() -> None:
         try:
-            cut = await target.drain(grace)
+            cut = await target.shutdown(grace)
         except BaseException as exc:
             if not done.done():
                 done.set_exception(exc)
@@ -241,7 +289,11 @@ def drain_on_sigterm(
             then()
 
     def on_sigterm() -> None:
-        logger.info("SIGTERM: draining pubsub deliveries (grace %.1fs)", grace)
+        nonlocal started
+        if started:
+            return
+        started = True
+        logger.info("SIGTERM: shutting down pubsub deliveries (budget %.1fs)", grace)
         task = loop.create_task(run())
         _signal_tasks.add(task)  # the loop holds tasks weakly
         task.add_done_callback(_signal_tasks.discard)

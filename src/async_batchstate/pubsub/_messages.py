@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,8 +52,27 @@ class Completion:
 
 
 Parser = Callable[[bytes, Mapping[str, str]], Completion]
-"""``parse(data, attributes) -> Completion``; raise ``MessageParseError`` (or any
-``InvalidInputError``, ``ValueError``, ``KeyError`` or ``TypeError``) for poison."""
+"""``parse(data, attributes) -> Completion``; whatever it raises makes the message
+poison (``MessageParseError`` says why best)."""
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
+
+
+def json_nesting_within(text: bytes, limit: int) -> bool:
+    """Whether JSON ``text`` nests arrays and objects at most ``limit`` deep.
+
+    Checked without recursion and in time linear in ``len(text)`` per level (so
+    before ``json.loads``, whose recursion a deep enough document exhausts).
+    Unbalanced brackets count as too deep: such a text is not JSON anyway.
+    """
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_A_BRACKET)
+    for _ in range(limit):
+        if not brackets:
+            return True
+        brackets = _INNERMOST_PAIR.sub(b"", brackets)
+    return not brackets
 
 
 def parse_json(data: bytes, attributes: Mapping[str, str]) -> Completion:
@@ -70,6 +90,8 @@ def parse_json(data: bytes, attributes: Mapping[str, str]) -> Completion:
         body = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise MessageParseError(f"message data is not UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:  # nested deeper than the interpreter's recursion limit
+        raise MessageParseError("message data is JSON nested too deeply") from exc
     if not isinstance(body, dict):
         raise MessageParseError(f"message data is a JSON {type(body).__name__}, not an object")
     missing = [k for k in ("batch_id", "player", "predictions_count") if k not in body]
@@ -79,24 +101,42 @@ def parse_json(data: bytes, attributes: Mapping[str, str]) -> Completion:
     if not isinstance(batch_id, str) or not isinstance(player, str):
         raise MessageParseError("batch_id and player must be JSON strings")
     if isinstance(count, bool) or not isinstance(count, int):
-        raise MessageParseError(f"predictions_count must be a JSON integer, not {count!r}")
+        raise MessageParseError(
+            f"predictions_count must be a JSON integer, not {type(count).__name__}"
+        )
     return Completion(batch_id, player, count)
 
 
-_PARSE_ERRORS = (InvalidInputError, ValueError, KeyError, TypeError)
-
-
 def parse_with(parse: Parser, data: bytes, attributes: Mapping[str, str]) -> Completion:
-    """Run a parse hook; any error it raises for bad data becomes ``MessageParseError``."""
+    """Run a parse hook; whatever it raises, or a result that is no completion, is poison.
+
+    The same message parses the same way on every delivery, so no error of the
+    parser (``RecursionError`` from deep JSON included) can pass by retrying:
+    only the write is ever retried.
+
+    Raises:
+        MessageParseError: The hook raised (chained), or returned something other
+            than a ``Completion`` of two ``str`` and an ``int``.
+    """
     try:
         completion = parse(data, attributes)
     except MessageParseError:
         raise
-    except _PARSE_ERRORS as exc:
-        raise MessageParseError(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise MessageParseError(f"{type(exc).__name__}: {_clip(str(exc))}") from exc
     if not isinstance(completion, Completion):
         raise MessageParseError(f"parse returned {type(completion).__name__}, not a Completion")
+    if not isinstance(completion.batch_id, str) or not isinstance(completion.player, str):
+        raise MessageParseError("parse returned a Completion whose ids are not str")
+    count = completion.predictions_count
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise MessageParseError("parse returned a Completion whose count is not an int")
     return completion
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters: errors may quote a whole hostile message."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +220,7 @@ def decide(
     """
     if isinstance(outcome, CompletionResult):
         return Decision(Action.ACK, outcome.status.value)
-    reason = f"{type(outcome).__name__}: {outcome}"
+    reason = f"{type(outcome).__name__}: {_clip(str(outcome))}"
     if isinstance(outcome, InvalidInputError):
         return Decision(Action.POISON, reason, error=outcome)
     if isinstance(outcome, BatchNotFoundError):

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import InvalidInputError, ManagerClosedError
 from .._write.manager import AsyncBatchStateManager
-from ._core import AdapterStats, PoisonHook, Processor, logger, positive_int
+from ._core import (
+    DELIVERY_TIMEOUT,
+    SHUTDOWN_BUDGET,
+    AdapterStats,
+    PoisonHook,
+    Processor,
+    logger,
+    positive_int,
+)
 from ._messages import Action, Parser, PoisonPolicy, UnknownBatchPolicy, parse_json
 
 if TYPE_CHECKING:
@@ -19,13 +27,17 @@ if TYPE_CHECKING:
 
 __all__ = ["PullConsumer"]
 
+_DIRECT_CALL_TIMEOUT = 2.0
+"""Seconds for one ack or nack by a direct RPC once the stream is closed (a drain).
+A nack that fails is no loss: the lease runs out and Pub/Sub redelivers."""
+
 
 class PullConsumer:
     """Consume a pull subscription with streaming pull; record each message, then ack it.
 
         async with PullConsumer(manager, "projects/p/subscriptions/completions") as consumer:
             drain_on_sigterm(consumer)
-            await consumer.wait()  # until a drain (SIGTERM) or aclose()
+            await consumer.wait()  # returns once the SIGTERM shutdown is over
 
     The client's callbacks run in its threads; each only hands its message to the
     event loop (``call_soon_threadsafe``) and returns, so neither the loop nor
@@ -65,7 +77,9 @@ class PullConsumer:
             subscription's ack deadline.
         unknown_batch: How long a completion for an unknown batch is retried.
         on_poison: Called with each ``PoisonMessage`` (sync or async).
-        timeout: ``record_completion``'s timeout (default: the manager's retry deadline).
+        timeout: ``record_completion``'s timeout in seconds (default 10); a delivery
+            not confirmed by then is nacked and comes back. None: the manager's
+            retry deadline.
 
     Raises:
         InvalidInputError: A knob out of range.
@@ -83,7 +97,7 @@ class PullConsumer:
         ack_deadline: float | None = None,
         unknown_batch: UnknownBatchPolicy | None = None,
         on_poison: PoisonHook | None = None,
-        timeout: float | None = None,
+        timeout: float | None = DELIVERY_TIMEOUT,
     ) -> None:
         positive_int("max_outstanding", max_outstanding)
         if ack_deadline is not None and not 10 <= ack_deadline <= 600:
@@ -105,6 +119,8 @@ class PullConsumer:
         self._stream: concurrent.futures.Future[Any] | None = None
         self._done: asyncio.Future[Any] | None = None
         self._closed = False
+        self._stopped: asyncio.Event | None = None  # set once a drain or shutdown is over
+        self._shutting_down = False
         self._leased: dict[str, Message] = {}
         self._direct = False  # after the stream closed: settle by direct RPCs
 
@@ -123,6 +139,7 @@ class PullConsumer:
         from google.cloud import pubsub_v1
 
         self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
         if self._subscriber is None:
             self._subscriber = pubsub_v1.SubscriberClient()
         subscriber = self._subscriber
@@ -162,43 +179,100 @@ class PullConsumer:
         await self.aclose()
 
     async def wait(self) -> None:
-        """Until the stream ends: after ``drain``/``aclose``, or with the stream's error."""
-        if self._done is None:
-            raise ManagerClosedError("start() the PullConsumer first")
-        await asyncio.shield(self._done)
+        """Until the consumer has stopped: returns once a drain or shutdown is over.
 
-    async def drain(self, grace: float = 8.0) -> int:
+        A drain cancels the streaming pull (which marks its future cancelled);
+        that is the consumer stopping as asked, so ``wait`` returns normally
+        once the drain (or ``shutdown``: drain and manager close) has finished.
+
+        Raises:
+            ManagerClosedError: Not started.
+            Exception: The streaming pull's own error, when it failed without a drain.
+        """
+        done, stopped = self._done, self._stopped
+        if done is None or stopped is None:
+            raise ManagerClosedError("start() the PullConsumer first")
+        waiter = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait({done, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not stopped.is_set() and self._processor.accepting:
+            # The stream ended on its own, not closed by a drain.
+            error = None if done.cancelled() else done.exception()
+            if error is not None:
+                raise error
+            return
+        await stopped.wait()  # a drain closed the stream: until it (or the shutdown) is over
+
+    async def drain(self, grace: float = SHUTDOWN_BUDGET) -> int:
         """Stop taking messages, finish writes in flight within ``grace`` seconds, nack the rest.
 
         The stream closes first, so Pub/Sub sends nothing more (the client nacks
         what it had received but not handed over). The messages being written get
         their ack deadline moved past the grace; each is then acknowledged (or
         nacked, if cut short or failed) by a direct ``acknowledge`` /
-        ``modify_ack_deadline`` call, since the stream is gone.
+        ``modify_ack_deadline`` call, since the stream is gone. Closing the stream
+        counts against the grace.
 
         Returns:
             How many messages were cut short and nacked.
         """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         processor = self._processor
         processor.accepting = False
         stream = self._stream
-        if stream is not None and not stream.done():
-            leased = [m.ack_id for m in self._leased.values()]
-            self._direct = True
-            if leased:
-                await self._modify(leased, math.ceil(grace) + 5)
-            # cancel() joins the client's threads: off the loop.
-            await asyncio.to_thread(stream.cancel)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._done), timeout=30)  # type: ignore[arg-type]
-            except (asyncio.CancelledError, concurrent.futures.CancelledError):
-                pass
-            except Exception as exc:  # the stream's own failure, already over
-                logger.warning("the streaming pull ended with %r", exc)
-        return await processor.drain(grace)
+        try:
+            if stream is not None and not stream.done():
+                leased = [m.ack_id for m in self._leased.values()]
+                self._direct = True
+                if leased:
+                    await self._modify(leased, math.ceil(grace) + 5)
+                await self._close_stream(stream, max(0.0, grace - (loop.time() - started)))
+            return await processor.drain(max(0.0, grace - (loop.time() - started)))
+        finally:
+            if not self._shutting_down and self._stopped is not None:
+                self._stopped.set()
 
-    async def aclose(self, grace: float = 8.0) -> None:
-        """Drain (``grace`` seconds), close the stream and, if this consumer made it, the client."""
+    async def _close_stream(self, stream: concurrent.futures.Future[Any], budget: float) -> None:
+        # cancel() joins the client's threads: off the loop, and bounded (a thread that
+        # overruns goes on alone; the stream no longer hands anything over).
+        done = self._done
+        assert done is not None
+        try:
+            await asyncio.wait_for(asyncio.to_thread(stream.cancel), timeout=budget)
+            await asyncio.wait({done}, timeout=budget)
+        except TimeoutError:
+            logger.warning("the streaming pull did not close within %.1fs", budget)
+            return
+        if done.done() and not done.cancelled() and done.exception() is not None:
+            logger.warning("the streaming pull ended with %r", done.exception())
+
+    async def shutdown(self, budget: float = SHUTDOWN_BUDGET) -> int:
+        """Drain, then close the manager: all within ``budget`` seconds from the call.
+
+        What ``drain_on_sigterm`` runs. The drain takes what it needs of the
+        budget (up to all of it); the manager's close gets the rest: its queued
+        and in-flight writes get ``ManagerClosedError`` when it runs out and its
+        callbacks still running are cancelled (they stay owed). ``wait()``
+        returns once both are over. The subscriber client is closed by ``aclose``.
+
+        Returns:
+            How many messages the drain cut short and nacked.
+        """
+        self._shutting_down = True
+        try:
+            return await self._processor.shutdown(budget, self.drain)
+        finally:
+            if self._stopped is not None:
+                self._stopped.set()
+
+    async def aclose(self, grace: float = SHUTDOWN_BUDGET) -> None:
+        """Drain (``grace`` seconds), close the stream and, if this consumer made it, the client.
+
+        The manager stays open (``shutdown`` closes it).
+        """
         if self._closed:
             return
         self._closed = True
@@ -297,7 +371,9 @@ class PullConsumer:
         assert subscriber is not None
         request["subscription"] = self.subscription
         try:
-            await asyncio.to_thread(getattr(subscriber, method), request=request, timeout=10)
+            await asyncio.to_thread(
+                getattr(subscriber, method), request=request, timeout=_DIRECT_CALL_TIMEOUT
+            )
         except Exception as exc:  # the lease then runs out and Pub/Sub redelivers: safe
             logger.warning(
                 "pubsub %s failed during a drain: %r", method, exc, extra={"method": method}
