@@ -51,11 +51,10 @@ def test_a_dual_write_batch_is_born_with_both_structures_and_marked_backfilled()
 
 
 def test_subcollection_only_writes_no_legacy_fields() -> None:
-    """SUBCOLLECTION_ONLY: counters only, no array, map or backfill flag."""
+    """SUBCOLLECTION_ONLY: counters only, no array or map; the guard stated explicitly."""
     doc = _new(MigrationMode.SUBCOLLECTION_ONLY, expected_count=2).document
-    assert set() == {"completed_players", "predictions_by_player", "completions_backfilled"} & set(
-        doc
-    )
+    assert set() == {"completed_players", "predictions_by_player"} & set(doc)
+    assert doc["completions_backfilled"] is True
 
 
 def test_a_small_roster_is_inline_and_a_large_one_in_chunks() -> None:
@@ -139,9 +138,13 @@ def test_a_completion_outside_the_roster_is_refused_without_io() -> None:
 
 
 def test_a_count_that_could_overflow_the_total_is_refused_without_io() -> None:
-    """The batch's total must stay within 64 bits even if every completion has the count."""
-    info = BatchInfo(expected=4)
-    most = MAX_COUNT // 4
+    """The batch's total must stay within 64 bits even if every completion has the count,
+    and with 2**31 players, expected or extra: no count passes 2**32."""
+    info = BatchInfo(expected=2**32)
+    most = MAX_COUNT // 2**32
+    with pytest.raises(InvalidCountError, match="overflow"):
+        BatchInfo(expected=1).check_completion("b", "p", 2**32 + 1)
+    BatchInfo(expected=1).check_completion("b", "p", 2**32)
 
     info.check_completion("b", "p", most)
     with pytest.raises(InvalidCountError, match="overflow"):

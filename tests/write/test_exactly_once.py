@@ -317,18 +317,23 @@ async def test_a_batch_spanning_the_rollout_finalizes_on_the_array_in_dual_write
 async def test_counts_whose_total_could_overflow_are_refused_before_writing(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:
-    """With 4 expected completions, a count over (2**63 - 1) // 4 is an InvalidCountError."""
-    manager = make_manager()
-    await manager.create_batch("b", expected_count=4)
-    limit = (2**63 - 1) // 4
+    """With 2**31 expected completions, a count over (2**63 - 1) // 2**31 (and any count over
+    2**32, the bound that keeps totals exact with extra players) is an InvalidCountError."""
+    manager = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY)
+    await manager.create_batch("b", expected_count=2**31)
+    small = make_manager()
+    await small.create_batch("s", expected_count=4)
+    limit = (2**63 - 1) // 2**31
 
+    with pytest.raises(InvalidCountError):
+        await small.record_completion("s", "p", 2**32 + 1)
     with pytest.raises(InvalidCountError):
         await manager.record_completion("b", "p", limit + 1)
     ok = await manager.record_completion("b", "q", limit)
 
     assert CompletionStatus.RECORDED == ok.status
     doc = await read_batch(firestore_client, batch_collection, "b")
-    assert (["q"], limit) == (doc["completed_players"], doc["total_predictions"])
+    assert limit == doc["total_predictions_subcoll"]
 
 
 async def test_a_rollout_batch_finalizes_on_every_mode_s_count_and_backfill_keeps_it(

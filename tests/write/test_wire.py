@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from google.cloud.firestore_v1 import _helpers
+from google.cloud.firestore_v1 import SERVER_TIMESTAMP, Increment, _helpers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +54,9 @@ def test_update_write_equals_the_clients(
 ) -> None:
     group = [Completion(p, count) for p in players]
     for docs in (True, False):
-        data, _ = batch_update(mode, group, docs=docs)
+        data, _ = batch_update(
+            mode, group, docs=docs, write_key="0a1b", spent=["w.0", "9f"], guard=not docs
+        )
 
         assert client_update(data) == update_write(NAME, data)
 
@@ -62,9 +64,13 @@ def test_update_write_equals_the_clients(
 def test_update_write_with_a_whole_map_and_a_list_equals_the_clients() -> None:
     """A literal map value (the whole legacy map) and a list, as the optimistic path writes."""
     data, _ = batch_update(
-        MigrationMode.DUAL_WRITE, [Completion("a\rb", 2)], {"x": 1, "y.z": 0}, docs=True
+        MigrationMode.DUAL_WRITE,
+        [Completion("a\rb", 2)],
+        {"x": 1, "y.z": 0},
+        docs=True,
+        write_key="w.1",
     )
-    data["recent_writes"] = ["w.0", "w.1"]
+    data["a_list"] = ["w.0", "w.1"]
 
     assert client_update(data) == update_write(NAME, data)
 
@@ -79,7 +85,7 @@ def test_create_write_equals_the_clients(player: str, count: int, with_id: bool)
 
 def test_an_update_of_transforms_only_keeps_its_empty_mask() -> None:
     """Without a mask an update would replace the whole document with no fields."""
-    data, _ = batch_update(MigrationMode.SUBCOLLECTION_ONLY, [Completion("p", 1)], docs=False)
+    data = {"n": Increment(1), "t": SERVER_TIMESTAMP}
     write = update_write(NAME, data)
 
     assert "update_mask" in write
@@ -101,6 +107,8 @@ def test_a_value_it_cannot_encode_is_a_type_error() -> None:
 @pytest.mark.parametrize("player", ["abc\n", "a b", "x.y", "`q`", "\\", "é", "_1", "1a"])
 def test_odd_player_ids_are_written_as_the_client_writes_them(player: str) -> None:
     """Quoting follows the client's own rule, a trailing newline included."""
-    data, _ = batch_update(MigrationMode.DUAL_WRITE, [Completion(player, 3)], docs=True)
+    data, _ = batch_update(
+        MigrationMode.DUAL_WRITE, [Completion(player, 3)], docs=True, write_key=player
+    )
 
     assert client_update(data) == update_write(NAME, data)

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from .._errors import InvalidCountError, UnexpectedPlayerError
 from .ids import MAX_COUNT
 
+MAX_PER_COMPLETION = 2**32
+"""The largest ``predictions_count`` of one completion (totals stay int64 with extras)."""
+_SPENT_KEPT = 256
+_SPENT_PER_WRITE = 16
+
 
 @dataclass
 class BatchInfo:
@@ -16,8 +21,8 @@ class BatchInfo:
     The settings (expected count, roster, deadline) never change after
     ``create_batch``. ``guarded`` (completion documents guard the batch: every
     legacy player has one, so a lock-free Commit cannot count a player twice) only
-    ever turns true (backfill), which the transaction's read of an unguarded batch
-    notices; every lock-free Commit confirms it.
+    ever turns true (the explicit ``completions_backfilled``), which the conditional
+    write of an unguarded batch notices; every lock-free Commit confirms it.
     """
 
     expected: int
@@ -29,6 +34,17 @@ class BatchInfo:
     """Completion documents guard the batch: every legacy-array player has one."""
     conflicts: float = field(default=0.0, compare=False)
     """Recent share of this process's groups that met an existing member (EWMA)."""
+    spent: set[str] = field(default_factory=set, compare=False)
+    """Ids this process's told groups left in ``open_writes``: its next write deletes them."""
+
+    def spend(self, keys: list[str]) -> None:
+        """A group's callers are told: its ids in ``open_writes`` may go (a bounded set)."""
+        if len(self.spent) < _SPENT_KEPT:
+            self.spent.update(keys)
+
+    def to_delete(self) -> list[str]:
+        """The spent ids the next write deletes (a few, so a write stays small)."""
+        return sorted(self.spent)[:_SPENT_PER_WRITE]
 
     def note_conflict(self, met: bool) -> None:
         """A group met an existing member (a redelivery another process recorded), or not."""
@@ -55,10 +71,13 @@ class BatchInfo:
                 f"player {player!r} is not in the roster of batch {batch_id!r}; nothing written"
             )
         # Increment saturates at 2**63 - 1 instead of failing: refuse a count that
-        # could take the batch's total there.
-        most = MAX_COUNT // max(self.expected, 1)
+        # could take the batch's total there. A batch without a roster may also take
+        # extra players after its expected ones (recorded, never counted past
+        # expected_count): no single count passes 2**32, so totals stay exact for up
+        # to 2**31 players, expected or extra.
+        most = min(MAX_COUNT // max(self.expected, 1), MAX_PER_COMPLETION)
         if count > most:
             raise InvalidCountError(
                 f"predictions_count {count} could overflow the 64-bit total of batch "
-                f"{batch_id!r} ({self.expected} completions of at most {most})"
+                f"{batch_id!r} (at most {most} per completion with {self.expected} expected)"
             )

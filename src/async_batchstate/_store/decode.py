@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from google.cloud.firestore_v1.field_path import FieldPath
+
 from .._config import MigrationMode
 from .._types import BatchProgress
 from .names import (
+    CLOSED_WRITES,
     COMPLETED_AT,
     COMPLETED_COUNT,
     COMPLETED_PLAYERS,
@@ -19,7 +22,9 @@ from .names import (
     FINALIZED_BY,
     LEGACY_ONLY_COUNT,
     MISSING_PLAYERS,
+    OPEN_WRITES,
     STATUS,
+    STATUS_EXPIRED,
     STATUS_IN_PROGRESS,
     TOTAL_PREDICTIONS,
     TOTAL_PREDICTIONS_SUBCOLL,
@@ -36,11 +41,32 @@ def as_int(value: object) -> int:
 def guarded(data: dict[str, Any]) -> bool:
     """Whether completion documents guard the batch (read with ``GUARD_FIELDS``).
 
-    Backfilled (or born with completion documents), or never given a legacy structure.
+    Only the explicit, monotonic guard counts: never inferred from absent fields.
     """
-    if data.get(COMPLETIONS_BACKFILLED) is True:
-        return True
-    return TOTAL_PREDICTIONS not in data and not as_int(data.get(LEGACY_ONLY_COUNT))
+    return data.get(COMPLETIONS_BACKFILLED) is True
+
+
+def write_field(write_key: str, *, closed: bool = False) -> str:
+    """The field path of a group write's entry in ``open_writes`` (or ``closed_writes``)."""
+    return FieldPath(CLOSED_WRITES if closed else OPEN_WRITES, write_key).to_api_repr()
+
+
+def write_fields(write_key: str) -> list[str]:
+    """What a retry reads of the batch to learn whether, and when, ``write_key`` landed."""
+    return [write_field(write_key), write_field(write_key, closed=True), STATUS]
+
+
+def write_landed(data: dict[str, Any], write_key: str) -> tuple[bool, bool]:
+    """(landed, late) for the write ``write_key``, from the batch read with ``write_fields``.
+
+    Landed: its id is in either map. Late: in ``open_writes`` of an expired batch (the
+    expiry moved every id that landed before it to ``closed_writes``).
+    """
+    open_ = data.get(OPEN_WRITES)
+    closed = data.get(CLOSED_WRITES)
+    in_open = isinstance(open_, dict) and write_key in open_
+    in_closed = isinstance(closed, dict) and write_key in closed
+    return in_open or in_closed, in_open and data.get(STATUS) == STATUS_EXPIRED
 
 
 def counted(data: dict[str, Any], *, array_counts: bool = True) -> int:
@@ -68,7 +94,11 @@ def progress_from(batch_id: str, mode: MigrationMode, data: dict[str, Any]) -> B
     ``mode`` reads; the array modes list the players from the array.
     """
     players: tuple[str, ...] = ()
+    expected = as_int(data.get(EXPECTED_COUNT))
+    # Extra players of a batch without a roster are recorded, never counted past it.
     completed = counted(data, array_counts=not mode.reads_subcollection)
+    if EXPECTED_COUNT in data:
+        completed = min(completed, expected)
     if mode.reads_subcollection:
         total = as_int(data.get(TOTAL_PREDICTIONS_SUBCOLL))
     else:
@@ -79,7 +109,7 @@ def progress_from(batch_id: str, mode: MigrationMode, data: dict[str, Any]) -> B
     reason = data.get(EXPIRED_REASON)
     return BatchProgress(
         batch_id=batch_id,
-        expected_count=int(data.get(EXPECTED_COUNT, 0)),
+        expected_count=expected,
         completed_count=completed,
         total_predictions=total,
         status=str(data.get(STATUS, STATUS_IN_PROGRESS)),

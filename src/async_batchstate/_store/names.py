@@ -18,11 +18,15 @@ COMPLETED_COUNT = "completed_count"
 TOTAL_PREDICTIONS_SUBCOLL = "total_predictions_subcoll"
 LEGACY_FIELDS = (COMPLETED_PLAYERS, PREDICTIONS_BY_PLAYER, TOTAL_PREDICTIONS)
 """The legacy structure: what ``cleanup_legacy`` removes once nothing reads it."""
-# True when every player in completed_players has a completion document: set by
-# create_batch in the modes that write completion documents and by migrate backfill.
-# Writers of completion documents trust it to write lock-free; a LEGACY-mode writer
-# that finds it keeps it true (it creates the completion documents too), so during a
-# rolling deploy or a rollback nothing makes a guarded batch unguarded.
+# THE GUARD: true when completion documents guard the batch (every player in
+# completed_players has one). Stated explicitly, never inferred from other fields:
+# set by create_batch in every mode that writes completion documents (SUBCOLLECTION_ONLY
+# included), by migrate backfill, and by a conditional write that creates completion
+# documents on a batch with no legacy-only player; never cleared by any writer. Writers
+# of completion documents trust it to write lock-free; every writer that sees it, LEGACY
+# included, creates the completion documents too. It only ever turns true, so a cached
+# belief is stale only in the safe direction (a process that believes "not guarded"
+# reads the batch and commits on the condition that it is unchanged).
 COMPLETIONS_BACKFILLED = "completions_backfilled"
 # Players in completed_players WITHOUT a completion document: +n by each LEGACY-mode
 # write that adds n to an unguarded batch, -n by backfill as it creates their
@@ -39,8 +43,15 @@ ARRAY_PARTIAL = "array_partial"
 # (a retry finds its own id: "this call wrote it") and never by error text.
 CREATED_BY = "created_by"  # create_batch's call id
 FINALIZED_BY = "finalised_by"  # the finalizing call's id; the callbacks' idempotency key
-RECENT_WRITES = "recent_writes"  # LEGACY: ids of the last groups committed (no completion docs)
-RECENT_WRITES_KEPT = 100
+# Every group write sets open_writes.<its id> = true in the same Commit (a LEGACY write
+# without completion documents: its attempt id). The expiry moves the map, as it read it,
+# to closed_writes. So after a lost answer the retry reads whether its write landed (its
+# id in either map) and whether it landed after the expiry (in open_writes of an expired
+# batch): decided by what the Commits wrote, never by comparing timestamps. A process
+# deletes the ids of its groups that are told (in its next write to the batch), so the
+# map holds about one id per process writing the batch, however many groups land.
+OPEN_WRITES = "open_writes"
+CLOSED_WRITES = "closed_writes"
 # The owed completion callback (durable): set with the flip, cleared when it returned.
 CALLBACK_OWED = "callback_owed"
 CALLBACK_CLAIMED_BY = "callback_claimed_by"
@@ -78,7 +89,7 @@ EXPIRED_FLAG = "expired_flag"
 # Retention: a Firestore TTL policy on this field deletes finished batches' documents.
 EXPIRE_AT = "expire_at"
 
-GUARD_FIELDS = (COMPLETIONS_BACKFILLED, LEGACY_ONLY_COUNT, TOTAL_PREDICTIONS)
+GUARD_FIELDS = (COMPLETIONS_BACKFILLED,)
 """What ``decode.guarded`` needs."""
 COUNT_FIELDS = (COMPLETED_COUNT, LEGACY_ONLY_COUNT, COMPLETIONS_BACKFILLED)
 """What ``decode.counted`` needs (and ``COMPLETED_PLAYERS`` where the batch is not guarded)."""

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.cloud.firestore_v1 import SERVER_TIMESTAMP
+from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._clock import SYSTEM_CLOCK, Clock
@@ -129,9 +129,10 @@ class Finalizer:
             return [*_BASE_FIELDS, f.COMPLETED_PLAYERS]
         return _BASE_FIELDS
 
-    async def read(self, batch_id: str) -> tuple[BatchProgress, Any]:
+    async def read(self, batch_id: str, more: tuple[str, ...] = ()) -> tuple[BatchProgress, Any]:
         """The batch's progress (without players) and the snapshot it came from."""
-        snap = await self._refs.batch(batch_id).get(field_paths=self._fields(batch_id), retry=None)
+        fields = [*self._fields(batch_id), *more]
+        snap = await self._refs.batch(batch_id).get(field_paths=fields, retry=None)
         if not snap.exists:
             raise batch_not_found(batch_id, self._refs.layout.collection)
         progress = progress_from(batch_id, self._mode, snap.to_dict() or {})
@@ -197,7 +198,8 @@ class Finalizer:
         owed: list[bool] = [False]
 
         async def attempt() -> BatchProgress | None:
-            progress, snap = await self.read(batch_id)
+            expiring = status == f.STATUS_EXPIRED
+            progress, snap = await self.read(batch_id, (f.OPEN_WRITES,) if expiring else ())
             data = snap.to_dict() or {}
             if progress.is_terminal:
                 if progress.finalizer_id == finish_id:  # our answer was lost; we did it
@@ -211,8 +213,13 @@ class Finalizer:
                 f.COMPLETED_AT: SERVER_TIMESTAMP,
                 f.FINALIZED_BY: finish_id,
             }
-            if status == f.STATUS_EXPIRED:
+            if expiring:
                 update[f.EXPIRED_FLAG] = 1
+                # The writes that landed before the expiry, as this (conditional) update
+                # read them: a retry after a lost answer tells RECORDED from LATE by them.
+                landed = data.get(f.OPEN_WRITES)
+                update[f.CLOSED_WRITES] = landed if isinstance(landed, dict) else {}
+                update[f.OPEN_WRITES] = DELETE_FIELD
             if self._retain_for is not None:
                 update[f.EXPIRE_AT] = self._clock.now() + self._retain_for
             if fields is not None:

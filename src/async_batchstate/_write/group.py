@@ -10,9 +10,7 @@ import enum
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from .._store import names as f
+from typing import Literal
 
 WritePath = Literal["auto", "transaction"]
 """``"auto"``: lock-free wherever completion documents are the guard; ``"transaction"``:
@@ -92,11 +90,13 @@ class GroupState:
         write_id: Stored with everything this group writes.
         resolved: Player -> True if this group's write recorded it, False if
             someone else's did. Facts about stored data: they survive attempts.
-        plans: LEGACY only: attempt id -> players that attempt was to add (the
-            batch document's ``recent_writes`` tells which attempt committed, and
-            whether the batch had expired then: ``LATE_SUFFIX``).
+        plans: Writes without completion documents (LEGACY on an unguarded batch):
+            attempt id -> players that attempt was to add. The batch document's
+            ``open_writes``/``closed_writes`` say which attempt landed, and whether
+            after the expiry (``decode.write_landed``).
         late: Players this group recorded after the batch expired.
-        uncertain_commits: Transaction commits whose outcome was unknown.
+        uncertain_commits: Transaction commits in a row refused after being sent,
+            with no sign since that they landed.
     """
 
     write_id: str = field(default_factory=new_write_id)
@@ -105,23 +105,9 @@ class GroupState:
     late: set[str] = field(default_factory=set)
     uncertain_commits: int = 0
 
-
-LATE_SUFFIX = ".late"
-"""Appended to a LEGACY attempt id in ``recent_writes`` when the batch had expired."""
-
-
-def landed_late(member: dict[str, Any], batch: dict[str, Any]) -> bool:
-    """Whether a completion found stored landed after its batch expired.
-
-    Both are commit times of writes to the batch document (the completion's Commit
-    updates it too), so they are ordered: later than the expiry's means LATE.
-    """
-    if batch.get(f.STATUS) != f.STATUS_EXPIRED:
-        return False
-    landed, expired = member.get(f.COMPLETED_AT), batch.get(f.COMPLETED_AT)
-    if landed is None or expired is None:
-        return False
-    return bool(landed > expired)
+    def keys(self) -> list[str]:
+        """Every id this group's writes may have set in ``open_writes``."""
+        return [self.write_id, *self.plans]
 
 
 def firsts_of(group: Sequence[Completion]) -> dict[str, int]:

@@ -17,10 +17,10 @@ from .._store import decode
 from .._store import names as f
 from .._store.decode import as_int
 from .._store.refs import Refs
-from .group import BatchView, GroupOutcome, GroupState, landed_late
+from .group import BatchView, GroupOutcome, GroupState
 
-MEMBER_FIELDS = [f.WRITE_ID, f.COMPLETED_AT]
-"""What a retry needs of a member it finds: whose write created it, and when."""
+MEMBER_FIELDS = [f.WRITE_ID]
+"""What a retry needs of a member it finds: whose write created it."""
 
 
 async def read_after_conflict(
@@ -29,10 +29,11 @@ async def read_after_conflict(
     """Which members exist (resolved into ``state``) and where the batch stands (one RPC).
 
     A member with this group's write id is this group's (an earlier attempt
-    whose answer was lost): LATE if its commit came after the batch's expiry.
+    whose answer was lost): LATE if that write landed after the batch's expiry.
     """
     fields = [
         *MEMBER_FIELDS,
+        *decode.write_fields(state.write_id),
         f.STATUS,
         f.EXPECTED_COUNT,
         *f.COUNT_FIELDS,
@@ -90,11 +91,16 @@ def _names(text: str, path: str) -> bool:
 def resolve_found(
     members: dict[str, dict[str, Any]], batch: dict[str, Any], state: GroupState
 ) -> None:
-    """Record found members as this group's (its write id) or someone else's."""
+    """Record found members as this group's (its write id) or someone else's.
+
+    ``batch`` read with ``decode.write_fields(state.write_id)`` where a member may be
+    this group's: whether it landed after the expiry is what the write itself set.
+    """
+    late = decode.write_landed(batch, state.write_id)[1]
     for player, member in members.items():
         mine = member.get(f.WRITE_ID) == state.write_id
         state.resolved[player] = mine
-        if mine and landed_late(member, batch):
+        if mine and late:
             state.late.add(player)
 
 

@@ -8,7 +8,7 @@ batch's count and whether it had expired.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, ArrayUnion
 
 from .._config import MigrationMode
 from .._store import names as f
+from .._store.decode import write_field
 from .._store.ids import player_field
 from .group import Completion, GroupOutcome
 from .wire import is_transform
@@ -49,6 +50,9 @@ def batch_update(
     whole_map: Mapping[str, Any] | None = None,
     *,
     docs: bool,
+    write_key: str,
+    spent: Iterable[str] = (),
+    guard: bool = False,
 ) -> tuple[dict[str, Any], ResultsAt]:
     """The batch-document update for ``new``, and where its transform results land.
 
@@ -56,6 +60,10 @@ def batch_update(
     when the new entries are to be written as part of the whole map. ``docs``:
     the write creates the completion documents (every mode but LEGACY on an
     unguarded batch), so the subcollection counters move with them.
+    ``write_key``: this write's id, set in ``open_writes`` (``names.OPEN_WRITES``);
+    ``spent``: ids of this process's earlier writes whose callers were told, deleted
+    there. ``guard``: also set the explicit guard (a conditional write that found no
+    legacy-only player and creates completion documents).
     """
     total = sum(c.predictions_count for c in new)
     # Players written without a completion document are counted apart; the others
@@ -74,9 +82,12 @@ def batch_update(
             data |= {player_field(p): count for p, count in entries.items()}
         data[f.TOTAL_PREDICTIONS] = Increment(total)
         data[f.UPDATED_AT] = SERVER_TIMESTAMP
-        if not docs:
-            # This write adds players without completion documents.
-            data[f.COMPLETIONS_BACKFILLED] = DELETE_FIELD
+    if guard:
+        data[f.COMPLETIONS_BACKFILLED] = True
+    for key in spent:
+        if key != write_key:
+            data[write_field(key)] = DELETE_FIELD
+    data[write_field(write_key)] = True
     if docs and not mode.writes_legacy:
         data[f.ARRAY_PARTIAL] = True  # these players are not in the array
     if docs:

@@ -69,7 +69,6 @@ from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
 from .._store.transactions import REFUSED_AT_COMMIT
 from .group import (
-    LATE_SUFFIX,
     Completion,
     FaultInjector,
     FaultPoint,
@@ -96,7 +95,9 @@ class _Staged:
     expired: bool = False
     """The batch had expired, as the transaction read it."""
     guarded: bool | None = None
-    """Whether completion documents guard the batch, when the transaction read it."""
+    """Whether completion documents guard the batch after the commit, when it was read."""
+    spent: tuple[str, ...] = ()
+    """Ids of told groups the commit deletes from ``open_writes``."""
 
 
 _MAX_UNCERTAIN_COMMITS = 3
@@ -176,6 +177,8 @@ class GroupWriter:
             raise batch_not_found(batch_id, self.refs.layout.collection) from exc
         except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
             raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
+        if all(p in state.resolved for p in firsts):
+            info.spend(state.keys())  # told now: its ids in open_writes may go
         recorded = tuple(
             firsts[c.player] == i and state.resolved.get(c.player, False)
             for i, c in enumerate(group)
@@ -228,7 +231,10 @@ class GroupWriter:
                 if not pending:
                     break
                 refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
-                update, results_at = batch_update(self._mode, pending, docs=True)
+                spent = info.to_delete()
+                update, results_at = batch_update(
+                    self._mode, pending, docs=True, write_key=state.write_id, spent=spent
+                )
                 writes = [
                     *(
                         create_write(document_name(refs[c.player]), self._completion_doc(c, state))
@@ -267,6 +273,7 @@ class GroupWriter:
                     if outcome.expired:
                         state.late.add(completion.player)
                 self._confirm(batch_id, info, legacy_only)
+                info.spent.difference_update(spent)
                 info.note_conflict(conflicted)
                 await self._set_aside(aside, seen)
                 await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
@@ -309,17 +316,29 @@ class GroupWriter:
         legacy_read: bool,
         info: BatchInfo,
     ) -> GroupOutcome:
-        try:
-            staged, transaction = await self._transactions.attempt(
-                lambda txn: self._stage(txn, txn, batch_id, group, firsts, state, legacy_read)
+        staged_by: list[_Staged] = []
+
+        async def stage(txn: AsyncTransaction) -> _Staged:
+            staged_by.append(
+                await self._stage(txn, txn, batch_id, group, firsts, state, legacy_read, info)
             )
+            return staged_by[-1]
+
+        try:
+            staged, transaction = await self._transactions.attempt(stage)
         except gexc.ServiceUnavailable as exc:
-            if isinstance(exc.__cause__, REFUSED_AT_COMMIT):
-                # The next attempt's reads decide by write id; a commit refused again
-                # and again is refused for real.
-                state.uncertain_commits += 1
-                if state.uncertain_commits > _MAX_UNCERTAIN_COMMITS:
-                    raise exc.__cause__ from None
+            if not isinstance(exc.__cause__, REFUSED_AT_COMMIT):
+                raise
+            if staged_by and not staged_by[-1].new:
+                # A commit with nothing in it: its outcome changes nothing stored.
+                return await self._committed(batch_id, firsts, state, info, staged_by[-1], None)
+            # Refused after it was sent (the client re-sent a commit whose answer was
+            # lost): the next attempt's reads decide by write id, however many answers
+            # are lost. Refused again and again with nothing of ours found in between,
+            # it is refused for real: nothing was written.
+            state.uncertain_commits += 1
+            if state.uncertain_commits > _MAX_UNCERTAIN_COMMITS:
+                raise exc.__cause__ from None
             raise
         return await self._committed(
             batch_id, firsts, state, info, staged, transaction.write_results
@@ -345,7 +364,7 @@ class GroupWriter:
         landed meanwhile is read again (ABORTED: the retry loop backs off).
         """
         write = self._client.batch()
-        staged = await self._stage(None, write, batch_id, group, firsts, state, legacy_read)
+        staged = await self._stage(None, write, batch_id, group, firsts, state, legacy_read, info)
         results: Any = None
         if staged.new:
             try:
@@ -370,6 +389,7 @@ class GroupWriter:
         outcome = GroupOutcome((), staged.counted, expired=staged.expired)
         if not staged.new or staged.results_at is None:
             return outcome
+        info.spent.difference_update(staged.spent)
         state.resolved.update(dict.fromkeys(staged.new, True))
         committed, _ = staged.results_at.read((write_results or [])[-1])
         if committed.expired:
@@ -388,6 +408,7 @@ class GroupWriter:
         firsts: dict[str, int],
         state: GroupState,
         legacy_read: bool,
+        info: BatchInfo,
     ) -> _Staged:
         """Stage the group's unresolved members in ``writes``.
 
@@ -397,25 +418,31 @@ class GroupWriter:
         batch_ref = self.refs.batch(batch_id)
         pending = [p for p in firsts if p not in state.resolved]
         refs = {p: self.refs.completion(batch_id, p) for p in pending}
+        # Whether (and when) this group's earlier attempts landed: what they wrote.
+        mine = [*decode.write_fields(state.write_id)]
+        for attempt_id in state.plans:
+            mine += [decode.write_field(attempt_id), decode.write_field(attempt_id, closed=True)]
         fields: list[str] = []
         if legacy_read:
-            fields = [
-                f.COMPLETED_PLAYERS,
-                f.RECENT_WRITES,
-                *f.GUARD_FIELDS,
-                *f.COUNT_FIELDS,
-                *_BATCH_FINISH,
-            ]
+            fields = [f.COMPLETED_PLAYERS, *f.GUARD_FIELDS, *f.COUNT_FIELDS, *_BATCH_FINISH]
         if self._whole_map(pending):
             fields.append(f.PREDICTIONS_BY_PLAYER)
+        if fields:
+            fields += mine
         # One read: the batch (where it is read) and the members' completion documents.
         data, members, version = await read_group(self.refs, transaction, batch_ref, refs, fields)
-        if not legacy_read and any(m.get(f.WRITE_ID) == state.write_id for m in members.values()):
-            # Our own earlier attempt committed: was the batch expired by then?
-            data, _, version = await read_group(
-                self.refs, transaction, batch_ref, {}, _BATCH_FINISH
-            )
+        if not fields and any(m.get(f.WRITE_ID) == state.write_id for m in members.values()):
+            # Our own earlier attempt committed: did it land after the batch expired?
+            data, _, version = await read_group(self.refs, transaction, batch_ref, {}, mine)
         resolve_found(members, data, state)
+        for attempt_id, players in state.plans.items():
+            landed, late = decode.write_landed(data, attempt_id)
+            if landed:  # an earlier attempt without completion documents committed
+                state.resolved.update(dict.fromkeys(players, True))
+                if late:
+                    state.late.update(players)
+        if any(state.resolved.get(p) for p in pending):
+            state.uncertain_commits = 0  # what was uncertain is found: it landed
         array = set(data.get(f.COMPLETED_PLAYERS) or ()) if legacy_read else set()
         # Completion documents guard the batch: every writer keeps them, LEGACY included.
         docs = self._mode.writes_subcollection or decode.guarded(data)
@@ -423,25 +450,27 @@ class GroupWriter:
         if f.PREDICTIONS_BY_PLAYER in fields:
             stored = data.get(f.PREDICTIONS_BY_PLAYER)
             whole_map = dict(stored) if isinstance(stored, dict) else {}
-        recent: list[str] = []
         if legacy_read:
             # Players recorded in LEGACY mode are in the array without a completion
             # doc: they are duplicates too, or Increment counts them twice.
-            recent = list(data.get(f.RECENT_WRITES, ()))
-            for attempt_id, players in state.plans.items():
-                if attempt_id in recent or attempt_id + LATE_SUFFIX in recent:
-                    state.resolved.update(dict.fromkeys(players, True))  # ours committed
-                    if attempt_id + LATE_SUFFIX in recent:
-                        state.late.update(players)
             for player in pending:
                 if player in array:
                     state.resolved.setdefault(player, False)
         await self._fault(FaultPoint.AFTER_READS, batch_id, list(firsts))
 
         new = [group[firsts[p]] for p in pending if p not in state.resolved]
-        # What the batch's guard is (this write does not change it: a write that creates
-        # completion documents keeps it, one that does not is on an unguarded batch).
-        guarded = decode.guarded(data) if legacy_read else None
+        # What the batch's guard is after this write. A write that creates completion
+        # documents on a batch read with no legacy-only player states the guard
+        # (committed only if the batch is unchanged since that read).
+        was_guarded = decode.guarded(data)
+        guard = (
+            legacy_read
+            and docs
+            and not was_guarded
+            and not array
+            and not as_int(data.get(f.LEGACY_ONLY_COUNT))
+        )
+        guarded = (was_guarded or guard) if legacy_read else None
         expired = data.get(f.STATUS) == f.STATUS_EXPIRED
         if not new:
             counted = (
@@ -453,14 +482,16 @@ class GroupWriter:
             return _Staged((), None, counted, expired, guarded)
         names = [c.player for c in new]
         if docs:
+            write_key = state.write_id  # its completion documents carry it too
             for completion in new:
                 writes.create(refs[completion.player], self._completion_doc(completion, state))
-        update, results_at = batch_update(self._mode, new, whole_map, docs=docs)
-        if not self._mode.writes_subcollection:
-            attempt_id = f"{state.write_id}.{len(state.plans)}"
-            state.plans[attempt_id] = frozenset(names)
-            stored_id = attempt_id + (LATE_SUFFIX if expired else "")
-            update[f.RECENT_WRITES] = [*recent, stored_id][-f.RECENT_WRITES_KEPT :]
+        else:
+            write_key = f"{state.write_id}.{len(state.plans)}"
+            state.plans[write_key] = frozenset(names)
+        spent = info.to_delete()
+        update, results_at = batch_update(
+            self._mode, new, whole_map, docs=docs, write_key=write_key, spent=spent, guard=guard
+        )
         if transaction is None:
             if version is None:
                 raise gexc.Aborted("the batch was not read before an optimistic write")  # type: ignore[no-untyped-call]
@@ -477,9 +508,11 @@ class GroupWriter:
                 after[f.LEGACY_ONLY_COUNT] = as_int(data.get(f.LEGACY_ONLY_COUNT)) + len(new)
             if self._mode.writes_legacy:
                 after[f.COMPLETED_PLAYERS] = [*array, *names]
+            if guard:
+                after[f.COMPLETIONS_BACKFILLED] = True
             counted = decode.counted(after, array_counts=not self._mode.reads_subcollection)
         await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(firsts))
-        return _Staged(tuple(names), results_at, counted, expired, guarded)
+        return _Staged(tuple(names), results_at, counted, expired, guarded, tuple(spent))
 
     # -- pieces ----------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ class BatchBackfill:
         marked: ``completions_backfilled`` was set by this run.
         unknown_counts: Array players without a usable count in
             ``predictions_by_player``: left alone (no count is invented), to reconcile.
-        skipped: Why nothing was considered (no such batch, no legacy array), else None.
+        skipped: Why nothing was considered (no such batch), else None.
         transactions: Transactions committed.
         finalized: This run completed and finalized the batch.
     """
@@ -111,7 +111,9 @@ async def _backfill_step(
         return _Step(final=True, skipped="no such batch")
     array = data.get(f.COMPLETED_PLAYERS)
     if not isinstance(array, list):
-        return _Step(final=True, skipped="no legacy array")
+        # Never written by LEGACY (it always writes the array): completion documents
+        # guard it already; state the guard if an older version did not.
+        array = []
     completions = Refs(client, layout).completions(batch_id)
     have = await existing_completions(client, completions, array, transaction)
     raw_map = data.get(f.PREDICTIONS_BY_PLAYER)

@@ -1,0 +1,222 @@
+"""Pinned regressions of issue 28: situations a hostile rollout found, each failing before.
+
+Each manager has its own client where the situation needs processes (a cache of its own).
+The model (``test_model_fleet.py``) explores their families; these pin the instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from async_batchstate import (
+    AsyncBatchStateManager,
+    CompletionStatus,
+    MigrationMode,
+    RetryPolicy,
+)
+from async_batchstate.testing import (
+    EmulatorInfo,
+    FaultPoint,
+    LostAnswers,
+    aclose_client,
+    batch_violations,
+    make_client,
+)
+
+from ..helpers import ManagerFactory, read_batch, read_completions
+from .test_lost_answers import is_group_commit
+
+pytestmark = pytest.mark.emulator
+
+FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=30.0, attempt_timeout=10.0)
+
+
+async def test_a_batch_born_in_subcollection_only_keeps_its_guard_through_every_mode(
+    make_manager: ManagerFactory,
+    other_manager: Any,
+    firestore_emulator: EmulatorInfo,
+    batch_collection: str,
+    firestore_client: AsyncClient,
+) -> None:
+    """SUBCOLLECTION_ONLY creates b (4 expected) and records p0; DUAL_WRITE records p1; LEGACY p2;
+    p2 redelivered to the SUBCOLLECTION_ONLY and DUAL_WRITE processes is a DUPLICATE for both:
+    the batch stays in progress at 3/4 until p3, and every structure counts p2 once."""
+    third = make_client(firestore_emulator)
+    try:
+        only = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY, validation_rate=0.0)
+        dual = other_manager(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
+        legacy = AsyncBatchStateManager(
+            third, collection=batch_collection, mode=MigrationMode.LEGACY, validation_rate=0.0
+        )
+        async with legacy:
+            await only.create_batch("b", expected_count=4)
+            await only.record_completion("b", "p0-warm", 1)  # a cache that believes "guarded"
+            await dual.record_completion("b", "p1", 1)
+            await legacy.record_completion("b", "p2", 2)
+            again_only = await only.record_completion("b", "p2", 2)
+            again_dual = await dual.record_completion("b", "p2", 2)
+            in_progress = await only.get_progress("b", include_players=False)
+            last = await dual.record_completion("b", "p3", 3)
+
+        assert (CompletionStatus.DUPLICATE, CompletionStatus.DUPLICATE) == (
+            again_only.status,
+            again_dual.status,
+        )
+        assert not again_only.batch_completed and not again_dual.batch_completed
+        assert "in_progress" == in_progress.status
+        assert last.batch_completed
+        docs = await read_completions(firestore_client, batch_collection, "b")
+        assert {"p0-warm", "p1", "p2"} <= set(docs)
+        assert [] == await batch_violations(
+            firestore_client, batch_collection, "b", MigrationMode.DUAL_WRITE
+        )
+    finally:
+        await aclose_client(third)
+
+
+async def test_the_guard_is_stated_at_creation_by_every_mode_that_writes_documents(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """completions_backfilled is true from create_batch in every mode but LEGACY, and a
+    LEGACY write to such a batch never clears it."""
+    for mode in MigrationMode:
+        manager = make_manager(mode=mode, validation_rate=0.0)
+        await manager.create_batch(f"b-{mode.value}", expected_count=2)
+    legacy = make_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    for mode in MigrationMode:
+        await legacy.record_completion(f"b-{mode.value}", "p", 1)
+
+    stated = {
+        mode: (await read_batch(firestore_client, batch_collection, f"b-{mode.value}")).get(
+            "completions_backfilled"
+        )
+        for mode in MigrationMode
+    }
+    expected = {mode: (True if mode.writes_subcollection else None) for mode in MigrationMode}
+    assert expected == stated
+
+
+@pytest.mark.parametrize(
+    "mode", [MigrationMode.DUAL_WRITE, MigrationMode.SUBCOLLECTION_ONLY, MigrationMode.LEGACY]
+)
+async def test_late_or_recorded_after_lost_answers_agrees_with_the_expiry(
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+    mode: MigrationMode,
+) -> None:
+    """Every completion's answer is lost; the expiry lands while some of those writes wait to
+    retry: a completion is told LATE exactly when the expiry found it missing, RECORDED
+    exactly when it did not (never decided by comparing commit timestamps, which tie)."""
+    players = [f"p{i:03d}" for i in range(90)]
+    expirer = make_manager(mode=mode, retry=FAST, validation_rate=0.0)
+    retried: set[str] = set()
+    expired: list[bool] = []
+
+    async def expire_on_a_retry(point: FaultPoint, batch_id: str, group: Sequence[str]) -> None:
+        if point is not FaultPoint.BEFORE_BEGIN or not set(group) & set(players[30:60]):
+            return
+        if retried & set(group) and not expired:
+            expired.append(await expirer.expire("b", reason="test"))  # after this one landed
+        retried.update(group)
+
+    writer = make_manager(
+        mode=mode, retry=FAST, validation_rate=0.0, fault_injector=expire_on_a_retry
+    )
+    await writer.create_batch("b", expected_players=players)
+    LostAnswers(times=None, when=is_group_commit).attach(firestore_client)
+
+    results = [*await asyncio.gather(*(writer.record_completion("b", p, 1) for p in players[:30]))]
+    results += await asyncio.gather(*(writer.record_completion("b", p, 1) for p in players[30:60]))
+    results += await asyncio.gather(*(writer.record_completion("b", p, 1) for p in players[60:]))
+    stored = await read_batch(firestore_client, batch_collection, "b")
+
+    assert "expired" == stored["status"]
+    missing = set(stored["missing_players"])  # what the expiry itself found
+    told = {r.player: r.status for r in results}
+    assert set(players[60:]) <= missing
+    assert {p: CompletionStatus.LATE for p in missing} == {
+        p: s for p, s in told.items() if s is CompletionStatus.LATE
+    }
+    assert {CompletionStatus.RECORDED} == {s for p, s in told.items() if p not in missing}
+
+
+async def test_transaction_path_with_four_lost_commit_answers_tells_recorded(
+    make_manager: ManagerFactory, firestore_client: AsyncClient
+) -> None:
+    """write_path="transaction": four Commit answers lost in a row (the client re-sends on a
+    closed transaction and is refused): the completion is stored and its caller told
+    RECORDED; the redelivery is a DUPLICATE."""
+    manager = make_manager(write_path="transaction", retry=FAST, validation_rate=0.0)
+    await manager.create_batch("b", expected_count=2)
+    lost = LostAnswers(methods=("Commit",), times=4).attach(firestore_client)
+
+    first = await manager.record_completion("b", "p1", 5)
+    again = await manager.record_completion("b", "p1", 5)
+
+    assert (CompletionStatus.RECORDED, CompletionStatus.DUPLICATE) == (first.status, again.status)
+    assert lost.total_lost >= 2
+
+
+async def test_legacy_recognises_its_own_lost_write_however_many_groups_land_meanwhile(
+    other_manager: Any, firestore_emulator: EmulatorInfo, batch_collection: str
+) -> None:
+    """A LEGACY write lands, its answer is lost, and 150 LEGACY groups of another process
+    land before the retry reads: the caller is told RECORDED, not DUPLICATE."""
+    client = make_client(firestore_emulator)
+    busy = other_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    retries = 0
+
+    async def meanwhile(point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        nonlocal retries
+        if point is FaultPoint.BEFORE_BEGIN and "p0" in players:
+            retries += 1
+            if retries == 2:  # the retry after the lost answer, before it reads
+                for i in range(150):
+                    await busy.record_completion("b", f"q{i}", 1)
+
+    try:
+        lost = LostAnswers(times=1, when=is_group_commit).attach(client)
+        async with AsyncBatchStateManager(
+            client,
+            collection=batch_collection,
+            mode=MigrationMode.LEGACY,
+            retry=FAST,
+            validation_rate=0.0,
+            fault_injector=meanwhile,
+        ) as legacy:
+            await legacy.create_batch("b", expected_count=200)
+            result = await legacy.record_completion("b", "p0", 3)
+        assert 1 == lost.total_lost
+        assert CompletionStatus.RECORDED == result.status
+    finally:
+        await aclose_client(client)
+
+
+async def test_a_batch_without_a_roster_never_counts_past_its_expected_count(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """expected_count=1 and three distinct players: the first completes the batch; the
+    others are extras that never move the reported count past 1, and validate() finds
+    the batch consistent."""
+    manager = make_manager(validation_rate=0.0)
+    await manager.create_batch("b", expected_count=1)
+
+    results = [await manager.record_completion("b", p, 2**32) for p in ("p1", "p2", "p3")]
+    progress = await manager.get_progress("b", include_players=False)
+    report = await manager.validate("b")
+
+    assert [True, False, False] == [r.batch_completed for r in results]
+    assert (1, "complete") == (progress.completed_count, progress.status)
+    assert report.is_consistent, report
+    data = await read_batch(firestore_client, batch_collection, "b")
+    assert all(
+        isinstance(v, int) and 0 <= v < 2**63
+        for k, v in data.items()
+        if k in ("completed_count", "total_predictions", "total_predictions_subcoll")
+    )
