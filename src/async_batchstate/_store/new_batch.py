@@ -146,10 +146,10 @@ def new_batch(
     if mode.writes_legacy:
         data |= {COMPLETED_PLAYERS: [], PREDICTIONS_BY_PLAYER: {}, TOTAL_PREDICTIONS: 0}
     if mode.writes_subcollection:
-        data |= {COMPLETED_COUNT: 0, TOTAL_PREDICTIONS_SUBCOLL: 0}
-        if mode.writes_legacy:  # born with both structures: nothing to backfill
-            data[COMPLETIONS_BACKFILLED] = True
-        else:
+        # Born guarded: every player will have a completion document (the explicit guard,
+        # never inferred later from which fields exist).
+        data |= {COMPLETED_COUNT: 0, TOTAL_PREDICTIONS_SUBCOLL: 0, COMPLETIONS_BACKFILLED: True}
+        if not mode.writes_legacy:
             data[ARRAY_PARTIAL] = True
     if when is not None:
         data[DEADLINE] = when
