@@ -83,7 +83,7 @@ def test_split_roster_respects_the_chunk_byte_limit() -> None:
     [
         ({"expected_count": 0}, InvalidCountError),
         ({"expected_count": True}, InvalidCountError),
-        ({"expected_players": "p1"}, InvalidCountError),
+        ({"expected_players": "p1"}, InvalidInputError),
         ({"expected_players": ["a", "a"]}, DuplicatePlayerError),
         ({"expected_players": ["a/b"]}, InvalidIdError),
         ({"expected_count": 1, "expected_players": ["a"]}, ConfigurationError),

@@ -9,20 +9,26 @@ written with the whole map (``needs_whole_map_write``).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
-from .._errors import InvalidCountError, InvalidIdError, InvalidInputError
+from .._errors import BatchStateError, InvalidCountError, InvalidIdError, InvalidInputError
+from .._retry import RetryPolicy
 from .names import PREDICTIONS_BY_PLAYER
 
 MAX_ID_BYTES = 1500
 MAX_FIELD_PATH_BYTES = 1500
 MAX_COUNT = 2**63 - 1  # Firestore integers are signed 64-bit.
 _RESERVED_ID = re.compile(r"^__.*__$", re.DOTALL)
+T = TypeVar("T")
 
 
 def validate_id(kind: str, value: object) -> str:
@@ -76,35 +82,186 @@ def validate_text(name: str, value: object) -> str:
     return value
 
 
-def validate_seconds(name: str, value: object) -> float:
+def validate_seconds(
+    name: str, value: object, *, error: type[BatchStateError] = InvalidInputError
+) -> float:
     """Return ``value`` as float seconds if it is a finite real number >= 0.
 
     Raises:
-        InvalidInputError: Not a number (``bool`` included), NaN, infinite or negative.
+        InvalidInputError: Not a number (``bool`` included), NaN, infinite or
+            negative (``error`` instead, when given).
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInputError(f"{name} must be a number of seconds, not {type(value).__name__}")
+        raise error(f"{name} must be a number of seconds, not {type(value).__name__}")
     try:
         seconds = float(value)
     except OverflowError:
         seconds = math.inf
     if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidInputError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+        raise error(f"{name} must be a finite number of seconds >= 0, not {value!r}")
     return seconds
 
 
-def validate_count(name: str, value: object, *, minimum: int = 0) -> int:
-    """Return ``value`` if it is an ``int`` in ``[minimum, 2**63 - 1]``, else raise.
+def validate_count(
+    name: str,
+    value: object,
+    *,
+    minimum: int = 0,
+    maximum: int = MAX_COUNT,
+    error: type[BatchStateError] = InvalidCountError,
+) -> int:
+    """Return ``value`` if it is an ``int`` in ``[minimum, maximum]`` (default ``2**63 - 1``).
 
     Raises:
-        InvalidCountError: A ``bool``, a non-``int`` or out of range.
+        InvalidCountError: A ``bool``, a non-``int`` or out of range (``error``
+            instead, when given).
     """
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidCountError(f"{name} must be an int, not {type(value).__name__}")
+        raise error(f"{name} must be an int, not {type(value).__name__}")
     if value < minimum:
-        raise InvalidCountError(f"{name} must be >= {minimum}, got {value}")
-    if value > MAX_COUNT:
-        raise InvalidCountError(f"{name} must fit in a signed 64-bit integer, got {value}")
+        raise error(f"{name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        if maximum == MAX_COUNT:
+            raise error(f"{name} must fit in a signed 64-bit integer, got {value}")
+        raise error(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def validate_bool(
+    name: str, value: object, *, error: type[BatchStateError] = InvalidInputError
+) -> bool:
+    """Return ``value`` if it is a ``bool`` (not merely truthy: ``"no"`` is not False).
+
+    Raises:
+        InvalidInputError: Anything else (``error`` instead, when given).
+    """
+    if not isinstance(value, bool):
+        raise error(f"{name} must be True or False, not {type(value).__name__}")
+    return value
+
+
+def validate_instance(
+    name: str,
+    value: object,
+    kind: type[T],
+    *,
+    error: type[BatchStateError] = InvalidInputError,
+) -> T:
+    """Return ``value`` if it is an instance of ``kind``.
+
+    Raises:
+        InvalidInputError: It is not (``error`` instead, when given).
+    """
+    if not isinstance(value, kind):
+        raise error(f"{name} must be a {kind.__qualname__}, not {type(value).__name__}")
+    return value
+
+
+def validate_callable(
+    name: str, value: object, *, error: type[BatchStateError] = InvalidInputError
+) -> object:
+    """Return ``value`` if it can be called (a function, a bound method, a hook object).
+
+    Raises:
+        InvalidInputError: It cannot (``error`` instead, when given).
+    """
+    if not callable(value):
+        raise error(f"{name} must be callable, not {type(value).__name__}")
+    return value
+
+
+def validate_callables(
+    name: str, value: object, *, error: type[BatchStateError] = InvalidInputError
+) -> tuple[Any, ...]:
+    """``value`` (an iterable of callables, e.g. hooks) as a tuple, each one checked.
+
+    Raises:
+        InvalidInputError: Not an iterable, a ``str``/``bytes``/mapping, or an item that
+            cannot be called (``error`` instead, when given).
+    """
+    items = validate_iterable(name, value, error=error)
+    for item in items:
+        if not callable(item):
+            raise error(f"{name} must hold callables, not {type(item).__name__}")
+    return items
+
+
+def validate_iterable(
+    name: str, value: object, *, error: type[BatchStateError] = InvalidInputError
+) -> tuple[Any, ...]:
+    """``value`` materialised once as a tuple: any iterable (a list, a set, a generator).
+
+    A ``str``, ``bytes`` or mapping is refused: iterating it yields characters,
+    ints or keys, never what the caller meant.
+
+    Raises:
+        InvalidInputError: Not an iterable, or a ``str``, bytes-like or mapping
+            (``error`` instead, when given).
+    """
+    if isinstance(value, str | bytes | bytearray | memoryview | Mapping):
+        raise error(f"{name} must be an iterable of items, not a {type(value).__name__}")
+    if not isinstance(value, Iterable):
+        raise error(f"{name} must be an iterable, not {type(value).__name__}")
+    return tuple(value)
+
+
+def validate_store(
+    client: object, layout: object, *, error: type[BatchStateError] = InvalidInputError
+) -> None:
+    """Refuse a ``client`` that is not an ``AsyncClient`` or a ``layout`` that is not a ``Layout``.
+
+    Raises:
+        InvalidInputError: Either is of another type (``error`` instead, when given).
+    """
+    validate_instance("client", client, AsyncClient, error=error)
+    validate_instance("layout", layout, Layout, error=error)
+
+
+def validate_policy(
+    retry: object, clock: object, *, error: type[BatchStateError] = InvalidInputError
+) -> None:
+    """Refuse a ``retry`` that is no ``RetryPolicy`` (or None), or a ``clock`` that is no ``Clock``.
+
+    Raises:
+        InvalidInputError: Either is of another type (``error`` instead, when given).
+    """
+    if retry is not None:
+        validate_instance("retry", retry, RetryPolicy, error=error)
+    validate_clock("clock", clock, error=error)
+
+
+_CLOCK_METHODS = ("monotonic", "now", "sleep", "timeout")
+
+
+def validate_clock(
+    name: str, value: object, *, error: type[BatchStateError] = InvalidInputError
+) -> Any:
+    """Return ``value`` if it has the four methods of a ``Clock``.
+
+    Raises:
+        InvalidInputError: It lacks one (``error`` instead, when given).
+    """
+    for method in _CLOCK_METHODS:
+        if not callable(getattr(value, method, None)):
+            raise error(
+                f"{name} must be a Clock (monotonic, now, sleep, timeout), "
+                f"not {type(value).__name__}"
+            )
+    return value
+
+
+def validate_aware(
+    name: str, value: object, *, error: type[BatchStateError] = InvalidInputError
+) -> dt.datetime:
+    """Return ``value`` if it is an aware ``datetime``.
+
+    Raises:
+        InvalidInputError: Not a datetime, or a naive one (``error`` instead, when given).
+    """
+    if not isinstance(value, dt.datetime):
+        raise error(f"{name} must be an aware datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise error(f"{name} must be an aware datetime (e.g. UTC), not a naive one")
     return value
 
 
@@ -150,12 +307,20 @@ class Layout:
         collection: Collection path of the batch documents, e.g. ``prediction_batches``
             (may be nested: ``tenants/t1/batches``).
         completions: Name of the per-batch completions subcollection.
+
+    Raises:
+        InvalidIdError: ``collection`` is not a collection path of valid ids, or
+            ``completions`` is not a valid id.
     """
 
     collection: str = "prediction_batches"
     completions: str = "completions"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.collection, str):
+            raise InvalidIdError(
+                f"collection must be a str path, not {type(self.collection).__name__}"
+            )
         parts = self.collection.split("/")
         if len(parts) % 2 != 1:
             raise InvalidIdError(

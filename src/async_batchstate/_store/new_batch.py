@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,12 +14,12 @@ from .._config import MigrationMode
 from .._errors import (
     ConfigurationError,
     DuplicatePlayerError,
-    InvalidCountError,
+    InvalidIdError,
     InvalidInputError,
     LegacyArrayLimitError,
 )
 from .batch_info import BatchInfo
-from .ids import validate_count, validate_id, validate_player
+from .ids import validate_count, validate_id, validate_iterable, validate_player
 from .names import (
     ARRAY_PARTIAL,
     COMPLETED_COUNT,
@@ -57,15 +57,20 @@ class LegacyLimits:
         warn_ratio: Fraction of the limits at which ``create_batch`` logs a warning.
 
     Raises:
-        ConfigurationError: ``players < 1`` or ``warn_ratio`` outside ``(0, 1]``.
+        ConfigurationError: ``players`` not an int >= 1, or ``warn_ratio`` not a
+            number in ``(0, 1]``.
     """
 
     players: int = 12_000
     warn_ratio: float = 0.8
 
     def __post_init__(self) -> None:
-        if self.players < 1 or not 0.0 < self.warn_ratio <= 1.0:
-            raise ConfigurationError("need legacy_array_limit >= 1 and 0 < warn ratio <= 1")
+        validate_count("legacy_array_limit", self.players, minimum=1, error=ConfigurationError)
+        ratio = self.warn_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+            raise ConfigurationError(
+                f"legacy_array_warn_ratio must be a number in (0, 1], not {ratio!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def new_batch(
     mode: MigrationMode,
     batch_id: str,
     *,
-    expected_players: Sequence[str] | None,
+    expected_players: Iterable[str] | None,
     expected_count: int | None,
     deadline: dt.datetime | dt.timedelta | None,
     limits: LegacyLimits,
@@ -115,6 +120,8 @@ def new_batch(
     """Validate ``create_batch``'s arguments and build the batch document (no I/O).
 
     ``now`` is the instant a timedelta ``deadline`` counts from (the manager's clock).
+    ``expected_players`` may be any iterable of ids (a list, a set, a generator):
+    it is read exactly once, before anything is checked.
 
     Raises:
         InvalidIdError, DuplicatePlayerError, InvalidCountError, InvalidInputError,
@@ -124,19 +131,13 @@ def new_batch(
     when = absolute_deadline(deadline, now=now)
     if (expected_players is None) == (expected_count is None):
         raise ConfigurationError("give exactly one of expected_players or expected_count")
+    players: tuple[str, ...] | None = None
     if expected_players is not None:
-        if isinstance(expected_players, str):
-            raise InvalidCountError("expected_players must be a sequence of ids, not a str")
-        seen: set[str] = set()
-        for player in expected_players:
-            validate_player(mode, player)
-            if player in seen:
-                raise DuplicatePlayerError(f"player {player!r} appears twice in expected_players")
-            seen.add(player)
-        expected_count = len(seen)
+        players = roster_of(mode, expected_players)
+        expected_count = len(players)
     count = validate_count("expected_count", expected_count, minimum=1)
     if mode.writes_legacy:
-        _check_legacy_limits(batch_id, count, expected_players or (), limits)
+        _check_legacy_limits(batch_id, count, players or (), limits)
     data: dict[str, Any] = {
         EXPECTED_COUNT: count,
         STATUS: STATUS_IN_PROGRESS,
@@ -153,16 +154,45 @@ def new_batch(
             data[ARRAY_PARTIAL] = True
     if when is not None:
         data[DEADLINE] = when
-    inline, chunks = split_roster(expected_players or ())
-    if expected_players is not None and inline is not None:
+    inline, chunks = split_roster(players or ())
+    if players is not None and inline is not None:
         data[ROSTER] = inline
     elif chunks:
         data[ROSTER_CHUNKS] = len(chunks)
-    roster = None if expected_players is None else frozenset(expected_players)
+    roster = None if players is None else frozenset(players)
     info = BatchInfo(
         expected=count, roster=roster, deadline=when, guarded=mode.writes_subcollection
     )
     return NewBatch(batch_id=batch_id, document=data, roster_chunks=chunks, info=info)
+
+
+def roster_of(mode: MigrationMode, expected_players: object) -> tuple[str, ...]:
+    """``expected_players`` read once into a tuple of distinct, valid player ids.
+
+    Any iterable of ``str`` works (a list, a set, a generator): it is
+    materialised before anything is checked, so a one-shot iterator is never
+    consumed by the checks and then stored empty.
+
+    Raises:
+        InvalidInputError: Not an iterable, or a ``str``, bytes-like or mapping;
+            or empty.
+        InvalidIdError: An item that is not a ``str`` id ``mode`` can store.
+        DuplicatePlayerError: A player named twice.
+    """
+    players = validate_iterable("expected_players", expected_players)
+    if not players:
+        raise InvalidInputError("expected_players must name at least one player")
+    seen: set[str] = set()
+    for player in players:
+        if not isinstance(player, str):
+            raise InvalidIdError(
+                f"expected_players must hold str player ids, not {type(player).__name__}"
+            )
+        validate_player(mode, player)
+        if player in seen:
+            raise DuplicatePlayerError(f"player {player!r} appears twice in expected_players")
+        seen.add(player)
+    return players
 
 
 def _check_legacy_limits(
