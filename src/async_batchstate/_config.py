@@ -20,7 +20,11 @@ ENV_READS = "USE_SUBCOLLECTION_READS"
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
-    if raw is None or raw.strip() == "":
+    if raw is None:
+        return default
+    if not isinstance(raw, str):
+        raise ConfigurationError(f"{name} must be a str in env, not {type(raw).__name__}")
+    if raw.strip() == "":
         return default
     value = raw.strip().lower()
     if value in _TRUE:
@@ -73,8 +77,17 @@ class MigrationMode(enum.Enum):
         """Map the three legacy feature flags onto a mode.
 
         Raises:
-            ConfigurationError: The flags read from a structure that is not written.
+            ConfigurationError: A flag that is not a bool, or flags that read from a
+                structure that is not written.
         """
+        flags = {
+            "enable_subcollection": enable_subcollection,
+            "dual_write": dual_write,
+            "subcollection_reads": subcollection_reads,
+        }
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"{name} must be True or False, not {value!r}")
         if not enable_subcollection:
             if subcollection_reads:
                 raise ConfigurationError(
@@ -104,9 +117,12 @@ class MigrationMode(enum.Enum):
             env: The environment to read; ``os.environ`` by default.
 
         Raises:
-            ConfigurationError: A flag is not a boolean, or the flags contradict each other.
+            ConfigurationError: ``env`` is not a mapping, a flag is not a boolean, or
+                the flags contradict each other.
         """
         env = os.environ if env is None else env
+        if not isinstance(env, Mapping):
+            raise ConfigurationError(f"env must be a mapping, not {type(env).__name__}")
         return cls.from_flags(
             enable_subcollection=_flag(env, ENV_ENABLE, True),
             dual_write=_flag(env, ENV_DUAL, True),

@@ -9,6 +9,7 @@ answer was lost is recognised by the next one from what is stored.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -101,6 +102,11 @@ class RetryPolicy:
         max_attempts: Attempts before giving up (>= 1).
         deadline: Seconds from the first attempt after which no new attempt starts.
         attempt_timeout: Seconds one attempt (begin, reads, commit) may take.
+
+    Raises:
+        ConfigurationError: A delay, deadline or timeout that is not a finite
+            number of seconds > 0, ``max_delay < base_delay``, or ``max_attempts``
+            not an int >= 1.
     """
 
     base_delay: float = 0.02
@@ -110,12 +116,19 @@ class RetryPolicy:
     attempt_timeout: float = 20.0
 
     def __post_init__(self) -> None:
-        if self.base_delay <= 0 or self.max_delay < self.base_delay:
+        for name in ("base_delay", "max_delay", "deadline", "attempt_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(
+                    f"{name} must be a finite number of seconds > 0, not {value!r}"
+                )
+        if self.max_delay < self.base_delay:
             raise ConfigurationError("need 0 < base_delay <= max_delay")
-        if self.max_attempts < 1:
-            raise ConfigurationError("max_attempts must be >= 1")
-        if self.deadline <= 0 or self.attempt_timeout <= 0:
-            raise ConfigurationError("deadline and attempt_timeout must be > 0")
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ConfigurationError(f"max_attempts must be an int >= 1, not {attempts!r}")
 
     def backoff(self, retry_number: int, kind: ErrorKind, rng: random.Random) -> float:
         """Seconds to sleep before retry ``retry_number`` (0 for the first retry)."""

@@ -476,7 +476,8 @@ async def test_listing_error_mid_run_is_one_line_and_exit_1(
     assert 1 == status
     assert ["d0"] == verified
     assert 1 == len(err.splitlines()), err
-    assert err.startswith("async-batchstate: error: ServiceUnavailable: ")
+    assert err.startswith("async-batchstate: error: listing batches ")  # a BatchStateError
+    assert "ServiceUnavailable: 503 injected: listing connection reset" in err
     assert "ExceptionGroup" not in err
 
 

@@ -4,9 +4,12 @@ Every RPC inside runs under the retry loop, which turns retryable failures into
 ``RetryExhaustedError`` and lets a fatal client error (PERMISSION_DENIED, a
 malformed request) out unchanged for the code that decides on it. Here, at the
 public entry points, a client error still escaping (``google.api_core``,
-``google.auth`` or raw ``grpc``) is wrapped: a retryable one in
+``google.auth``, raw ``grpc``, ``grpc.aio``'s own errors such as the
+``UsageError`` of a closed channel, or the ``RuntimeError`` of a client used
+after its event loop closed) is wrapped: a retryable one in
 ``RetryExhaustedError``, any other in ``WriteFailedError``, the original as
-``__cause__``.
+``__cause__``. A ``BatchStateError`` (``ManagerClosedError`` is also a
+``RuntimeError``) always leaves as it is.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ CLIENT_ERRORS: tuple[type[BaseException], ...] = (
     gexc.GoogleAPIError,
     auth_exceptions.GoogleAuthError,
     grpc.RpcError,
+    grpc.aio.BaseError,  # UsageError ("Channel is closed."), AbortError, InternalError
+    RuntimeError,  # a client or channel used after its event loop closed, or from another
 )
 """Errors of the Firestore client stack that must not reach a caller as they are."""
 
@@ -49,6 +54,8 @@ def typed_errors(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
+        except BatchStateError:
+            raise
         except CLIENT_ERRORS as exc:
             raise as_batch_state_error(exc, method.__name__) from exc
 
@@ -60,5 +67,7 @@ async def typed_iteration(items: AsyncIterator[T], what: str) -> AsyncIterator[T
     try:
         async for item in items:
             yield item
+    except BatchStateError:
+        raise
     except CLIENT_ERRORS as exc:
         raise as_batch_state_error(exc, what) from exc

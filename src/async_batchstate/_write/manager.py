@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from functools import partial
 from types import TracebackType
 from typing import Any, Self
@@ -16,6 +16,7 @@ from .._clock import SYSTEM_CLOCK, Clock, wait_event
 from .._config import MigrationMode
 from .._errors import (
     CompletionTimeoutError,
+    ConfigurationError,
     InvalidInputError,
     ManagerClosedError,
 )
@@ -25,8 +26,14 @@ from .._store.batches import BatchReader, create_batch
 from .._store.decode import progress_from
 from .._store.ids import (
     Layout,
+    validate_aware,
+    validate_bool,
+    validate_callable,
+    validate_callables,
+    validate_clock,
     validate_count,
     validate_id,
+    validate_instance,
     validate_player,
     validate_seconds,
     validate_text,
@@ -50,8 +57,12 @@ from .callbacks import OnComplete
 from .finalizer import Finalizer
 from .group import Completion, FaultInjector, WritePath, new_write_id
 from .limits import in_flight_bound, make_rate_limiter
-from .runner import GroupRunner
+from .runner import MAX_GROUP_SIZE, GroupRunner
 from .writer import GroupWriter
+
+_STATUSES = frozenset({f.STATUS_IN_PROGRESS, f.STATUS_COMPLETE, f.STATUS_EXPIRED})
+_MAX_PAGE = 2**31 - 1
+"""A query's limit is a 32-bit int on the wire."""
 
 
 class AsyncBatchStateManager:
@@ -148,7 +159,11 @@ class AsyncBatchStateManager:
         validation_rng: Random source for the sampling (inject a seeded one in tests).
 
     Raises:
-        ConfigurationError: Contradictory flags or invalid knobs.
+        ConfigurationError: Contradictory flags, or an invalid knob: an argument of
+            the wrong type (``client`` not an ``AsyncClient``, a ``bool`` for a
+            number, a str for a bool...) or out of its range; nothing is started.
+        InvalidIdError: ``collection`` or ``completions_subcollection`` is not a
+            valid Firestore path or id.
     """
 
     def __init__(
@@ -181,6 +196,30 @@ class AsyncBatchStateManager:
         alert_hooks: Iterable[AlertHook] = (),
         validation_rng: random.Random | None = None,
     ) -> None:
+        _check_settings(
+            client=client,
+            mode=mode,
+            write_path=write_path,
+            coalesce=coalesce,
+            max_group_size=max_group_size,
+            max_in_flight_per_batch=max_in_flight_per_batch,
+            linger=linger,
+            retry=retry,
+            on_complete=on_complete,
+            on_expired=on_expired,
+            callback_lease=callback_lease,
+            callback_sweep_interval=callback_sweep_interval,
+            clock=clock,
+            rng=rng,
+            fault_injector=fault_injector,
+            validation_rate=validation_rate,
+            validation_interval=validation_interval,
+            validation_rng=validation_rng,
+        )
+        hooks = validate_callables("hooks", hooks, error=ConfigurationError)
+        alert_hooks = validate_callables("alert_hooks", alert_hooks, error=ConfigurationError)
+        retain_for = _retention(retain_for)
+        rate = make_rate_limiter(rate_limit)
         self.mode = MigrationMode.from_env() if mode is None else mode
         self._client = client
         self._layout = Layout(collection, completions_subcollection)
@@ -231,7 +270,7 @@ class AsyncBatchStateManager:
             retry=self._retry,
             clock=clock,
             rng=self._rng,
-            rate=make_rate_limiter(rate_limit),
+            rate=rate,
             max_group_size=max_group_size if coalesce else 1,
             max_in_flight=in_flight_bound(self.mode, coalesce, write_path, max_in_flight_per_batch),
             linger=linger,
@@ -263,7 +302,13 @@ class AsyncBatchStateManager:
                 ``ManagerClosedError`` (a write cut short either committed whole or
                 not at all, so recording again is safe) and running callbacks are
                 cancelled: they stay owed, and run again elsewhere after their lease.
+
+        Raises:
+            InvalidInputError: ``drain_timeout`` is not a finite number of seconds
+                >= 0 (or None); the manager is left open.
         """
+        if drain_timeout is not None:
+            validate_seconds("drain_timeout", drain_timeout)
         self._closed = True
         drain = self._retry.deadline if drain_timeout is None else drain_timeout
         started = self._clock.monotonic()
@@ -298,7 +343,7 @@ class AsyncBatchStateManager:
         self,
         batch_id: str,
         *,
-        expected_players: Sequence[str] | None = None,
+        expected_players: Iterable[str] | None = None,
         expected_count: int | None = None,
         deadline: dt.datetime | dt.timedelta | None = None,
     ) -> bool:
@@ -314,7 +359,8 @@ class AsyncBatchStateManager:
 
         Args:
             batch_id: The batch id (a Firestore document id).
-            expected_players: The players expected to complete (the roster).
+            expected_players: The players expected to complete (the roster): any
+                iterable of str ids (a list, a set, a generator), read once.
             expected_count: How many completions complete the batch (no roster).
             deadline: When the batch expires if unfinished: an aware datetime, or a
                 timedelta from now. Once past, the next completion, progress read,
@@ -324,13 +370,23 @@ class AsyncBatchStateManager:
             True if this call created the batch, False if it already existed.
 
         Raises:
-            InvalidIdError: A batch or player id Firestore cannot store.
+            InvalidIdError: A batch or player id Firestore cannot store (a roster
+                item that is not a str included).
             DuplicatePlayerError: ``expected_players`` repeats a player.
             InvalidCountError: ``expected_count`` not a positive int.
-            InvalidInputError: ``deadline`` is not an aware datetime or a timedelta.
+            InvalidInputError: ``expected_players`` is not an iterable of ids (a
+                str, bytes, a mapping, a number) or is empty; ``deadline`` is not an
+                aware datetime or a timedelta.
+            ConfigurationError: Neither or both of ``expected_players`` and
+                ``expected_count``.
             LegacyArrayLimitError: Too many players for the legacy array in this mode.
             BatchExistsError: The batch exists with another expected count or roster
                 (the message says how they differ).
+            ManagerClosedError: The manager is closed.
+            WriteFailedError: The client failed (a closed channel included); nothing written.
+            RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
+
+        Every argument is checked before anything is written.
         """
         self._check_open()
         new = new_batch(
@@ -368,6 +424,8 @@ class AsyncBatchStateManager:
             predictions_count: A non-negative int.
             timeout: Seconds to wait for the result (default: the retry deadline).
 
+        Every argument is checked before anything is read or written.
+
         Returns:
             This completion's outcome; ``batch_completed`` is True for the one call
             that finalized the batch.
@@ -375,12 +433,15 @@ class AsyncBatchStateManager:
         Raises:
             InvalidIdError: Bad batch or player id; nothing written.
             InvalidCountError: Bad count; nothing written.
+            InvalidInputError: ``timeout`` is not a finite number of seconds >= 0;
+                nothing written.
             UnexpectedPlayerError: The player is not in the batch's roster; nothing written.
             BatchNotFoundError: The batch was never created; nothing written.
             RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
             CompletionTimeoutError: ``timeout`` passed first (recorded whole or not at all).
             ManagerClosedError: The manager is closed, or closed before confirming it.
-            WriteFailedError: Firestore refused the write; nothing written.
+            WriteFailedError: Firestore (or the client: a closed channel) refused the
+                write; nothing written.
         """
         started = self._clock.monotonic()
         result: CompletionResult | None = None
@@ -421,6 +482,8 @@ class AsyncBatchStateManager:
             InvalidInputError: A reason that is not a str, not valid UTF-8 or over
                 10,000 bytes; nothing written.
             BatchNotFoundError: No such batch.
+            WriteFailedError: The client failed (a closed channel included).
+            RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
         """
         validate_id("batch id", batch_id)
         why = "expired" if reason is None else validate_text("reason", reason)
@@ -446,6 +509,8 @@ class AsyncBatchStateManager:
         Raises:
             InvalidIdError: Bad batch id.
             BatchNotFoundError: No such batch.
+            WriteFailedError: The client failed (a closed channel included).
+            RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
         """
         validate_id("batch id", batch_id)
         return await self._finalizer.finalize(batch_id)
@@ -467,6 +532,7 @@ class AsyncBatchStateManager:
             InvalidIdError: Bad batch id.
             BatchNotFoundError: No such batch.
             RetryExhaustedError: Reading or claiming kept failing.
+            WriteFailedError: The client failed (a closed channel included).
         """
         validate_id("batch id", batch_id)
         return await self._finalizer.callbacks.deliver_owed(batch_id)
@@ -488,9 +554,14 @@ class AsyncBatchStateManager:
                 without a roster, it lists every completion document's id.
 
         Raises:
+            InvalidIdError: Bad batch id.
+            InvalidInputError: ``include_players`` is not a bool.
             BatchNotFoundError: No such batch.
+            WriteFailedError: The client failed (a closed channel included).
+            RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
         """
         validate_id("batch id", batch_id)
+        validate_bool("include_players", include_players)
         data = await self._reader.document(batch_id)
         progress = progress_from(batch_id, self.mode, data)
         if self._overdue(progress):
@@ -521,11 +592,29 @@ class AsyncBatchStateManager:
                 ``expired``).
             created_before: Only batches created before this aware datetime.
             limit: Yield at most this many.
-            page_size: Documents per query page.
+            page_size: Documents per query page (at most ``2**31 - 1``).
+
+        The arguments are checked by this call, before any read; errors while
+        iterating are ``BatchStateError`` too.
 
         Raises:
-            InvalidInputError: ``limit`` or ``page_size`` below 1, a naive datetime.
+            InvalidInputError: ``status`` is not one of the three statuses, or
+                ``created_before`` is not an aware datetime.
+            InvalidCountError: ``limit`` or ``page_size`` is not an int >= 1 (or too large).
+            WriteFailedError: While iterating: the client failed (a closed channel
+                included).
+            RetryExhaustedError: While iterating: retryable failures until the
+                attempts or deadline ran out.
         """
+        if status is not None and (not isinstance(status, str) or status not in _STATUSES):
+            raise InvalidInputError(
+                f"status must be one of {', '.join(sorted(_STATUSES))} or None, not {status!r}"
+            )
+        if created_before is not None:
+            validate_aware("created_before", created_before)
+        if limit is not None:
+            validate_count("limit", limit, minimum=1)
+        validate_count("page_size", page_size, minimum=1, maximum=_MAX_PAGE)
         listing = self._reader.listing(
             status=status, created_before=created_before, limit=limit, page_size=page_size
         )
@@ -535,7 +624,11 @@ class AsyncBatchStateManager:
         """In-progress batches created more than ``older_than`` ago (seconds or a timedelta).
 
         Raises:
-            InvalidInputError: A negative, NaN or unrepresentable age.
+            InvalidInputError: Not a timedelta or a number of seconds; a negative,
+                NaN or unrepresentable age.
+            WriteFailedError: While iterating: the client failed.
+            RetryExhaustedError: While iterating: retryable failures until the
+                attempts or deadline ran out.
         """
         if isinstance(older_than, dt.timedelta):
             age = older_than
@@ -567,8 +660,13 @@ class AsyncBatchStateManager:
         them. Nothing about the batch is kept once the call returns.
 
         Raises:
+            InvalidIdError: Bad batch id.
+            InvalidInputError: ``timeout`` is not a finite number of seconds >= 0
+                (or None), or ``poll_interval`` is not a finite number > 0.
             BatchNotFoundError: No such batch.
             CompletionTimeoutError: ``timeout`` seconds passed first.
+            WriteFailedError: The client failed (a closed channel included).
+            RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
         """
         validate_id("batch id", batch_id)
         if timeout is not None:
@@ -607,6 +705,8 @@ class AsyncBatchStateManager:
         Raises:
             InvalidIdError: Bad batch id.
             BatchNotFoundError: No such batch.
+            WriteFailedError: The client failed (a closed channel included).
+            RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
         """
         return await validate(
             self._client, self._layout, self.mode, batch_id, retry=self._retry, clock=self._clock
@@ -630,7 +730,12 @@ class AsyncBatchStateManager:
 
         Raises:
             InvalidIdError: Bad batch id.
+            InvalidInputError: ``source`` is not a ``Source`` (or None), or
+                ``dry_run`` is not a bool; nothing written.
+            ConfigurationError: ``Source.LEGACY`` in a mode whose batches may have no array.
             BatchNotFoundError: No such batch.
+            WriteFailedError: The client failed (a closed channel included).
+            RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
         """
         return await reconcile(
             self._client,
@@ -708,3 +813,94 @@ class AsyncBatchStateManager:
         """
         await self._expire(batch_id, "deadline passed", background=True)
         (await self._infos.get(batch_id)).terminal = True
+
+
+def _check_settings(
+    *,
+    client: object,
+    mode: object,
+    write_path: object,
+    coalesce: object,
+    max_group_size: object,
+    max_in_flight_per_batch: object,
+    linger: object,
+    retry: object,
+    on_complete: object,
+    on_expired: object,
+    callback_lease: object,
+    callback_sweep_interval: object,
+    clock: object,
+    rng: object,
+    fault_injector: object,
+    validation_rate: object,
+    validation_interval: object,
+    validation_rng: object,
+) -> None:
+    """Refuse a manager setting of the wrong type or range before anything is built.
+
+    Raises:
+        ConfigurationError: The first bad setting, named.
+    """
+    bad = ConfigurationError
+    validate_instance("client", client, AsyncClient, error=bad)
+    if mode is not None:
+        validate_instance("mode", mode, MigrationMode, error=bad)
+    if not isinstance(write_path, str) or write_path not in ("auto", "transaction"):
+        raise bad(f"write_path must be 'auto' or 'transaction', not {write_path!r}")
+    validate_bool("coalesce", coalesce, error=bad)
+    if isinstance(max_group_size, bool) or not isinstance(max_group_size, int):
+        raise bad(f"max_group_size must be an int, not {type(max_group_size).__name__}")
+    if not 1 <= max_group_size <= MAX_GROUP_SIZE:
+        raise bad(
+            f"max_group_size must be in [1, {MAX_GROUP_SIZE}]: a group is one request, "
+            "and Firestore caps a request at 10 MiB (~6 KB per completion with 1,500-byte ids)"
+        )
+    if max_in_flight_per_batch is not None:
+        validate_count("max_in_flight_per_batch", max_in_flight_per_batch, minimum=1, error=bad)
+    validate_seconds("linger", linger, error=bad)
+    if retry is not None:
+        validate_instance("retry", retry, RetryPolicy, error=bad)
+    for name, value in (
+        ("on_complete", on_complete),
+        ("on_expired", on_expired),
+        ("fault_injector", fault_injector),
+    ):
+        if value is not None:
+            validate_callable(name, value, error=bad)
+    intervals = [("callback_lease", callback_lease)]
+    if callback_sweep_interval is not None:
+        intervals.append(("callback_sweep_interval", callback_sweep_interval))
+    for name, value in intervals:
+        if validate_seconds(name, value, error=bad) <= 0:
+            raise bad(f"{name} must be > 0 seconds, not {value!r}")
+    validate_clock("clock", clock, error=bad)
+    for name, value in (("rng", rng), ("validation_rng", validation_rng)):
+        if value is not None:
+            validate_instance(name, value, random.Random, error=bad)
+    if isinstance(validation_rate, bool) or not isinstance(validation_rate, int | float):
+        raise bad(f"validation_rate must be a probability, not {type(validation_rate).__name__}")
+    if not 0 <= validation_rate <= 1:
+        raise bad(f"validation_rate must be in [0, 1], not {validation_rate!r}")
+    validate_seconds("validation_interval", validation_interval, error=bad)
+
+
+def _retention(retain_for: object) -> dt.timedelta | None:
+    """``retain_for`` as a positive timedelta, or None.
+
+    Raises:
+        ConfigurationError: Not a timedelta or a number of seconds, not > 0, or
+            beyond what a timedelta holds.
+    """
+    if retain_for is None:
+        return None
+    if isinstance(retain_for, dt.timedelta):
+        age = retain_for
+    else:
+        seconds = validate_seconds("retain_for", retain_for, error=ConfigurationError)
+        try:
+            age = dt.timedelta(seconds=seconds)
+        except OverflowError:
+            raise ConfigurationError(f"retain_for {retain_for!r} is too large") from None
+    if age <= dt.timedelta(0):
+        raise ConfigurationError("retain_for must be a positive duration")
+    return age

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
 
 from .._errors import ConfigurationError
+from .._store.ids import validate_seconds
 from ._report import ConsistencyReport
 
 logger = logging.getLogger("async_batchstate.alerts")
@@ -77,14 +78,17 @@ class SlackWebhookAlerter:
         username: Optional display name for the message.
 
     Raises:
-        ConfigurationError: ``url`` is not http(s) or ``timeout`` is not positive.
+        ConfigurationError: ``url`` is not an http(s) URL str, ``timeout`` is not a
+            finite number of seconds > 0, or ``username`` is neither a str nor None.
     """
 
     def __init__(self, url: str, timeout: float = 5.0, *, username: str | None = None) -> None:
-        if not url.startswith(("https://", "http://")):
-            raise ConfigurationError("the Slack webhook url must be http(s)")
-        if timeout <= 0:
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ConfigurationError("the Slack webhook url must be an http(s) URL str")
+        if validate_seconds("timeout", timeout, error=ConfigurationError) <= 0:
             raise ConfigurationError("timeout must be > 0 seconds")
+        if username is not None and not isinstance(username, str):
+            raise ConfigurationError(f"username must be a str, not {type(username).__name__}")
         self.url = url
         self.timeout = timeout
         self.username = username

@@ -30,8 +30,15 @@ from .._errors import batch_not_found
 from .._retry import RetryPolicy, retried
 from .._store import names as f
 from .._store.decode import as_int
-from .._store.ids import Layout, validate_id
+from .._store.ids import (
+    Layout,
+    validate_id,
+    validate_instance,
+    validate_policy,
+    validate_store,
+)
 from .._store.refs import Refs
+from .._write.boundary import typed_errors
 from ._report import BATCH_FIELDS, ConsistencyReport, build_report
 
 _INDEX_ENTRIES_PER_READ = 1_000
@@ -138,6 +145,7 @@ async def read_report(
     return report, reads
 
 
+@typed_errors
 async def validate(
     client: AsyncClient,
     layout: Layout,
@@ -165,9 +173,16 @@ async def validate(
 
     Raises:
         InvalidIdError: Bad batch id.
+        InvalidInputError: ``client``, ``layout``, ``mode``, ``retry`` or ``clock``
+            of the wrong type.
         BatchNotFoundError: No such batch.
+        WriteFailedError: The client failed (a closed channel included).
+        RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
     """
+    validate_store(client, layout)
+    validate_instance("mode", mode, MigrationMode)
     validate_id("batch id", batch_id)
+    validate_policy(retry, clock)
     refs = Refs(client, layout)
 
     async def attempt() -> ConsistencyReport:

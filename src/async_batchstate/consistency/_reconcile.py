@@ -25,9 +25,17 @@ from .._retry import RetryPolicy, retried
 from .._store import names as f
 from .._store.completion import completion_doc
 from .._store.decode import as_int
-from .._store.ids import Layout, validate_id
+from .._store.ids import (
+    Layout,
+    validate_bool,
+    validate_id,
+    validate_instance,
+    validate_policy,
+    validate_store,
+)
 from .._store.refs import Refs
 from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
+from .._write.boundary import typed_errors
 from ._report import opt_int
 
 logger = logging.getLogger("async_batchstate.consistency")
@@ -179,6 +187,7 @@ async def _read_for_repair(
     return data, docs
 
 
+@typed_errors
 async def reconcile(
     client: AsyncClient,
     layout: Layout,
@@ -217,10 +226,20 @@ async def reconcile(
 
     Raises:
         InvalidIdError: Bad batch id.
+        InvalidInputError: ``client``, ``layout``, ``mode``, ``source``, ``retry`` or
+            ``clock`` of the wrong type, or ``dry_run`` not a bool; nothing written.
         BatchNotFoundError: No such batch.
         ConfigurationError: ``Source.LEGACY`` in a mode whose batches may have no array.
+        WriteFailedError: The client failed (a closed channel included).
+        RetryExhaustedError: Retryable failures until the attempts or deadline ran out.
     """
+    validate_store(client, layout)
+    validate_instance("mode", mode, MigrationMode)
     validate_id("batch id", batch_id)
+    if source is not None:
+        validate_instance("source", source, Source)
+    validate_bool("dry_run", dry_run)
+    validate_policy(retry, clock)
     source = Source.default_for(mode) if source is None else source
     if source is Source.LEGACY and not mode.writes_legacy:
         raise ConfigurationError(

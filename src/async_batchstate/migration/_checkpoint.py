@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,8 +23,15 @@ from typing import Any, Protocol
 from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from .._errors import ConfigurationError
-from .._store.ids import Layout, validate_id
+from .._errors import ConfigurationError, InvalidInputError
+from .._store.ids import Layout, validate_id, validate_store
+from .._write.boundary import typed_errors
+
+
+def _state(state: object) -> Mapping[str, Any]:
+    if not isinstance(state, Mapping):
+        raise InvalidInputError(f"state must be a mapping, not {type(state).__name__}")
+    return state
 
 
 class Checkpoint(Protocol):
@@ -57,23 +65,32 @@ class FirestoreCheckpoint(_Resettable):
     Raises:
         InvalidIdError: ``name``, or the checkpoint's collection id (the batches'
             plus ``_migration``), is not an id Firestore can store.
+        ConfigurationError: ``client`` is not an ``AsyncClient`` or ``layout`` not a
+            ``Layout``.
+
+    ``load`` and ``save`` raise ``WriteFailedError`` or ``RetryExhaustedError``
+    when the client fails (a closed channel included), ``save`` raises
+    ``InvalidInputError`` for a state that is not a mapping.
     """
 
     def __init__(self, client: AsyncClient, layout: Layout, name: str = "backfill") -> None:
+        validate_store(client, layout, error=ConfigurationError)
         collection = Layout(f"{layout.collection}_migration").collection
         self._ref = client.collection(collection).document(validate_id("checkpoint name", name))
 
     def __repr__(self) -> str:
         return f"<FirestoreCheckpoint {self._ref.path!r}>"
 
+    @typed_errors
     async def load(self) -> dict[str, Any] | None:
         """The saved state, or None."""
         snap = await self._ref.get()
         return (snap.to_dict() or {}) if snap.exists else None
 
+    @typed_errors
     async def save(self, state: Mapping[str, Any]) -> None:
         """Replace the saved state."""
-        await self._ref.set({**state, "saved_at": SERVER_TIMESTAMP})
+        await self._ref.set({**_state(state), "saved_at": SERVER_TIMESTAMP})
 
 
 class FileCheckpoint(_Resettable):
@@ -81,9 +98,19 @@ class FileCheckpoint(_Resettable):
 
     Args:
         path: The file.
+
+    Raises:
+        ConfigurationError: ``path`` is not a str or a path, or is empty.
+
+    ``save`` raises ``InvalidInputError`` for a state that is not a mapping that
+    JSON can hold.
     """
 
     def __init__(self, path: str | Path) -> None:
+        if not isinstance(path, str | os.PathLike) or isinstance(path, bytes):
+            raise ConfigurationError(f"path must be a str or a path, not {type(path).__name__}")
+        if not str(path):
+            raise ConfigurationError("path must name a file, not be empty")
         self.path = Path(path)
 
     def __repr__(self) -> str:
@@ -114,7 +141,11 @@ class FileCheckpoint(_Resettable):
 
     async def save(self, state: Mapping[str, Any]) -> None:
         """Replace the saved state."""
-        await asyncio.to_thread(self._write, json.dumps(dict(state), sort_keys=True))
+        try:
+            text = json.dumps(dict(_state(state)), sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"state cannot be saved as JSON: {exc}") from None
+        await asyncio.to_thread(self._write, text)
 
     def _write(self, text: str) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -17,6 +17,7 @@ from .._store import names as f
 from .._store.ids import Layout
 from .._store.refs import Refs
 from .._store.transactions import transact
+from ._arguments import checked
 from ._backfill_batch import existing_completions
 from ._progress import ProgressCallback, _Tally
 from ._verify import verify
@@ -51,6 +52,7 @@ class CleanupSummary:
         return not self.refused and not self.skipped and not self.failures
 
 
+@checked
 async def cleanup_legacy(
     client: AsyncClient,
     layout: Layout,
@@ -84,9 +86,17 @@ async def cleanup_legacy(
         clock: Time source of the retries' timeouts and backoff.
 
     A batch whose removal fails is listed in ``failures`` and the run goes on.
+    Every argument is checked before anything is read or written.
 
     Raises:
         InvalidIdError: A batch id in ``batch_ids`` Firestore cannot store.
+        InvalidInputError: An argument of the wrong type (``batch_ids`` a str,
+            bytes, a mapping or not an iterable; ``dry_run`` not a bool;
+            ``client``, ``layout``, ``mode``, ``progress``, ``retry`` or ``clock``
+            not what it names).
+        MigrationError: ``concurrency`` is not an int >= 1.
+        WriteFailedError: Listing the batches failed (a closed channel included).
+        RetryExhaustedError: Listing the batches kept failing with retryable errors.
     """
     batch_ids = _checked_ids(batch_ids)
     if mode is not MigrationMode.SUBCOLLECTION_ONLY:

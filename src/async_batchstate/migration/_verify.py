@@ -13,6 +13,7 @@ from .._config import MigrationMode
 from .._retry import RetryPolicy
 from .._store.ids import Layout
 from ..consistency import ConsistencyReport, validate
+from ._arguments import checked
 from ._progress import ProgressCallback, _Tally
 from ._walk import _checked_ids, _ids, _total, for_each_batch
 
@@ -65,6 +66,7 @@ async def _validate_all(
     return tally
 
 
+@checked
 async def verify(
     client: AsyncClient,
     layout: Layout,
@@ -82,8 +84,16 @@ async def verify(
     ``retry`` gave up) is listed in ``failures`` and the run goes on. ``clock``
     times the retries (the real clock by default).
 
+    Every argument is checked before anything is read.
+
     Raises:
         InvalidIdError: A batch id in ``batch_ids`` Firestore cannot store.
+        InvalidInputError: An argument of the wrong type (``batch_ids`` a str,
+            bytes, a mapping or not an iterable; ``client``, ``layout``, ``mode``,
+            ``progress``, ``retry`` or ``clock`` not what it names).
+        MigrationError: ``concurrency`` is not an int >= 1.
+        WriteFailedError: Listing the batches failed (a closed channel included).
+        RetryExhaustedError: Listing the batches kept failing with retryable errors.
     """
     bad: list[ConsistencyReport] = []
 
@@ -149,6 +159,7 @@ class StatusSummary:
         return sum(self.counts.values())
 
 
+@checked
 async def status(
     client: AsyncClient,
     layout: Layout,
@@ -165,8 +176,16 @@ async def status(
     A batch that cannot be read is listed in ``failures`` (not counted) and the
     run goes on. ``clock`` times the retries (the real clock by default).
 
+    Every argument is checked before anything is read.
+
     Raises:
         InvalidIdError: A batch id in ``batch_ids`` Firestore cannot store.
+        InvalidInputError: An argument of the wrong type (``batch_ids`` a str,
+            bytes, a mapping or not an iterable; ``client``, ``layout``, ``mode``,
+            ``progress``, ``retry`` or ``clock`` not what it names).
+        MigrationError: ``concurrency`` is not an int >= 1.
+        WriteFailedError: Listing the batches failed (a closed channel included).
+        RetryExhaustedError: Listing the batches kept failing with retryable errors.
     """
     counts = dict.fromkeys(BatchState, 0)
 

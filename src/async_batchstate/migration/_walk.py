@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from .._errors import InvalidInputError
-from .._store.ids import Layout, validate_id
+from .._store.ids import Layout, validate_count, validate_id, validate_iterable
+from .._write.boundary import typed_iteration
 from ._progress import MigrationError
 
 logger = logging.getLogger("async_batchstate.migration")
@@ -57,18 +57,18 @@ async def count_batches(client: AsyncClient, layout: Layout, start_after: str | 
     return int(rows[0][0].value) if rows else 0
 
 
-def _checked_ids(batch_ids: Sequence[str] | None) -> list[str] | None:
-    """``batch_ids`` without repeats, every one validated before any batch is touched.
+def _checked_ids(batch_ids: Iterable[str] | None) -> list[str] | None:
+    """``batch_ids`` (any iterable, read once) without repeats, every one validated first.
 
     Raises:
-        InvalidInputError: ``batch_ids`` is a single ``str`` (a sequence of its characters).
+        InvalidInputError: ``batch_ids`` is not an iterable, or is a ``str`` (a
+            sequence of its characters), bytes or a mapping.
         InvalidIdError: An id Firestore cannot store.
     """
     if batch_ids is None:
         return None
-    if isinstance(batch_ids, str):
-        raise InvalidInputError(f"batch_ids must be a sequence of ids, not the str {batch_ids!r}")
-    return [validate_id("batch id", batch_id) for batch_id in dict.fromkeys(batch_ids)]
+    ids = validate_iterable("batch_ids", batch_ids)
+    return list(dict.fromkeys(validate_id("batch id", batch_id) for batch_id in ids))
 
 
 async def _listed(batch_ids: Sequence[str]) -> AsyncIterator[str]:
@@ -94,10 +94,9 @@ async def for_each_batch(
     that first error is raised as it is, not wrapped in an ``ExceptionGroup``.
 
     Raises:
-        MigrationError: ``concurrency < 1``.
+        MigrationError: ``concurrency`` is not an int >= 1.
     """
-    if concurrency < 1:
-        raise MigrationError("concurrency must be >= 1")
+    validate_count("concurrency", concurrency, minimum=1, error=MigrationError)
     slots = asyncio.Semaphore(concurrency)
     fatal: list[Exception] = []
 
@@ -144,7 +143,10 @@ def _ids(
 ) -> AsyncIterator[str]:
     if batch_ids is not None:
         return _listed(batch_ids)
-    return iter_batch_ids(client, layout, start_after=start_after)
+    # A listing that fails (a closed channel included) stops the run as a BatchStateError.
+    return typed_iteration(
+        iter_batch_ids(client, layout, start_after=start_after), "listing batches"
+    )
 
 
 async def _total(
