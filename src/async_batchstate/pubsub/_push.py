@@ -414,6 +414,8 @@ class PushEndpoint:
     - 400 for a body that is not a push envelope, 401/403 for refused authentication
       (503 if no certificates can be fetched), 405 for another method, 413 for a
       body over 16 MiB. Nothing is written for any of these.
+    - 503 too for a request the server cancels (uvicorn at its
+      ``--timeout-graceful-shutdown``): its write is cut short with it.
     - 500 only for a bug of this library: no exception leaves the app.
 
     Poison policy trade-off: ``"ack"`` drops the message after a warning log, the
@@ -528,6 +530,14 @@ class PushEndpoint:
             return
         try:
             status, body = await self._handle(scope, receive)
+        except asyncio.CancelledError:
+            # The server gave up on the request (uvicorn at --timeout-graceful-shutdown)
+            # and its write was cut short with it: answer 503 (redeliver), not a traceback.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self._processor.counts["retried"] += 1
+            status, body = 503, {"error": "cut short by the server's shutdown, redeliver"}
         except Exception:  # a bug here, not the request: still an answer, never a crash
             logger.exception("push request failed unexpectedly")
             status, body = 500, {"error": "internal error"}
@@ -592,9 +602,9 @@ class PushEndpoint:
         try:
             await asyncio.wait({task})
         except asyncio.CancelledError:
-            # The server gave up on this request (e.g. uvicorn's graceful-shutdown
-            # timeout): no answer goes out, so nothing may be written unanswered either.
+            # The server gave up on this request: cut its write short too (then 503).
             task.cancel()
+            await asyncio.wait({task})
             raise
         if task.cancelled():
             processor.counts["retried"] += 1
