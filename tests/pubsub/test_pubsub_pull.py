@@ -219,3 +219,59 @@ async def test_drain_nacks_what_it_cannot_finish_and_acks_only_what_was_written(
         await wait_finalised(manager, expected, timeout=150)
         await wait_for(lambda: second.stats().acked >= 10, what="every ack")
     await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+
+
+async def test_wait_returns_normally_once_the_shutdown_is_over(
+    pubsub_emulator: PubSubEmulator,
+    subscriber: pubsub_v1.SubscriberClient,
+    make_manager: ManagerFactory,
+) -> None:
+    """The drain cancels the streaming pull; wait() still returns (no CancelledError) after it."""
+    hold = asyncio.Event()
+
+    async def held(point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        if point is FaultPoint.BEFORE_COMMIT:
+            await hold.wait()
+
+    manager = make_manager(fault_injector=held)
+    expected = plan(1, 4)
+    await create_batches(manager, expected)
+    topic, path = subscription(pubsub_emulator)
+    pubsub_emulator.publish(PROJECT, topic, messages(expected))
+    consumer = await PullConsumer(manager, path, subscriber=subscriber).start()
+    await wait_for(lambda: consumer.stats().in_flight == 4, what="4 writes in flight")
+    waiter = asyncio.create_task(consumer.wait())
+    shutdown = asyncio.create_task(consumer.shutdown(0.5))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()  # the stream is closed, but the drain is not over
+    assert 4 == await shutdown
+    await waiter
+    assert (0, 4) == (consumer.stats().acked, consumer.stats().retried)
+    hold.set()
+    await consumer.aclose()
+
+
+async def test_deeply_nested_data_is_poison_not_redelivered(
+    pubsub_emulator: PubSubEmulator,
+    subscriber: pubsub_v1.SubscriberClient,
+    make_manager: ManagerFactory,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """JSON nested 100,000 deep (RecursionError in the parser) is poison once, not retried."""
+    finalised, on_complete = on_complete_recorder()
+    manager = make_manager(on_complete=on_complete)
+    expected = plan(1, 3)
+    await create_batches(manager, expected)
+    topic, path = subscription(pubsub_emulator)
+    deep = [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000]
+    pubsub_emulator.publish(PROJECT, topic, deep + messages(expected))
+    poisoned: list[PoisonMessage] = []
+    async with PullConsumer(
+        manager, path, subscriber=subscriber, poison="ack", on_poison=poisoned.append
+    ) as consumer:
+        await wait_finalised(manager, expected)
+        await wait_for(lambda: len(poisoned) >= 2, what="the poison")
+    assert (2, 0) == (consumer.stats().poison, consumer.stats().retried)
+    assert {"MessageParseError"} == {type(p.error).__name__ for p in poisoned}
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)

@@ -1,16 +1,19 @@
-"""The push endpoint's answers, called as an ASGI app: 400/405/425/429/503, draining, lifespan."""
+"""The push endpoint's answers, called as an ASGI app: 400/405/425/429/503, draining, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import os
+import signal
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from async_batchstate.pubsub import PushEndpoint, UnknownBatchPolicy
+from async_batchstate import ManagerClosedError
+from async_batchstate.pubsub import PushEndpoint, UnknownBatchPolicy, drain_on_sigterm
 from async_batchstate.testing import FaultPoint
 
 from ..helpers import ManagerFactory
@@ -142,3 +145,90 @@ async def test_max_concurrency_must_be_a_positive_int(
     """Refused before anything runs."""
     with pytest.raises(ValueError):
         PushEndpoint(make_manager(), max_concurrency=knob)
+
+
+async def test_shutdown_cuts_writes_at_the_budget_and_closes_the_manager(
+    make_manager: ManagerFactory,
+) -> None:
+    """A write held past the budget: 503, never 200; the manager is closed after it."""
+    gate = Gate()
+    manager = make_manager(fault_injector=gate)
+    await manager.create_batch("b", expected_players=["p1"])
+    endpoint = PushEndpoint(manager)
+    first = asyncio.create_task(call(endpoint, envelope(payload("b", "p1", 1))))
+    await gate.reached.wait()
+    assert 1 == await endpoint.shutdown(budget=0.2)
+    assert 503 == (await first)[0]
+    with pytest.raises(ManagerClosedError):
+        await manager.record_completion("b", "p1", 1)
+    gate.release.set()
+
+
+async def test_lifespan_shutdown_runs_the_shutdown_within_its_budget(
+    make_manager: ManagerFactory,
+) -> None:
+    """Served alone, the lifespan shutdown drains and closes the manager in shutdown_budget."""
+    gate = Gate()
+    manager = make_manager(fault_injector=gate)
+    await manager.create_batch("b", expected_players=["p1"])
+    endpoint = PushEndpoint(manager, shutdown_budget=0.2)
+    first = asyncio.create_task(call(endpoint, envelope(payload("b", "p1", 1))))
+    await gate.reached.wait()
+    events = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(events)
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await endpoint({"type": "lifespan"}, receive, send)
+    assert 503 == (await first)[0]
+    with pytest.raises(ManagerClosedError):
+        await manager.record_completion("b", "p1", 1)
+    gate.release.set()
+
+
+async def test_a_request_the_server_cancels_is_answered_503_and_writes_nothing(
+    make_manager: ManagerFactory,
+) -> None:
+    """uvicorn cancels requests at its graceful timeout: the write is cut, the answer is 503."""
+    gate = Gate()
+    manager = make_manager(fault_injector=gate)
+    await manager.create_batch("b", expected_players=["p1"])
+    endpoint = PushEndpoint(manager)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": envelope(payload("b", "p1", 1))}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    request = asyncio.create_task(endpoint({"type": "http", "method": "POST"}, receive, send))
+    await gate.reached.wait()
+    request.cancel()
+    await request
+    gate.release.set()
+    assert 503 == sent[0]["status"]
+    assert 0 == (await manager.get_progress("b")).completed_count
+    assert (0, 1) == (endpoint.stats().in_flight, endpoint.stats().retried)
+
+
+async def test_a_second_sigterm_during_the_shutdown_is_ignored(
+    make_manager: ManagerFactory,
+) -> None:
+    """drain_on_sigterm runs one shutdown however many SIGTERMs come, and says how it went."""
+    gate = Gate()
+    manager = make_manager(fault_injector=gate)
+    await manager.create_batch("b", expected_players=["p1"])
+    endpoint = PushEndpoint(manager)
+    first = asyncio.create_task(call(endpoint, envelope(payload("b", "p1", 1))))
+    await gate.reached.wait()
+    done = drain_on_sigterm(endpoint, grace=0.3)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert 1 == await done
+    assert 503 == (await first)[0]
+    gate.release.set()
