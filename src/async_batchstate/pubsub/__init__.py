@@ -5,7 +5,8 @@ asyncio consumer over streaming pull. Both parse each message (``parse_json`` by
 default, or a ``parse=`` hook), call ``record_completion`` and then acknowledge
 (RECORDED, DUPLICATE, LATE), redeliver (retryable failures; an unknown batch
 later, see ``UnknownBatchPolicy``) or treat it as poison (``poison="ack"`` or
-``"nack"``). ``drain_on_sigterm`` finishes the writes in flight on scale-in.
+``"nack"``). ``drain_on_sigterm`` shuts an adapter and its manager down on
+scale-in within one budget (8 s, inside Cloud Run's 10).
 
 Needs the ``pubsub`` extra: ``pip install 'async-batchstate[pubsub]'``.
 """

@@ -51,7 +51,8 @@ class AdapterStats:
             the concurrency bound; pull messages handed to the event loop).
         acked: Acknowledged after a confirmed write (RECORDED, DUPLICATE or LATE).
         duplicates: Of ``acked``, those the manager found already recorded.
-        retried: Refused for a redelivery soon: a retryable failure, or cut short by a drain.
+        retried: Refused for a redelivery soon: a retryable failure of the write, or
+            cut short by a drain (or, push, by the server cancelling the request).
         delayed: Refused for a redelivery later: the batch does not exist yet.
         poison: Poison messages (acknowledged or refused per the policy).
         saturated: Push requests answered 429 (concurrency bound reached).

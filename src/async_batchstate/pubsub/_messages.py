@@ -206,7 +206,8 @@ def decide(
     """The action for a delivery, from what parsing and ``record_completion`` gave.
 
     Args:
-        outcome: The ``CompletionResult``, or the error parsing or recording raised.
+        outcome: The ``CompletionResult``, or the error recording raised (or the
+            ``MessageParseError`` that ``parse_with`` made of any parser error).
         age: Seconds since the message was published.
         unknown_batch: When an unknown batch stops being retried.
 
@@ -216,7 +217,7 @@ def decide(
         an unknown batch older than the grace; ``DELAY`` for a younger unknown
         batch; ``RETRY`` for everything else (``RetryExhaustedError``,
         ``CompletionTimeoutError``, ``ManagerClosedError``, ``WriteFailedError``,
-        anything unexpected): nothing is acknowledged that was not written.
+        anything unexpected from the write): nothing is acknowledged that was not written.
     """
     if isinstance(outcome, CompletionResult):
         return Decision(Action.ACK, outcome.status.value)

@@ -65,6 +65,10 @@ class PullConsumer:
     This consumer sets ``max_duration_per_lease_extension`` to the subscription's
     ack deadline (or ``ack_deadline``), so they come back after that.
 
+    Scale-in: ``drain_on_sigterm(consumer)`` runs ``shutdown(8.0)`` on SIGTERM, in
+    which the drain and the manager's close share the 8 s; ``wait()`` returns
+    normally once it is over. A message cut short is nacked, never acknowledged.
+
     Args:
         manager: The open manager that records completions.
         subscription: ``projects/{project}/subscriptions/{name}``.
