@@ -126,6 +126,7 @@ class PullConsumer:
         self._stopped: asyncio.Event | None = None  # set once a drain or shutdown is over
         self._shutting_down = False
         self._leased: dict[str, Message] = {}
+        self._cut: list[str] = []  # ack ids a drain cut short, nacked together
         self._direct = False  # after the stream closed: settle by direct RPCs
 
     # -- lifecycle -------------------------------------------------------------------
@@ -234,23 +235,31 @@ class PullConsumer:
                 if leased:
                     await self._modify(leased, math.ceil(grace) + 5)
                 await self._close_stream(stream, max(0.0, grace - (loop.time() - started)))
-            return await processor.drain(max(0.0, grace - (loop.time() - started)))
+            cut = await processor.drain(max(0.0, grace - (loop.time() - started)))
+            cut_short, self._cut = self._cut, []
+            for start in range(0, len(cut_short), 1000):  # well under Pub/Sub's request limit
+                await self._modify(cut_short[start : start + 1000], 0)
+            return cut
         finally:
             if not self._shutting_down and self._stopped is not None:
                 self._stopped.set()
 
     async def _close_stream(self, stream: concurrent.futures.Future[Any], budget: float) -> None:
-        # cancel() joins the client's threads: off the loop, and bounded (a thread that
-        # overruns goes on alone; the stream no longer hands anything over).
+        # cancel() joins the client's threads: in the executor (started at once, so the
+        # stream is cancelled even with no budget left) and awaited at most ``budget``.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         done = self._done
         assert done is not None
-        try:
-            await asyncio.wait_for(asyncio.to_thread(stream.cancel), timeout=budget)
-            await asyncio.wait({done}, timeout=budget)
-        except TimeoutError:
+        cancelling = loop.run_in_executor(None, stream.cancel)
+        closed, _ = await asyncio.wait({cancelling}, timeout=budget)
+        if closed:
+            if cancelling.exception() is not None:
+                logger.warning("closing the streaming pull failed: %r", cancelling.exception())
+            await asyncio.wait({done}, timeout=max(0.0, budget - (loop.time() - started)))
+        if not done.done():
             logger.warning("the streaming pull did not close within %.1fs", budget)
-            return
-        if done.done() and not done.cancelled() and done.exception() is not None:
+        elif not done.cancelled() and done.exception() is not None:
             logger.warning("the streaming pull ended with %r", done.exception())
 
     async def shutdown(self, budget: float = SHUTDOWN_BUDGET) -> int:
@@ -336,7 +345,10 @@ class PullConsumer:
                 )
             except asyncio.CancelledError:
                 processor.counts["retried"] += 1
-                await self._settle(message, ack=False)
+                if self._direct:  # cut short by a drain: one nack for all of them, after it
+                    self._cut.append(message.ack_id)
+                else:
+                    message.nack()
                 raise
             if decision.action is Action.ACK:
                 await self._settle(message, ack=True)
