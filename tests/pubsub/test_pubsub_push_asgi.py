@@ -232,3 +232,27 @@ async def test_a_second_sigterm_during_the_shutdown_is_ignored(
     assert 1 == await done
     assert 503 == (await first)[0]
     gate.release.set()
+
+
+async def test_shutdown_hands_a_running_callback_off_within_the_budget(
+    make_manager: ManagerFactory,
+) -> None:
+    """An on_complete still running at the end of the budget is cancelled (it stays owed)."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def on_complete(batch_id: str, progress: object) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    manager = make_manager(on_complete=on_complete)
+    await manager.create_batch("b", expected_players=["p1"])
+    endpoint = PushEndpoint(manager)
+    assert 200 == (await call(endpoint, envelope(payload("b", "p1", 1))))[0]
+    await started.wait()
+    assert 0 == await endpoint.shutdown(budget=0.3)
+    assert cancelled.is_set()
+    assert "complete" == (await make_manager().get_progress("b")).status
