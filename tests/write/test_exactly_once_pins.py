@@ -220,3 +220,26 @@ async def test_a_batch_without_a_roster_never_counts_past_its_expected_count(
         for k, v in data.items()
         if k in ("completed_count", "total_predictions", "total_predictions_subcoll")
     )
+
+
+@pytest.mark.parametrize(
+    "reader", [MigrationMode.DUAL_WRITE_SUBCOLLECTION_READS, MigrationMode.SUBCOLLECTION_ONLY]
+)
+async def test_a_player_only_in_the_array_is_recorded_for_a_subcollection_reader(
+    make_manager: ManagerFactory, other_manager: Any, reader: MigrationMode
+) -> None:
+    """Found by the fleet model: LEGACY records p1 on a batch it created (p1 has no
+    completion document); a subcollection-reading process lists p1 as recorded, and its
+    expiry does not name p1 missing, as the batch's count already says."""
+    legacy = make_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    other = other_manager(mode=reader, validation_rate=0.0)
+    await legacy.create_batch("b", expected_players=["p1", "p2", "p3"])
+    await legacy.record_completion("b", "p1", 1)
+
+    progress = await other.get_progress("b")
+    expired = await other.expire("b")
+    final = await legacy.get_progress("b")
+
+    assert (("p1",), ("p2", "p3")) == (progress.completed_players, progress.missing_players)
+    assert expired
+    assert ("p2", "p3") == final.missing_players

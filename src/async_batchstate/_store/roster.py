@@ -139,15 +139,20 @@ async def recorded_players(
 
     Array modes: the array already read, when it holds every completion (a batch
     written by SUBCOLLECTION_ONLY during a rollout has players only in the
-    subcollection: then the array and the subcollection together). Otherwise, with
+    subcollection: then the array and the subcollection together). Every mode
+    adds the array of a batch completion documents do not guard (``data`` read
+    with ``COMPLETED_PLAYERS`` and ``COMPLETIONS_BACKFILLED`` there). Otherwise, with
     a small roster: point reads of the roster's completion documents (one RPC,
     ``len(roster)`` document reads); else the subcollection's ids are listed (one
     document read per completion).
     """
     array: frozenset[str] = frozenset()
-    if not mode.reads_subcollection and isinstance(data.get(f.COMPLETED_PLAYERS), list):
-        array = frozenset(data[f.COMPLETED_PLAYERS])
-        if len(array) >= counted(data):
+    stored = data.get(f.COMPLETED_PLAYERS)
+    # The array counts in every mode where completion documents do not guard the batch:
+    # players LEGACY recorded there have no document (counted by legacy_only_count).
+    if isinstance(stored, list) and (not mode.reads_subcollection or not guarded(data)):
+        array = frozenset(stored)
+        if not mode.reads_subcollection and len(array) >= counted(data):
             return array
     if roster is not None and len(roster) <= SMALL_ROSTER:
         docs = [refs.completion(batch_id, p) for p in roster]
