@@ -249,6 +249,8 @@ def authorization_cases() -> Iterator[tuple[str, str | None, int]]:
     yield "header is a list", f"Bearer {b64(b'[]')}.{b64(b'{}')}.AAAA", 401
     yield "header is a string", f"Bearer {b64(json.dumps('x').encode())}.{b64(b'{}')}.AAAA", 401
     yield "header not JSON", f"Bearer {b64(b'{nope')}.{b64(b'{}')}.AAAA", 401
+    quotes = b64(b'"' + b'\\"' * 2500)
+    yield "unterminated escaped quotes", f"Bearer {quotes}.{b64(b'{}')}.AAAA", 401
     not_utf8 = b64(bytes([0xFF, 0xFE]))
     yield "header not UTF-8", f"Bearer {not_utf8}.{b64(b'{}')}.AAAA", 401
     yield "trailing text", f"Bearer {good} extra", 401
@@ -330,6 +332,8 @@ def envelope_cases() -> Iterator[tuple[str, bytes, int]]:
     yield "deep list", b"[" * DEEP + b"]" * DEEP, 400
     yield "deep object", b'{"a":' * DEEP + b"1" + b"}" * DEEP, 400
     yield "unbalanced deep", b"[" * DEEP, 400
+    # Each quote of an unterminated string could restart a scan to the end: quadratic.
+    yield "unterminated escaped quotes", b'{"a": "' + b'\\"' * 4_000_000, 400
     yield "over 16 MiB", b" " * (16 * 1024 * 1024 + 1), 413
     for name, value in VALUES.items():
         yield f"envelope={name}", dumps({"v": value})[6:-1].encode(), 400

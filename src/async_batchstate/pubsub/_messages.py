@@ -55,7 +55,9 @@ Parser = Callable[[bytes, Mapping[str, str]], Completion]
 """``parse(data, attributes) -> Completion``; whatever it raises makes the message
 poison (``MessageParseError`` says why best)."""
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A string, or an unterminated one to the end: a match never fails, so no quote is
+# tried as a start again (a pattern that can fail rescans the tail: quadratic time).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
 
@@ -65,13 +67,18 @@ def json_nesting_within(text: bytes, limit: int) -> bool:
 
     Checked without recursion and in time linear in ``len(text)`` per level (so
     before ``json.loads``, whose recursion a deep enough document exhausts).
-    Unbalanced brackets count as too deep: such a text is not JSON anyway.
+    Unbalanced brackets count as too deep: such a text is not JSON anyway; an
+    unterminated string hides the brackets after it, which ``json.loads`` never
+    reaches either.
     """
     brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_A_BRACKET)
+    too_deep = re.compile(rb"[\[{]{%d}" % (limit + 1))  # limit + 1 openers in a row
     for _ in range(limit):
         if not brackets:
             return True
-        brackets = _INNERMOST_PAIR.sub(b"", brackets)
+        if too_deep.search(brackets):  # the usual attack, found in one pass
+            return False
+        brackets = _INNERMOST_PAIR.sub(b"", brackets)  # one level fewer
     return not brackets
 
 
