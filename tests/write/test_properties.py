@@ -54,6 +54,7 @@ WRITTEN_FIELDS = {
     "total_predictions",
     "completed_count",
     "total_predictions_subcoll",
+    "open_writes",  # one entry per group write (its id), deleted once told
 }
 """Top-level fields a completion (and finalization) may set on the batch document."""
 _numbers = itertools.count()
@@ -124,7 +125,8 @@ def valid_player(value: Any, mode: MigrationMode) -> bool:
 
 
 def valid_count(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= 2**63 - 1
+    """What one completion may carry (at most 2**32: totals stay exact with extra players)."""
+    return type(value) is int and 0 <= value <= 2**32
 
 
 async def assert_nothing_written(
