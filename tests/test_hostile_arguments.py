@@ -47,6 +47,8 @@ from async_batchstate.migration import (
     FileCheckpoint,
     FirestoreCheckpoint,
     MigrationError,
+    backfill,
+    backfill_batch,
     cleanup_legacy,
     status,
     verify,
@@ -348,6 +350,30 @@ _RUN_ARGS = {
     "clock": CLOCK,
 }
 MIGRATION_ENTRIES = [
+    Entry(
+        "migration.backfill",
+        lambda target, kwargs: backfill(**kwargs),
+        lambda t: _store(t) | {"dry_run": True},  # an accepted value writes nothing
+        _RUN_ARGS
+        | {
+            "dry_run": BOOL,
+            "checkpoint": Arg(InvalidInputError, accepts("None")),
+            "checkpoint_interval": Arg(InvalidInputError, SECONDS),
+        },
+    ),
+    Entry(
+        "migration.backfill_batch",
+        lambda target, kwargs: backfill_batch(**kwargs),
+        lambda t: {"client": t.client, "layout": t.layout, "batch_id": "b", "dry_run": True},
+        {
+            "client": CLIENT,
+            "layout": LAYOUT,
+            "batch_id": BATCH_ID,
+            "dry_run": BOOL,
+            "retry": RETRY,
+            "clock": CLOCK,
+        },
+    ),
     Entry("migration.verify", lambda target, kwargs: verify(**kwargs), _store, _RUN_ARGS),
     Entry("migration.status", lambda target, kwargs: status(**kwargs), _store, _RUN_ARGS),
     Entry(
@@ -622,6 +648,8 @@ CLOSED_CALLS: dict[str, Callable[[AsyncBatchStateManager, AsyncClient], Awaitabl
     "stalled": lambda m, c: _drain(m.stalled(0)),
     "consistency.validate": lambda m, c: validate(c, m.layout, m.mode, "b"),
     "consistency.reconcile": lambda m, c: reconcile(c, m.layout, m.mode, "b"),
+    "migration.backfill": lambda m, c: backfill(c, m.layout, m.mode, dry_run=True),
+    "migration.backfill_batch": lambda m, c: backfill_batch(c, m.layout, "b", dry_run=True),
     "migration.verify": lambda m, c: verify(c, m.layout, m.mode),
     "migration.status": lambda m, c: status(c, m.layout, m.mode),
     "migration.cleanup_legacy": lambda m, c: cleanup_legacy(

@@ -21,6 +21,7 @@ from .._store.refs import Refs
 from .._types import renamed_attribute
 from .._write.finalizer import Finalizer
 from ..instrumentation._events import Recorder
+from ._arguments import checked
 from ._backfill_batch import BatchBackfill, backfill_batch
 from ._checkpoint import Checkpoint
 from ._progress import MigrationError, ProgressCallback, _Tally
@@ -216,6 +217,7 @@ class _BackfillRun:
         await self._saver.save_if_due()
 
 
+@checked
 async def backfill(
     client: AsyncClient,
     layout: Layout,

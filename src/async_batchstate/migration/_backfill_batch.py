@@ -19,6 +19,7 @@ from .._store.ids import Layout, validate_id
 from .._store.refs import Refs
 from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
 from .._types import renamed_attribute
+from ._arguments import checked
 
 _PAGE = 500
 
@@ -154,6 +155,7 @@ async def _backfill_step(
     )
 
 
+@checked
 async def backfill_batch(
     client: AsyncClient,
     layout: Layout,
