@@ -22,7 +22,7 @@ from .._types import renamed_attribute
 from .._write.finalizer import Finalizer
 from ..instrumentation._events import Recorder
 from ._arguments import checked
-from ._backfill_batch import BatchBackfill, backfill_batch
+from ._backfill_batch import BatchBackfill, _backfill_batch
 from ._checkpoint import Checkpoint
 from ._progress import MigrationError, ProgressCallback, _Tally
 from ._walk import _checked_ids, _ids, _total, for_each_batch
@@ -190,7 +190,7 @@ class _BackfillRun:
 
     async def work(self, batch_id: str) -> BatchBackfill:
         """Backfill one batch, then finalize it if that completed it."""
-        done = await backfill_batch(
+        done = await _backfill_batch(
             self._client,
             self._layout,
             batch_id,

@@ -155,8 +155,7 @@ async def _backfill_step(
     )
 
 
-@checked
-async def backfill_batch(
+async def _backfill_batch(
     client: AsyncClient,
     layout: Layout,
     batch_id: str,
@@ -216,3 +215,8 @@ async def backfill_batch(
                 skipped=step.skipped,
                 transactions=transactions,
             )
+
+
+backfill_batch = checked(_backfill_batch)
+"""The public ``_backfill_batch``: every argument checked first, every client failure typed
+(a backfill run calls ``_backfill_batch`` itself, so a batch's failure keeps its own reason)."""
