@@ -48,3 +48,30 @@ def test_the_version_is_the_changelogs_newest_release() -> None:
         re.MULTILINE,
     )
     assert releases[:1] == [project["version"]]
+
+
+_CITED_TEST = re.compile(r"((?:tests/[\w/]*)?test_\w+\.py)(?:::(\w+))?")
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *ROOT.glob("CONTRIBUTING.md")]
+
+
+def test_every_test_a_page_cites_exists() -> None:
+    """Each ``test_*.py`` (and ``::test_name``) named in README.md and docs/ resolves: a path
+    under tests/ (or a file name only one test file has) and a test function in it."""
+    files = {p.relative_to(ROOT).as_posix(): p for p in (ROOT / "tests").rglob("test_*.py")}
+    by_name: dict[str, list[str]] = {}
+    for path in files:
+        by_name.setdefault(path.rsplit("/", 1)[-1], []).append(path)
+    unresolved = []
+    for page in _pages():
+        for cited, function in _CITED_TEST.findall(page.read_text()):
+            paths = [cited] if cited.startswith("tests/") else by_name.get(cited, [])
+            if len(paths) != 1 or paths[0] not in files:
+                unresolved.append(f"{page.name}: {cited}")
+            elif function and not re.search(
+                rf"^(async )?def {function}\(", files[paths[0]].read_text(), re.MULTILINE
+            ):
+                unresolved.append(f"{page.name}: {cited}::{function}")
+    assert [] == unresolved

@@ -51,8 +51,15 @@ class BatchProgress:
     Attributes:
         batch_id: The batch.
         expected_count: Completions that complete the batch.
-        completed_count: Distinct players recorded.
-        total_predictions: Sum of the recorded players' prediction counts.
+        completed_count: Distinct players recorded, as every mode that wrote the batch
+            counts them; never more than ``expected_count`` (a batch without a roster
+            records later players as extras, listed in ``completed_players``).
+        total_predictions: Sum of the prediction counts in the structure this manager's
+            mode reads: the legacy total in the array modes (``LEGACY``,
+            ``DUAL_WRITE``), which lacks the counts of players only SUBCOLLECTION_ONLY
+            writers recorded during a rollout; the subcollection's total in the modes
+            that read it, which lacks players LEGACY recorded only in the array of a
+            batch not yet backfilled.
         status: ``in_progress``, ``complete`` or ``expired`` (the last two are terminal,
             set once).
         completed_players: Recorded player ids, sorted; empty when not requested.

@@ -609,6 +609,7 @@ def run_fleet(max_examples: int, *, derandomize: bool, steps: int = 30) -> None:
     )
 
 
+@pytest.mark.timeout(600)
 def test_the_fleet_matches_the_model(firestore_emulator: EmulatorInfo) -> None:
     """The CI budget: a fixed, derandomised exploration (about a minute) of processes in
     every mode, restarts, lost answers, deadlines and expiries racing completions,
@@ -626,6 +627,7 @@ def test_the_fleet_matches_the_model(firestore_emulator: EmulatorInfo) -> None:
     not os.environ.get("ASYNC_BATCHSTATE_MODEL_MINUTES"),
     reason="the long budget: set ASYNC_BATCHSTATE_MODEL_MINUTES=N (docs/testing.md)",
 )
+@pytest.mark.timeout(0)  # the budget is its own: the minutes, then the round in flight
 def test_the_fleet_matches_the_model_for_minutes(firestore_emulator: EmulatorInfo) -> None:
     """The long budget: new seeds until the minutes run out; prints what it explored."""
     global EMULATOR
