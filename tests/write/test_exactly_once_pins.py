@@ -243,3 +243,60 @@ async def test_a_player_only_in_the_array_is_recorded_for_a_subcollection_reader
     assert (("p1",), ("p2", "p3")) == (progress.completed_players, progress.missing_players)
     assert expired
     assert ("p2", "p3") == final.missing_players
+
+
+async def test_late_or_recorded_with_many_processes_racing_the_expiry(
+    make_manager: ManagerFactory,
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """Four processes trickle completions into a batch, every answer lost, while a fifth
+    expires it; batches until three expired. Each caller is told LATE exactly when the expiry found its
+    player missing. Writes landing in the expiry's millisecond carry its commit timestamp,
+    so an outcome decided by comparing timestamps breaks here."""
+    clients = [make_client(firestore_emulator) for _ in range(4)]
+    writers = [
+        AsyncBatchStateManager(c, collection=batch_collection, retry=FAST, validation_rate=0.0)
+        for c in clients
+    ]
+    expirer = make_manager(retry=FAST, validation_rate=0.0)
+    for client in clients:
+        LostAnswers(times=None, when=is_group_commit).attach(client)
+    mismatched: list[tuple[str, set[str], set[str]]] = []
+    expiries = 0
+    try:
+        for round_ in range(20):
+            if expiries == 3:
+                break
+            batch_id = f"b{round_}"
+            players = [f"p{i:03d}" for i in range(60)]
+            await expirer.create_batch(batch_id, expected_players=players)
+
+            async def write(i: int, player: str, batch_id: str = batch_id) -> Any:
+                await asyncio.sleep(i * 0.012)
+                return await writers[i % 4].record_completion(batch_id, player, 1)
+
+            async def expire_midway(batch_id: str = batch_id) -> None:
+                await asyncio.sleep(0.25)
+                await expirer.expire(batch_id, reason="test")
+
+            results, _ = await asyncio.gather(
+                asyncio.gather(*(write(i, p) for i, p in enumerate(players))), expire_midway()
+            )
+            stored = await read_batch(firestore_client, batch_collection, batch_id)
+            if stored["status"] != "expired":
+                continue  # the expiry lost every race to the writes: nothing to compare  # the expiry lost every race to the writes: nothing to compare
+            expiries += 1
+            missing = set(stored["missing_players"])
+            late = {r.player for r in results if r.status is CompletionStatus.LATE}
+            if missing != late:
+                mismatched.append((batch_id, missing - late, late - missing))
+    finally:
+        for writer in writers:
+            await writer.aclose()
+        for client in clients:
+            await aclose_client(client)
+
+    assert expiries >= 1, "no expiry won a race: nothing compared"
+    assert [] == mismatched
