@@ -20,7 +20,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from async_batchstate import AsyncBatchStateManager, BatchProgress, MigrationMode
-from async_batchstate._store import transactions
+from async_batchstate._store import transact
 from async_batchstate.testing import EmulatorInfo, FaultPoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseE
     UNAVAILABLE (the library retries it), the next ones PERMISSION_DENIED (not
     retried). Returns the errors raised, in order.
     """
-    real = transactions.run_transactional
+    real = transact.run_transactional
     raised: list[BaseException] = []
 
     async def flaky(function: Any, transaction: Any, *args: Any) -> Any:
@@ -78,7 +78,7 @@ def fail_one_batch(monkeypatch: pytest.MonkeyPatch, batch_id: str) -> list[BaseE
             raise error
         return await real(function, transaction, *args)
 
-    monkeypatch.setattr(transactions, "run_transactional", flaky)
+    monkeypatch.setattr(transact, "run_transactional", flaky)
     return raised
 
 

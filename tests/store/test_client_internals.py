@@ -17,7 +17,7 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from packaging.requirements import Requirement
 
 from async_batchstate._store import _client_internals as internals
-from async_batchstate._store.transactions import run_transactional
+from async_batchstate._store.transact import run_transactional
 from async_batchstate._write.wire import create_write, update_write
 from async_batchstate.testing import EmulatorInfo, RpcCounter, make_client
 

@@ -13,13 +13,13 @@ import logging
 import pytest
 
 from async_batchstate import CompletionResult, CompletionStatus
-from async_batchstate._write.group import Completion
+from async_batchstate._write.group import PlayerCompletion
 from async_batchstate._write.lanes import Lane, Pending
 from async_batchstate._write.limits import AdaptiveLimit
 
 
 class FakeRunner:
-    """A ``GroupRunner`` that records groups and holds each until ``release``d."""
+    """A ``RunGroup`` that records groups and holds each until ``release``d."""
 
     def __init__(self, *, hold: bool = True, fail: bool = False) -> None:
         self.hold = hold
@@ -85,7 +85,7 @@ def make_lane(
 
 
 def pending(player: str) -> Pending:
-    return Pending(Completion(player, 1), deadline=float("inf"))
+    return Pending(PlayerCompletion(player, 1), deadline=float("inf"))
 
 
 def submit(lane: Lane, *players: str) -> list[Pending]:

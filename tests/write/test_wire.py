@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from async_batchstate import MigrationMode
 from async_batchstate._store.completion import completion_doc
 from async_batchstate._store.ids import needs_whole_map_write
-from async_batchstate._write.group import Completion
+from async_batchstate._write.group import PlayerCompletion
 from async_batchstate._write.update import batch_update
 from async_batchstate._write.wire import create_write, update_write
 
@@ -52,7 +52,7 @@ PLAYER = st.text(
 def test_update_write_equals_the_clients(
     mode: MigrationMode, players: list[str], count: int
 ) -> None:
-    group = [Completion(p, count) for p in players]
+    group = [PlayerCompletion(p, count) for p in players]
     for docs in (True, False):
         data, _ = batch_update(
             mode, group, docs=docs, write_key="0a1b", spent=["w.0", "9f"], guard=not docs
@@ -65,7 +65,7 @@ def test_update_write_with_a_whole_map_and_a_list_equals_the_clients() -> None:
     """A literal map value (the whole legacy map) and a list, as the optimistic path writes."""
     data, _ = batch_update(
         MigrationMode.DUAL_WRITE,
-        [Completion("a\rb", 2)],
+        [PlayerCompletion("a\rb", 2)],
         {"x": 1, "y.z": 0},
         docs=True,
         write_key="w.1",
@@ -108,7 +108,7 @@ def test_a_value_it_cannot_encode_is_a_type_error() -> None:
 def test_odd_player_ids_are_written_as_the_client_writes_them(player: str) -> None:
     """Quoting follows the client's own rule, a trailing newline included."""
     data, _ = batch_update(
-        MigrationMode.DUAL_WRITE, [Completion(player, 3)], docs=True, write_key=player
+        MigrationMode.DUAL_WRITE, [PlayerCompletion(player, 3)], docs=True, write_key=player
     )
 
     assert client_update(data) == update_write(NAME, data)

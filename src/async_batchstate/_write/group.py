@@ -39,7 +39,7 @@ def new_write_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Completion:
+class PlayerCompletion:
     """One worker's report: ``player`` finished with ``predictions_count`` predictions."""
 
     player: str
@@ -110,7 +110,7 @@ class GroupState:
         return [self.write_id, *self.plans]
 
 
-def firsts_of(group: Sequence[Completion]) -> dict[str, int]:
+def firsts_of(group: Sequence[PlayerCompletion]) -> dict[str, int]:
     """Player -> index of its first completion in the group (later ones are duplicates)."""
     first: dict[str, int] = {}
     for index, completion in enumerate(group):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._types import CompletionResult
-from .group import Completion
+from .group import PlayerCompletion
 from .limits import AdaptiveLimit
 
 logger = logging.getLogger("async_batchstate.coalesce")
@@ -27,7 +27,7 @@ logger = logging.getLogger("async_batchstate.coalesce")
 class Pending:
     """One caller's completion waiting in a lane."""
 
-    completion: Completion
+    completion: PlayerCompletion
     deadline: float
     """Time on the manager's clock (``monotonic()``) after which the caller stops waiting."""
     future: asyncio.Future[CompletionResult] = field(
@@ -47,7 +47,7 @@ class Pending:
             self.future.set_exception(error)
 
 
-GroupRunner = Callable[[str, list[Pending], AdaptiveLimit], Awaitable[None]]
+RunGroup = Callable[[str, list[Pending], AdaptiveLimit], Awaitable[None]]
 
 
 class Lane:
@@ -56,7 +56,7 @@ class Lane:
     def __init__(
         self,
         batch_id: str,
-        run_group: GroupRunner,
+        run_group: RunGroup,
         *,
         max_group_size: int,
         limit: AdaptiveLimit,

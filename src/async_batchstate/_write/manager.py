@@ -55,7 +55,7 @@ from ..instrumentation._events import CompletionFinished, Hook, Recorder, Stats
 from .boundary import typed_errors, typed_iteration
 from .callbacks import OnComplete
 from .finalizer import Finalizer
-from .group import Completion, FaultInjector, WritePath, new_write_id
+from .group import FaultInjector, PlayerCompletion, WritePath, new_write_id
 from .limits import in_flight_bound, make_rate_limiter
 from .runner import MAX_GROUP_SIZE, GroupRunner
 from .writer import GroupWriter
@@ -777,7 +777,7 @@ class AsyncBatchStateManager:
                 f"batch {batch_id!r} could not be read within {wait}s; nothing was written "
                 f"for player {player!r}: record it again"
             ) from None
-        completion = Completion(player, count)
+        completion = PlayerCompletion(player, count)
         return await self._runner.record(batch_id, completion, started + wait)
 
     def _check_open(self) -> None:

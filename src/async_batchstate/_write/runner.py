@@ -30,7 +30,7 @@ from .._types import BatchProgress, CompletionResult, CompletionStatus
 from ..consistency._sampled import SampledValidator
 from ..instrumentation._events import AttemptFailed, GroupCommitted, GroupFailed, Recorder
 from .finalizer import Finalizer
-from .group import Completion, GroupOutcome, GroupState
+from .group import GroupOutcome, GroupState, PlayerCompletion
 from .lanes import Lane, Pending
 from .limits import AdaptiveLimit
 from .writer import GroupWriter
@@ -120,7 +120,7 @@ class GroupRunner:
             await lane.drain()
 
     async def record(
-        self, batch_id: str, completion: Completion, deadline: float
+        self, batch_id: str, completion: PlayerCompletion, deadline: float
     ) -> CompletionResult:
         """Queue ``completion`` in its batch's lane; its outcome by ``deadline`` (``monotonic``).
 

@@ -18,7 +18,7 @@ from .._config import MigrationMode
 from .._store import names as f
 from .._store.decode import write_field
 from .._store.ids import player_field
-from .group import Completion, GroupOutcome
+from .group import GroupOutcome, PlayerCompletion
 from .wire import is_transform
 
 
@@ -46,7 +46,7 @@ class ResultsAt:
 
 def batch_update(
     mode: MigrationMode,
-    new: Sequence[Completion],
+    new: Sequence[PlayerCompletion],
     whole_map: Mapping[str, Any] | None = None,
     *,
     docs: bool,

@@ -38,7 +38,7 @@ and moves the subcollection counters too, so a player it records is a DUPLICATE
 for every other mode at once, with no window. Every lock-free Commit still reads
 ``legacy_only_count`` back (``Increment(0)``) and reads the array first on a
 batch it finds unguarded. Every write reports the batch's count as every mode
-counts it (``decode.counted``), so whichever mode finishes a batch finalises it.
+counts it (``decode.counted``), so whichever mode finishes a batch finalizes it.
 """
 
 from __future__ import annotations
@@ -67,18 +67,18 @@ from .._store.decode import as_int
 from .._store.ids import Layout, needs_whole_map_write
 from .._store.refs import Refs
 from .._store.roster import BatchInfoCache
-from .._store.transactions import REFUSED_AT_COMMIT
+from .._store.transact import REFUSED_AT_COMMIT
+from .attempts import TransactionAttempts
 from .group import (
-    Completion,
     FaultInjector,
     FaultPoint,
     GroupOutcome,
     GroupState,
+    PlayerCompletion,
     WritePath,
     firsts_of,
 )
 from .reads import named_member, read_after_conflict, read_group, resolve_found
-from .transactions import Transactions
 from .update import ResultsAt, batch_update
 from .wire import create_write, update_write
 
@@ -128,12 +128,12 @@ class GroupWriter:
         self._mode = mode
         self._inject = fault_injector
         self._write_path = write_path
-        self._transactions = Transactions(client, clock)
+        self._attempts = TransactionAttempts(client, clock)
         self._infos = infos
 
     async def aclose(self) -> None:
         """Stop background rollbacks (the server expires what they did not release)."""
-        await self._transactions.aclose()
+        await self._attempts.aclose()
 
     async def _fault(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
         if self._inject is not None:
@@ -142,7 +142,7 @@ class GroupWriter:
     # -- one attempt -----------------------------------------------------------------
 
     async def write(
-        self, batch_id: str, group: Sequence[Completion], state: GroupState
+        self, batch_id: str, group: Sequence[PlayerCompletion], state: GroupState
     ) -> GroupOutcome:
         """Make ONE attempt at recording ``group`` (retries are the caller's).
 
@@ -201,7 +201,7 @@ class GroupWriter:
     async def _write_lock_free(
         self,
         batch_id: str,
-        group: Sequence[Completion],
+        group: Sequence[PlayerCompletion],
         firsts: dict[str, int],
         state: GroupState,
         info: BatchInfo,
@@ -310,7 +310,7 @@ class GroupWriter:
     async def _write_transaction(
         self,
         batch_id: str,
-        group: Sequence[Completion],
+        group: Sequence[PlayerCompletion],
         firsts: dict[str, int],
         state: GroupState,
         legacy_read: bool,
@@ -325,7 +325,7 @@ class GroupWriter:
             return staged_by[-1]
 
         try:
-            staged, transaction = await self._transactions.attempt(stage)
+            staged, transaction = await self._attempts.attempt(stage)
         except gexc.ServiceUnavailable as exc:
             if not isinstance(exc.__cause__, REFUSED_AT_COMMIT):
                 raise
@@ -347,7 +347,7 @@ class GroupWriter:
     async def _write_optimistic(
         self,
         batch_id: str,
-        group: Sequence[Completion],
+        group: Sequence[PlayerCompletion],
         firsts: dict[str, int],
         state: GroupState,
         legacy_read: bool,
@@ -404,7 +404,7 @@ class GroupWriter:
         transaction: AsyncTransaction | None,
         writes: AsyncTransaction | AsyncWriteBatch,
         batch_id: str,
-        group: Sequence[Completion],
+        group: Sequence[PlayerCompletion],
         firsts: dict[str, int],
         state: GroupState,
         legacy_read: bool,
@@ -516,7 +516,7 @@ class GroupWriter:
 
     # -- pieces ----------------------------------------------------------------------
 
-    def _completion_doc(self, completion: Completion, state: GroupState) -> dict[str, Any]:
+    def _completion_doc(self, completion: PlayerCompletion, state: GroupState) -> dict[str, Any]:
         return completion_doc(completion.player, completion.predictions_count, state.write_id)
 
     def _whole_map(self, players: Iterable[str]) -> bool:

@@ -34,7 +34,7 @@ from .._store.ids import (
     validate_store,
 )
 from .._store.refs import Refs
-from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
+from .._store.transact import MAX_WRITES_PER_COMMIT, transact
 from .._write.boundary import typed_errors
 from ._report import opt_int
 

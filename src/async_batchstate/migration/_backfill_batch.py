@@ -17,7 +17,7 @@ from .._store import names as f
 from .._store.completion import completion_doc
 from .._store.ids import Layout, validate_id
 from .._store.refs import Refs
-from .._store.transactions import MAX_WRITES_PER_COMMIT, transact
+from .._store.transact import MAX_WRITES_PER_COMMIT, transact
 from .._types import renamed_attribute
 from ._arguments import checked
 

@@ -16,7 +16,7 @@ from .._retry import RetryPolicy
 from .._store import names as f
 from .._store.ids import Layout
 from .._store.refs import Refs
-from .._store.transactions import transact
+from .._store.transact import transact
 from ._arguments import checked
 from ._backfill_batch import existing_completions
 from ._progress import ProgressCallback, _Tally

@@ -20,7 +20,7 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 
 from .._clock import Clock
 from .._store._client_internals import rollback_by_id
-from .._store.transactions import P, T, run_transactional
+from .._store.transact import P, T, run_transactional
 
 _CUT_OFF = (
     asyncio.CancelledError,
@@ -34,7 +34,7 @@ _CUT_OFF = (
 """Errors after which a begun transaction's rollback may not have reached the server."""
 
 
-class Transactions:
+class TransactionAttempts:
     """Runs single transaction attempts and releases the ones cut off (background tasks)."""
 
     def __init__(self, client: AsyncClient, clock: Clock) -> None:
