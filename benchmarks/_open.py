@@ -204,7 +204,7 @@ class OpenBench(Bench):
             # measured is the stream of completions, not 200 batches born and finished
             # within 8 s with 4 players each (whose per-batch costs, a settings read
             # per process, the flip and its final check, would dominate). The hot
-            # batch finishes at the end of its step: finalisation is measured there.
+            # batch finishes at the end of its step: finalization is measured there.
             # For the same reason each process has read the slice's batches' settings
             # before the step (unmeasured): a long batch's first message in a process
             # is long past; here it would be every process's first message of 200

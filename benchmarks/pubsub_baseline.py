@@ -11,7 +11,7 @@ SIGKILLed once 30 % of the completions are recorded (its leased messages come
 back to the others after the lease). Known problem with ``--kill`` (seen on this
 machine, cause not confirmed): after the kill, reads and writes of a batch hung
 for minutes in every process, the parent's ``get_progress`` included; probably a
-transaction of the killed process (the finalisation flip) left the Firestore
+transaction of the killed process (the finalization flip) left the Firestore
 emulator's locks on the batch document held. The run gives up after 300 s. The
 tests kill a consumer whose writes never start, and do not meet it.
 
@@ -19,7 +19,7 @@ Reported per strategy: publish-to-ack p50 and p99 (from the publish to just
 after the message's write, when it is acknowledged; the publish time is stamped
 in each message's data as the publishing starts), throughput (messages
 acknowledged per second, from the publish to the last ack), and whether every
-batch is exact and finalised once.
+batch is exact and finalized once.
 
 Measured here (2 shared cores, no kill, 2,200 messages): baseline 115 msgs/s,
 p50 7.2 s, p99 18.3 s; adapter 243 msgs/s, p50 4.0 s, p99 9.0 s (2.1x); both
@@ -201,7 +201,7 @@ async def run(
         await asyncio.to_thread(proc.join, 60)
     latencies = sorted(x for r in reports for x in r["latencies"])
     last_ack = max((r["last_ack"] for r in reports if r["last_ack"]), default=started)
-    finalised = [b for r in reports for b in r["finalised"]]
+    finalized = [b for r in reports for b in r["finalized"]]
     problems = [
         v
         for batch_id, roster in expected.items()
@@ -212,8 +212,8 @@ async def run(
     for problem in problems:
         print("VIOLATION", problem)
     exact = not problems
-    once = sorted(finalised) == sorted(expected) or (
-        killed and len(set(finalised)) == len(finalised)
+    once = sorted(finalized) == sorted(expected) or (
+        killed and len(set(finalized)) == len(finalized)
     )
     return {
         "strategy": strategy,
@@ -238,14 +238,14 @@ async def _consume(
 
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
-    finalised: list[str] = []
+    finalized: list[str] = []
     last_ack = 0.0
     client = client_from_env()
     manager = AsyncBatchStateManager(
         client,
         collection=collection,
         mode=MODE,
-        on_complete=lambda b, p: finalised.append(b),
+        on_complete=lambda b, p: finalized.append(b),
         callback_lease=5.0,
     )
     subscriber = pubsub_v1.SubscriberClient()
@@ -304,7 +304,7 @@ async def _consume(
     await manager.aclose()
     await aclose_client(client)
     results.put(
-        {"latencies": latencies, "finalised": finalised, "last_ack": last_ack, "pid": os.getpid()}
+        {"latencies": latencies, "finalized": finalized, "last_ack": last_ack, "pid": os.getpid()}
     )
 
 

@@ -2,7 +2,7 @@
 
 Usage: python -m tests._pubsub_worker COLLECTION SUBSCRIPTION WRITE_DELAY MAX_OUTSTANDING
 (FIRESTORE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the
-environment). Prints ``ready`` once pulling, ``finalised BATCH`` from each ``on_complete``
+environment). Prints ``ready`` once pulling, ``finalized BATCH`` from each ``on_complete``
 as it runs (so a process killed later has told already), and on SIGTERM drains
 (``drain_on_sigterm``, 8 s grace), then prints ``stats {json}`` and exits 0. Each write
 attempt first sleeps WRITE_DELAY seconds, so that a load lasts long enough to be cut.
@@ -28,7 +28,7 @@ async def main(collection: str, subscription: str, delay: float, outstanding: in
             await asyncio.sleep(delay)
 
     def on_complete(batch_id: str, progress: BatchProgress) -> None:
-        print(f"finalised {batch_id}", flush=True)
+        print(f"finalized {batch_id}", flush=True)
 
     client = client_from_env()
     async with AsyncBatchStateManager(

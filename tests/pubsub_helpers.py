@@ -65,7 +65,7 @@ async def wait_for(check: Callable[[], bool], timeout: float = 60.0, what: str =
         await asyncio.sleep(0.05)
 
 
-async def wait_finalised(
+async def wait_finalized(
     manager: AsyncBatchStateManager, batch_ids: Iterable[str], timeout: float = 60.0
 ) -> None:
     """Until every batch is complete."""
@@ -78,9 +78,9 @@ async def assert_exact(
     collection: str,
     manager: AsyncBatchStateManager,
     expected: dict[str, dict[str, int]],
-    finalised: list[str],
+    finalized: list[str],
 ) -> list[BatchProgress]:
-    """Every batch: exactly its players and counts, consistent, finalised once, callback run once."""
+    """Every batch: exactly its players and counts, consistent, finalized once, callback run once."""
     progress = []
     for batch_id, players in expected.items():
         violations = await batch_violations(
@@ -94,11 +94,11 @@ async def assert_exact(
             p.status,
         )
         progress.append(p)
-    assert sorted(expected) == sorted(finalised)
+    assert sorted(expected) == sorted(finalized)
     return progress
 
 
 def on_complete_recorder() -> tuple[list[str], Callable[[str, Any], None]]:
-    """A list and an ``on_complete`` that appends each finalised batch id to it."""
-    finalised: list[str] = []
-    return finalised, lambda batch_id, progress: finalised.append(batch_id)
+    """A list and an ``on_complete`` that appends each finalized batch id to it."""
+    finalized: list[str] = []
+    return finalized, lambda batch_id, progress: finalized.append(batch_id)

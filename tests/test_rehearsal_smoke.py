@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_rehearsal_loses_nothing(
     firestore_emulator: EmulatorInfo, pubsub_emulator: PubSubEmulator, tmp_path: Path
 ) -> None:
-    """0 lost, 0 acknowledged-unwritten, 0 violations, every finished batch finalised once."""
+    """0 lost, 0 acknowledged-unwritten, 0 violations, every finished batch finalized once."""
     run = subprocess.run(
         [
             sys.executable,
@@ -54,7 +54,7 @@ def test_quick_rehearsal_loses_nothing(
         verdicts["acked_unwritten"],
         verdicts["violations"],
     ), json.dumps(data["examples"], indent=1)
-    assert 0 == verdicts["not_finalised_once"], data["examples"]["callbacks"]
+    assert 0 == verdicts["not_finalized_once"], data["examples"]["callbacks"]
     assert data["ok"], run.stdout[-3000:]
     assert 0 == run.returncode
     for name in ("quick-rehearsal.md", "quick-rehearsal.png"):

@@ -440,7 +440,7 @@ class Run:
 
         A batch with a completion still in Pub/Sub (no message of it acknowledged
         by the end: the emulator strands some, see the README) is checked for
-        consistency only; the others for exact contents, status and finalisation.
+        consistency only; the others for exact contents, status and finalization.
         """
         reader = self.manager(client, SUB_ONLY)
         expected: dict[str, dict[str, int]] = defaultdict(dict)
@@ -484,7 +484,7 @@ class Run:
             out[b.batch_id] = {
                 "problems": problems,
                 "status": progress.status,
-                "finalisation_key": progress.finalization_key,
+                "finalization_key": progress.finalization_key,
                 "stored": stored,
                 "pending": held,
             }

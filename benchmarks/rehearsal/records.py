@@ -28,7 +28,7 @@ class Records:
     writes: list[Write] = field(default_factory=list)
     callbacks: dict[str, list[tuple[str, str, float, str]]] = field(
         default_factory=lambda: defaultdict(list)
-    )  # batch -> [(kind C/E, finalisation key, t, process)]
+    )  # batch -> [(kind C/E, finalization key, t, process)]
     mismatches: list[tuple[float, str, str, str]] = field(default_factory=list)
     _offsets: dict[Path, int] = field(default_factory=dict)
 

@@ -189,9 +189,9 @@ def analyse(run: Run, result: dict[str, Any]) -> dict[str, Any]:
         row["callback_runs"] += len(runs)
         if runs:
             row["callbacks_run"] += 1
-        once = keys == {check.get("finalisation_key")} and kinds == {want}
+        once = keys == {check.get("finalization_key")} and kinds == {want}
         if once and check.get("status") == ("expired" if b.expires else "complete"):
-            row["finalised_once"] += 1
+            row["finalized_once"] += 1
         else:
             callbacks_detail.append(f"{batch_id}: status {check.get('status')}, runs {runs}")
     table = []
@@ -224,7 +224,7 @@ def analyse(run: Run, result: dict[str, Any]) -> dict[str, Any]:
         "acked_unwritten": len(acked_unwritten),
         "violations": len(violations),
         "mismatches": total["mismatches"],
-        "not_finalised_once": finished - total["finalised_once"],
+        "not_finalized_once": finished - total["finalized_once"],
         "callbacks_missing": finished - total["callbacks_run"],
         "create_errors": len(run.create_errors),
     }
@@ -277,7 +277,7 @@ _COUNTS = (
     "batches",
     "pending_batches",
     "expiring",
-    "finalised_once",
+    "finalized_once",
     "callbacks_run",
     "callback_runs",
 )
@@ -348,7 +348,7 @@ def markdown(run: Run, summary: dict[str, Any], facts: dict[str, Any]) -> str:
         "| phase | s | published | acked | mismatches | failure rate | publish-to-ack p50 / p99 ms "
         "| p99 outside outages ms | stranded by the emulator | p99 outside outages "
         "and stranding ms | receive-to-ack p50 / p99 ms | completion p99 ms "
-        "| batches finalised once | callbacks run "
+        "| batches finalized once | callbacks run "
         "| lost | acked unwritten | violations | acks/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -360,7 +360,7 @@ def markdown(run: Run, summary: dict[str, Any], facts: dict[str, Any]) -> str:
             f"| {r['stranded']} | {r['p2a_p99_fleet_ms']:.0f} "
             f"| {r['receive_to_ack_p50_ms']:.0f} / {r['receive_to_ack_p99_ms']:.0f} "
             f"| {r['completion_p99_ms']:.0f} "
-            f"| {r['finalised_once']}/{r['batches'] - r['pending_batches']} "
+            f"| {r['finalized_once']}/{r['batches'] - r['pending_batches']} "
             f"({r['expiring']} expiring) "
             f"| {r['callbacks_run']}/{r['batches'] - r['pending_batches']} "
             f"({r['callback_runs']} runs) | {r['lost']} "
@@ -383,7 +383,7 @@ def markdown(run: Run, summary: dict[str, Any], facts: dict[str, Any]) -> str:
         "itself drops a closed stream. The next column leaves them out too. Phases start with the "
         "rolling deploy to their mode; messages and batches belong to the phase they "
         "were published or created in. Batches with a completion still in Pub/Sub "
-        "at the end are checked for consistency only (not counted in finalised "
+        "at the end are checked for consistency only (not counted in finalized "
         "once / callbacks run).",
         "",
         "## Events",

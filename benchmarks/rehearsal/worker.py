@@ -14,7 +14,7 @@ as a Cloud Run revision gets it:
 It appends one tab-separated line per fact to its record file, line-buffered so
 that a SIGKILL loses nothing already told: ``W`` each ``record_completion`` call
 (latency, outcome), ``A`` each message the adapter acknowledged (after its write),
-``C``/``E`` each ``on_complete``/``on_expired`` run with its finalisation key, ``M``
+``C``/``E`` each ``on_complete``/``on_expired`` run with its finalization key, ``M``
 each confirmed mismatch. On SIGTERM it drains (``drain_on_sigterm``), closes and exits 0.
 """
 

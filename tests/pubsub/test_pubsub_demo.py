@@ -17,7 +17,7 @@ def test_demo_through_pubsub_ends_consistent(
     batch_collection: str,
     way: str,
 ) -> None:
-    """Publisher duplicates and failed workers: consistent, finalised once, exit 0."""
+    """Publisher duplicates and failed workers: consistent, finalized once, exit 0."""
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
     argv = ["demo", "--pubsub", way, "--players", "20", "--workers", "10"]

@@ -28,7 +28,7 @@ from ..pubsub_helpers import (
     names,
     on_complete_recorder,
     plan,
-    wait_finalised,
+    wait_finalized,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,13 +116,13 @@ async def completed(manager: AsyncBatchStateManager, batch_ids: list[str]) -> in
 
 
 async def finish(proc: subprocess.Popen[str]) -> tuple[list[str], dict[str, Any] | None]:
-    """The process's output: batches it finalised, and its stats if it exited cleanly."""
+    """The process's output: batches it finalized, and its stats if it exited cleanly."""
     out, err = await asyncio.to_thread(proc.communicate, timeout=60)
-    finalised = [line.split()[1] for line in out.splitlines() if line.startswith("finalised ")]
+    finalized = [line.split()[1] for line in out.splitlines() if line.startswith("finalized ")]
     stats = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("stats ")]
     if proc.returncode != -signal.SIGKILL:
         assert 0 == proc.returncode, err
-    return finalised, stats[0] if stats else None
+    return finalized, stats[0] if stats else None
 
 
 async def owed_callbacks(
@@ -144,7 +144,7 @@ async def test_sigterm_mid_load_drains_and_the_others_finish_exactly(
     batch_collection: str,
 ) -> None:
     """One of 2 consumers gets SIGTERM mid-load: it exits 0 after its drain; counts exact."""
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete, callback_lease=2.0)
     expected = plan(3, 40)
     await create_batches(manager, expected)
@@ -162,15 +162,15 @@ async def test_sigterm_mid_load_drains_and_the_others_finish_exactly(
     assert stats is not None
     assert stats["acked"] > 0
     assert 0 == stats["in_flight"]
-    await wait_finalised(manager, expected, timeout=EMULATOR_TAIL)
+    await wait_finalized(manager, expected, timeout=EMULATOR_TAIL)
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     rest, _ = await finish(procs[1])
     await owed_callbacks(manager, list(expected), stopped + rest)
-    assert Counter(list(expected)) == Counter(stopped + rest + finalised)
+    assert Counter(list(expected)) == Counter(stopped + rest + finalized)
     await assert_exact(
-        firestore_client, batch_collection, manager, expected, stopped + rest + finalised
+        firestore_client, batch_collection, manager, expected, stopped + rest + finalized
     )
 
 
@@ -186,7 +186,7 @@ async def test_a_killed_consumer_s_messages_come_back_to_the_others(
     The killed one never finishes a write (each attempt waits an hour), so the
     batches can only complete if the messages it held come back to the others.
     """
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete, callback_lease=2.0)
     expected = plan(3, 40)
     await create_batches(manager, expected)
@@ -200,7 +200,7 @@ async def test_a_killed_consumer_s_messages_come_back_to_the_others(
         await asyncio.sleep(0.05)
     procs[0].kill()
     assert await completed(manager, list(expected)) < 120
-    await wait_finalised(manager, expected, timeout=EMULATOR_TAIL)
+    await wait_finalized(manager, expected, timeout=EMULATOR_TAIL)
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -208,6 +208,6 @@ async def test_a_killed_consumer_s_messages_come_back_to_the_others(
     assert outputs[0][1] is None  # killed: no stats
     workers = [b for batch_ids, _ in outputs for b in batch_ids]
     await owed_callbacks(manager, list(expected), workers)
-    everyone = workers + finalised
+    everyone = workers + finalized
     assert Counter(list(expected)) == Counter(everyone)
     await assert_exact(firestore_client, batch_collection, manager, expected, everyone)

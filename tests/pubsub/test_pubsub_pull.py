@@ -25,7 +25,7 @@ from ..pubsub_helpers import (
     on_complete_recorder,
     payload,
     plan,
-    wait_finalised,
+    wait_finalized,
     wait_for,
 )
 
@@ -53,7 +53,7 @@ async def test_pull_records_every_completion_once_despite_publisher_duplicates(
     batch_collection: str,
 ) -> None:
     """3 batches x 30 players, every 5th published twice; at most 8 outstanding: exact."""
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete)
     expected = plan(3, 30)
     await create_batches(manager, expected)
@@ -73,7 +73,7 @@ async def test_pull_records_every_completion_once_despite_publisher_duplicates(
     stats = consumer.stats()
     assert (0, 0) == (stats.poison, stats.retried)
     assert stats.duplicates >= 18
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 
 
 async def test_a_failed_write_is_nacked_and_the_redelivery_records_it(
@@ -93,18 +93,18 @@ async def test_a_failed_write_is_nacked_and_the_redelivery_records_it(
                 refused.update(fresh)
                 raise PermissionDenied("injected: refused once")
 
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete, fault_injector=refuse_once, coalesce=False)
     expected = plan(1, 12)
     await create_batches(manager, expected)
     topic, path = subscription(pubsub_emulator)
     pubsub_emulator.publish(PROJECT, topic, messages(expected))
     async with PullConsumer(manager, path, subscriber=subscriber) as consumer:
-        await wait_finalised(manager, expected)
+        await wait_finalized(manager, expected)
         await wait_for(lambda: consumer.stats().acked >= 12, what="every ack")
     assert 5 == len(refused)
     assert consumer.stats().retried >= 5
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 
 
 async def test_a_completion_before_its_batch_comes_back_later_not_in_a_hot_loop(
@@ -115,7 +115,7 @@ async def test_a_completion_before_its_batch_comes_back_later_not_in_a_hot_loop(
     batch_collection: str,
 ) -> None:
     """Unknown batch: the ack deadline moves out (a delay, not 50 ms nacks); recorded once created."""
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete)
     expected = plan(1, 3)
     batch_id = next(iter(expected))
@@ -125,10 +125,10 @@ async def test_a_completion_before_its_batch_comes_back_later_not_in_a_hot_loop(
     async with PullConsumer(manager, path, subscriber=subscriber, unknown_batch=policy) as consumer:
         await wait_for(lambda: consumer.stats().delayed >= 3, what="the first deliveries")
         await manager.create_batch(batch_id, expected_players=list(expected[batch_id]))
-        await wait_finalised(manager, expected)
+        await wait_finalized(manager, expected)
         await wait_for(lambda: consumer.stats().acked >= 3, what="every ack")
     assert consumer.stats().delayed <= 9  # about one per 2 s, not one per 50-90 ms
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 
 
 @pytest.mark.parametrize("policy", ["ack", "nack"])
@@ -141,7 +141,7 @@ async def test_poison_is_acknowledged_or_left_to_the_dead_letter_topic(
     policy: str,
 ) -> None:
     """ack: the hook once per poison message; nack: redelivered until the dead-letter topic takes it."""
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete)
     expected = plan(1, 5)
     batch_id = next(iter(expected))
@@ -162,7 +162,7 @@ async def test_poison_is_acknowledged_or_left_to_the_dead_letter_topic(
         poison=policy,  # type: ignore[arg-type]
         on_poison=poisoned.append,
     ) as consumer:
-        await wait_finalised(manager, expected)
+        await wait_finalized(manager, expected)
         if policy == "ack":
             await wait_for(lambda: len(poisoned) >= 2, what="the poison")
         else:
@@ -180,7 +180,7 @@ async def test_poison_is_acknowledged_or_left_to_the_dead_letter_topic(
     else:
         assert len(poisoned) >= 10  # 5 deliveries each
     assert all(p.acknowledged == (policy == "ack") for p in poisoned)
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 
 
 @pytest.mark.timeout(240)
@@ -202,7 +202,7 @@ async def test_drain_nacks_what_it_cannot_finish_and_acks_only_what_was_written(
         if point is FaultPoint.BEFORE_COMMIT:
             await hold.wait()
 
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     blocked = make_manager(fault_injector=held)
     expected = plan(1, 10)
     await create_batches(blocked, expected)
@@ -216,9 +216,9 @@ async def test_drain_nacks_what_it_cannot_finish_and_acks_only_what_was_written(
     await first.aclose()
     manager: AsyncBatchStateManager = make_manager(on_complete=on_complete)
     async with PullConsumer(manager, path, subscriber=subscriber) as second:
-        await wait_finalised(manager, expected, timeout=150)
+        await wait_finalized(manager, expected, timeout=150)
         await wait_for(lambda: second.stats().acked >= 10, what="every ack")
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 
 
 async def test_wait_returns_normally_once_the_shutdown_is_over(
@@ -259,7 +259,7 @@ async def test_deeply_nested_data_is_poison_not_redelivered(
     batch_collection: str,
 ) -> None:
     """JSON nested 100,000 deep (RecursionError in the parser) is poison once, not retried."""
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete)
     expected = plan(1, 3)
     await create_batches(manager, expected)
@@ -270,8 +270,8 @@ async def test_deeply_nested_data_is_poison_not_redelivered(
     async with PullConsumer(
         manager, path, subscriber=subscriber, poison="ack", on_poison=poisoned.append
     ) as consumer:
-        await wait_finalised(manager, expected)
+        await wait_finalized(manager, expected)
         await wait_for(lambda: len(poisoned) >= 2, what="the poison")
     assert (2, 0) == (consumer.stats().poison, consumer.stats().retried)
     assert {"MessageParseError"} == {type(p.error).__name__ for p in poisoned}
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)

@@ -20,7 +20,7 @@ from ..pubsub_helpers import (
     on_complete_recorder,
     payload,
     plan,
-    wait_finalised,
+    wait_finalized,
     wait_for,
 )
 
@@ -31,8 +31,8 @@ async def test_push_records_every_completion_once_despite_publisher_duplicates(
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
-    """3 batches x 30 players, every 5th message published twice: exact, each finalised once."""
-    finalised, on_complete = on_complete_recorder()
+    """3 batches x 30 players, every 5th message published twice: exact, each finalized once."""
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete)
     expected = plan(3, 30)
     await create_batches(manager, expected)
@@ -43,12 +43,12 @@ async def test_push_records_every_completion_once_despite_publisher_duplicates(
         pubsub_emulator.create_subscription(PROJECT, sub, topic, push_endpoint=server.url + "/push")
         published = messages(expected, duplicate_every=5)
         pubsub_emulator.publish(PROJECT, topic, published)
-        await wait_finalised(manager, expected)
+        await wait_finalized(manager, expected)
         await wait_for(lambda: endpoint.stats().acked >= len(published), what="every ack")
     stats = endpoint.stats()
     assert stats.duplicates >= len(published) - 90 == 18
     assert (0, 0) == (stats.poison, stats.retried)
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 
 
 async def test_a_failed_write_answers_503_and_the_redelivery_records_it(
@@ -67,7 +67,7 @@ async def test_a_failed_write_answers_503_and_the_redelivery_records_it(
                 refused.update(fresh)
                 raise PermissionDenied("injected: refused once")
 
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete, fault_injector=refuse_once, coalesce=False)
     expected = plan(1, 12)
     await create_batches(manager, expected)
@@ -77,11 +77,11 @@ async def test_a_failed_write_answers_503_and_the_redelivery_records_it(
         pubsub_emulator.create_topic(PROJECT, topic)
         pubsub_emulator.create_subscription(PROJECT, sub, topic, push_endpoint=server.url)
         pubsub_emulator.publish(PROJECT, topic, messages(expected))
-        await wait_finalised(manager, expected)
+        await wait_finalized(manager, expected)
         await wait_for(lambda: endpoint.stats().acked >= 12, what="every ack")
     assert 5 == len(refused)
     assert endpoint.stats().retried >= 5
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 
 
 async def test_poison_under_ack_is_acknowledged_hooked_and_counted(
@@ -91,7 +91,7 @@ async def test_poison_under_ack_is_acknowledged_hooked_and_counted(
     batch_collection: str,
 ) -> None:
     """Junk, an unexpected player and a bad count: 200, the hook once each, nothing written."""
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete)
     expected = plan(1, 5)
     batch_id = next(iter(expected))
@@ -104,14 +104,14 @@ async def test_poison_under_ack_is_acknowledged_hooked_and_counted(
         pubsub_emulator.create_subscription(PROJECT, sub, topic, push_endpoint=server.url)
         bad = [b"junk", payload(batch_id, "stranger", 1), payload(batch_id, "p000", -1)]
         pubsub_emulator.publish(PROJECT, topic, bad + messages(expected))
-        await wait_finalised(manager, expected)
+        await wait_finalized(manager, expected)
         await wait_for(lambda: endpoint.stats().acked + endpoint.stats().poison >= 8)
     assert 3 == endpoint.stats().poison == len(poisoned)
     assert all(p.acknowledged for p in poisoned)
     assert {"MessageParseError", "UnexpectedPlayerError", "InvalidCountError"} == {
         type(p.error).__name__ for p in poisoned
     }
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 
 
 async def test_poison_under_nack_goes_to_the_dead_letter_topic(
@@ -121,7 +121,7 @@ async def test_poison_under_nack_goes_to_the_dead_letter_topic(
     batch_collection: str,
 ) -> None:
     """poison="nack": 422 each time; after max_delivery_attempts the dead-letter topic has it."""
-    finalised, on_complete = on_complete_recorder()
+    finalized, on_complete = on_complete_recorder()
     manager = make_manager(on_complete=on_complete)
     expected = plan(1, 5)
     await create_batches(manager, expected)
@@ -152,7 +152,7 @@ async def test_poison_under_nack_goes_to_the_dead_letter_topic(
             max_delivery_attempts=5,
         )
         pubsub_emulator.publish(PROJECT, topic, [b"{not json", *messages(expected)])
-        await wait_finalised(manager, expected)
+        await wait_finalized(manager, expected)
         await wait_for(lambda: dead == [b"{not json"], timeout=60, what="the dead letter")
     assert endpoint.stats().poison >= 5
-    await assert_exact(firestore_client, batch_collection, manager, expected, finalised)
+    await assert_exact(firestore_client, batch_collection, manager, expected, finalized)

@@ -38,7 +38,7 @@ from async_batchstate.testing import (
     free_port,
 )
 
-from ..pubsub_helpers import create_batches, messages, plan, wait_finalised
+from ..pubsub_helpers import create_batches, messages, plan, wait_finalized
 from ._push_kit import envelope, http_post
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,9 +151,9 @@ async def finish_and_check(
     path: str,
     expected: dict[str, dict[str, int]],
 ) -> None:
-    """A second consumer takes what the worker left; every batch ends exact and finalised."""
+    """A second consumer takes what the worker left; every batch ends exact and finalized."""
     async with PullConsumer(manager, path, ack_deadline=10):
-        await wait_finalised(manager, expected, timeout=EMULATOR_TAIL)
+        await wait_finalized(manager, expected, timeout=EMULATOR_TAIL)
     for batch_id, players in expected.items():
         violations = await batch_violations(
             client,

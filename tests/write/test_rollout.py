@@ -89,7 +89,7 @@ async def test_a_redelivery_to_a_dual_process_idle_since_a_legacy_write_counts_o
     "finisher",
     [MigrationMode.DUAL_WRITE, MigrationMode.DUAL_WRITE_SUBCOLLECTION_READS, MigrationMode.LEGACY],
 )
-async def test_a_batch_created_by_subcollection_only_is_finalised_by_a_rolled_back_process(
+async def test_a_batch_created_by_subcollection_only_is_finalized_by_a_rolled_back_process(
     finisher: MigrationMode,
     make_manager: ManagerFactory,
     other_manager: Any,

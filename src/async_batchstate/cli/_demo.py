@@ -265,7 +265,7 @@ def summary(
     report: ConsistencyReport,
     extra: dict[str, str] | None = None,
 ) -> int:
-    """Print the run's table; 0 when consistent, finalised once and every player recorded."""
+    """Print the run's table; 0 when consistent, finalized once and every player recorded."""
     ok = (
         report.is_consistent
         and final.is_finalized
