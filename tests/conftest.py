@@ -4,8 +4,8 @@ Helpers live in ``tests/helpers.py``; import them from there.
 
 Hypothesis runs each property test ``max_examples`` times from the loaded profile:
 ``suite`` (default, sized for a run of the whole suite in a few minutes) or
-``thorough`` (``HYPOTHESIS_PROFILE=thorough pytest tests/test_model.py
-tests/test_properties.py``, before a release or after touching the write path).
+``thorough`` (``HYPOTHESIS_PROFILE=thorough pytest tests/write/test_model.py
+tests/write/test_properties.py``, before a release or after touching the write path).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from google.cloud.firestore_v1.async_client import AsyncClient
 from hypothesis import settings
@@ -22,6 +23,24 @@ from async_batchstate import AsyncBatchStateManager, MigrationMode
 from async_batchstate.testing import EmulatorInfo, aclose_client, make_client
 
 from .helpers import ManagerFactory
+
+EMULATOR_FIXTURES = frozenset({"firestore_emulator", "pubsub_emulator"})
+"""The plugin's session fixtures that start (or reuse) an emulator. Every fixture that
+needs one (``firestore_client``, ``make_manager``, ``batch_collection``'s users...) asks
+for one of these, so a test's fixture closure says whether it needs an emulator."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``emulator`` every test whose fixtures start an emulator.
+
+    ``pytest -m "not emulator"`` is then the fast unit subset. A test that starts an
+    emulator without these fixtures (a subprocess that starts its own) carries the
+    marker by hand.
+    """
+    for item in items:
+        if EMULATOR_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.emulator)
+
 
 settings.register_profile("suite", max_examples=8)
 settings.register_profile("thorough", max_examples=200)

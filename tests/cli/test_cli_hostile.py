@@ -23,8 +23,6 @@ import pytest
 from async_batchstate.cli import build_parser, main
 from async_batchstate.testing import EmulatorInfo, aclose_client, make_client
 
-pytestmark = pytest.mark.emulator
-
 MODE_FLAGS = ["ENABLE_SUBCOLLECTION_COMPLETIONS", "DUAL_WRITE_MODE", "USE_SUBCOLLECTION_READS"]
 
 HOSTILE = {

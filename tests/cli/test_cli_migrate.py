@@ -15,8 +15,6 @@ from async_batchstate.testing import EmulatorInfo
 
 from ..helpers import ManagerFactory, corrupt_batch, dual_batches, seed_legacy, sum_field
 
-pytestmark = pytest.mark.emulator
-
 
 @pytest.fixture
 def cli_env(firestore_emulator: EmulatorInfo, monkeypatch: pytest.MonkeyPatch) -> None:

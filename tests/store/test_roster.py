@@ -31,8 +31,6 @@ from async_batchstate.testing import (
 
 from ..helpers import ManagerFactory, read_batch, read_completions
 
-pytestmark = pytest.mark.emulator
-
 MODES = pytest.mark.parametrize("mode", list(MigrationMode), ids=lambda m: m.value)
 PAST = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 INLINE = [f"p{i}" for i in range(5)]

@@ -221,7 +221,6 @@ async def test_cancelling_a_task_in_a_timeout_is_a_cancellation_not_a_timeout() 
 # -- a manager on the fake clock (emulator) ----------------------------------------------
 
 
-@pytest.mark.emulator
 async def test_wait_until_complete_times_out_in_fake_time(make_manager: ManagerFactory) -> None:
     """wait_until_complete(timeout=5) polls with the clock's sleeps: 10 polls of 0.5 fake
     seconds, then CompletionTimeoutError, without waiting 5 real seconds."""
@@ -241,7 +240,6 @@ async def test_wait_until_complete_times_out_in_fake_time(make_manager: ManagerF
     assert loop.time() - real_start < 4.0
 
 
-@pytest.mark.emulator
 async def test_a_batch_deadline_is_judged_on_the_clocks_now(make_manager: ManagerFactory) -> None:
     """deadline=timedelta(30 s) counts from clock.now(); the batch expires when fake time
     reaches it (its fixed 2026-01-01 start is long past in real time: real time plays no part)."""
@@ -270,7 +268,6 @@ async def test_a_batch_deadline_is_judged_on_the_clocks_now(make_manager: Manage
     assert ["expired"] == expired
 
 
-@pytest.mark.emulator
 async def test_wait_until_complete_sees_a_deadline_pass_in_fake_time(
     make_manager: ManagerFactory,
 ) -> None:

@@ -40,6 +40,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+@pytest.mark.emulator  # the inner session starts one: no fixture of this test says so
 def test_plugin_starts_an_emulator_and_isolates_tests(
     pytester: pytest.Pytester, clean_env: pytest.MonkeyPatch
 ) -> None:

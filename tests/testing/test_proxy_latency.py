@@ -87,7 +87,6 @@ async def slow_client(firestore_emulator: EmulatorInfo) -> AsyncIterator[AsyncCl
             await aclose_client(client)
 
 
-@pytest.mark.emulator
 async def test_latency_applies_in_both_directions(
     slow_client: AsyncClient, batch_collection: str
 ) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import pytest
 import pytest_asyncio
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction, async_transactional
@@ -20,8 +19,6 @@ from async_batchstate.testing import (
     aclose_client,
     make_client,
 )
-
-pytestmark = pytest.mark.emulator
 
 
 @pytest_asyncio.fixture
