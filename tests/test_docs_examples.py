@@ -10,8 +10,10 @@ Conventions for whoever writes a docs page (plain markdown, nothing to install):
   behind is closed afterwards. An ``async def test_*`` the block defines is then called
   with the pytest plugin's fixtures it names (``firestore_emulator``,
   ``firestore_client``, ``batch_collection``), as pytest would.
-* ``<!-- docs-test: skip REASON -->`` on the line before a block leaves it out. Skipped
-  blocks are reported by pytest with their reason, one test each, and counted below.
+* A comment line ``# docs-test: skip: REASON`` inside a block leaves it out, the reason
+  in the block itself for its reader. Skipped blocks are reported by pytest with their
+  reason, one test each, and counted below; a marker outside a block (the old
+  ``<!-- docs-test: skip -->``) or a skip without a reason fails.
 * A ```` ```bash ```` block is checked command by command: ``async-batchstate ...`` parses
   with the CLI's own parser, ``pip install`` names extras that exist, ``python -m X``
   names a module that imports; other commands must be in ``KNOWN_COMMANDS``.
@@ -49,7 +51,8 @@ LANGUAGES = {"python", "bash", "text", "toml", "json"}
 """Fence languages a page may use; only python and bash blocks are code we check."""
 KNOWN_COMMANDS = {"gcloud", "pytest"}
 """Shell commands that are not ours to check (their own tools validate them)."""
-SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s+(?P<reason>\S.*?)\s*-->")
+SKIP = re.compile(r"^\s*#\s*docs-test:\s*skip\b:?\s*(?P<reason>.*?)\s*$", re.MULTILINE)
+"""A block's own comment line that leaves it out, with the reason."""
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>\S*)\s*$")
 
 
@@ -69,7 +72,7 @@ class Block:
 
 
 def blocks(page: Path) -> Iterator[Block]:
-    """The fenced blocks of ``page``, with the skip marker on the line before each, if any."""
+    """The fenced blocks of ``page``, each with the reason its skip comment gives, if any."""
     lines = page.read_text().splitlines()
     i = 0
     while i < len(lines):
@@ -80,7 +83,7 @@ def blocks(page: Path) -> Iterator[Block]:
         indent = opening["indent"]
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
         body = "\n".join(line.removeprefix(indent) for line in lines[i + 1 : end])
-        marker = SKIP.search(lines[i - 1]) if i else None
+        marker = SKIP.search(body)
         yield Block(page, i + 1, opening["lang"], body, marker["reason"] if marker else None)
         i = end + 1
 
@@ -95,8 +98,21 @@ def test_every_fence_names_a_known_language() -> None:
     assert [] == [(b.id, b.lang) for b in ALL_BLOCKS if b.lang not in LANGUAGES]
 
 
+def test_a_skip_is_in_its_block_with_a_reason() -> None:
+    """No skip marker outside a block (where a reader of the block would not see it), and
+    every skip comment says why."""
+    outside = [
+        f"{page.relative_to(ROOT)}:{n}"
+        for page in PAGES
+        for n, line in enumerate(page.read_text().splitlines(), 1)
+        if "docs-test" in line and not SKIP.match(line)
+    ]
+    assert [] == outside
+    assert [] == [b.id for b in ALL_BLOCKS if b.skip_reason == ""]
+
+
 def test_blocks_are_counted_and_skips_are_rare() -> None:
-    """Every python block either runs or is skipped by a marker with a reason; most run."""
+    """Every python block either runs or is skipped by a comment with a reason; most run."""
     skipped = [b.id for b in PYTHON if b.skip_reason is not None]
     assert len(PYTHON) >= 15, "the docs lost their examples, or the extraction broke"
     assert len(skipped) <= len(PYTHON) // 4, f"too many python blocks skipped: {skipped}"

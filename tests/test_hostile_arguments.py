@@ -55,7 +55,7 @@ from async_batchstate.migration import (
 )
 from async_batchstate.testing import EmulatorInfo, RpcCounter, aclose_client, make_client
 
-pytestmark = pytest.mark.emulator
+pytestmark = [pytest.mark.guarantee("typed-errors"), pytest.mark.guarantee("bad-input")]
 
 
 def _function(*args: object) -> None:

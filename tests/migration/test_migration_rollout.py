@@ -26,6 +26,8 @@ from ..helpers import (
     read_completions,
 )
 
+pytestmark = pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting")
+
 DUAL = MigrationMode.DUAL_WRITE
 SUB_ONLY = MigrationMode.SUBCOLLECTION_ONLY
 LEGACY_FIELDS = {"completed_players", "predictions_by_player", "total_predictions"}

@@ -12,6 +12,8 @@ from async_batchstate._store.ids import (
     validate_legacy_key,
 )
 
+pytestmark = pytest.mark.guarantee("bad-input")
+
 
 @pytest.mark.parametrize(
     "bad",

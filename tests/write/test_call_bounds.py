@@ -28,7 +28,10 @@ from async_batchstate.testing import (
 
 from ..helpers import ManagerFactory
 
-pytestmark = pytest.mark.emulator
+pytestmark = [
+    pytest.mark.guarantee("rolling-deploys-and-rollbacks"),
+    pytest.mark.guarantee("deadline"),
+]
 
 
 async def test_a_timeout_bounds_reading_the_batch_settings_under_a_black_hole(

@@ -40,7 +40,11 @@ from async_batchstate.testing import (
 
 from ..helpers import ManagerFactory, fast_reconnect, read_batch
 
-pytestmark = pytest.mark.emulator
+pytestmark = [
+    pytest.mark.guarantee("exactly-once-finalization-at-least-once-callback"),
+    pytest.mark.guarantee("one-run-at-a-time-per-lease"),
+    pytest.mark.guarantee("typed-errors"),
+]
 
 FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=20.0, attempt_timeout=10.0)
 LEASE = 0.5
@@ -247,6 +251,7 @@ async def test_cli_expire_then_cli_callbacks_runs_the_owed_on_expired(
 # -- point 5: no callback inside a caller's record_completion -------------------------------
 
 
+@pytest.mark.guarantee("callbacks-never-hold-a-caller")
 async def test_a_completion_on_an_overdue_batch_never_waits_for_on_expired(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:

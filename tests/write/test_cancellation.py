@@ -27,7 +27,10 @@ from async_batchstate.testing import FaultPoint, batch_violations
 
 from ..helpers import FaultGate, ManagerFactory
 
-pytestmark = pytest.mark.emulator
+pytestmark = [
+    pytest.mark.guarantee("exactly-once-finalization-at-least-once-callback"),
+    pytest.mark.guarantee("cancellation"),
+]
 
 
 class Slow:
@@ -86,6 +89,7 @@ async def test_random_cancellations_then_rerecording_completes_exactly(
     )
 
 
+@pytest.mark.guarantee("deadline")
 async def test_caller_deadline_passes_mid_write_then_redelivery_is_exact(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:

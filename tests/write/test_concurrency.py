@@ -24,6 +24,11 @@ from async_batchstate.testing import FaultPoint
 
 from ..helpers import FaultGate, ManagerFactory, read_batch, read_completions
 
+pytestmark = [
+    pytest.mark.guarantee("exactly-once-finalization-at-least-once-callback"),
+    pytest.mark.guarantee("cancellation"),
+]
+
 
 async def exact(client: AsyncClient, collection: str, batch_id: str, n: int) -> None:
     """The batch holds players 0..n-1 with count i % 5, in every structure, finalized once."""

@@ -41,7 +41,11 @@ from async_batchstate.testing import (
 
 from ..helpers import FaultGate, fast_reconnect
 
-pytestmark = [pytest.mark.emulator, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.guarantee("atomicity"),
+    pytest.mark.guarantee("deadline"),
+    pytest.mark.slow,
+]
 
 DEADLINE = 3.0
 SLACK = 1.0

@@ -31,7 +31,10 @@ from async_batchstate.testing import EmulatorInfo, FaultPoint, batch_violations
 
 from ..helpers import Keys, ManagerFactory, read_batch
 
-pytestmark = pytest.mark.emulator
+pytestmark = [
+    pytest.mark.guarantee("exactly-once-finalization-at-least-once-callback"),
+    pytest.mark.guarantee("one-run-at-a-time-per-lease"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=20.0, attempt_timeout=10.0)
@@ -116,6 +119,7 @@ async def test_a_process_killed_between_flip_and_callback_leaves_it_owed_to_anot
     assert "callback_owed" not in doc and "callback_done_at" in doc
 
 
+@pytest.mark.guarantee("callbacks-never-hold-a-caller")
 async def test_a_callback_slower_than_its_lease_runs_once_across_two_processes(
     firestore_emulator: EmulatorInfo,
     make_manager: ManagerFactory,

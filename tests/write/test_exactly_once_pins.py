@@ -31,7 +31,10 @@ from async_batchstate.testing import (
 from ..helpers import ManagerFactory, read_batch, read_completions
 from .test_lost_answers import is_group_commit
 
-pytestmark = pytest.mark.emulator
+pytestmark = [
+    pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting"),
+    pytest.mark.guarantee("rolling-deploys-and-rollbacks"),
+]
 
 FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=30.0, attempt_timeout=10.0)
 
@@ -198,6 +201,7 @@ async def test_legacy_recognises_its_own_lost_write_however_many_groups_land_mea
         await aclose_client(client)
 
 
+@pytest.mark.guarantee("extra-players-a-batch-without-a-roster")
 async def test_a_batch_without_a_roster_never_counts_past_its_expected_count(
     make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
 ) -> None:

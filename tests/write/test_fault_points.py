@@ -21,7 +21,7 @@ from async_batchstate.testing import FaultPoint, batch_violations
 
 from ..helpers import ManagerFactory
 
-pytestmark = pytest.mark.emulator
+pytestmark = pytest.mark.guarantee("atomicity")
 
 FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=20.0, attempt_timeout=10.0)
 BEFORE_ANY_COMMIT = [FaultPoint.BEFORE_BEGIN, FaultPoint.AFTER_READS, FaultPoint.BEFORE_COMMIT]
@@ -128,6 +128,7 @@ async def test_permanent_fault_before_commit_writes_nothing(
 
 
 @pytest.mark.parametrize("mode", list(MigrationMode), ids=lambda m: m.value)
+@pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting")
 async def test_fault_after_commit_then_redelivery_is_duplicate(
     mode: MigrationMode,
     make_manager: ManagerFactory,

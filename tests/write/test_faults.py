@@ -39,7 +39,11 @@ from async_batchstate.testing import (
 
 from ..helpers import FaultGate, fast_reconnect
 
-pytestmark = pytest.mark.emulator
+pytestmark = [
+    pytest.mark.guarantee("atomicity"),
+    pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting"),
+    pytest.mark.guarantee("deadline"),
+]
 
 SLACK = 1.0
 """Seconds a caller may overrun its deadline (scheduling on a busy 2-core machine)."""

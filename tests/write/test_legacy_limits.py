@@ -26,7 +26,7 @@ from async_batchstate.testing import batch_violations
 
 from ..helpers import ManagerFactory, read_batch
 
-pytestmark = pytest.mark.emulator
+pytestmark = pytest.mark.guarantee("document-limits")
 
 LEGACY_WRITERS = [m for m in MigrationMode if m.writes_legacy]
 

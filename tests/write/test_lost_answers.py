@@ -22,7 +22,11 @@ from async_batchstate.testing import LostAnswers, batch_violations
 
 from ..helpers import ManagerFactory
 
-pytestmark = pytest.mark.emulator
+pytestmark = [
+    pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting"),
+    pytest.mark.guarantee("exactly-once-finalization-at-least-once-callback"),
+    pytest.mark.guarantee("typed-errors"),
+]
 
 FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=30.0, attempt_timeout=10.0)
 PATHS = [

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from google.cloud.firestore_v1.async_client import AsyncClient
 from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
@@ -35,6 +36,8 @@ from async_batchstate import (
     MigrationMode,
 )
 from async_batchstate.testing import EmulatorInfo, aclose_client, batch_violations, make_client
+
+pytestmark = pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting")
 
 EMULATOR: EmulatorInfo | None = None  # set by the test before the machine runs
 

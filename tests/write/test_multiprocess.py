@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate.testing import EmulatorInfo
 
 from ..helpers import ManagerFactory, read_batch, read_completions, run_workers
+
+pytestmark = [
+    pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting"),
+    pytest.mark.guarantee("exactly-once-finalization-at-least-once-callback"),
+]
 
 
 async def test_four_processes_with_redelivery_count_exactly_and_finalize_once(

@@ -31,7 +31,7 @@ from async_batchstate.testing import batch_violations
 
 from ..helpers import ManagerFactory, read_batch, read_completions
 
-pytestmark = pytest.mark.emulator
+pytestmark = pytest.mark.guarantee("bad-input")
 
 SETTINGS = settings(  # max_examples: the Hypothesis profile (tests/conftest.py)
     deadline=None,

@@ -24,6 +24,12 @@ from async_batchstate.testing import FaultPoint
 
 from ..helpers import ManagerFactory, read_batch, read_completions
 
+pytestmark = [
+    pytest.mark.guarantee("atomicity"),
+    pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting"),
+    pytest.mark.guarantee("bad-input"),
+]
+
 ALL_MODES = list(MigrationMode)
 
 

@@ -28,7 +28,10 @@ from async_batchstate.testing import (
 
 from ..helpers import Keys, ManagerFactory, read_batch, run_workers
 
-pytestmark = pytest.mark.emulator
+pytestmark = [
+    pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting"),
+    pytest.mark.guarantee("rolling-deploys-and-rollbacks"),
+]
 
 FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=30.0, attempt_timeout=10.0)
 

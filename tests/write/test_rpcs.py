@@ -21,7 +21,7 @@ from async_batchstate.testing import FaultPoint, RpcCounter, batch_violations
 
 from ..helpers import ManagerFactory
 
-pytestmark = pytest.mark.emulator
+pytestmark = pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting")
 
 
 async def _group(manager: object, batch_id: str, players: list[str]) -> list[CompletionStatus]:

@@ -24,7 +24,7 @@ from async_batchstate.testing import FakeClock, FaultPoint, batch_violations
 
 from ..helpers import ManagerFactory
 
-pytestmark = pytest.mark.emulator
+pytestmark = pytest.mark.guarantee("deadline")
 
 
 class ServerError:
