@@ -66,7 +66,11 @@ from async_batchstate.testing import (
     make_client,
 )
 
-pytestmark = pytest.mark.emulator
+pytestmark = [
+    pytest.mark.guarantee("at-most-once-counting-exactly-once-reporting"),
+    pytest.mark.guarantee("rolling-deploys-and-rollbacks"),
+    pytest.mark.guarantee("extra-players-a-batch-without-a-roster"),
+]
 
 EMULATOR: EmulatorInfo | None = None  # set by the test before the machine runs
 SLOTS = 3
