@@ -1,9 +1,9 @@
 """A lock-free group's writes as raw protobuf ``Write`` messages.
 
 The client's builders (``WriteBatch.create`` / ``update``) parse, sort and compare
-every field path and build each value as a proto-plus message: on a lone
-completion that was a third of the manager's client CPU (profiled at groups of
-one). These build the same messages directly, from the same dicts;
+every field path and build each value as a proto-plus message, a large share of
+a lone completion's client CPU. These build the same messages directly, from the
+same dicts;
 ``tests/write/test_wire.py`` holds them equal to the client's.
 """
 
