@@ -34,6 +34,7 @@ import async_batchstate.migration
 import async_batchstate.pubsub
 import async_batchstate.testing
 from async_batchstate import AsyncBatchStateManager, MigrationMode, RetryPolicy, Stats
+from async_batchstate._store import names, roster
 from async_batchstate._write import callbacks, limits, runner
 from async_batchstate.cli import build_parser
 from async_batchstate.consistency import Source
@@ -546,6 +547,21 @@ CLAIMS: dict[str, dict[str, Callable[[], object]]] = {
         r"≤ (\d+) batches read": lambda: callbacks.SWEEP_SCAN,
         r"≤ (\d+) runs started per sweep": lambda: callbacks.SWEEP_START,
     },
+    "docs/coordinator.md": {
+        r"inline in the batch document up to (\d+) KiB": lambda: names.ROSTER_INLINE_BYTES / 1024,
+        r"of at most (\d+) KiB / [\d,]+ players": lambda: names.ROSTER_CHUNK_BYTES / 1024,
+        r"of at most \d+ KiB / ([\d,]+) players": lambda: names.ROSTER_CHUNK_MAX,
+        r"for rosters up to ([\d,]+) players": lambda: roster.SMALL_ROSTER,
+        r"the missing players \(up to ([\d,]+);": lambda: names.MISSING_KEPT,
+    },
+    "docs/operations.md": {
+        r"`--older-than` at most (\d+)d": lambda: _cli_batch().MAX_AGE.days,
+        r"`--lease` in \(0, ([\d,]+)\]": lambda: _cli_batch().MAX_LEASE,
+        r"`--limit` up to ([\d,]+)": lambda: _largest_accepted(["batch", "list"], "--limit"),
+        r"`--concurrency` up to ([\d,]+)": lambda: _largest_accepted(
+            ["migrate", "backfill"], "--concurrency"
+        ),
+    },
     "docs/migration.md": {
         r"`validation_rate=([\d.]+)`": lambda: _manager_default("validation_rate"),
     },
@@ -557,6 +573,30 @@ CLAIMS: dict[str, dict[str, Callable[[], object]]] = {
     },
 }
 """Numbers the pages state in prose: each phrase must be there, with the code's value."""
+
+
+def _cli_batch() -> ModuleType:
+    return importlib.import_module("async_batchstate.cli._batch")
+
+
+def _largest_accepted(path: list[str], flag: str) -> int:
+    """The largest int ``async-batchstate <path> <flag> N`` accepts (its ``type=``'s bound)."""
+    parser = build_parser()
+    for word in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    (action,) = [a for a in parser._actions if flag in a.option_strings]
+    assert callable(action.type)
+    low, high = 1, 2**40
+    while low < high:  # the largest n that parses, by bisection
+        middle = (low + high + 1) // 2
+        try:
+            action.type(str(middle))
+        except (argparse.ArgumentTypeError, ValueError):
+            high = middle - 1
+        else:
+            low = middle
+    return low
 
 
 def _hypothesis_suite_examples() -> int:
