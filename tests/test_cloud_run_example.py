@@ -324,7 +324,7 @@ def test_ttl_policies_cover_every_collection_group_stamped_with_expire_at(
         for c in find(commands, "firestore", "fields", "ttls", "update")
         if "--enable-ttl" in flags(c)
     }
-    groups = {"prediction_batches", "completions", "roster", "next_stage_markers"}
+    groups = {"prediction_batches", "completions", f.ROSTER, "next_stage_markers"}
     assert {(g, f.EXPIRE_AT) for g in groups} == ttls
 
 
