@@ -73,8 +73,7 @@ async def test_validate_catches_corrupted_batch(
         report.total_predictions_subcoll,
         report.completion_predictions_sum,
     )
-    # array-only player (uncounted), count vs docs; the totals differ by that player only
-    assert 2 == len(report.problems)
+    assert 3 == len(report.problems)  # array-only player, count vs docs, legacy vs subcoll total
 
 
 async def test_report_summary_is_one_line_with_the_problems(

@@ -51,6 +51,7 @@ from hypothesis.stateful import (
 from async_batchstate import (
     AsyncBatchStateManager,
     BatchProgress,
+    BatchStateError,
     CompletionStatus,
     Layout,
     MigrationMode,
@@ -533,6 +534,23 @@ class Fleet(RuleBasedStateMachine):
         self.run(aclose_client(old.client))
         self.procs[slot] = self.run(self._process(mode, path))
 
+    @rule(batch_id=batches, slot=st.integers(0, SLOTS - 1), which=st.integers(0, 4))
+    def closed_channel(self, batch_id: str, slot: int, which: int) -> None:
+        """A process whose client's channel is closed under it: a typed error, nothing
+        written; then it is replaced."""
+        EXPLORED.steps["closed_channel"] += 1
+        proc = self.procs[slot]
+        batch = self.model[batch_id]
+        self.run(proc.client.collection(self.collection).document(batch_id).get())  # a channel
+        self.run(aclose_client(proc.client))
+        with pytest.raises(BatchStateError):
+            self.run(
+                proc.manager.record_completion(batch_id, batch.pool[which % 5 % len(batch.pool)], 1)
+            )
+        self.run(proc.manager.aclose(drain_timeout=1.0))
+        self.procs[slot] = self.run(self._process(proc.mode, proc.write_path))
+        self.check(batch_id)
+
     # -- rules: migration, consistency, callbacks ------------------------------------
 
     @rule(batch_id=batches)
@@ -549,10 +567,12 @@ class Fleet(RuleBasedStateMachine):
 
     @rule(batch_id=batches, slot=st.integers(0, SLOTS - 1))
     def validate(self, batch_id: str, slot: int) -> None:
-        """validate() in any mode never finds a problem in a batch the model finds exact."""
+        """validate() in any mode finds no fault in a batch the model finds exact."""
         EXPLORED.steps["validate"] += 1
         report = self.run(self.procs[slot].manager.validate(batch_id))
-        assert () == report.problems, report
+        # Players LEGACY recorded before the batch was guarded are backfill's work, which
+        # sampled validation never alerts on; anything else is a fault.
+        assert () == report.problems or report.awaiting_backfill, report
         self.check(batch_id)
 
     @rule(batch_id=batches)
@@ -561,7 +581,8 @@ class Fleet(RuleBasedStateMachine):
         summary = self.run(
             verify(self.reader, self.layout, MigrationMode.DUAL_WRITE, batch_ids=[batch_id])
         )
-        assert ((), ()) == (tuple(summary.failures), summary.inconsistent)
+        assert () == tuple(summary.failures)
+        assert all(report.awaiting_backfill for report in summary.inconsistent), summary
 
     @rule(batch_id=batches, slot=st.integers(0, SLOTS - 1))
     def reconcile(self, batch_id: str, slot: int) -> None:

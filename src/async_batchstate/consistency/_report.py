@@ -32,7 +32,6 @@ BATCH_FIELDS = (
     f.TOTAL_PREDICTIONS_SUBCOLL,
     f.COMPLETIONS_BACKFILLED,
     f.ARRAY_PARTIAL,
-    f.LEGACY_ONLY_COUNT,
 )
 """The batch-document fields the rules read (Firestore returns an array only whole)."""
 _LOGGED_PLAYERS = 20
@@ -171,8 +170,6 @@ class ConsistencyReport:
             structure is compared with itself, not the array with the subcollection.
         only_in_array_predictions: Sum of ``predictions_by_player`` over
             ``players_only_in_array`` (what a backfill would add to the subcollection).
-        legacy_only_count: The batch's own count of players recorded only in the array
-            (by LEGACY writers, on a batch completion documents do not guard yet).
         confirmation: How a mismatch was confirmed before it was alerted (e.g.
             ``"document re-read + 2 deep reads"``); empty when not alerted.
         problems: Human-readable reasons the batch is inconsistent; empty if consistent.
@@ -195,7 +192,6 @@ class ConsistencyReport:
     completions_backfilled: bool = False
     array_partial: bool = False
     only_in_array_predictions: int = 0
-    legacy_only_count: int = 0
     confirmation: str = ""
     problems: tuple[str, ...] = field(init=False)
 
@@ -261,7 +257,6 @@ class ConsistencyReport:
             completion_predictions_sum=self.completion_predictions_sum + total,
             players_only_in_array=(),
             only_in_array_predictions=0,
-            legacy_only_count=0,
             completions_backfilled=True,
         )
 
@@ -303,24 +298,18 @@ def _problems(r: ConsistencyReport) -> list[str]:
             r.completion_docs,
             r.completion_predictions_sum,
         )
-    # Players only in the array are the normal state of a batch LEGACY writers recorded
-    # before it was guarded, as long as the batch counts them (legacy_only_count). On a
-    # guarded batch, or uncounted, they are a fault (or a writer older than 0.2).
-    only = len(r.players_only_in_array)
-    if (
-        mode.writes_subcollection
-        and only
-        and (r.completions_backfilled or only != r.legacy_only_count)
-    ):
-        found.append(f"{only} player(s) only in the legacy array (not backfilled?)")
+    # Backfill's work (``awaiting_backfill``, which is never alerted) or, guarded, a fault.
+    if mode.writes_subcollection and r.players_only_in_array:
+        found.append(
+            f"{len(r.players_only_in_array)} player(s) only in the legacy array (not backfilled?)"
+        )
     if mode.writes_legacy and r.players_only_in_subcollection and not r.array_partial:
         found.append(f"{len(r.players_only_in_subcollection)} player(s) only in the subcollection")
     if (
         _writes_both(mode)
         and r.has_legacy
         and not r.array_partial
-        and (r.total_predictions or 0)
-        != (r.total_predictions_subcoll or 0) + r.only_in_array_predictions
+        and (r.total_predictions or 0) != (r.total_predictions_subcoll or 0)
     ):
         found.append(_totals_problem(r.total_predictions, r.total_predictions_subcoll))
     return found
@@ -369,7 +358,6 @@ def build_report(
         completions_backfilled=doc.backfilled,
         array_partial=doc.array_partial,
         only_in_array_predictions=sum(as_int(legacy_map.get(p)) for p in only_in_array),
-        legacy_only_count=as_int(data.get(f.LEGACY_ONLY_COUNT)),
     )
 
 
