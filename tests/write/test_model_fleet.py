@@ -642,7 +642,7 @@ def test_the_fleet_matches_the_model(firestore_emulator: EmulatorInfo) -> None:
     global EMULATOR
     EMULATOR = firestore_emulator
     try:
-        run_fleet(int(os.environ.get("ASYNC_BATCHSTATE_FLEET_EXAMPLES", "12")), derandomize=True)
+        run_fleet(int(os.environ.get("ASYNC_BATCHSTATE_FLEET_EXAMPLES", "100")), derandomize=True)
     finally:
         EMULATOR = None
         print(f"\nfleet model (CI budget): {EXPLORED.line()}")
