@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from google.cloud.firestore_v1 import DELETE_FIELD, ArrayUnion, Increment
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import (
@@ -304,3 +305,129 @@ async def test_late_or_recorded_with_many_processes_racing_the_expiry(
 
     assert expiries >= 1, "no expiry won a race: nothing compared"
     assert [] == mismatched
+
+
+# -- found by the hostile review of the fixes above ---------------------------------------
+
+
+async def test_a_guard_that_was_never_stored_is_never_believed(
+    make_manager: ManagerFactory,
+    other_manager: Any,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A batch as 0.2's SUBCOLLECTION_ONLY left it (documents, no array, no guard field): a
+    DUAL_WRITE redelivery that commits nothing must not cache "guarded"; after LEGACY
+    records B, B redelivered to that process is a DUPLICATE and the batch stays open."""
+    only = make_manager(mode=MigrationMode.SUBCOLLECTION_ONLY, validation_rate=0.0)
+    await only.create_batch("b", expected_count=3)
+    await only.record_completion("b", "A", 1)
+    ref = firestore_client.collection(batch_collection).document("b")
+    await ref.update({"completions_backfilled": DELETE_FIELD})  # as 0.2 created it
+    dual = make_manager(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
+    legacy = other_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
+
+    again = await dual.record_completion("b", "A", 1)
+    b_legacy = await legacy.record_completion("b", "B", 1)
+    b_again = await dual.record_completion("b", "B", 1)
+    stored = await read_batch(firestore_client, batch_collection, "b")
+
+    assert [CompletionStatus.DUPLICATE, CompletionStatus.RECORDED, CompletionStatus.DUPLICATE] == [
+        again.status,
+        b_legacy.status,
+        b_again.status,
+    ]
+    assert ("in_progress", 1, 1) == (
+        stored["status"],
+        stored["completed_count"],
+        stored["legacy_only_count"],
+    )
+
+
+@pytest.mark.parametrize("mode", [MigrationMode.DUAL_WRITE, MigrationMode.LEGACY])
+async def test_a_split_group_tells_a_repeated_player_duplicate(
+    make_manager: ManagerFactory, mode: MigrationMode
+) -> None:
+    """A group P, P, Q fails after its commit and is retried member by member: the second P
+    caller is a DUPLICATE, not a second RECORDED."""
+    failed: list[bool] = []
+
+    async def fail_once(point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        if point is FaultPoint.AFTER_COMMIT and not failed:
+            failed.append(True)
+            raise RuntimeError("injected after the commit")
+
+    manager = make_manager(mode=mode, retry=FAST, validation_rate=0.0, fault_injector=fail_once)
+    await manager.create_batch("b", expected_count=3)
+
+    results = await asyncio.gather(*(manager.record_completion("b", p, 1) for p in ("P", "P", "Q")))
+
+    assert failed
+    statuses = sorted((r.player, r.status.value) for r in results)
+    assert [("P", "duplicate"), ("P", "recorded"), ("Q", "recorded")] == statuses
+
+
+async def test_reconcile_keeps_the_count_of_a_mixed_batch(
+    make_manager: ManagerFactory, other_manager: Any
+) -> None:
+    """A LEGACY batch of 4 with A and C recorded by LEGACY and B by DUAL_WRITE: reconcile
+    (from the array) creates A's and C's documents and the count stays 3, so the batch is
+    neither finalized nor finalizable."""
+    legacy = make_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    dual = other_manager(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
+    await legacy.create_batch("b", expected_count=4)
+    await legacy.record_completion("b", "A", 1)
+    await dual.record_completion("b", "B", 1)
+    await legacy.record_completion("b", "C", 1)
+
+    await legacy.reconcile("b")
+    progress = await dual.get_progress("b", include_players=False)
+
+    assert (3, "in_progress") == (progress.completed_count, progress.status)
+    assert not await dual.finalize("b")
+
+
+async def test_a_player_a_0_1_legacy_writer_added_is_a_duplicate(
+    make_manager: ManagerFactory, firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """A LEGACY-created batch that a DUAL_WRITE process wrote, then a 0.1-era LEGACY writer
+    (array, map and total only; no legacy_only_count) adds B: B redelivered to the dual
+    process is a DUPLICATE (the array is read until the batch is backfilled)."""
+    legacy = make_manager(mode=MigrationMode.LEGACY, validation_rate=0.0)
+    dual = make_manager(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
+    await legacy.create_batch("b", expected_count=3)
+    await dual.record_completion("b", "A", 1)
+    await (
+        firestore_client.collection(batch_collection)
+        .document("b")
+        .update(
+            {
+                "completed_players": ArrayUnion(["B"]),
+                "predictions_by_player.B": 1,
+                "total_predictions": Increment(1),
+            }
+        )
+    )
+
+    again = await dual.record_completion("b", "B", 1)
+
+    assert CompletionStatus.DUPLICATE == again.status
+    stored = await read_batch(firestore_client, batch_collection, "b")
+    assert (2, "in_progress") == (stored["total_predictions"], stored["status"])
+
+
+async def test_array_modes_list_extra_players_recorded_only_in_the_subcollection(
+    make_manager: ManagerFactory, other_manager: Any
+) -> None:
+    """expected 2, no roster: C by SUBCOLLECTION_ONLY, A and B by DUAL_WRITE. Every mode
+    lists all three (the count stays 2)."""
+    dual = make_manager(mode=MigrationMode.DUAL_WRITE, validation_rate=0.0)
+    only = other_manager(mode=MigrationMode.SUBCOLLECTION_ONLY, validation_rate=0.0)
+    await dual.create_batch("b", expected_count=2)
+    await only.record_completion("b", "C", 1)
+    await dual.record_completion("b", "A", 1)
+    await dual.record_completion("b", "B", 1)
+
+    seen = [await m.get_progress("b") for m in (dual, only)]
+
+    assert [(("A", "B", "C"), 2)] * 2 == [(p.completed_players, p.completed_count) for p in seen]

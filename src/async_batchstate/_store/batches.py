@@ -18,7 +18,7 @@ from .._retry import Retrying
 from .._types import BatchProgress
 from . import names as f
 from .batch_info import BatchInfo
-from .decode import progress_from
+from .decode import counted, progress_from
 from .new_batch import NewBatch
 from .refs import Refs
 from .roster import BatchInfoCache, recorded_players, stored_roster
@@ -164,7 +164,9 @@ class BatchReader:
         """``progress`` with its recorded players and, with a roster, the missing ones."""
         batch_id = progress.batch_id
         roster = (await self._infos.get(batch_id)).roster
-        array_whole = len(progress.completed_players) >= progress.completed_count
+        # Against the uncapped count: extras of a batch without a roster are listed too.
+        everyone = counted(data, array_counts=not self._mode.reads_subcollection)
+        array_whole = len(progress.completed_players) >= everyone
         if roster is None and not self._mode.reads_subcollection and array_whole:
             return progress  # the array, already decoded, holds every completion
         recorded: frozenset[str] = await self._retrying(

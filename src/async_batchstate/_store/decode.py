@@ -46,27 +46,34 @@ def guarded(data: dict[str, Any]) -> bool:
     return data.get(COMPLETIONS_BACKFILLED) is True
 
 
-def write_field(write_key: str, *, closed: bool = False) -> str:
-    """The field path of a group write's entry in ``open_writes`` (or ``closed_writes``)."""
-    return FieldPath(CLOSED_WRITES if closed else OPEN_WRITES, write_key).to_api_repr()
+def write_field(write_key: str) -> str:
+    """The field path of a group write's entry in ``open_writes``."""
+    return FieldPath(OPEN_WRITES, write_key).to_api_repr()
 
 
 def write_fields(write_key: str) -> list[str]:
-    """What a retry reads of the batch to learn whether, and when, ``write_key`` landed."""
-    return [write_field(write_key), write_field(write_key, closed=True), STATUS]
+    """What a retry reads of the batch to learn whether, and when, ``write_key`` landed.
+
+    ``closed_writes`` whole: it holds only the ids still unresolved at the expiry.
+    """
+    return [write_field(write_key), CLOSED_WRITES, STATUS]
 
 
 def write_landed(data: dict[str, Any], write_key: str) -> tuple[bool, bool]:
     """(landed, late) for the write ``write_key``, from the batch read with ``write_fields``.
 
-    Landed: its id is in either map. Late: in ``open_writes`` of an expired batch (the
-    expiry moved every id that landed before it to ``closed_writes``).
+    Landed: its id is in either map. Late: in ``open_writes`` of a batch whose expiry
+    moved every id that landed before it to ``closed_writes``. An expired batch
+    without ``closed_writes`` was expired by a version before 0.3: its writes are
+    answered as landed before it (RECORDED), which is right for all but the ones
+    racing that expiry.
     """
     open_ = data.get(OPEN_WRITES)
     closed = data.get(CLOSED_WRITES)
     in_open = isinstance(open_, dict) and write_key in open_
     in_closed = isinstance(closed, dict) and write_key in closed
-    return in_open or in_closed, in_open and data.get(STATUS) == STATUS_EXPIRED
+    expired = data.get(STATUS) == STATUS_EXPIRED
+    return in_open or in_closed, in_open and expired and isinstance(closed, dict)
 
 
 def counted(data: dict[str, Any], *, array_counts: bool = True) -> int:

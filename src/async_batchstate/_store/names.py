@@ -22,7 +22,7 @@ LEGACY_FIELDS = (COMPLETED_PLAYERS, PREDICTIONS_BY_PLAYER, TOTAL_PREDICTIONS)
 # completed_players has one). Stated explicitly, never inferred from other fields:
 # set by create_batch in every mode that writes completion documents (SUBCOLLECTION_ONLY
 # included), by migrate backfill, and by a conditional write that creates completion
-# documents on a batch with no legacy-only player; never cleared by any writer. Writers
+# documents on a batch with no legacy structure at all; never cleared by any writer. Writers
 # of completion documents trust it to write lock-free; every writer that sees it, LEGACY
 # included, creates the completion documents too. It only ever turns true, so a cached
 # belief is stale only in the safe direction (a process that believes "not guarded"
@@ -82,6 +82,7 @@ EXPIRED_REASON = "expired_reason"
 MISSING_PLAYERS = "missing_players"  # stored at expiry, at most MISSING_KEPT of them
 MISSING_COUNT = "missing_count"
 MISSING_KEPT = 1_000
+MISSING_KEPT_BYTES = 128 * 1024  # and at most this many bytes of ids
 # Every group write applies Increment(0) to this field: the transform's result says,
 # atomically with the write, whether the batch had expired (0: no, 1: yes), so a late
 # completion is told LATE without an extra read.

@@ -273,7 +273,7 @@ class Finalizer:
         async def fields(progress: BatchProgress, data: dict[str, Any]) -> dict[str, Any]:
             return {
                 f.EXPIRED_REASON: reason,
-                f.MISSING_PLAYERS: (await missing(data))[: f.MISSING_KEPT],
+                f.MISSING_PLAYERS: _kept(await missing(data)),
                 f.MISSING_COUNT: progress.remaining,
             }
 
@@ -303,3 +303,18 @@ class Finalizer:
         else:
             await self.callbacks.settle(batch_id, finished, owed)
         return finished is not None
+
+
+def _kept(missing: list[str]) -> list[str]:
+    """The first ``MISSING_KEPT`` missing players, within ``MISSING_KEPT_BYTES`` of ids.
+
+    1,000 ids of 1,500 bytes would take the batch document past its 1 MiB.
+    """
+    kept: list[str] = []
+    size = 0
+    for player in missing[: f.MISSING_KEPT]:
+        size += len(player.encode("utf-8")) + 1
+        if size > f.MISSING_KEPT_BYTES:
+            break
+        kept.append(player)
+    return kept

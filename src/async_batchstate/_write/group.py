@@ -97,6 +97,9 @@ class GroupState:
         late: Players this group recorded after the batch expired.
         uncertain_commits: Transaction commits in a row refused after being sent,
             with no sign since that they landed.
+        split: The group failed and its members are retried one by one with this
+            state: its ids are never deleted from ``open_writes`` (a member's retry
+            may still need them).
     """
 
     write_id: str = field(default_factory=new_write_id)
@@ -104,6 +107,7 @@ class GroupState:
     plans: dict[str, frozenset[str]] = field(default_factory=dict)
     late: set[str] = field(default_factory=set)
     uncertain_commits: int = 0
+    split: bool = False
 
     def keys(self) -> list[str]:
         """Every id this group's writes may have set in ``open_writes``."""

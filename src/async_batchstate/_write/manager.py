@@ -465,7 +465,7 @@ class AsyncBatchStateManager:
         """Move an unfinished batch to the terminal status ``expired``, exactly once.
 
         Stores the reason and (with a roster) the missing players, at most 1,000 of
-        them (``missing_count`` has them all). Across processes exactly one call
+        them and 128 KiB of ids (``missing_count`` has them all). Across processes exactly one call
         returns True, and it runs ``on_expired`` (owed durably like ``on_complete``).
         The caller waits for ``on_expired`` when this call expired the batch (or ran
         an owed one); deadline expiries by other calls run it in the background.

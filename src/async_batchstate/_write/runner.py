@@ -375,8 +375,17 @@ class GroupRunner:
             batch_id,
             extra={"batch_id": batch_id, "group_size": len(group)},
         )
+        state.split = True  # its ids stay in open_writes: a member's retry may need them
+        seen: set[str] = set()
         for pending in group:
-            await self._run_group(batch_id, [pending], limit, state)
+            player = pending.completion.player
+            # A later caller of the same player gets a write of its own: sharing the
+            # group's write id, it would find the first caller's write and be told
+            # RECORDED too (it is a DUPLICATE).
+            await self._run_group(
+                batch_id, [pending], limit, state if player not in seen else GroupState()
+            )
+            seen.add(player)
 
     def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
         if not group:

@@ -22,17 +22,21 @@ written as part of the whole map, never through a field path naming it (see
 ``ids.needs_whole_map_write``): a group with such a player reads the map first
 and writes it back with the new entries, conditionally as above.
 
-Every write carries the group's write id (stored in each completion document;
-in LEGACY mode in the batch document's ``recent_writes``). After any uncertain
-outcome (a lost answer, a timeout) the retry reads what is stored: its own
-id means "this group wrote it" (RECORDED), another id "someone else did"
-(DUPLICATE). Whether a write landed after the batch expired (LATE) is decided
-the same way: the transform result of the write itself, or, for a write found
-again after a lost answer, its commit time (``completed_at``) against the
-expiry's. No outcome is decided from error text.
+Every write carries the group's write id: stored in each completion document it
+creates, and set as ``open_writes.<id>`` on the batch document in the same Commit
+(a write without completion documents, LEGACY on an unguarded batch, uses an id
+per attempt). After any uncertain outcome (a lost answer, a timeout) the retry
+reads what is stored: its own id means "this group wrote it" (RECORDED), another
+id "someone else did" (DUPLICATE). Whether a write landed after the batch expired
+(LATE) is what the write itself observed: its transform result (``expired_flag``),
+or, for a write found again after a lost answer, where its id is: the expiry moves
+``open_writes`` to ``closed_writes`` in its conditional update, so an id still in
+``open_writes`` of an expired batch landed after it. Never from timestamps or error
+text.
 
-Rolling deploys and rollbacks: once completion documents guard a batch, they
-stay its guard whatever mode writes it. A LEGACY-mode writer reads the batch
+Rolling deploys and rollbacks: whether completion documents guard a batch is
+stated in it (``completions_backfilled``), never inferred, never cleared; they stay
+its guard whatever mode writes it. A LEGACY-mode writer reads the batch
 before writing anyway; on a guarded batch it creates the completion documents
 and moves the subcollection counters too, so a player it records is a DUPLICATE
 for every other mode at once, with no window. Every lock-free Commit still reads
@@ -177,7 +181,7 @@ class GroupWriter:
             raise batch_not_found(batch_id, self.refs.layout.collection) from exc
         except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
             raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
-        if all(p in state.resolved for p in firsts):
+        if not state.split and all(p in state.resolved for p in firsts):
             info.spend(state.keys())  # told now: its ids in open_writes may go
         recorded = tuple(
             firsts[c.player] == i and state.resolved.get(c.player, False)
@@ -419,12 +423,11 @@ class GroupWriter:
         pending = [p for p in firsts if p not in state.resolved]
         refs = {p: self.refs.completion(batch_id, p) for p in pending}
         # Whether (and when) this group's earlier attempts landed: what they wrote.
-        mine = [*decode.write_fields(state.write_id)]
-        for attempt_id in state.plans:
-            mine += [decode.write_field(attempt_id), decode.write_field(attempt_id, closed=True)]
+        mine = [*decode.write_fields(state.write_id), *map(decode.write_field, state.plans)]
         fields: list[str] = []
         if legacy_read:
-            fields = [f.COMPLETED_PLAYERS, *f.GUARD_FIELDS, *f.COUNT_FIELDS, *_BATCH_FINISH]
+            fields = [f.COMPLETED_PLAYERS, f.TOTAL_PREDICTIONS, *f.GUARD_FIELDS, *f.COUNT_FIELDS]
+            fields += _BATCH_FINISH
         if self._whole_map(pending):
             fields.append(f.PREDICTIONS_BY_PLAYER)
         if fields:
@@ -459,20 +462,26 @@ class GroupWriter:
         await self._fault(FaultPoint.AFTER_READS, batch_id, list(firsts))
 
         new = [group[firsts[p]] for p in pending if p not in state.resolved]
-        # What the batch's guard is after this write. A write that creates completion
-        # documents on a batch read with no legacy-only player states the guard
-        # (committed only if the batch is unchanged since that read).
+        # What the batch's guard is after this write (the commit is conditional on the
+        # batch being unchanged since this read). A batch with no legacy structure at
+        # all (an older version's SUBCOLLECTION_ONLY batch) is stated guarded by the
+        # first write that creates completion documents on it; one with a legacy array
+        # waits for backfill (a LEGACY writer of 0.1 keeps no legacy_only_count: only
+        # the array tells its players).
         was_guarded = decode.guarded(data)
         guard = (
             legacy_read
             and docs
             and not was_guarded
-            and not array
+            and f.COMPLETED_PLAYERS not in data
+            and f.TOTAL_PREDICTIONS not in data
             and not as_int(data.get(f.LEGACY_ONLY_COUNT))
         )
-        guarded = (was_guarded or guard) if legacy_read else None
         expired = data.get(f.STATUS) == f.STATUS_EXPIRED
         if not new:
+            # Nothing committed: only what is stored counts (a guard never written is
+            # never believed).
+            guarded = was_guarded if legacy_read else None
             counted = (
                 decode.counted(data, array_counts=not self._mode.reads_subcollection)
                 if legacy_read
@@ -480,6 +489,7 @@ class GroupWriter:
             )
             await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(firsts))
             return _Staged((), None, counted, expired, guarded)
+        guarded = (was_guarded or guard) if legacy_read else None  # once committed
         names = [c.player for c in new]
         if docs:
             write_key = state.write_id  # its completion documents carry it too

@@ -159,6 +159,13 @@ def _plan(
         plan.delete = sorted(set(docs) - set(truth))
         _set_counter(plan, data, f.COMPLETED_COUNT, len(truth))
         _set_counter(plan, data, f.TOTAL_PREDICTIONS_SUBCOLL, total)
+        legacy_only = 0  # every player of the truth has its completion document now
+    else:
+        legacy_only = len(truth)  # the array alone holds them
+    # The batch's count is completed_count + legacy_only_count: it must follow the repair,
+    # or players it moved between the structures count twice (or not at all).
+    if f.LEGACY_ONLY_COUNT in data or legacy_only:
+        _set_counter(plan, data, f.LEGACY_ONLY_COUNT, legacy_only)
     return plan
 
 
