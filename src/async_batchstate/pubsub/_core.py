@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .._errors import InvalidInputError
 from .._write.manager import AsyncBatchStateManager
+from .._write.runner import FLIP_GRACE
 from ._messages import (
     Action,
     Decision,
@@ -216,7 +217,8 @@ class Processor:
         """``drain`` within ``budget`` seconds, then close the manager within what is left.
 
         The manager's close waits for its queued and in-flight writes, then for
-        its callbacks, and cuts what is left when the budget runs out (writes
+        its callbacks (a quarter of the budget, at most ``FLIP_GRACE``, is kept for
+        a finalization flip on the wire), and cuts what is left when the budget runs out (writes
         committed whole or not at all; callbacks stay owed). The adapter never
         acknowledges a delivery whose write it did not see confirmed.
 
@@ -225,9 +227,12 @@ class Processor:
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        cut = await drain(budget)
+        # A close that cuts a group whose finalization flip is on the wire waits for the
+        # flip (up to FLIP_GRACE) after its drain: keep that inside the budget too.
+        reserve = min(FLIP_GRACE, budget / 4)
+        cut = await drain(budget - reserve)
         left = max(0.0, budget - (loop.time() - started))
-        await self.manager.aclose(drain_timeout=left)
+        await self.manager.aclose(drain_timeout=max(0.0, left - reserve))
         logger.info(
             "pubsub shutdown over after %.1fs (budget %.1fs, %d deliveries cut short)",
             loop.time() - started,

@@ -238,7 +238,10 @@ class PullConsumer:
             cut = await processor.drain(max(0.0, grace - (loop.time() - started)))
             cut_short, self._cut = self._cut, []
             for start in range(0, len(cut_short), 1000):  # well under Pub/Sub's request limit
-                await self._modify(cut_short[start : start + 1000], 0)
+                left = grace - (loop.time() - started)
+                if left <= 0:  # out of budget: their leases run out and Pub/Sub redelivers
+                    break
+                await self._modify(cut_short[start : start + 1000], 0, timeout=left)
             return cut
         finally:
             if not self._shutting_down and self._stopped is not None:
@@ -377,19 +380,23 @@ class PullConsumer:
         else:
             await self._modify([message.ack_id], delay)
 
-    async def _modify(self, ack_ids: list[str], seconds: int) -> None:
+    async def _modify(
+        self, ack_ids: list[str], seconds: int, *, timeout: float = _DIRECT_CALL_TIMEOUT
+    ) -> None:
         await self._call(
-            "modify_ack_deadline", {"ack_ids": ack_ids, "ack_deadline_seconds": seconds}
+            "modify_ack_deadline",
+            {"ack_ids": ack_ids, "ack_deadline_seconds": seconds},
+            timeout=min(timeout, _DIRECT_CALL_TIMEOUT),
         )
 
-    async def _call(self, method: str, request: dict[str, Any]) -> None:
+    async def _call(
+        self, method: str, request: dict[str, Any], *, timeout: float = _DIRECT_CALL_TIMEOUT
+    ) -> None:
         subscriber = self._subscriber
         assert subscriber is not None
         request["subscription"] = self.subscription
         try:
-            await asyncio.to_thread(
-                getattr(subscriber, method), request=request, timeout=_DIRECT_CALL_TIMEOUT
-            )
+            await asyncio.to_thread(getattr(subscriber, method), request=request, timeout=timeout)
         except Exception as exc:  # the lease then runs out and Pub/Sub redelivers: safe
             logger.warning(
                 "pubsub %s failed during a drain: %r", method, exc, extra={"method": method}
