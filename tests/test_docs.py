@@ -541,7 +541,7 @@ CLAIMS: dict[str, dict[str, Callable[[], object]]] = {
         r"`callback_sweep_interval`, (\S+ s);": lambda: _manager_default("callback_sweep_interval"),
         r"each sweep reads at most (\d+) owed batches": lambda: callbacks.SWEEP_SCAN,
         r"\(at most (\d+) per sweep\)": lambda: callbacks.SWEEP_SCAN,
-        r"waits up to (\S+ s) more for the flip": lambda: runner.FLIP_GRACE,
+        r"waits for the flip \(up to (\S+ s),": lambda: runner.FLIP_GRACE,
     },
     "docs/tuning.md": {
         r"≤ (\d+) batches read": lambda: callbacks.SWEEP_SCAN,
@@ -552,7 +552,7 @@ CLAIMS: dict[str, dict[str, Callable[[], object]]] = {
         r"of at most (\d+) KiB / [\d,]+ players": lambda: names.ROSTER_CHUNK_BYTES / 1024,
         r"of at most \d+ KiB / ([\d,]+) players": lambda: names.ROSTER_CHUNK_MAX,
         r"for rosters up to ([\d,]+) players": lambda: roster.SMALL_ROSTER,
-        r"the missing players \(up to ([\d,]+);": lambda: names.MISSING_KEPT,
+        r"the missing players \(up to ([\d,]+), and": lambda: names.MISSING_KEPT,
     },
     "docs/operations.md": {
         r"`--older-than` at most (\d+)d": lambda: _cli_batch().MAX_AGE.days,

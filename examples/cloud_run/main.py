@@ -5,7 +5,8 @@ subscription posts each message to ``POST /pubsub``. ``PushEndpoint`` records it
 ``record_completion`` and answers 2xx only once the write is confirmed (Pub/Sub then
 acknowledges it); a redelivery is a ``DUPLICATE`` and counts nothing. When a batch's
 last completion lands, the manager runs ``NextStage`` (its ``on_complete``) at least
-once, and ``NextStage`` starts the next stage once per ``finalization_key``.
+once, and ``NextStage`` publishes the next stage's message with the
+``finalization_key`` to deduplicate on (a rerun cut short may publish it again).
 
 Started by the Procfile (``uvicorn main:app ...``); configured by the environment
 variables of ``Settings.from_env`` (README.md lists them). ``GET /health`` answers 200
