@@ -11,57 +11,17 @@ import urllib.request
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from google.auth import crypt, jwt
 
 from async_batchstate.pubsub import PushAuth, PushEndpoint
 from async_batchstate.testing import LoopbackAsgiServer
 
 from ..helpers import ManagerFactory
 from ..pubsub_helpers import payload
-
-AUDIENCE = "https://coordinator.example/push"
-EMAIL = "push-invoker@demo-project.iam.gserviceaccount.com"
-
-
-def _key() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
-
-PRIVATE, PUBLIC = _key()
-OTHER_PRIVATE, _ = _key()
-
-
-def token(private: str = PRIVATE, **claims: Any) -> str:
-    now = int(time.time())
-    body = {
-        "aud": AUDIENCE,
-        "iss": "https://accounts.google.com",
-        "email": EMAIL,
-        "email_verified": True,
-        "iat": now,
-        "exp": now + 600,
-        "sub": "1234",
-    } | claims
-    signer = crypt.RSASigner.from_string(private, key_id="local-1")
-    encoded: bytes = jwt.encode(signer, body)
-    return encoded.decode()
+from ._push_kit import AUDIENCE, EMAIL, KID, OTHER_PRIVATE, PUBLIC, token
 
 
 async def certs_app(scope: Any, receive: Any, send: Any) -> None:
-    body = json.dumps({"local-1": PUBLIC}).encode()
+    body = json.dumps({KID: PUBLIC}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
 
