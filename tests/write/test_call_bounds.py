@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 from typing import Any
 
 import pytest
@@ -16,8 +17,9 @@ from async_batchstate import (
     CompletionTimeoutError,
     InvalidInputError,
     MigrationMode,
+    RetryPolicy,
 )
-from async_batchstate.instrumentation import GroupCommitted
+from async_batchstate.instrumentation import BatchFinalized, GroupCommitted
 from async_batchstate.testing import (
     EmulatorInfo,
     FakeClock,
@@ -166,3 +168,98 @@ async def test_hostile_stalled_ages_are_refused(
     with pytest.raises(InvalidInputError):
         async for _ in manager.stalled(older_than):
             pass
+
+
+CLOSE_ACTIVITIES = [
+    "write",
+    "settings read",
+    "failed settings read",
+    "sampled check",
+    "final check",
+    "callback",
+]
+
+
+@pytest.mark.parametrize("activity", CLOSE_ACTIVITIES)
+async def test_a_close_returns_within_its_drain_timeout_whatever_runs_in_the_background(
+    activity: str, firestore_emulator: EmulatorInfo, batch_collection: str
+) -> None:
+    """Firestore stops answering while the manager has ``activity`` in flight: a group's
+    write, a caller's first read of a batch's settings (the caller timed out and left; the
+    read hangs, or fails on its own with nobody left to hear it), a
+    sampled consistency check, the final check of a finished batch, or an ``on_complete``
+    callback. ``aclose(drain_timeout=1)`` returns within its budget (plus slack for a
+    loaded machine), not after the 60 s retry deadline, and leaves no task whose
+    exception nobody retrieved nor any task of its own running. (Cloud Run SIGKILLs 10 s after SIGTERM: a shutdown that
+    waited on a monitor's retries lost the process's owed work.)"""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    creator = AsyncBatchStateManager(
+        make_client(firestore_emulator), collection=batch_collection, validation_rate=0.0
+    )
+    for batch_id in ("b", "cold"):
+        await creator.create_batch(batch_id, expected_count=1 if activity == "final check" else 3)
+    await creator.aclose()
+
+    # A delaying proxy reads its latency per chunk: raised from a hook, it silences the
+    # very next RPC (a black hole set from a task could come too late).
+    async with FaultyProxy(firestore_emulator.host, latency=0.001) as proxy:
+        client = make_client(EmulatorInfo(proxy.host, firestore_emulator.project, None))
+        silence_on = BatchFinalized if activity == "final check" else GroupCommitted
+
+        def blackhole_after_the_commit(event: Any) -> None:
+            if isinstance(event, silence_on) and activity != "callback":
+                proxy.latency = 3600.0  # from now on nothing is answered
+
+        async def hang(batch_id: str, progress: Any) -> None:
+            await asyncio.sleep(3600)
+
+        manager = AsyncBatchStateManager(
+            client,
+            collection=batch_collection,
+            validation_rate=1.0 if activity.endswith("check") else 0.0,
+            validation_interval=0.0,
+            # The failing read gives up on its own after 1 s, with nobody waiting for it.
+            retry=RetryPolicy(deadline=1.0, attempt_timeout=0.3) if "failed" in activity else None,
+            hooks=[blackhole_after_the_commit],
+            on_complete=hang if activity == "callback" else None,
+        )
+        calls: list[asyncio.Future[Any]] = []
+        try:
+            if activity == "sampled check":
+                await manager.create_batch("s", expected_count=2)
+                await manager.record_completion("s", "p1", 1)
+            elif activity.endswith("settings read"):
+                await manager.record_completion("b", "p1", 1)
+                with pytest.raises(CompletionTimeoutError):
+                    await manager.record_completion("cold", "p1", 1, timeout=0.3)
+                if activity == "failed settings read":
+                    await asyncio.sleep(1.0)  # the read's own retries give up meanwhile
+            else:
+                await manager.record_completion("b", "p1", 1)
+            if activity == "write":
+                calls.append(asyncio.ensure_future(manager.record_completion("b", "p2", 1)))
+            await asyncio.sleep(0.5)  # whatever was started now waits on the silence
+            started = loop.time()
+            await manager.aclose(drain_timeout=1.0)
+            took = loop.time() - started
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await manager.aclose(drain_timeout=0)
+            await aclose_client(client)
+    del calls
+    gc.collect()
+    await asyncio.sleep(0)
+    left_running = [
+        t.get_coro()
+        for t in asyncio.all_tasks()
+        if not t.done()
+        and "async_batchstate/_"
+        in getattr(getattr(t.get_coro(), "cr_code", None), "co_filename", "")
+    ]
+
+    assert took < 1.0 + 3.0, f"close took {took:.1f} s with a {activity} in flight"
+    assert all(isinstance(o, BaseException) for o in outcomes)  # told, not left waiting
+    assert [] == [c.get("message") for c in reported]
+    assert [] == left_running  # a closed manager has nothing of its own still running

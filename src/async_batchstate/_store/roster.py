@@ -73,8 +73,20 @@ class BatchInfoCache:
         if loading is None:  # one read however many callers arrive at once
             loading = asyncio.ensure_future(self._load(batch_id))
             self._loading[batch_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(batch_id, None))
+            loading.add_done_callback(lambda t: self._loaded(batch_id, t))
         return await asyncio.shield(loading)
+
+    async def aclose(self) -> None:
+        """Cancel the reads in flight (their callers have been answered or cut by the close)."""
+        loads = list(self._loading.values())
+        for load in loads:
+            load.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
+
+    def _loaded(self, batch_id: str, task: asyncio.Future[BatchInfo]) -> None:
+        self._loading.pop(batch_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: every caller may have left (timeout, close)
 
     async def _load(self, batch_id: str) -> BatchInfo:
         read: BatchInfo = await self._retrying(

@@ -296,12 +296,13 @@ class AsyncBatchStateManager:
         """Stop accepting completions, drain writes and callbacks in flight, then cut the rest.
 
         Args:
-            drain_timeout: Seconds to wait for queued and in-flight groups, then for
-                callbacks running in the background, to finish (default: the retry
-                deadline). After it, queued callers and groups still in flight get
-                ``ManagerClosedError`` (a write cut short either committed whole or
-                not at all, so recording again is safe) and running callbacks are
-                cancelled: they stay owed, and run again elsewhere after their lease.
+            drain_timeout: Seconds the whole close may take: it waits for queued and
+                in-flight groups, then for callbacks and consistency checks running in
+                the background (default: the retry deadline). After it, queued callers
+                and groups still in flight get ``ManagerClosedError`` (a write cut
+                short either committed whole or not at all, so recording again is
+                safe), running callbacks are cancelled (they stay owed, and run again
+                elsewhere after their lease) and so are checks.
 
         Raises:
             InvalidInputError: ``drain_timeout`` is not a finite number of seconds
@@ -312,10 +313,14 @@ class AsyncBatchStateManager:
         self._closed = True
         drain = self._retry.deadline if drain_timeout is None else drain_timeout
         started = self._clock.monotonic()
+
+        def left() -> float:
+            return max(drain - (self._clock.monotonic() - started), 0.0)
+
         await self._runner.aclose(drain)
-        spent = self._clock.monotonic() - started
-        await self._finalizer.callbacks.aclose(max(drain - spent, 0.0))
-        await self._validator.aclose()
+        await self._finalizer.callbacks.aclose(left())
+        await self._validator.aclose(left())
+        await self._infos.aclose()
         await self._writer.aclose()
 
     def __repr__(self) -> str:

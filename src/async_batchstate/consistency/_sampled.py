@@ -24,7 +24,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
-from .._errors import ConfigurationError
+from .._errors import BatchStateError, ConfigurationError
 from .._retry import RetryPolicy, run_with_retry
 from .._store.ids import Layout
 from .._store.refs import Refs
@@ -244,12 +244,14 @@ class SampledValidator:
             await self.check(batch_id, finished=finished)
         except asyncio.CancelledError:
             raise
-        except Exception:  # a monitor must not crash anything; say so and move on
+        except Exception as exc:  # a monitor must not crash anything; say so and move on
             logger.warning(
-                "%s validation of batch %r failed",
+                "%s validation of batch %r failed: %s",
                 "final" if finished else "sampled",
                 batch_id,
-                exc_info=True,
+                exc,
+                # The library's own errors say what failed; anything else gets its traceback.
+                exc_info=not isinstance(exc, BatchStateError),
                 extra={"batch_id": batch_id},
             )
 
@@ -258,10 +260,22 @@ class SampledValidator:
         while self._tasks or self._finishing:
             await asyncio.gather(*self._tasks.values(), *self._finishing, return_exceptions=True)
 
-    async def aclose(self) -> None:
-        """Stop sampling and wait for the validations in flight."""
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Stop sampling; wait for the validations in flight, up to ``timeout`` seconds.
+
+        A monitor never holds a shutdown up: what is still running after ``timeout``
+        is cancelled (None: wait for it).
+        """
         self._closed = True
-        await self.wait_idle()
+        try:
+            async with self._clock.timeout(timeout):
+                await self.wait_idle()
+        except TimeoutError:
+            running = [*self._tasks.values(), *self._finishing]
+            logger.info("closing: cancelling %d validation(s) still in flight", len(running))
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 class _Check:
