@@ -95,6 +95,12 @@ class BatchInfoCache:
         self.remember(batch_id, read)
         return read
 
+    def mark_terminal(self, batch_id: str) -> None:
+        """Remember ``batch_id`` is finished (if its settings are cached): no expiry checks."""
+        info = self._infos.get(batch_id)
+        if info is not None:
+            info.terminal = True
+
     def known_guarded(self, batch_id: str) -> bool:
         """Whether this process believes completion documents guard the batch (no read)."""
         info = self._infos.get(batch_id)

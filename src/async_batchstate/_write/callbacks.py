@@ -29,7 +29,6 @@ cut callback stays owed).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import inspect
 import logging
 import math
@@ -52,6 +51,7 @@ from .._store.refs import Refs
 from .._types import BatchProgress
 from .group import new_write_id
 from .lease import Claim, Lease
+from .retention import Retention
 
 logger = logging.getLogger("async_batchstate")
 
@@ -91,8 +91,8 @@ class Callbacks:
         on_complete: Run once a batch completes.
         on_expired: Run once a batch expires.
         lease: Seconds an owed callback stays with its runner before another may run it.
-        retain_for: With a duration, finished batches' completion and roster
-            documents are stamped with ``expire_at`` for a TTL policy.
+        retention: Stamps finished batches' completion and roster documents for a
+            TTL policy (None: no stamps).
         sweep_interval: Seconds between two sweeps of owed callbacks; None: no sweep.
         clock: Time source of retries, the close's drain and retention stamps. The
             lease, its renewals and the sweep run on real time: the server judges
@@ -112,7 +112,7 @@ class Callbacks:
         on_complete: OnComplete | None,
         on_expired: OnComplete | None,
         lease: float,
-        retain_for: dt.timedelta | None = None,
+        retention: Retention | None = None,
         sweep_interval: float | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -124,7 +124,7 @@ class Callbacks:
         self._read = read
         self._retrying = retrying
         self._callbacks = {f.STATUS_COMPLETE: on_complete, f.STATUS_EXPIRED: on_expired}
-        self._retain_for = retain_for
+        self._retention = retention
         self._lease = Lease(
             client, refs, retrying=retrying, seconds=_seconds("callback_lease", lease)
         )
@@ -203,7 +203,7 @@ class Callbacks:
         The lease is renewed while the callback runs; it is marked done when the
         callback returns, if the claim is still ours. A callback that raises (or
         is cancelled) stays owed: after the lease another process runs it again.
-        With ``retain_for``, the batch's completion and roster documents are
+        With retention, the batch's completion and roster documents are
         stamped for the TTL policy first (the lease is renewed meanwhile).
 
         Returns:
@@ -211,14 +211,14 @@ class Callbacks:
         """
         callback = self._callbacks.get(progress.status)
         if callback is None:
-            if self._retain_for is not None:
-                await self._stamp_children(batch_id)
+            if self._retention is not None:
+                await self._retention.stamp_children(batch_id)
             return False
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._lease.keep(batch_id, claim, lost))
         try:
-            if self._retain_for is not None:
-                await self._stamp_children(batch_id)
+            if self._retention is not None:
+                await self._retention.stamp_children(batch_id)
             maybe = callback(batch_id, progress)
             if inspect.isawaitable(maybe):
                 await maybe
@@ -407,34 +407,3 @@ class Callbacks:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    # -- retention ---------------------------------------------------------------------
-
-    async def _stamp_children(self, batch_id: str) -> None:
-        """Stamp the batch's completion and roster documents with ``expire_at`` (TTL).
-
-        Best effort, in bulk writes of 500: a failure is logged and the documents
-        stay (reconcile-free: a TTL policy only ever deletes stamped documents).
-        """
-        assert self._retain_for is not None
-        expire_at = self._clock.now() + self._retain_for
-        batch_ref = self._refs.batch(batch_id)
-        try:
-            for name in (self._refs.layout.completions, f.ROSTER):
-                stream = batch_ref.collection(name).select([FieldPath.document_id()]).stream()
-                write = self._client.batch()
-                staged = 0
-                async for snap in stream:
-                    write.update(snap.reference, {f.EXPIRE_AT: expire_at})
-                    staged += 1
-                    if staged == 500:
-                        await write.commit()
-                        write, staged = self._client.batch(), 0
-                if staged:
-                    await write.commit()
-        except Exception:
-            logger.exception(
-                "could not stamp the documents of batch %r for retention",
-                batch_id,
-                extra={"batch_id": batch_id},
-            )

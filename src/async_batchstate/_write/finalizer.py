@@ -28,7 +28,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
-from .._errors import ConfigurationError, batch_not_found
+from .._errors import batch_not_found
 from .._retry import Retrying
 from .._store import names as f
 from .._store.decode import progress_from
@@ -39,8 +39,12 @@ from ..instrumentation._events import BatchFinalized, Recorder
 from .callbacks import Callbacks
 from .callbacks import OnComplete as OnComplete  # re-exported
 from .group import BatchView, GroupOutcome, new_write_id
+from .retention import Retention
 
 logger = logging.getLogger("async_batchstate")
+
+Missing = Callable[[dict[str, Any]], Awaitable[list[str]]]
+"""``missing(batch document)``: the batch's missing players (an expiry stores them)."""
 
 _BASE_FIELDS = [
     f.EXPECTED_COUNT,
@@ -74,14 +78,10 @@ class Finalizer:
         on_expired: OnComplete | None = None,
         callback_lease: float = 60.0,
         callback_sweep_interval: float | None = None,
-        retain_for: dt.timedelta | float | None = None,
+        retain_for: dt.timedelta | None = None,
         clock: Clock = SYSTEM_CLOCK,
         infos: BatchInfoCache | None = None,
     ) -> None:
-        if isinstance(retain_for, int | float):
-            retain_for = dt.timedelta(seconds=retain_for)
-        if retain_for is not None and retain_for <= dt.timedelta(0):
-            raise ConfigurationError("retain_for must be a positive duration")
         self._client = client
         self._clock = clock
         self._refs = refs
@@ -89,7 +89,7 @@ class Finalizer:
         self._infos = infos
         self._retrying = retrying
         self._recorder = recorder
-        self._retain_for = retain_for
+        self._retention = Retention(client, refs, retain_for, clock)
         self.callbacks = Callbacks(
             client,
             refs,
@@ -98,7 +98,7 @@ class Finalizer:
             on_complete=on_complete,
             on_expired=on_expired,
             lease=callback_lease,
-            retain_for=retain_for,
+            retention=self._retention,
             sweep_interval=callback_sweep_interval,
             clock=clock,
         )
@@ -220,8 +220,7 @@ class Finalizer:
                 landed = data.get(f.OPEN_WRITES)
                 update[f.CLOSED_WRITES] = landed if isinstance(landed, dict) else {}
                 update[f.OPEN_WRITES] = DELETE_FIELD
-            if self._retain_for is not None:
-                update[f.EXPIRE_AT] = self._clock.now() + self._retain_for
+            update |= self._retention.fields()
             if fields is not None:
                 update |= await fields(progress, data)
             update |= self.callbacks.finishing_fields(status, finish_id)
@@ -255,11 +254,32 @@ class Finalizer:
             event.set()
         return finished, False
 
+    # -- deadlines: the one home of the expiry policy ----------------------------------
+
+    def overdue(self, deadline: dt.datetime | None, terminal: bool) -> bool:
+        """Whether an unfinished batch with ``deadline`` has passed it (on the clock's now).
+
+        Any touch of such a batch (a completion, a progress read, a wait) expires it
+        first, with ``expire_overdue``.
+        """
+        return deadline is not None and not terminal and self._clock.now() >= deadline
+
+    async def expire_overdue(self, batch_id: str, missing: Missing) -> None:
+        """Expire a batch whose deadline passed (once per process: then it is terminal).
+
+        ``on_expired`` runs in the background: a caller that only touched the batch
+        never runs a callback. The batch is terminal afterwards whoever finished it
+        (this call, another process, or its last completion).
+        """
+        await self.expire(batch_id, "deadline passed", missing, background=True)
+        if self._infos is not None:
+            self._infos.mark_terminal(batch_id)
+
     async def expire(
         self,
         batch_id: str,
         reason: str,
-        missing: Callable[[dict[str, Any]], Awaitable[list[str]]],
+        missing: Missing,
         *,
         background: bool = False,
     ) -> bool:
@@ -278,6 +298,8 @@ class Finalizer:
             }
 
         finished, owed = await self.finish(batch_id, f.STATUS_EXPIRED, fields)
+        if finished is not None and self._infos is not None:
+            self._infos.mark_terminal(batch_id)
         return await self.settle(batch_id, finished, owed, background=background)
 
     async def finalize(self, batch_id: str, *, background: bool = False) -> bool:

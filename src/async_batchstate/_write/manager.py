@@ -57,6 +57,7 @@ from .callbacks import OnComplete
 from .finalizer import Finalizer
 from .group import FaultInjector, PlayerCompletion, WritePath, new_write_id
 from .limits import in_flight_bound, make_rate_limiter
+from .retention import parse_retention
 from .runner import MAX_GROUP_SIZE, GroupRunner
 from .writer import GroupWriter
 
@@ -218,7 +219,7 @@ class AsyncBatchStateManager:
         )
         hooks = validate_callables("hooks", hooks, error=ConfigurationError)
         alert_hooks = validate_callables("alert_hooks", alert_hooks, error=ConfigurationError)
-        retain_for = _retention(retain_for)
+        retain_for = parse_retention(retain_for)
         rate = make_rate_limiter(rate_limit)
         self.mode = MigrationMode.from_env() if mode is None else mode
         self._client = client
@@ -494,13 +495,9 @@ class AsyncBatchStateManager:
         why = "expired" if reason is None else validate_text("reason", reason)
         return await self._expire(batch_id, why)
 
-    async def _expire(self, batch_id: str, why: str, *, background: bool = False) -> bool:
-        validate_id("batch id", batch_id)
-        info = await self._infos.get(batch_id)
-        missing = partial(self._reader.missing, batch_id)
-        expired = await self._finalizer.expire(batch_id, why, missing, background=background)
-        info.terminal = info.terminal or expired
-        return expired
+    async def _expire(self, batch_id: str, why: str) -> bool:
+        await self._infos.get(batch_id)  # the batch's settings, for the missing players
+        return await self._finalizer.expire(batch_id, why, partial(self._reader.missing, batch_id))
 
     @typed_errors
     async def finalize(self, batch_id: str) -> bool:
@@ -774,8 +771,7 @@ class AsyncBatchStateManager:
             async with self._clock.timeout(wait):
                 info = await self._infos.get(batch_id)  # cached per batch: one read at most
                 info.check_completion(batch_id, player, count)
-                now = self._clock.now()
-                if info.deadline is not None and not info.terminal and now >= info.deadline:
+                if self._finalizer.overdue(info.deadline, info.terminal):
                     await self._expire_overdue(batch_id)
         except TimeoutError:
             raise CompletionTimeoutError(
@@ -807,17 +803,11 @@ class AsyncBatchStateManager:
         return (await self._infos.get(batch_id)).expected
 
     def _overdue(self, progress: BatchProgress) -> bool:
-        deadline = progress.deadline
-        return deadline is not None and not progress.is_terminal and self._clock.now() >= deadline
+        return self._finalizer.overdue(progress.deadline, progress.is_terminal)
 
     async def _expire_overdue(self, batch_id: str) -> None:
-        """Expire a batch whose deadline passed (once per process: then it is terminal).
-
-        ``on_expired`` runs in the background: a caller that only touched the batch
-        (a completion, a progress read, a wait) never runs a callback.
-        """
-        await self._expire(batch_id, "deadline passed", background=True)
-        (await self._infos.get(batch_id)).terminal = True
+        await self._infos.get(batch_id)  # the batch's settings, for the missing players
+        await self._finalizer.expire_overdue(batch_id, partial(self._reader.missing, batch_id))
 
 
 def _check_settings(
@@ -887,25 +877,3 @@ def _check_settings(
     if not 0 <= validation_rate <= 1:
         raise bad(f"validation_rate must be in [0, 1], not {validation_rate!r}")
     validate_seconds("validation_interval", validation_interval, error=bad)
-
-
-def _retention(retain_for: object) -> dt.timedelta | None:
-    """``retain_for`` as a positive timedelta, or None.
-
-    Raises:
-        ConfigurationError: Not a timedelta or a number of seconds, not > 0, or
-            beyond what a timedelta holds.
-    """
-    if retain_for is None:
-        return None
-    if isinstance(retain_for, dt.timedelta):
-        age = retain_for
-    else:
-        seconds = validate_seconds("retain_for", retain_for, error=ConfigurationError)
-        try:
-            age = dt.timedelta(seconds=seconds)
-        except OverflowError:
-            raise ConfigurationError(f"retain_for {retain_for!r} is too large") from None
-    if age <= dt.timedelta(0):
-        raise ConfigurationError("retain_for must be a positive duration")
-    return age
