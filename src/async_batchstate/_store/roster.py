@@ -59,15 +59,21 @@ class BatchInfoCache:
         while len(self._infos) > self._size:
             self._infos.popitem(last=False)
 
+    def cached(self, batch_id: str) -> BatchInfo | None:
+        """The batch's settings if this process holds them (no read), else None."""
+        info = self._infos.get(batch_id)
+        if info is not None:
+            self._infos.move_to_end(batch_id)
+        return info
+
     async def get(self, batch_id: str) -> BatchInfo:
         """The batch's settings: cached, or one read (plus one of its roster chunks).
 
         Raises:
             BatchNotFoundError: No such batch.
         """
-        info = self._infos.get(batch_id)
+        info = self.cached(batch_id)
         if info is not None:
-            self._infos.move_to_end(batch_id)
             return info
         loading = self._loading.get(batch_id)
         if loading is None:  # one read however many callers arrive at once

@@ -154,6 +154,20 @@ class Finalizer:
         A group that neither wrote nor read checks by reading: that is how a batch
         whose finalizer crashed gets finalized by a later redelivery.
         """
+        known = self.settled(batch_id, outcome)
+        if known is not None:
+            return known
+        count = outcome.completed_count
+        if outcome.batch is None and count is not None and count < await expected_count(batch_id):
+            return None, False
+        return await self.finish(batch_id, f.STATUS_COMPLETE)
+
+    def settled(self, batch_id: str, outcome: GroupOutcome) -> tuple[None, bool] | None:
+        """``after_write``'s answer when no flip is due and it is known without I/O, else None.
+
+        The common case (a batch not yet complete whose settings this process holds)
+        costs no task and no read.
+        """
         batch: BatchView | None = outcome.batch
         if outcome.expired:
             return None, False  # the batch expired: a late completion never finalizes it
@@ -161,13 +175,11 @@ class Finalizer:
             if batch.status != f.STATUS_IN_PROGRESS:
                 return None, batch.callback_owed
             assert outcome.completed_count is not None
-            if outcome.completed_count < batch.expected_count:
-                return None, False
-        elif outcome.completed_count is not None and (
-            outcome.completed_count < await expected_count(batch_id)
-        ):
-            return None, False
-        return await self.finish(batch_id, f.STATUS_COMPLETE)
+            return (None, False) if outcome.completed_count < batch.expected_count else None
+        info = None if self._infos is None else self._infos.cached(batch_id)
+        if outcome.completed_count is not None and info is not None:
+            return (None, False) if outcome.completed_count < info.expected else None
+        return None
 
     async def finish(
         self,

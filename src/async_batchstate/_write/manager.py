@@ -765,6 +765,16 @@ class AsyncBatchStateManager:
         validate_player(self.mode, player)
         count = validate_count("predictions_count", predictions_count)
         wait = self._retry.deadline if timeout is None else validate_seconds("timeout", timeout)
+        info = self._infos.cached(batch_id)
+        if info is not None and not self._finalizer.overdue(info.deadline, info.terminal):
+            info.check_completion(batch_id, player, count)  # the common case: no I/O here
+        else:
+            await self._prepare(batch_id, player, count, wait)
+        completion = PlayerCompletion(player, count)
+        return await self._runner.record(batch_id, completion, started + wait)
+
+    async def _prepare(self, batch_id: str, player: str, count: int, wait: float) -> None:
+        """Read the batch's settings (once per process) and expire it if overdue."""
         try:
             # The timeout bounds the whole call: reading the batch's settings and
             # expiring an overdue batch count against it too.
@@ -778,8 +788,6 @@ class AsyncBatchStateManager:
                 f"batch {batch_id!r} could not be read within {wait}s; nothing was written "
                 f"for player {player!r}: record it again"
             ) from None
-        completion = PlayerCompletion(player, count)
-        return await self._runner.record(batch_id, completion, started + wait)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -270,6 +270,11 @@ class GroupRunner:
         )
         flipped: BatchProgress | None = None
         owed = False
+        known = self._finalizer.settled(batch_id, outcome)
+        if known is not None:  # no flip due: tell the callers now, no task, no read
+            self._resolve(batch_id, group, outcome, attempts, False)
+            await self._after(batch_id, outcome, None, known[1])
+            return
         check = asyncio.ensure_future(
             self._finalizer.after_write(batch_id, outcome, self._expected_count)
         )
@@ -290,9 +295,15 @@ class GroupRunner:
         finally:
             # Tell every caller, even when cancelled mid-check: their writes are committed.
             self._resolve(batch_id, group, outcome, attempts, flipped is not None)
+        await self._after(batch_id, outcome, flipped, owed)
+
+    async def _after(
+        self, batch_id: str, outcome: GroupOutcome, flipped: BatchProgress | None, owed: bool
+    ) -> None:
+        """After the callers are told: a consistency check, and the callback if owed."""
         if flipped is not None:
             self._validator.on_finished(batch_id)  # one full check of a finished batch
-        elif recorded:
+        elif outcome.new_count:
             # Sampled per commit, not per completion: a hot batch commits groups of
             # hundreds, and a check per completion would rescan it continuously.
             self._validator.maybe_validate(batch_id)

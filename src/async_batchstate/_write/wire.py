@@ -9,6 +9,7 @@ same dicts;
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -24,6 +25,7 @@ _SIMPLE = re.compile("^[_a-zA-Z][_a-zA-Z0-9]*$")
 """A field name the client leaves unquoted in a field path (its own pattern, ``$`` and all)."""
 
 
+@functools.lru_cache(maxsize=4096)  # the same few field names in every write
 def _parts(key: str) -> tuple[str, ...]:
     """The segments of an ``update()`` key (a dotted, possibly quoted, field path)."""
     if _SIMPLE.match(key):
@@ -31,6 +33,7 @@ def _parts(key: str) -> tuple[str, ...]:
     return tuple(FieldPath.from_string(key).parts)
 
 
+@functools.lru_cache(maxsize=4096)
 def _path(parts: tuple[str, ...]) -> str:
     """``parts`` as the API writes a field path."""
     if len(parts) == 1 and _SIMPLE.match(parts[0]):
