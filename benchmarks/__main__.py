@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         help="writes/s per document of the ceiling cells, comma-separated (default 20,100,400)",
     )
     loop.add_argument(
+        "--ceiling-processes",
+        type=_ints,
+        help="W values of the ceiling cells, comma-separated (default 4): N coordinator "
+        "processes on one hot document, the fleet-size model",
+    )
+    loop.add_argument(
         "--strategies",
         type=_names(tuple(STRATEGIES)),
         help=f"comma-separated strategy keys (default: {','.join(OPEN_LOOP)})",
@@ -81,7 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rtt_ms < 0 or args.jitter_ms < 0:
         parser.error("--rtt-ms and --jitter-ms must be >= 0")
-    tuning = ("only", "processes", "step_s", "start_rate", "max_steps", "strategies", "ceilings")
+    tuning = (
+        "only",
+        "processes",
+        "step_s",
+        "start_rate",
+        "max_steps",
+        "strategies",
+        "ceilings",
+        "ceiling_processes",
+    )
     if not args.open_loop and any(getattr(args, k) is not None for k in tuning):
         parser.error(f"{', '.join('--' + k.replace('_', '-') for k in tuning)} need --open-loop")
     for k in ("step_s", "start_rate", "max_steps"):

@@ -14,8 +14,11 @@ from ._load import percentile
 from ._open_worker import Arrival, OpenLoad
 from ._strategies import NOT_IDEMPOTENT, OPEN_LOOP, STRATEGIES
 
-HOT, BATCHES, CEILING = "hot", "batches", "ceiling"
-GROUPS = (HOT, BATCHES, CEILING)
+HOT, BATCHES, FIRST, CEILING = "hot", "batches", "first", "ceiling"
+GROUPS = (HOT, BATCHES, FIRST, CEILING)
+"""Cells: one hot batch; 200 long batches whose settings each process already holds;
+the same 200 fresh (each process's first message of a batch reads its settings first);
+the hot batch behind a per-document write ceiling."""
 NOT_REACHED = "not reached"
 """A sweep's ``limit`` when no step missed the SLO (its capacity is a lower bound)."""
 
@@ -32,7 +35,7 @@ class OpenConfig:
     max_steps: int  # per sweep
     batches: int  # the many-batches shape
     ceilings: tuple[float, ...]  # writes/s per document (WriteCeilingProxy), hot batch
-    ceiling_processes: int
+    ceiling_processes: tuple[int, ...]  # W values of the ceiling cells (the fleet-size model)
     strategies: tuple[str, ...] = OPEN_LOOP
     groups: tuple[str, ...] = GROUPS
     redeliver: float = 0.1
@@ -53,7 +56,7 @@ OPEN_FULL = OpenConfig(
     max_steps=6,
     batches=200,
     ceilings=(20.0, 100.0, 400.0),
-    ceiling_processes=4,
+    ceiling_processes=(4,),
 )
 OPEN_QUICK = OpenConfig(  # every cell once, tiny: the smoke test and `--quick --open-loop`
     name="quick-open",
@@ -64,7 +67,7 @@ OPEN_QUICK = OpenConfig(  # every cell once, tiny: the smoke test and `--quick -
     max_steps=1,
     batches=5,
     ceilings=(20.0, 100.0, 400.0),
-    ceiling_processes=2,
+    ceiling_processes=(2,),
     cancel_grace=0.5,
 )
 

@@ -280,8 +280,10 @@ def test_open_loop_runs_every_cell_and_strategy(
 ) -> None:
     """One sweep per cell (hot batch and batches per W, each ceiling) and strategy."""
     results, _ = open_run
-    cells = [f"{g}-w{n}" for n in OPEN_QUICK.processes for g in ("hot", "batches")]
-    cells += [f"ceiling{c:g}-w{OPEN_QUICK.ceiling_processes}" for c in OPEN_QUICK.ceilings]
+    cells = [f"{g}-w{n}" for n in OPEN_QUICK.processes for g in ("hot", "batches", "first")]
+    cells += [
+        f"ceiling{c:g}-w{n}" for n in OPEN_QUICK.ceiling_processes for c in OPEN_QUICK.ceilings
+    ]
     assert [(s["cell"], s["strategy"]) for s in results["sweeps"]] == [
         (c, s) for c in cells for s in OPEN_QUICK.strategies
     ]
