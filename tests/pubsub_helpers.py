@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from google.api_core.exceptions import PermissionDenied
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import AsyncBatchStateManager, BatchProgress
-from async_batchstate.testing import batch_violations
+from async_batchstate.testing import FaultPoint, batch_violations
 
 PROJECT = "demo-pubsub-tests"
 
@@ -102,3 +103,22 @@ def on_complete_recorder() -> tuple[list[str], Callable[[str, Any], None]]:
     """A list and an ``on_complete`` that appends each finalized batch id to it."""
     finalized: list[str] = []
     return finalized, lambda batch_id, progress: finalized.append(batch_id)
+
+
+class RefuseFirstWrites:
+    """A fault injector refusing (WriteFailedError) the first Commit of each player < ``below``.
+
+    Attributes:
+        refused: The players refused once.
+    """
+
+    def __init__(self, below: str = "p005") -> None:
+        self.below = below
+        self.refused: set[str] = set()
+
+    async def __call__(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        if point is FaultPoint.BEFORE_COMMIT:
+            fresh = [p for p in players if p < self.below and p not in self.refused]
+            if fresh:
+                self.refused.update(fresh)
+                raise PermissionDenied("injected: refused once")

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import pytest_asyncio
-from google.api_core.exceptions import PermissionDenied
 from google.cloud import pubsub_v1
 from google.cloud.firestore_v1.async_client import AsyncClient
 
@@ -18,6 +17,7 @@ from async_batchstate.testing import FaultPoint, PubSubEmulator
 from ..helpers import ManagerFactory
 from ..pubsub_helpers import (
     PROJECT,
+    RefuseFirstWrites,
     assert_exact,
     create_batches,
     messages,
@@ -84,17 +84,9 @@ async def test_a_failed_write_is_nacked_and_the_redelivery_records_it(
     batch_collection: str,
 ) -> None:
     """The first write of 5 players is refused (WriteFailedError): nack, redelivered, recorded."""
-    refused: set[str] = set()
-
-    async def refuse_once(point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
-        if point is FaultPoint.BEFORE_COMMIT:
-            fresh = [p for p in players if p < "p005" and p not in refused]
-            if fresh:
-                refused.update(fresh)
-                raise PermissionDenied("injected: refused once")
-
+    refuse = RefuseFirstWrites()
     finalized, on_complete = on_complete_recorder()
-    manager = make_manager(on_complete=on_complete, fault_injector=refuse_once, coalesce=False)
+    manager = make_manager(on_complete=on_complete, fault_injector=refuse, coalesce=False)
     expected = plan(1, 12)
     await create_batches(manager, expected)
     topic, path = subscription(pubsub_emulator)
@@ -102,7 +94,7 @@ async def test_a_failed_write_is_nacked_and_the_redelivery_records_it(
     async with PullConsumer(manager, path, subscriber=subscriber) as consumer:
         await wait_finalized(manager, expected)
         await wait_for(lambda: consumer.stats().acked >= 12, what="every ack")
-    assert 5 == len(refused)
+    assert 5 == len(refuse.refused)
     assert consumer.stats().retried >= 5
     await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from google.api_core.exceptions import PermissionDenied
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate.pubsub import PoisonMessage, PushEndpoint
-from async_batchstate.testing import FaultPoint, LoopbackAsgiServer, PubSubEmulator
+from async_batchstate.testing import LoopbackAsgiServer, PubSubEmulator
 
 from ..helpers import ManagerFactory
 from ..pubsub_helpers import (
     PROJECT,
+    RefuseFirstWrites,
     assert_exact,
     create_batches,
     messages,
@@ -58,17 +56,9 @@ async def test_a_failed_write_answers_503_and_the_redelivery_records_it(
     batch_collection: str,
 ) -> None:
     """The first write of 5 players is refused (WriteFailedError): 503, redelivered, recorded."""
-    refused: set[str] = set()
-
-    async def refuse_once(point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
-        if point is FaultPoint.BEFORE_COMMIT:
-            fresh = [p for p in players if p < "p005" and p not in refused]
-            if fresh:
-                refused.update(fresh)
-                raise PermissionDenied("injected: refused once")
-
+    refuse = RefuseFirstWrites()
     finalized, on_complete = on_complete_recorder()
-    manager = make_manager(on_complete=on_complete, fault_injector=refuse_once, coalesce=False)
+    manager = make_manager(on_complete=on_complete, fault_injector=refuse, coalesce=False)
     expected = plan(1, 12)
     await create_batches(manager, expected)
     endpoint = PushEndpoint(manager)
@@ -79,7 +69,7 @@ async def test_a_failed_write_answers_503_and_the_redelivery_records_it(
         pubsub_emulator.publish(PROJECT, topic, messages(expected))
         await wait_finalized(manager, expected)
         await wait_for(lambda: endpoint.stats().acked >= 12, what="every ack")
-    assert 5 == len(refused)
+    assert 5 == len(refuse.refused)
     assert endpoint.stats().retried >= 5
     await assert_exact(firestore_client, batch_collection, manager, expected, finalized)
 
