@@ -13,6 +13,7 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import (
     AsyncBatchStateManager,
+    BatchStateError,
     CompletionStatus,
     CompletionTimeoutError,
     InvalidInputError,
@@ -174,6 +175,7 @@ CLOSE_ACTIVITIES = [
     "write",
     "settings read",
     "failed settings read",
+    "waited-for settings read",
     "sampled check",
     "final check",
     "callback",
@@ -185,8 +187,9 @@ async def test_a_close_returns_within_its_drain_timeout_whatever_runs_in_the_bac
     activity: str, firestore_emulator: EmulatorInfo, batch_collection: str
 ) -> None:
     """Firestore stops answering while the manager has ``activity`` in flight: a group's
-    write, a caller's first read of a batch's settings (the caller timed out and left; the
-    read hangs, or fails on its own with nobody left to hear it), a
+    write, a caller's first read of a batch's settings (the caller still waits for it; or it
+    timed out and left, and the read hangs, or fails on its own with nobody left to hear
+    it), a
     sampled consistency check, the final check of a finished batch, or an ``on_complete``
     callback. ``aclose(drain_timeout=1)`` returns within its budget (plus slack for a
     loaded machine), not after the 60 s retry deadline, and leaves no task whose
@@ -230,6 +233,9 @@ async def test_a_close_returns_within_its_drain_timeout_whatever_runs_in_the_bac
             if activity == "sampled check":
                 await manager.create_batch("s", expected_count=2)
                 await manager.record_completion("s", "p1", 1)
+            elif activity == "waited-for settings read":
+                await manager.record_completion("b", "p1", 1)
+                calls.append(asyncio.ensure_future(manager.record_completion("cold", "p1", 1)))
             elif activity.endswith("settings read"):
                 await manager.record_completion("b", "p1", 1)
                 with pytest.raises(CompletionTimeoutError):
@@ -260,6 +266,7 @@ async def test_a_close_returns_within_its_drain_timeout_whatever_runs_in_the_bac
     ]
 
     assert took < 1.0 + 3.0, f"close took {took:.1f} s with a {activity} in flight"
-    assert all(isinstance(o, BaseException) for o in outcomes)  # told, not left waiting
+    # Told, not left waiting, and told by a typed error (never a CancelledError it did not ask for).
+    assert all(isinstance(o, BatchStateError) for o in outcomes), outcomes
     assert [] == [c.get("message") for c in reported]
     assert [] == left_running  # a closed manager has nothing of its own still running

@@ -19,7 +19,7 @@ from typing import Any
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from .._config import MigrationMode
-from .._errors import batch_not_found
+from .._errors import ManagerClosedError, batch_not_found
 from .._retry import Retrying
 from . import names as f
 from .batch_info import BatchInfo
@@ -80,7 +80,16 @@ class BatchInfoCache:
             loading = asyncio.ensure_future(self._load(batch_id))
             self._loading[batch_id] = loading
             loading.add_done_callback(lambda t: self._loaded(batch_id, t))
-        return await asyncio.shield(loading)
+        try:
+            return await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if loading.cancelled() and (task is None or not task.cancelling()):
+                # The read was cut by the close (``aclose``), not this caller.
+                raise ManagerClosedError(
+                    f"the manager closed while reading batch {batch_id!r}; nothing was written"
+                ) from None
+            raise
 
     async def aclose(self) -> None:
         """Cancel the reads in flight (their callers have been answered or cut by the close)."""
