@@ -325,3 +325,21 @@ async def run_workers(
         assert 0 == proc.returncode, err
         reports.append(json.loads(out))
     return reports
+
+
+class Injector:
+    """Raises ``error`` at ``point`` for the first ``times`` attempts (all attempts if None)."""
+
+    def __init__(self, point: FaultPoint, error: Exception, times: int | None) -> None:
+        self.point = point
+        self.error = error
+        self.times = times
+        self.raised = 0
+        self.enabled = True
+
+    async def __call__(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        if not self.enabled or point is not self.point:
+            return
+        if self.times is None or self.raised < self.times:
+            self.raised += 1
+            raise self.error

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
 
 import pytest
 from google.api_core import exceptions as gexc
@@ -19,30 +18,12 @@ from google.cloud.firestore_v1.async_client import AsyncClient
 from async_batchstate import CompletionStatus, MigrationMode, RetryPolicy, WriteFailedError
 from async_batchstate.testing import FaultPoint, batch_violations
 
-from ..helpers import ManagerFactory
+from ..helpers import Injector, ManagerFactory
 
 pytestmark = pytest.mark.guarantee("atomicity")
 
 FAST = RetryPolicy(base_delay=0.005, max_delay=0.05, deadline=20.0, attempt_timeout=10.0)
 BEFORE_ANY_COMMIT = [FaultPoint.BEFORE_BEGIN, FaultPoint.AFTER_READS, FaultPoint.BEFORE_COMMIT]
-
-
-class Injector:
-    """Raises ``error`` at ``point`` for the first ``times`` attempts (all attempts if None)."""
-
-    def __init__(self, point: FaultPoint, error: Exception, times: int | None) -> None:
-        self.point = point
-        self.error = error
-        self.times = times
-        self.raised = 0
-        self.enabled = True
-
-    async def __call__(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
-        if not self.enabled or point is not self.point:
-            return
-        if self.times is None or self.raised < self.times:
-            self.raised += 1
-            raise self.error
 
 
 @pytest.mark.parametrize("point", list(FaultPoint), ids=lambda p: p.value)

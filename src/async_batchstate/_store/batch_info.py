@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .._errors import InvalidCountError, UnexpectedPlayerError
 from .ids import MAX_COUNT
+from .names import UNCHECKED_MAX_EXPECTED
 
 MAX_PER_COMPLETION = 2**32
 """The largest ``predictions_count`` of one completion (totals stay int64 with extras)."""
@@ -58,6 +59,19 @@ class BatchInfo:
         reading first costs that read only, and a fresh group still one Commit.
         """
         return self.conflicts > 0.5
+
+    def accepts_unchecked(self) -> bool:
+        """Whether a completion queued before these settings were read needs no check.
+
+        True for the batches that get the ``UNCHECKED`` marker: no roster, no deadline,
+        and an expected count small enough that no count up to ``MAX_PER_COMPLETION``
+        can overflow the total.
+        """
+        return (
+            self.roster is None
+            and self.deadline is None
+            and self.expected <= UNCHECKED_MAX_EXPECTED
+        )
 
     def check_completion(self, batch_id: str, player: str, count: int) -> None:
         """Refuse a completion this batch cannot take, before anything is written.

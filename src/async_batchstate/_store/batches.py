@@ -63,6 +63,8 @@ async def create_batch(refs: Refs, new: NewBatch, call_id: str, retrying: Retryi
         write.create(ref, data)
         for index, chunk in enumerate(new.roster_chunks):
             write.set(refs.roster(new.batch_id, index), {f.ROSTER_CHUNK_PLAYERS: chunk})
+        if new.unchecked:
+            write.set(refs.unchecked(new.batch_id), {f.UNCHECKED_TOUCHES: 0})
         await write.commit(retry=None)
 
     async def stored() -> tuple[dict[str, Any], frozenset[str] | None]:

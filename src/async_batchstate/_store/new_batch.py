@@ -38,6 +38,7 @@ from .names import (
     STATUS_IN_PROGRESS,
     TOTAL_PREDICTIONS,
     TOTAL_PREDICTIONS_SUBCOLL,
+    UNCHECKED_MAX_EXPECTED,
     UPDATED_AT,
 )
 
@@ -81,6 +82,8 @@ class NewBatch:
     document: dict[str, Any]
     roster_chunks: list[list[str]]
     info: BatchInfo
+    unchecked: bool = False
+    """Whether it gets the ``UNCHECKED`` marker (its completions need no settings check)."""
 
 
 def absolute_deadline(
@@ -163,7 +166,15 @@ def new_batch(
     info = BatchInfo(
         expected=count, roster=roster, deadline=when, guarded=mode.writes_subcollection
     )
-    return NewBatch(batch_id=batch_id, document=data, roster_chunks=chunks, info=info)
+    unchecked = (
+        mode.writes_subcollection
+        and players is None
+        and when is None
+        and count <= UNCHECKED_MAX_EXPECTED
+    )
+    return NewBatch(
+        batch_id=batch_id, document=data, roster_chunks=chunks, info=info, unchecked=unchecked
+    )
 
 
 def roster_of(mode: MigrationMode, expected_players: object) -> tuple[str, ...]:

@@ -38,6 +38,13 @@ class Refs:
         """The completion document of ``player`` in ``batch_id``."""
         return self.completions(batch_id).document(player)
 
+    def unchecked(self, batch_id: str) -> AsyncDocumentReference:
+        """The batch's ``UNCHECKED`` marker (it exists only where no check is needed)."""
+        marker: AsyncDocumentReference = (
+            self.batch(batch_id).collection(f.ROSTER).document(f.UNCHECKED)
+        )
+        return marker
+
     def roster(self, batch_id: str, index: int) -> AsyncDocumentReference:
         """The ``index``-th roster chunk document of a batch."""
         chunk: AsyncDocumentReference = (

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .._errors import BatchStateError
+
 WritePath = Literal["auto", "transaction"]
 """``"auto"``: lock-free wherever completion documents are the guard; ``"transaction"``:
 every group through ``async_transactional``."""
@@ -44,6 +46,17 @@ class PlayerCompletion:
 
     player: str
     predictions_count: int
+    checked: bool = True
+    """Whether the batch's settings (roster, deadline, count bound) were checked before it
+    was queued; an unchecked one is a process's first touch of the batch."""
+
+
+class SettingsNeeded(BatchStateError):
+    """Unchecked completions met a batch whose settings must be checked: nothing written.
+
+    A roster or a deadline: each caller checks, then records again. Internal: never
+    leaves ``record_completion``.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from .._errors import (
 )
 from .._retry import RetryPolicy, run_with_retry
 from .._store import names as f
+from .._store.batch_info import MAX_PER_COMPLETION
 from .._store.batches import BatchReader, create_batch
 from .._store.decode import progress_from
 from .._store.ids import (
@@ -55,7 +56,7 @@ from ..instrumentation._events import CompletionFinished, Hook, Recorder, Stats
 from .boundary import typed_errors, typed_iteration
 from .callbacks import OnComplete
 from .finalizer import Finalizer
-from .group import FaultInjector, PlayerCompletion, WritePath, new_write_id
+from .group import FaultInjector, PlayerCompletion, SettingsNeeded, WritePath, new_write_id
 from .limits import in_flight_bound, make_rate_limiter
 from .retention import parse_retention
 from .runner import MAX_GROUP_SIZE, GroupRunner
@@ -297,13 +298,15 @@ class AsyncBatchStateManager:
         """Stop accepting completions, drain writes and callbacks in flight, then cut the rest.
 
         Args:
-            drain_timeout: Seconds the whole close may take: it waits for queued and
+            drain_timeout: Seconds the close may take: it waits for queued and
                 in-flight groups, then for callbacks and consistency checks running in
                 the background (default: the retry deadline). After it, queued callers
                 and groups still in flight get ``ManagerClosedError`` (a write cut
                 short either committed whole or not at all, so recording again is
                 safe), running callbacks are cancelled (they stay owed, and run again
-                elsewhere after their lease) and so are checks.
+                elsewhere after their lease) and so are checks. Only a finalization
+                already on the wire gets up to 2 s more, so that the caller whose
+                completion finished the batch is told so.
 
         Raises:
             InvalidInputError: ``drain_timeout`` is not a finite number of seconds
@@ -768,6 +771,15 @@ class AsyncBatchStateManager:
         info = self._infos.cached(batch_id)
         if info is not None and not self._finalizer.overdue(info.deadline, info.terminal):
             info.check_completion(batch_id, player, count)  # the common case: no I/O here
+        elif info is None and self._writer.first_touch_unchecked and count <= MAX_PER_COMPLETION:
+            # A first touch: queued before the settings are read; its Commit goes beside
+            # the read and lands only on a batch whose settings could check nothing.
+            try:
+                unchecked = PlayerCompletion(player, count, checked=False)
+                return await self._runner.record(batch_id, unchecked, started + wait)
+            except SettingsNeeded:  # nothing written: check, then record as usual
+                left = max(started + wait - self._clock.monotonic(), 0.0)
+                await self._prepare(batch_id, player, count, left)
         else:
             await self._prepare(batch_id, player, count, wait)
         completion = PlayerCompletion(player, count)

@@ -30,7 +30,7 @@ from .._types import BatchProgress, CompletionResult, CompletionStatus
 from ..consistency._sampled import SampledValidator
 from ..instrumentation._events import AttemptFailed, GroupCommitted, GroupFailed, Recorder
 from .finalizer import Finalizer
-from .group import GroupOutcome, GroupState, PlayerCompletion
+from .group import GroupOutcome, GroupState, PlayerCompletion, SettingsNeeded
 from .lanes import Lane, Pending
 from .limits import AdaptiveLimit
 from .writer import GroupWriter
@@ -401,7 +401,8 @@ class GroupRunner:
     def _fail(self, batch_id: str, group: list[Pending], error: BaseException) -> None:
         if not group:
             return
-        self._recorder.emit(GroupFailed(batch_id=batch_id, group_size=len(group), error=error))
+        if not isinstance(error, SettingsNeeded):  # not a failure: each caller checks, again
+            self._recorder.emit(GroupFailed(batch_id=batch_id, group_size=len(group), error=error))
         for pending in group:
             pending.fail(error)
 

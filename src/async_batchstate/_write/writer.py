@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.cloud.firestore_v1 import Increment
 from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 from google.cloud.firestore_v1.async_client import AsyncClient
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
@@ -79,6 +80,7 @@ from .group import (
     GroupOutcome,
     GroupState,
     PlayerCompletion,
+    SettingsNeeded,
     WritePath,
     firsts_of,
 )
@@ -162,21 +164,22 @@ class GroupWriter:
         firsts = firsts_of(group)
         await self._fault(FaultPoint.BEFORE_BEGIN, batch_id, list(firsts))
         try:
-            info = await self._infos.get(batch_id)
-            # LEGACY players have no completion document: where the batch may have
-            # some (LEGACY mode; a batch not backfilled), the array is read first (a
-            # plain read and a conditional Commit, or a transaction on request).
-            legacy_read = not (self._mode.writes_subcollection and info.guarded)
-            if self._write_path == "auto" and not legacy_read and not self._whole_map(firsts):
-                written = await self._write_lock_free(batch_id, group, firsts, state, info)
-            elif self._write_path == "auto":
-                written = await self._write_optimistic(
-                    batch_id, group, firsts, state, legacy_read, info
-                )
-            else:
-                written = await self._write_transaction(
-                    batch_id, group, firsts, state, legacy_read, info
-                )
+            info = self._infos.cached(batch_id)
+            unchecked = not all(c.checked for c in group)
+            written: GroupOutcome | None = None
+            if (
+                info is None
+                and unchecked
+                and self.first_touch_unchecked
+                and not self._whole_map(firsts)
+            ):
+                written, info = await self._first_touch(batch_id, group, firsts, state)
+            if info is None:
+                info = await self._infos.get(batch_id)
+            if written is None:
+                if unchecked and not info.accepts_unchecked():
+                    raise SettingsNeeded(f"batch {batch_id!r} needs its settings checked")
+                written = await self._write_with(batch_id, group, firsts, state, info)
         except gexc.NotFound as exc:
             raise batch_not_found(batch_id, self.refs.layout.collection) from exc
         except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
@@ -189,6 +192,84 @@ class GroupWriter:
         )
         late = tuple(r and c.player in state.late for r, c in zip(recorded, group, strict=True))
         return dataclasses.replace(written, recorded=recorded, late=late)
+
+    @property
+    def first_touch_unchecked(self) -> bool:
+        """Whether a first touch may queue before the settings read (``_first_touch``)."""
+        return self._write_path == "auto" and self._mode.writes_subcollection
+
+    async def _write_with(
+        self,
+        batch_id: str,
+        group: Sequence[PlayerCompletion],
+        firsts: dict[str, int],
+        state: GroupState,
+        info: BatchInfo,
+    ) -> GroupOutcome:
+        """One attempt by the path the batch's settings and this process's mode call for."""
+        # LEGACY players have no completion document: where the batch may have
+        # some (LEGACY mode; a batch not backfilled), the array is read first (a
+        # plain read and a conditional Commit, or a transaction on request).
+        legacy_read = not (self._mode.writes_subcollection and info.guarded)
+        if self._write_path == "auto" and not legacy_read and not self._whole_map(firsts):
+            return await self._write_lock_free(batch_id, group, firsts, state, info)
+        if self._write_path == "auto":
+            return await self._write_optimistic(batch_id, group, firsts, state, legacy_read, info)
+        return await self._write_transaction(batch_id, group, firsts, state, legacy_read, info)
+
+    async def _first_touch(
+        self,
+        batch_id: str,
+        group: Sequence[PlayerCompletion],
+        firsts: dict[str, int],
+        state: GroupState,
+    ) -> tuple[GroupOutcome | None, BatchInfo]:
+        """A process's first write to a batch: the Commit beside the settings read.
+
+        The Commit creates the completion documents and updates the batch, as a
+        lock-free group does, and requires the batch's ``UNCHECKED`` marker to exist:
+        only a batch born guarded, without roster or deadline has one, and for it the
+        settings can check nothing. Any other batch refuses the Commit whole (NOT_FOUND;
+        ALREADY_EXISTS when a member exists): nothing is written, and the group goes the
+        usual way once the settings are read. Returns (the outcome if it committed, the
+        batch's settings).
+        """
+        load = asyncio.ensure_future(self._infos.get(batch_id))
+        load.add_done_callback(_retrieved)
+        pending = [group[i] for p, i in firsts.items() if p not in state.resolved]
+        if not pending:
+            return None, await load
+        batch_ref = self.refs.batch(batch_id)
+        refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
+        await self._fault(FaultPoint.AFTER_READS, batch_id, list(refs))
+        update, results_at = batch_update(
+            self._mode, pending, docs=True, write_key=state.write_id, spent=[]
+        )
+        marker = update_write(
+            document_name(self.refs.unchecked(batch_id)), {f.UNCHECKED_TOUCHES: Increment(1)}
+        )
+        writes = [
+            *(
+                create_write(document_name(refs[c.player]), self._completion_doc(c, state))
+                for c in pending
+            ),
+            marker,
+            update_write(document_name(batch_ref), update),  # last: its results are read
+        ]
+        await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
+        try:
+            results = await commit_writes(self._client, writes)
+        except (gexc.NotFound, gexc.Conflict):
+            return None, await load  # refused whole: nothing written
+        outcome, legacy_only = results_at.read(results[-1])
+        for completion in pending:
+            state.resolved[completion.player] = True
+            if outcome.expired:
+                state.late.add(completion.player)
+        info = await load
+        self._confirm(batch_id, info, legacy_only)
+        await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
+        return outcome, info
 
     @staticmethod
     def _confirm(batch_id: str, info: BatchInfo, legacy_only: int) -> None:
@@ -532,3 +613,9 @@ class GroupWriter:
     def _whole_map(self, players: Iterable[str]) -> bool:
         """Whether a write of ``players`` rewrites the whole legacy map (and must read it)."""
         return self._mode.writes_legacy and any(needs_whole_map_write(p) for p in players)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Retrieve a finished task's exception (whoever awaited it may have left)."""
+    if not task.cancelled():
+        task.exception()

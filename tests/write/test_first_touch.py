@@ -1,0 +1,207 @@
+"""RPCs of a process's first completion for a batch against its later ones, per mode and
+roster shape: the figures docs/performance.md ("A batch's first touch") states.
+
+A first touch reads the batch's settings (expected count, roster, deadline, guard): one
+BatchGetDocuments, and one more for a roster kept in chunk documents. In a mode that
+writes completion documents its Commit goes beside that read, conditional on the batch's
+``unchecked`` marker: it lands on a batch born guarded without roster or deadline (one
+round trip), and is refused whole on any other (then the settings are checked and the
+Commit sent again). After that a completion costs what its write path costs: one Commit
+lock-free, a read and a conditional Commit where the legacy array must be read (LEGACY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+import pytest
+from google.api_core.exceptions import ServiceUnavailable
+from google.cloud.firestore_v1.async_client import AsyncClient
+
+from async_batchstate import (
+    AsyncBatchStateManager,
+    CompletionStatus,
+    MigrationMode,
+    UnexpectedPlayerError,
+)
+from async_batchstate.testing import (
+    EmulatorInfo,
+    FaultPoint,
+    RpcCounter,
+    aclose_client,
+    make_client,
+)
+
+from ..helpers import Injector, read_completions
+
+ROSTERS = {
+    "no roster": None,
+    "inline roster": [f"p{i}" for i in range(100)],
+    "chunked roster": [f"player-{i:08d}" for i in range(2_000)],  # > 16 KiB of ids
+}
+WARM = {
+    MigrationMode.LEGACY: Counter(BatchGetDocuments=1, Commit=1),
+    MigrationMode.DUAL_WRITE: Counter(Commit=1),
+    MigrationMode.SUBCOLLECTION_ONLY: Counter(Commit=1),
+}
+
+
+@pytest.mark.parametrize("roster", list(ROSTERS))
+@pytest.mark.parametrize("mode", list(WARM), ids=lambda m: m.name)
+async def test_a_first_touch_costs_the_settings_read_and_then_what_a_warm_write_costs(
+    mode: MigrationMode,
+    roster: str,
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A fresh process: its first completion of a batch sends the settings read (plus the
+    roster's chunks where they are chunked) and then the warm write; its second sends
+    the warm write only."""
+    players = ROSTERS[roster]
+    creator = AsyncBatchStateManager(firestore_client, collection=batch_collection, mode=mode)
+    if players is None:
+        await creator.create_batch("b", expected_count=3_000)
+    else:
+        await creator.create_batch("b", expected_players=players)
+    await creator.aclose()
+    first_player, second_player = ("p0", "p1") if players is None else players[:2]
+
+    client = make_client(firestore_emulator)
+    manager = AsyncBatchStateManager(
+        client, collection=batch_collection, mode=mode, validation_rate=0.0
+    )
+    try:
+        with RpcCounter().attach(client) as first:
+            await manager.record_completion("b", first_player, 1)
+        with RpcCounter().attach(client) as warm:
+            await manager.record_completion("b", second_player, 1)
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
+
+    settings = Counter(BatchGetDocuments=2 if roster == "chunked roster" else 1)
+    refused = Counter(Commit=1 if mode.writes_subcollection and players is not None else 0)
+    assert WARM[mode] == warm.counts
+    assert WARM[mode] + settings + refused == first.counts
+
+
+async def fresh_manager(
+    firestore_emulator: EmulatorInfo, collection: str, **kwargs: Any
+) -> tuple[AsyncBatchStateManager, AsyncClient]:
+    """A manager on a client of its own: a process that has read no batch yet."""
+    client = make_client(firestore_emulator)
+    kwargs.setdefault("validation_rate", 0.0)
+    return AsyncBatchStateManager(client, collection=collection, **kwargs), client
+
+
+async def test_an_answer_lost_on_the_first_touch_is_recorded_once(
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """The first touch's Commit lands and its answer is lost (UNAVAILABLE after the commit):
+    the retry finds its own write, the caller is told RECORDED once, a redelivery is a
+    DUPLICATE, and the batch counts the player once."""
+    creator = AsyncBatchStateManager(firestore_client, collection=batch_collection)
+    await creator.create_batch("b", expected_count=2)
+    await creator.aclose()
+    lost = Injector(FaultPoint.AFTER_COMMIT, ServiceUnavailable("injected: answer lost"), times=1)
+    manager, client = await fresh_manager(firestore_emulator, batch_collection, fault_injector=lost)
+    try:
+        first = await manager.record_completion("b", "p1", 4)
+        again = await manager.record_completion("b", "p1", 4)
+        progress = await manager.get_progress("b")
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
+    assert 1 == lost.raised
+    assert (CompletionStatus.RECORDED, CompletionStatus.DUPLICATE) == (first.status, again.status)
+    assert (1, 4) == (progress.completed_count, progress.total_predictions)
+
+
+async def test_a_first_touch_of_an_expired_batch_is_late(
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A batch without roster or deadline, expired by ``expire()``: a process's first
+    completion of it lands beside its settings read and is answered LATE, never finalizing."""
+    creator = AsyncBatchStateManager(firestore_client, collection=batch_collection)
+    await creator.create_batch("b", expected_count=1)
+    assert await creator.expire("b", reason="workers lost")
+    await creator.aclose()
+    manager, client = await fresh_manager(firestore_emulator, batch_collection)
+    try:
+        late = await manager.record_completion("b", "p1", 1)
+        progress = await manager.get_progress("b")
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
+    assert (CompletionStatus.LATE, False) == (late.status, late.batch_completed)
+    assert "expired" == progress.status
+
+
+@pytest.mark.parametrize("shape", ["roster", "deadline"])
+async def test_a_first_touch_of_a_batch_with_settings_to_check_writes_nothing_unchecked(
+    shape: str,
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A roster refuses an outsider on a first touch and writes nothing; a passed deadline
+    expires the batch before the first touch's completion, which is then LATE."""
+    creator = AsyncBatchStateManager(firestore_client, collection=batch_collection)
+    if shape == "roster":
+        await creator.create_batch("b", expected_players=["p1", "p2"])
+    else:
+        await creator.create_batch("b", expected_count=2, deadline=dt.timedelta(milliseconds=1))
+    await creator.aclose()
+    await asyncio.sleep(0.01)
+    manager, client = await fresh_manager(firestore_emulator, batch_collection)
+    try:
+        if shape == "roster":
+            with pytest.raises(UnexpectedPlayerError):
+                await manager.record_completion("b", "outsider", 1)
+            answer = None
+        else:
+            answer = await manager.record_completion("b", "p1", 1)
+        progress = await manager.get_progress("b")
+        stored = await read_completions(firestore_client, batch_collection, "b")
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
+    if shape == "roster":
+        assert ({}, 0) == (stored, progress.completed_count)
+    else:
+        assert answer is not None and CompletionStatus.LATE == answer.status
+        assert "expired" == progress.status
+
+
+async def test_a_batch_without_its_marker_takes_the_checked_path(
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A batch that could have a marker but has none (made by an older version): the first
+    touch's Commit is refused whole, the settings are checked, and the completion is
+    recorded once."""
+    creator = AsyncBatchStateManager(firestore_client, collection=batch_collection)
+    await creator.create_batch("b", expected_count=1)
+    await creator.aclose()
+    batch = firestore_client.collection(batch_collection).document("b")
+    await batch.collection("roster").document("unchecked").delete()
+    manager, client = await fresh_manager(firestore_emulator, batch_collection)
+    try:
+        with RpcCounter().attach(client) as rpcs:
+            result = await manager.record_completion("b", "p1", 1)
+        progress = await manager.get_progress("b")
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
+    assert (CompletionStatus.RECORDED, True) == (result.status, result.batch_completed)
+    assert 2 <= rpcs.counts["Commit"]  # the refused one, the recorded one (and the flip)
+    assert progress.is_finalized and 1 == progress.completed_count
