@@ -154,15 +154,14 @@ class OpenBench(Bench):
         start = o.start_rate if not cell.ceiling else max(1.0, min(o.start_rate, cell.ceiling / 2))
         steps: list[dict[str, Any]] = []
         rate: float | None = start
-        while rate is not None:
+        # One batch gets a step's every first delivery (about rate / (1 + redeliver) per
+        # second): past the legacy array's limit DUAL_WRITE refuses to create it. The
+        # sweep stops before (its capacity stays a lower bound, "not reached").
+        one_batch = cell.group not in (BATCHES, FIRST)
+        most = LegacyLimits().players * (1 + o.redeliver) / o.step_s * 0.95
+        while rate is not None and not (one_batch and rate > most):
             steps.append(await self.step(cell, strategy, rate, where))
             rate = next_rate([(s["offered_per_s"], s["ok"]) for s in steps], o)
-            # One batch gets a step's every first delivery (rate / 1.1 per second): past
-            # the legacy array's limit DUAL_WRITE refuses to create it. The capacity then
-            # stays a lower bound ("not reached").
-            one_batch = cell.group not in (BATCHES, FIRST)
-            if rate and one_batch and rate * o.step_s / 1.1 > LegacyLimits().players:
-                rate = None
         steps.sort(key=lambda s: s["offered_per_s"])
         self._done()
         return {

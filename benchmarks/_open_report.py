@@ -161,6 +161,8 @@ def groups(results: dict[str, Any]) -> Iterator[tuple[str, list[dict[str, Any]]]
 def cell_title(sweep: dict[str, Any]) -> str:
     """A cell in words: shape, processes, ceiling."""
     shape = "one hot batch" if sweep["batches"] == 1 else f"{sweep['batches']} batches"
+    if sweep.get("group") == FIRST:
+        shape = f"{sweep['batches']} fresh batches (first touches)"
     if sweep["ceiling_writes_per_s"]:
         shape += f", ceiling {sweep['ceiling_writes_per_s']:g} writes/s per document"
     return f"{shape}, W = {sweep['processes']}"
