@@ -65,3 +65,10 @@ def test_layout_rejects_paths_that_are_not_collections(bad: str) -> None:
 def test_layout_accepts_nested_collections() -> None:
     """tenants/t1/batches is a collection path."""
     assert "tenants/t1/batches" == Layout(collection="tenants/t1/batches").collection
+
+
+def test_layout_reserves_the_roster_subcollection_name() -> None:
+    """Completions named 'roster' would share a subcollection with the roster's chunks and
+    the ``unchecked`` marker (the marker would read as a completion of player 'unchecked')."""
+    with pytest.raises(InvalidIdError, match="reserved"):
+        Layout(completions="roster")

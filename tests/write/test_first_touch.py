@@ -15,18 +15,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from google.api_core.exceptions import ServiceUnavailable
+from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
 from google.cloud.firestore_v1.async_client import AsyncClient
 
 from async_batchstate import (
     AsyncBatchStateManager,
     CompletionStatus,
+    InvalidCountError,
     MigrationMode,
     UnexpectedPlayerError,
 )
+from async_batchstate._store import roster
 from async_batchstate.testing import (
     EmulatorInfo,
     FaultPoint,
@@ -205,3 +208,129 @@ async def test_a_batch_without_its_marker_takes_the_checked_path(
     assert (CompletionStatus.RECORDED, True) == (result.status, result.batch_completed)
     assert 2 <= rpcs.counts["Commit"]  # the refused one, the recorded one (and the flip)
     assert progress.is_finalized and 1 == progress.completed_count
+
+
+class HoldFirstGroup:
+    """Holds the first group's attempt 0.2 s before it starts: the next caller queues behind."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, point: FaultPoint, batch_id: str, players: Sequence[str]) -> None:
+        if point is FaultPoint.BEFORE_BEGIN:
+            self.calls += 1
+            if self.calls == 1:
+                await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("shape", ["roster", "deadline"])
+async def test_callers_checked_and_unchecked_in_one_group_are_all_recorded(
+    shape: str,
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A batch with settings to check: the first caller's first touch is refused and it
+    checks; a second caller queued unchecked meanwhile shares its next group. Both are
+    RECORDED (the internal SettingsNeeded never reaches a caller)."""
+    creator = AsyncBatchStateManager(firestore_client, collection=batch_collection)
+    if shape == "roster":
+        await creator.create_batch("b", expected_players=[f"p{i}" for i in range(10)])
+    else:
+        await creator.create_batch("b", expected_count=10, deadline=dt.timedelta(hours=1))
+    await creator.aclose()
+    manager, client = await fresh_manager(
+        firestore_emulator, batch_collection, fault_injector=HoldFirstGroup()
+    )
+    try:
+        first = asyncio.ensure_future(manager.record_completion("b", "p1", 1))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(manager.record_completion("b", "p2", 1))
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        failures = manager.stats().failures_by_cause
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
+    assert [CompletionStatus.RECORDED] * 2 == [getattr(r, "status", r) for r in results]
+    assert not failures  # checking a batch's settings is not a failure
+
+
+async def test_a_first_touch_whose_settings_read_fails_after_its_commit_is_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """The first touch's Commit lands; the settings read beside it is refused. The caller
+    is told RECORDED (its write landed), and the batch, complete, is finalized."""
+    creator = AsyncBatchStateManager(firestore_client, collection=batch_collection)
+    await creator.create_batch("b", expected_count=1)
+    await creator.aclose()
+    real = roster.BatchInfoCache._read
+    reads = 0
+
+    async def refused_once(self: roster.BatchInfoCache, batch_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            await asyncio.sleep(0.3)  # answered after the Commit
+            raise PermissionDenied("injected: read refused")
+        return await real(self, batch_id)
+
+    monkeypatch.setattr(roster.BatchInfoCache, "_read", refused_once)
+    manager, client = await fresh_manager(firestore_emulator, batch_collection)
+    try:
+        result = await manager.record_completion("b", "p1", 1)
+        progress = await manager.wait_until_complete("b", timeout=10)
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
+    assert CompletionStatus.RECORDED == result.status
+    assert progress.is_finalized and 1 == progress.completed_count
+
+
+async def test_a_marker_left_under_a_batch_id_is_not_inherited(
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """A batch document deleted without its subcollections (a TTL policy, by hand), the id
+    created again with a roster: the old marker is gone, so an outsider's first touch is
+    refused, not recorded unchecked."""
+    creator = AsyncBatchStateManager(firestore_client, collection=batch_collection)
+    await creator.create_batch("b", expected_count=1)
+    await firestore_client.collection(batch_collection).document("b").delete()
+    await creator.create_batch("b", expected_players=["p1", "p2"])
+    await creator.aclose()
+    manager, client = await fresh_manager(firestore_emulator, batch_collection)
+    try:
+        with pytest.raises(UnexpectedPlayerError):
+            await manager.record_completion("b", "outsider", 1)
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
+    assert {} == await read_completions(firestore_client, batch_collection, "b")
+
+
+async def test_the_largest_count_is_judged_alike_first_touch_or_not(
+    firestore_emulator: EmulatorInfo,
+    firestore_client: AsyncClient,
+    batch_collection: str,
+) -> None:
+    """At the edge of the count bound (expected 2**31, a count of 2**32) a first touch and a
+    later completion get the same answer."""
+    mode = MigrationMode.SUBCOLLECTION_ONLY
+    creator = AsyncBatchStateManager(firestore_client, collection=batch_collection, mode=mode)
+    await creator.create_batch("b", expected_count=2**31)
+    await creator.aclose()
+    manager, client = await fresh_manager(firestore_emulator, batch_collection, mode=mode)
+    answers = []
+    try:
+        for player in ("p1", "p2"):
+            with pytest.raises(InvalidCountError):
+                await manager.record_completion("b", player, 2**32)
+            answers.append(player)
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
+    assert ["p1", "p2"] == answers

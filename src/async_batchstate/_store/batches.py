@@ -65,6 +65,8 @@ async def create_batch(refs: Refs, new: NewBatch, call_id: str, retrying: Retryi
             write.set(refs.roster(new.batch_id, index), {f.ROSTER_CHUNK_PLAYERS: chunk})
         if new.unchecked:
             write.set(refs.unchecked(new.batch_id), {f.UNCHECKED_TOUCHES: 0})
+        else:  # a marker an earlier batch of this id left (Firestore keeps subcollections)
+            write.delete(refs.unchecked(new.batch_id))
         await write.commit(retry=None)
 
     async def stored() -> tuple[dict[str, Any], frozenset[str] | None]:

@@ -22,7 +22,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from .._config import MigrationMode
 from .._errors import BatchStateError, InvalidCountError, InvalidIdError, InvalidInputError
 from .._retry import RetryPolicy
-from .names import PREDICTIONS_BY_PLAYER
+from .names import PREDICTIONS_BY_PLAYER, ROSTER
 
 MAX_ID_BYTES = 1500
 MAX_FIELD_PATH_BYTES = 1500
@@ -310,7 +310,7 @@ class Layout:
 
     Raises:
         InvalidIdError: ``collection`` is not a collection path of valid ids, or
-            ``completions`` is not a valid id.
+            ``completions`` is not a valid id, or is ``roster`` (reserved).
     """
 
     collection: str = "prediction_batches"
@@ -329,6 +329,8 @@ class Layout:
         for part in parts:
             validate_id("collection segment", part)
         validate_id("completions subcollection", self.completions)
+        if self.completions == ROSTER:  # the roster chunks and the marker live there
+            raise InvalidIdError(f"completions subcollection {ROSTER!r} is reserved for rosters")
 
 
 def validate_player(mode: MigrationMode, player: object) -> str:

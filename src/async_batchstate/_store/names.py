@@ -76,10 +76,11 @@ ROSTER_CHUNK_PLAYERS = "players"  # field of a chunk document
 UNCHECKED = "unchecked"
 """A document in the roster subcollection of a batch that needs no settings check: born
 guarded (completion documents), without roster, without deadline, expecting at most
-``UNCHECKED_MAX_EXPECTED``. A process's first completion of a batch sends its Commit with
+``UNCHECKED_MAX_EXPECTED`` (``create_batch`` deletes a marker left under the id of any
+other batch). A process's first completion of a batch sends its Commit with
 an update of it that requires it to exist, beside the settings read: one round trip."""
 UNCHECKED_TOUCHES = "touches"  # the field the first touches increment
-UNCHECKED_MAX_EXPECTED = 2**31  # then no count up to 2**32 can overflow the total
+UNCHECKED_MAX_EXPECTED = 2**31 - 1  # then every count up to 2**32 fits the 64-bit total
 ROSTER_INLINE_BYTES = 16 * 1024
 ROSTER_CHUNK_BYTES = 512 * 1024
 ROSTER_CHUNK_MAX = 10_000  # players per chunk (index entries: well under 40,000)

@@ -54,8 +54,9 @@ class PlayerCompletion:
 class SettingsNeeded(BatchStateError):
     """Unchecked completions met a batch whose settings must be checked: nothing written.
 
-    A roster or a deadline: each caller checks, then records again. Internal: never
-    leaves ``record_completion``.
+    A roster or a deadline: each caller checks, then records again (a caller already
+    checked that was grouped with unchecked ones records again). Internal:
+    ``record_completion`` catches it.
     """
 
 

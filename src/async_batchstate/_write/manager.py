@@ -769,21 +769,26 @@ class AsyncBatchStateManager:
         count = validate_count("predictions_count", predictions_count)
         wait = self._retry.deadline if timeout is None else validate_seconds("timeout", timeout)
         info = self._infos.cached(batch_id)
+        checked = True
         if info is not None and not self._finalizer.overdue(info.deadline, info.terminal):
             info.check_completion(batch_id, player, count)  # the common case: no I/O here
         elif info is None and self._writer.first_touch_unchecked and count <= MAX_PER_COMPLETION:
             # A first touch: queued before the settings are read; its Commit goes beside
             # the read and lands only on a batch whose settings could check nothing.
-            try:
-                unchecked = PlayerCompletion(player, count, checked=False)
-                return await self._runner.record(batch_id, unchecked, started + wait)
-            except SettingsNeeded:  # nothing written: check, then record as usual
-                left = max(started + wait - self._clock.monotonic(), 0.0)
-                await self._prepare(batch_id, player, count, left)
+            checked = False
         else:
             await self._prepare(batch_id, player, count, wait)
-        completion = PlayerCompletion(player, count)
-        return await self._runner.record(batch_id, completion, started + wait)
+        while True:
+            completion = PlayerCompletion(player, count, checked=checked)
+            try:
+                return await self._runner.record(batch_id, completion, started + wait)
+            except SettingsNeeded:
+                # Nothing was written: this completion (or one it was grouped with) was
+                # queued unchecked and the batch has settings to check. Check, go again.
+                if not checked:
+                    left = max(started + wait - self._clock.monotonic(), 0.0)
+                    await self._prepare(batch_id, player, count, left)
+                    checked = True
 
     async def _prepare(self, batch_id: str, player: str, count: int, wait: float) -> None:
         """Read the batch's settings (once per process) and expire it if overdue."""

@@ -206,6 +206,8 @@ class GroupRunner:
             return outcome
 
         def on_failure(failure: AttemptFailure) -> None:
+            if isinstance(failure.error, SettingsNeeded):
+                return  # not a failure: its callers check the batch's settings and go again
             if failure.kind in _CONTENTION:
                 limit.on_contention()
             logger.debug(

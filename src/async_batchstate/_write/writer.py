@@ -174,9 +174,9 @@ class GroupWriter:
                 and not self._whole_map(firsts)
             ):
                 written, info = await self._first_touch(batch_id, group, firsts, state)
-            if info is None:
-                info = await self._infos.get(batch_id)
             if written is None:
+                if info is None:
+                    info = await self._infos.get(batch_id)
                 if unchecked and not info.accepts_unchecked():
                     raise SettingsNeeded(f"batch {batch_id!r} needs its settings checked")
                 written = await self._write_with(batch_id, group, firsts, state, info)
@@ -184,7 +184,7 @@ class GroupWriter:
             raise batch_not_found(batch_id, self.refs.layout.collection) from exc
         except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.PermissionDenied) as exc:
             raise WriteFailedError(f"Firestore refused the write to batch {batch_id!r}") from exc
-        if not state.split and all(p in state.resolved for p in firsts):
+        if info is not None and not state.split and all(p in state.resolved for p in firsts):
             info.spend(state.keys())  # told now: its ids in open_writes may go
         recorded = tuple(
             firsts[c.player] == i and state.resolved.get(c.player, False)
@@ -223,7 +223,7 @@ class GroupWriter:
         group: Sequence[PlayerCompletion],
         firsts: dict[str, int],
         state: GroupState,
-    ) -> tuple[GroupOutcome | None, BatchInfo]:
+    ) -> tuple[GroupOutcome | None, BatchInfo | None]:
         """A process's first write to a batch: the Commit beside the settings read.
 
         The Commit creates the completion documents and updates the batch, as a
@@ -232,7 +232,7 @@ class GroupWriter:
         settings can check nothing. Any other batch refuses the Commit whole (NOT_FOUND;
         ALREADY_EXISTS when a member exists): nothing is written, and the group goes the
         usual way once the settings are read. Returns (the outcome if it committed, the
-        batch's settings).
+        batch's settings; None if they could not be read after the Commit landed).
         """
         load = asyncio.ensure_future(self._infos.get(batch_id))
         load.add_done_callback(_retrieved)
@@ -266,8 +266,26 @@ class GroupWriter:
             state.resolved[completion.player] = True
             if outcome.expired:
                 state.late.add(completion.player)
-        info = await load
-        self._confirm(batch_id, info, legacy_only)
+        info: BatchInfo | None = None
+        try:
+            info = await load
+        except Exception as exc:  # the write landed: its callers are told so all the same
+            logger.warning(
+                "batch %r: recorded, but its settings could not be read (%r); the batch is "
+                "checked for completion on its next touch",
+                batch_id,
+                exc,
+                extra={"batch_id": batch_id},
+            )
+        if info is not None:
+            self._confirm(batch_id, info, legacy_only)
+            if not info.accepts_unchecked():  # a marker left by an earlier batch of this id
+                logger.error(
+                    "batch %r has settings to check but an 'unchecked' marker: a completion "
+                    "was recorded unchecked",
+                    batch_id,
+                    extra={"batch_id": batch_id},
+                )
         await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
         return outcome, info
 
