@@ -77,6 +77,9 @@ EMULATOR: EmulatorInfo | None = None  # set by the test before the machine runs
 SLOTS = 3
 LEASE = 5.0
 MODES = list(MigrationMode)
+STAGGER = st.sampled_from([0.0, 0.001, 0.003])
+"""Seconds between the starts of a race's calls: at once, or one after another while the
+earlier ones' writes (a first touch's Commit beside its settings read) are in flight."""
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.01, deadline=120.0, attempt_timeout=30.0)
 LOSABLE = ("Commit", "BeginTransaction", "Rollback")
 
@@ -380,6 +383,7 @@ class Fleet(RuleBasedStateMachine):
         ),
         expirer=st.one_of(st.none(), st.integers(0, SLOTS - 1)),
         answers=st.integers(0, 3),
+        stagger=STAGGER,
     )
     def race(
         self,
@@ -387,10 +391,13 @@ class Fleet(RuleBasedStateMachine):
         calls: list[tuple[int, int, int]],
         expirer: int | None,
         answers: int,
+        stagger: float = 0.0,
     ) -> None:
         """Completions at once in several processes (redeliveries to any process), maybe with
         an expiry racing them; answers lost in the first process. Which call wins a player
-        is not the model's to say: exactly one, and LATE exactly per the expiry's own view."""
+        is not the model's to say: exactly one, and LATE exactly per the expiry's own view.
+        ``stagger``: each call starts that many seconds after the one before (real time), so
+        a later caller can arrive while an earlier one's first touch is still in flight."""
         EXPLORED.steps["race"] += 1
         batch = self.model[batch_id]
         picked = [
@@ -406,8 +413,12 @@ class Fleet(RuleBasedStateMachine):
         overdue = self.overdue(batch)
         lost = self.lose(picked[0][0], answers)
 
+        async def call(index: int, proc: Any, player: str, count: int) -> Any:
+            await asyncio.sleep(index * stagger)
+            return await proc.manager.record_completion(batch_id, player, count)
+
         async def together() -> tuple[list[Any], bool | None]:
-            tasks = [p.manager.record_completion(batch_id, player, c) for p, player, c in picked]
+            tasks = [call(i, p, player, c) for i, (p, player, c) in enumerate(picked)]
             if expirer is None:
                 return list(await asyncio.gather(*tasks)), None
             expiry = self.procs[expirer].manager.expire(batch_id, reason="race")
@@ -472,12 +483,18 @@ class Fleet(RuleBasedStateMachine):
         ),
         expirer=st.integers(0, SLOTS - 1),
         answers=st.integers(1, 4),
+        stagger=STAGGER,
     )
     def race_an_expiry(
-        self, batch_id: str, calls: list[tuple[int, int, int]], expirer: int, answers: int
+        self,
+        batch_id: str,
+        calls: list[tuple[int, int, int]],
+        expirer: int,
+        answers: int,
+        stagger: float,
     ) -> None:
         """The race above, always with an expiry and lost answers (the riskiest mix)."""
-        self.race(batch_id, calls, expirer, answers)
+        self.race(batch_id, calls, expirer, answers, stagger)
 
     @rule(batch_id=batches, slot=st.integers(0, SLOTS - 1), answers=st.integers(0, 2))
     def expire(self, batch_id: str, slot: int, answers: int) -> None:
