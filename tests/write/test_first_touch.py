@@ -13,9 +13,10 @@ lock-free, a read and a conditional Commit where the legacy array must be read (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -92,13 +93,19 @@ async def test_a_first_touch_costs_the_settings_read_and_then_what_a_warm_write_
     assert WARM[mode] + settings + refused == first.counts
 
 
-async def fresh_manager(
+@contextlib.asynccontextmanager
+async def fresh(
     firestore_emulator: EmulatorInfo, collection: str, **kwargs: Any
-) -> tuple[AsyncBatchStateManager, AsyncClient]:
-    """A manager on a client of its own: a process that has read no batch yet."""
+) -> AsyncIterator[tuple[AsyncBatchStateManager, AsyncClient]]:
+    """A manager on a client of its own (a process that has read no batch yet), closed after."""
     client = make_client(firestore_emulator)
     kwargs.setdefault("validation_rate", 0.0)
-    return AsyncBatchStateManager(client, collection=collection, **kwargs), client
+    manager = AsyncBatchStateManager(client, collection=collection, **kwargs)
+    try:
+        yield manager, client
+    finally:
+        await manager.aclose()
+        await aclose_client(client)
 
 
 async def test_an_answer_lost_on_the_first_touch_is_recorded_once(
@@ -113,14 +120,13 @@ async def test_an_answer_lost_on_the_first_touch_is_recorded_once(
     await creator.create_batch("b", expected_count=2)
     await creator.aclose()
     lost = Injector(FaultPoint.AFTER_COMMIT, ServiceUnavailable("injected: answer lost"), times=1)
-    manager, client = await fresh_manager(firestore_emulator, batch_collection, fault_injector=lost)
-    try:
+    async with fresh(firestore_emulator, batch_collection, fault_injector=lost) as (
+        manager,
+        _client,
+    ):
         first = await manager.record_completion("b", "p1", 4)
         again = await manager.record_completion("b", "p1", 4)
         progress = await manager.get_progress("b")
-    finally:
-        await manager.aclose()
-        await aclose_client(client)
     assert 1 == lost.raised
     assert (CompletionStatus.RECORDED, CompletionStatus.DUPLICATE) == (first.status, again.status)
     assert (1, 4) == (progress.completed_count, progress.total_predictions)
@@ -137,13 +143,9 @@ async def test_a_first_touch_of_an_expired_batch_is_late(
     await creator.create_batch("b", expected_count=1)
     assert await creator.expire("b", reason="workers lost")
     await creator.aclose()
-    manager, client = await fresh_manager(firestore_emulator, batch_collection)
-    try:
+    async with fresh(firestore_emulator, batch_collection) as (manager, _client):
         late = await manager.record_completion("b", "p1", 1)
         progress = await manager.get_progress("b")
-    finally:
-        await manager.aclose()
-        await aclose_client(client)
     assert (CompletionStatus.LATE, False) == (late.status, late.batch_completed)
     assert "expired" == progress.status
 
@@ -164,8 +166,7 @@ async def test_a_first_touch_of_a_batch_with_settings_to_check_writes_nothing_un
         await creator.create_batch("b", expected_count=2, deadline=dt.timedelta(milliseconds=1))
     await creator.aclose()
     await asyncio.sleep(0.01)
-    manager, client = await fresh_manager(firestore_emulator, batch_collection)
-    try:
+    async with fresh(firestore_emulator, batch_collection) as (manager, _client):
         if shape == "roster":
             with pytest.raises(UnexpectedPlayerError):
                 await manager.record_completion("b", "outsider", 1)
@@ -174,9 +175,6 @@ async def test_a_first_touch_of_a_batch_with_settings_to_check_writes_nothing_un
             answer = await manager.record_completion("b", "p1", 1)
         progress = await manager.get_progress("b")
         stored = await read_completions(firestore_client, batch_collection, "b")
-    finally:
-        await manager.aclose()
-        await aclose_client(client)
     if shape == "roster":
         assert ({}, 0) == (stored, progress.completed_count)
     else:
@@ -197,14 +195,10 @@ async def test_a_batch_without_its_marker_takes_the_checked_path(
     await creator.aclose()
     batch = firestore_client.collection(batch_collection).document("b")
     await batch.collection("roster").document("unchecked").delete()
-    manager, client = await fresh_manager(firestore_emulator, batch_collection)
-    try:
+    async with fresh(firestore_emulator, batch_collection) as (manager, client):
         with RpcCounter().attach(client) as rpcs:
             result = await manager.record_completion("b", "p1", 1)
         progress = await manager.get_progress("b")
-    finally:
-        await manager.aclose()
-        await aclose_client(client)
     assert (CompletionStatus.RECORDED, True) == (result.status, result.batch_completed)
     assert 2 <= rpcs.counts["Commit"]  # the refused one, the recorded one (and the flip)
     assert progress.is_finalized and 1 == progress.completed_count
@@ -239,18 +233,15 @@ async def test_callers_checked_and_unchecked_in_one_group_are_all_recorded(
     else:
         await creator.create_batch("b", expected_count=10, deadline=dt.timedelta(hours=1))
     await creator.aclose()
-    manager, client = await fresh_manager(
-        firestore_emulator, batch_collection, fault_injector=HoldFirstGroup()
-    )
-    try:
+    async with fresh(firestore_emulator, batch_collection, fault_injector=HoldFirstGroup()) as (
+        manager,
+        _client,
+    ):
         first = asyncio.ensure_future(manager.record_completion("b", "p1", 1))
         await asyncio.sleep(0.05)
         second = asyncio.ensure_future(manager.record_completion("b", "p2", 1))
         results = await asyncio.gather(first, second, return_exceptions=True)
         failures = manager.stats().failures_by_cause
-    finally:
-        await manager.aclose()
-        await aclose_client(client)
     assert [CompletionStatus.RECORDED] * 2 == [getattr(r, "status", r) for r in results]
     assert not failures  # checking a batch's settings is not a failure
 
@@ -278,13 +269,9 @@ async def test_a_first_touch_whose_settings_read_fails_after_its_commit_is_recor
         return await real(self, batch_id)
 
     monkeypatch.setattr(roster.BatchInfoCache, "_read", refused_once)
-    manager, client = await fresh_manager(firestore_emulator, batch_collection)
-    try:
+    async with fresh(firestore_emulator, batch_collection) as (manager, _client):
         result = await manager.record_completion("b", "p1", 1)
         progress = await manager.wait_until_complete("b", timeout=10)
-    finally:
-        await manager.aclose()
-        await aclose_client(client)
     assert CompletionStatus.RECORDED == result.status
     assert progress.is_finalized and 1 == progress.completed_count
 
@@ -302,13 +289,9 @@ async def test_a_marker_left_under_a_batch_id_is_not_inherited(
     await firestore_client.collection(batch_collection).document("b").delete()
     await creator.create_batch("b", expected_players=["p1", "p2"])
     await creator.aclose()
-    manager, client = await fresh_manager(firestore_emulator, batch_collection)
-    try:
+    async with fresh(firestore_emulator, batch_collection) as (manager, _client):
         with pytest.raises(UnexpectedPlayerError):
             await manager.record_completion("b", "outsider", 1)
-    finally:
-        await manager.aclose()
-        await aclose_client(client)
     assert {} == await read_completions(firestore_client, batch_collection, "b")
 
 
@@ -323,14 +306,7 @@ async def test_the_largest_count_is_judged_alike_first_touch_or_not(
     creator = AsyncBatchStateManager(firestore_client, collection=batch_collection, mode=mode)
     await creator.create_batch("b", expected_count=2**31)
     await creator.aclose()
-    manager, client = await fresh_manager(firestore_emulator, batch_collection, mode=mode)
-    answers = []
-    try:
-        for player in ("p1", "p2"):
+    async with fresh(firestore_emulator, batch_collection, mode=mode) as (manager, _):
+        for player in ("p1", "p2"):  # a first touch, then a completion with settings held
             with pytest.raises(InvalidCountError):
                 await manager.record_completion("b", player, 2**32)
-            answers.append(player)
-    finally:
-        await manager.aclose()
-        await aclose_client(client)
-    assert ["p1", "p2"] == answers
