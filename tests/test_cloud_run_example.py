@@ -443,6 +443,19 @@ def test_log_lines_are_cloud_logging_json_with_the_requests_trace() -> None:
 # -- the service under the emulators, as Cloud Run starts it -----------------------------
 
 
+def emulator_env(
+    firestore: EmulatorInfo, pubsub: PubSubEmulator, batch_collection: str
+) -> dict[str, str]:
+    """The service's environment on the emulators, without push authentication."""
+    return {
+        "FIRESTORE_EMULATOR_HOST": firestore.host,
+        "PUBSUB_EMULATOR_HOST": pubsub.host,
+        "GOOGLE_CLOUD_PROJECT": firestore.project,
+        "PUSH_AUTH": "none",
+        "BATCH_COLLECTION": batch_collection,
+    }
+
+
 def start_service(
     tmp_path: Path, env: dict[str, str], port: int | None = None
 ) -> tuple[subprocess.Popen[str], str]:
@@ -574,11 +587,7 @@ async def test_the_service_records_a_batch_pushed_through_pubsub_and_exits_0_on_
     next_path = pubsub_emulator.create_subscription(project, next_sub, next_topic)
     markers = f"{firestore_namespace}_markers"
     env = {
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
-        "GOOGLE_CLOUD_PROJECT": project,
-        "PUSH_AUTH": "none",
-        "BATCH_COLLECTION": batch_collection,
+        **emulator_env(firestore_emulator, pubsub_emulator, batch_collection),
         "STAGE_MARKERS_COLLECTION": markers,
         "NEXT_STAGE_TOPIC": next_topic,
         "ENABLE_SUBCOLLECTION_COMPLETIONS": "true",
@@ -713,13 +722,7 @@ async def test_sigterm_mid_batch_exits_0_in_time_and_leaves_the_batch_consistent
     project = firestore_emulator.project
     topic, sub = names()
     pubsub_emulator.create_topic(project, topic)
-    env = {
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
-        "GOOGLE_CLOUD_PROJECT": project,
-        "PUSH_AUTH": "none",
-        "BATCH_COLLECTION": batch_collection,
-    }
+    env = emulator_env(firestore_emulator, pubsub_emulator, batch_collection)
     proc, url = start_service(tmp_path, env)
     service_processes.append(proc)
     await wait_healthy(proc, url, tmp_path)

@@ -58,7 +58,9 @@ from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1 import Increment
 from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
 from google.cloud.firestore_v1.async_client import AsyncClient
+from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
+from google.cloud.firestore_v1.types import Write
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import MigrationMode
@@ -239,33 +241,18 @@ class GroupWriter:
         pending = [group[i] for p, i in firsts.items() if p not in state.resolved]
         if not pending:
             return None, await load
-        batch_ref = self.refs.batch(batch_id)
         refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
         await self._fault(FaultPoint.AFTER_READS, batch_id, list(refs))
-        update, results_at = batch_update(
-            self._mode, pending, docs=True, write_key=state.write_id, spent=[]
-        )
         marker = update_write(
             document_name(self.refs.unchecked(batch_id)), {f.UNCHECKED_TOUCHES: Increment(1)}
         )
-        writes = [
-            *(
-                create_write(document_name(refs[c.player]), self._completion_doc(c, state))
-                for c in pending
-            ),
-            marker,
-            update_write(document_name(batch_ref), update),  # last: its results are read
-        ]
+        writes, results_at = self._group_commit(batch_id, pending, refs, state, [], marker)
         await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
         try:
             results = await commit_writes(self._client, writes)
         except (gexc.NotFound, gexc.Conflict):
             return None, await load  # refused whole: nothing written
-        outcome, legacy_only = results_at.read(results[-1])
-        for completion in pending:
-            state.resolved[completion.player] = True
-            if outcome.expired:
-                state.late.add(completion.player)
+        outcome, legacy_only = _landed(pending, state, results, results_at)
         info: BatchInfo | None = None
         try:
             info = await load
@@ -288,6 +275,32 @@ class GroupWriter:
                 )
         await self._fault(FaultPoint.AFTER_COMMIT, batch_id, list(refs))
         return outcome, info
+
+    def _group_commit(
+        self,
+        batch_id: str,
+        pending: Sequence[PlayerCompletion],
+        refs: dict[str, AsyncDocumentReference],
+        state: GroupState,
+        spent: list[str],
+        *extra: Write,
+    ) -> tuple[list[Write], ResultsAt]:
+        """A lock-free group's Commit: its completion documents, ``extra``, the batch update.
+
+        The batch update goes last: its transform results are what the Commit reads back.
+        """
+        update, results_at = batch_update(
+            self._mode, pending, docs=True, write_key=state.write_id, spent=spent
+        )
+        writes = [
+            *(
+                create_write(document_name(refs[c.player]), self._completion_doc(c, state))
+                for c in pending
+            ),
+            *extra,
+            update_write(document_name(self.refs.batch(batch_id)), update),
+        ]
+        return writes, results_at
 
     @staticmethod
     def _confirm(batch_id: str, info: BatchInfo, legacy_only: int) -> None:
@@ -335,16 +348,7 @@ class GroupWriter:
                     break
                 refs = {c.player: self.refs.completion(batch_id, c.player) for c in pending}
                 spent = info.to_delete()
-                update, results_at = batch_update(
-                    self._mode, pending, docs=True, write_key=state.write_id, spent=spent
-                )
-                writes = [
-                    *(
-                        create_write(document_name(refs[c.player]), self._completion_doc(c, state))
-                        for c in pending
-                    ),
-                    update_write(document_name(batch_ref), update),
-                ]
+                writes, results_at = self._group_commit(batch_id, pending, refs, state, spent)
                 await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
                 try:
                     results = await commit_writes(self._client, writes)
@@ -370,11 +374,7 @@ class GroupWriter:
                     pending = still
                     await self._fault(FaultPoint.AFTER_READS, batch_id, [c.player for c in pending])
                     continue
-                outcome, legacy_only = results_at.read(results[-1])
-                for completion in pending:
-                    state.resolved[completion.player] = True
-                    if outcome.expired:
-                        state.late.add(completion.player)
+                outcome, legacy_only = _landed(pending, state, results, results_at)
                 self._confirm(batch_id, info, legacy_only)
                 info.spent.difference_update(spent)
                 info.note_conflict(conflicted)
@@ -631,6 +631,22 @@ class GroupWriter:
     def _whole_map(self, players: Iterable[str]) -> bool:
         """Whether a write of ``players`` rewrites the whole legacy map (and must read it)."""
         return self._mode.writes_legacy and any(needs_whole_map_write(p) for p in players)
+
+
+def _landed(
+    pending: Sequence[PlayerCompletion], state: GroupState, results: Any, results_at: ResultsAt
+) -> tuple[GroupOutcome, int]:
+    """A group Commit landed: its members are resolved (LATE if the batch had expired).
+
+    Returns the outcome the batch update's transform results say, and the batch's
+    ``legacy_only_count``.
+    """
+    outcome, legacy_only = results_at.read(results[-1])
+    for completion in pending:
+        state.resolved[completion.player] = True
+        if outcome.expired:
+            state.late.add(completion.player)
+    return outcome, legacy_only
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
