@@ -278,6 +278,7 @@ CONSTRUCTOR = Entry(
         "linger": Arg(ConfigurationError, SECONDS),
         "retry": Arg(ConfigurationError, accepts("None")),
         "rate_limit": Arg(ConfigurationError, accepts("None", "int", "float", "huge int")),
+        "document_write_rate": Arg(ConfigurationError, accepts("None", "int", "float", "huge int")),
         "on_complete": Arg(ConfigurationError, accepts("None", "function")),
         "on_expired": Arg(ConfigurationError, accepts("None", "function")),
         "callback_lease": Arg(ConfigurationError, accepts("int", "float", "huge int")),

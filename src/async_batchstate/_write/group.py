@@ -114,6 +114,8 @@ class GroupState:
         split: The group failed and its members are retried one by one with this
             state: its ids are never deleted from ``open_writes`` (a member's retry
             may still need them).
+        commits: Commits sent for this group, landed or refused (each takes a write
+            slot of the batch document: the fleet pacing counts them).
     """
 
     write_id: str = field(default_factory=new_write_id)
@@ -122,6 +124,7 @@ class GroupState:
     late: set[str] = field(default_factory=set)
     uncertain_commits: int = 0
     split: bool = False
+    commits: int = 0
 
     def keys(self) -> list[str]:
         """Every id this group's writes may have set in ``open_writes``."""

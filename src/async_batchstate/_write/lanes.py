@@ -15,10 +15,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .._clock import SYSTEM_CLOCK, Clock
+from .._clock import SYSTEM_CLOCK, Clock, wait_event
 from .._types import CompletionResult
 from .group import PlayerCompletion
 from .limits import AdaptiveLimit
+from .pacing import Pacer
 
 logger = logging.getLogger("async_batchstate.coalesce")
 
@@ -63,6 +64,7 @@ class Lane:
         linger: float,
         on_idle: Callable[[Lane], None],
         clock: Clock = SYSTEM_CLOCK,
+        pacer: Pacer | None = None,
     ) -> None:
         self.batch_id = batch_id
         self.limit = limit
@@ -71,6 +73,11 @@ class Lane:
         self._linger = linger
         self._on_idle = on_idle
         self._clock = clock
+        self.pacer = pacer
+        self._hurried = False
+        """A close: writers stop lingering and pacing."""
+        self._wake = asyncio.Event()
+        """Ends a writer's pause: a close, or a paced group filled."""
         self.queue: deque[Pending] = deque()
         self.tasks: set[asyncio.Task[bool]] = set()
         self._writing: set[str] = set()
@@ -87,6 +94,10 @@ class Lane:
     def submit(self, pending: Pending) -> None:
         """Queue ``pending`` and start a write if the in-flight limit allows."""
         self.queue.append(pending)
+        if self.pacer is not None:
+            self.pacer.arrived()
+            if len(self.queue) >= min(2.0 * self.pacer.group, self._max_group_size):
+                self._wake.set()  # a paced group is full: its writer goes now
         self._pump()
 
     def withdraw(self, pending: Pending) -> bool:
@@ -146,8 +157,12 @@ class Lane:
     async def _write_next(self) -> bool:
         """Write one group; False if every queued completion had to wait."""
         try:
-            if self._linger > 0:
-                await self._clock.sleep(self._linger)
+            pause = self._linger
+            if self.pacer is not None and len(self.queue) < self._max_group_size:
+                pause = max(pause, self.pacer.delay(len(self.queue)))
+            if pause > 0 and not self._hurried:
+                self._wake.clear()
+                await wait_event(self._clock, self._wake, pause)
         finally:
             self._starting -= 1
         group: list[Pending] = []
@@ -164,6 +179,8 @@ class Lane:
         self.queue.extendleft(reversed(deferred))
         if not group:
             return False
+        if self.pacer is not None:
+            self.pacer.started()
         players = {p.completion.player for p in group}
         self._writing |= players
         try:
@@ -183,6 +200,11 @@ class Lane:
     def _maybe_idle(self) -> None:
         if not self.queue and not self.tasks:
             self._on_idle(self)
+
+    def hurry(self) -> None:
+        """Writers waiting to start (linger, pacing) start now: the manager is closing."""
+        self._hurried = True
+        self._wake.set()
 
     async def drain(self) -> None:
         """Wait until the queue is empty and no write is in flight.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from functools import partial
@@ -111,6 +112,18 @@ class AsyncBatchStateManager:
             (aiolimiter leaky bucket: an idle limiter admits a burst of
             ``rate_limit`` attempts, then ``rate_limit`` per second; below 1, one
             attempt every ``1 / rate_limit`` seconds). None: unlimited.
+        document_write_rate: Commits per second that one batch document should take
+            from the whole fleet (set it in every process, below what the document
+            sustains, e.g. 0.8 of it). Each process measures the fleet's completions
+            per second on the batch from the counts its writes read back, and its own
+            as they arrive; while the fleet would need more Commits than this rate,
+            it writes a batch's group when ``fleet rate / document_write_rate``
+            completions are queued (refused Commits counted too), or when its share
+            of the rate allows, at most 1 s after its previous write: N processes of
+            equal load each write about every ``N / rate`` s, completions join larger
+            groups, and no queue of N Commits stands at the document. It only delays
+            writes; outcomes are the same. None (default): no pacing; each process
+            keeps one write in flight per batch.
         on_complete: ``on_complete(batch_id, progress)`` (sync or async), run after a
             batch completes: at least once per batch across processes, in a
             background task of the manager (never inside a caller's
@@ -182,6 +195,7 @@ class AsyncBatchStateManager:
         linger: float = 0.0,
         retry: RetryPolicy | None = None,
         rate_limit: float | None = None,
+        document_write_rate: float | None = None,
         on_complete: OnComplete | None = None,
         on_expired: OnComplete | None = None,
         callback_lease: float = 60.0,
@@ -206,6 +220,7 @@ class AsyncBatchStateManager:
             max_group_size=max_group_size,
             max_in_flight_per_batch=max_in_flight_per_batch,
             linger=linger,
+            document_write_rate=document_write_rate,
             retry=retry,
             on_complete=on_complete,
             on_expired=on_expired,
@@ -277,6 +292,7 @@ class AsyncBatchStateManager:
             max_in_flight=in_flight_bound(self.mode, coalesce, write_path, max_in_flight_per_batch),
             linger=linger,
             expected_count=self._expected_count,
+            write_rate=None if document_write_rate is None else float(document_write_rate),
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -844,6 +860,7 @@ def _check_settings(
     max_group_size: object,
     max_in_flight_per_batch: object,
     linger: object,
+    document_write_rate: object,
     retry: object,
     on_complete: object,
     on_expired: object,
@@ -878,6 +895,15 @@ def _check_settings(
     if max_in_flight_per_batch is not None:
         validate_count("max_in_flight_per_batch", max_in_flight_per_batch, minimum=1, error=bad)
     validate_seconds("linger", linger, error=bad)
+    if document_write_rate is not None and not (
+        not isinstance(document_write_rate, bool)
+        and isinstance(document_write_rate, int | float)
+        and 0 < document_write_rate < math.inf
+    ):
+        raise bad(
+            "document_write_rate must be a finite number of writes per second > 0 "
+            f"(or None), not {document_write_rate!r}"
+        )
     if retry is not None:
         validate_instance("retry", retry, RetryPolicy, error=bad)
     for name, value in (

@@ -33,6 +33,7 @@ from .finalizer import Finalizer
 from .group import GroupOutcome, GroupState, PlayerCompletion, SettingsNeeded
 from .lanes import Lane, Pending
 from .limits import AdaptiveLimit
+from .pacing import Pacer
 from .writer import GroupWriter
 
 logger = logging.getLogger("async_batchstate")
@@ -62,6 +63,7 @@ class GroupRunner:
         max_in_flight: int,
         linger: float,
         expected_count: Callable[[str], Awaitable[int]],
+        write_rate: float | None = None,
     ) -> None:
         if not 1 <= max_group_size <= MAX_GROUP_SIZE:
             raise ConfigurationError(
@@ -83,6 +85,9 @@ class GroupRunner:
         self._linger = linger
         self._expected_count = expected_count
         self._lanes: dict[str, Lane] = {}
+        self._write_rate = write_rate
+        self._pacers: dict[str, Pacer] = {}
+        """Per batch, kept while its lane comes and goes (bounded like ``_untold``)."""
         self._untold: set[str] = set()
         """Batches this process finalized while the finalizing caller had stopped waiting."""
 
@@ -104,6 +109,8 @@ class GroupRunner:
     async def aclose(self, drain_timeout: float) -> None:
         """Drain writes in flight for ``drain_timeout`` seconds, then fail what is left."""
         lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.hurry()
         try:
             async with self._clock.timeout(drain_timeout):
                 for lane in lanes:
@@ -196,13 +203,20 @@ class GroupRunner:
         completions = [p.completion for p in group]
         started = self._clock.monotonic()
         budget = max(p.deadline for p in group) - started
+        pacer = self._pacers.get(batch_id)
 
         async def attempt() -> Any:
             if self._rate is not None:
                 await self._rate.acquire()
-            begun = self._clock.monotonic()
-            outcome = await self._writer.write(batch_id, completions, state)
+            begun, commits = self._clock.monotonic(), state.commits
+            try:
+                outcome = await self._writer.write(batch_id, completions, state)
+            finally:
+                if pacer is not None:
+                    pacer.sent(state.commits - commits)
             limit.on_success(self._clock.monotonic() - begun)
+            if pacer is not None:
+                pacer.landed(outcome.completed_count, outcome.new_count)
             return outcome
 
         def on_failure(failure: AttemptFailure) -> None:
@@ -419,9 +433,20 @@ class GroupRunner:
                 linger=self._linger,
                 on_idle=self._drop_lane,
                 clock=self._clock,
+                pacer=self._pacer(batch_id),
             )
             self._lanes[batch_id] = lane
         return lane
+
+    def _pacer(self, batch_id: str) -> Pacer | None:
+        if self._write_rate is None:
+            return None
+        pacer = self._pacers.get(batch_id)
+        if pacer is None:
+            if len(self._pacers) >= 10_000:  # bounded: forgetting one only pauses its pacing
+                self._pacers.clear()
+            pacer = self._pacers[batch_id] = Pacer(self._write_rate, self._clock)
+        return pacer
 
     def _drop_lane(self, lane: Lane) -> None:
         if self._lanes.get(lane.batch_id) is lane:

@@ -249,6 +249,7 @@ class GroupWriter:
         writes, results_at = self._group_commit(batch_id, pending, refs, state, [], marker)
         await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
         try:
+            state.commits += 1
             results = await commit_writes(self._client, writes)
         except (gexc.NotFound, gexc.Conflict):
             return None, await load  # refused whole: nothing written
@@ -351,6 +352,7 @@ class GroupWriter:
                 writes, results_at = self._group_commit(batch_id, pending, refs, state, spent)
                 await self._fault(FaultPoint.BEFORE_COMMIT, batch_id, list(refs))
                 try:
+                    state.commits += 1
                     results = await commit_writes(self._client, writes)
                 except gexc.Conflict as exc:
                     conflicted = True
@@ -422,6 +424,7 @@ class GroupWriter:
         staged_by: list[_Staged] = []
 
         async def stage(txn: AsyncTransaction) -> _Staged:
+            state.commits += 1  # each attempt of the transaction ends in its Commit
             staged_by.append(
                 await self._stage(txn, txn, batch_id, group, firsts, state, legacy_read, info)
             )
@@ -471,6 +474,7 @@ class GroupWriter:
         results: Any = None
         if staged.new:
             try:
+                state.commits += 1
                 results = await write.commit(retry=None)
             except (gexc.FailedPrecondition, gexc.Conflict):
                 # The batch changed (or a member appeared) since the read: read again.
