@@ -1,7 +1,8 @@
 """A worker process for the multi-process test: records players and prints its results as JSON.
 
 Usage: python -m tests._mp_worker COLLECTION BATCH_ID FIRST COUNT REDELIVER_FIRST [MODE]
-(MODE: a ``MigrationMode`` value, default dual_write; FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT come from the environment). Once its
+(MODE: a ``MigrationMode`` value, default dual_write; FIRESTORE_EMULATOR_HOST,
+GOOGLE_CLOUD_PROJECT and MP_WORKER_DOCUMENT_WRITE_RATE come from the environment). Once its
 manager is open it prints ``ready`` and waits for a line on stdin, so that the test starts
 every process's load together; then it prints its results as one line of JSON.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 from async_batchstate import AsyncBatchStateManager, MigrationMode
@@ -29,6 +31,7 @@ async def main(
         collection=collection,
         mode=mode,
         on_complete=lambda b, p: finalized.append(b),
+        document_write_rate=float(os.environ.get("MP_WORKER_DOCUMENT_WRITE_RATE") or 0) or None,
     ) as manager:
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)  # start together

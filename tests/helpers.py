@@ -277,17 +277,20 @@ async def run_workers(
     batch_id: str,
     share: int,
     modes: Sequence[MigrationMode | None],
+    *,
+    document_write_rate: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run one ``tests._mp_worker`` OS process per entry of ``modes``, started together.
 
     Process ``k`` records players ``p{k*share}..`` then redelivers the next process's
-    share (so every completion reaches two processes); ``None`` is DUAL_WRITE. Returns
-    each process's JSON report.
+    share (so every completion reaches two processes); ``None`` is DUAL_WRITE. Every
+    manager gets ``document_write_rate``. Returns each process's JSON report.
     """
     env = {
         **os.environ,
         "FIRESTORE_EMULATOR_HOST": emulator.host,
         "GOOGLE_CLOUD_PROJECT": emulator.project,
+        "MP_WORKER_DOCUMENT_WRITE_RATE": str(document_write_rate or ""),
     }
     n = len(modes)
     procs = [

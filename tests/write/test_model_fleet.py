@@ -78,6 +78,7 @@ SLOTS = 3
 LEASE = 5.0
 MODES = list(MigrationMode)
 STAGGER = st.sampled_from([0.0, 0.001, 0.003])
+PACED_RATE = 1e6
 """Seconds between the starts of a race's calls: at once, or one after another while the
 earlier ones' writes (a first touch's Commit beside its settings read) are in flight."""
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.01, deadline=120.0, attempt_timeout=30.0)
@@ -113,6 +114,7 @@ class Process:
     manager: AsyncBatchStateManager
     mode: MigrationMode
     write_path: str
+    paced: bool
 
 
 @dataclass
@@ -148,7 +150,8 @@ class Fleet(RuleBasedStateMachine):
         self.numbers = iter(range(100_000))
         self.reader: AsyncClient = self.run(self._client())
         self.procs: list[Process] = [
-            self.run(self._process(MODES[i % len(MODES)], "auto")) for i in range(SLOTS)
+            self.run(self._process(MODES[i % len(MODES)], "auto", paced=i == 1))
+            for i in range(SLOTS)
         ]
 
     # -- plumbing --------------------------------------------------------------------
@@ -160,7 +163,7 @@ class Fleet(RuleBasedStateMachine):
         assert EMULATOR is not None
         return make_client(EMULATOR)  # made on the machine's loop: clients are loop-bound
 
-    async def _process(self, mode: MigrationMode, write_path: str) -> Process:
+    async def _process(self, mode: MigrationMode, write_path: str, *, paced: bool) -> Process:
         client = await self._client()
 
         def on(kind: str) -> Any:
@@ -181,8 +184,11 @@ class Fleet(RuleBasedStateMachine):
             callback_lease=LEASE,
             callback_sweep_interval=None,
             write_path=write_path,  # type: ignore[arg-type]
+            # Pacing only delays writes: a rate this high makes its pauses microseconds of
+            # the shared fake time (no deadline moves), and runs its code on every write.
+            document_write_rate=PACED_RATE if paced else None,
         )
-        return Process(client, manager, mode, write_path)
+        return Process(client, manager, mode, write_path, paced)
 
     def teardown(self) -> None:
         async def close() -> None:
@@ -540,8 +546,9 @@ class Fleet(RuleBasedStateMachine):
         slot=st.integers(0, SLOTS - 1),
         mode=st.sampled_from(MODES),
         path=st.sampled_from(["auto", "auto", "transaction"]),
+        paced=st.booleans(),
     )
-    def restart(self, slot: int, mode: MigrationMode, path: str) -> None:
+    def restart(self, slot: int, mode: MigrationMode, path: str, paced: bool) -> None:
         """A process is replaced (rollout, rollback, crash-restart): its cache and any
         callback it was running are gone; what it owed stays owed in the batch."""
         EXPLORED.steps["restart"] += 1
@@ -549,7 +556,7 @@ class Fleet(RuleBasedStateMachine):
         old = self.procs[slot]
         self.run(old.manager.aclose(drain_timeout=1.0))
         self.run(aclose_client(old.client))
-        self.procs[slot] = self.run(self._process(mode, path))
+        self.procs[slot] = self.run(self._process(mode, path, paced=paced))
 
     @rule(batch_id=batches, slot=st.integers(0, SLOTS - 1), which=st.integers(0, 4))
     def closed_channel(self, batch_id: str, slot: int, which: int) -> None:
@@ -565,7 +572,7 @@ class Fleet(RuleBasedStateMachine):
                 proc.manager.record_completion(batch_id, batch.pool[which % 5 % len(batch.pool)], 1)
             )
         self.run(proc.manager.aclose(drain_timeout=1.0))
-        self.procs[slot] = self.run(self._process(proc.mode, proc.write_path))
+        self.procs[slot] = self.run(self._process(proc.mode, proc.write_path, paced=proc.paced))
         self.check(batch_id)
 
     # -- rules: migration, consistency, callbacks ------------------------------------

@@ -15,16 +15,26 @@ pytestmark = [
 ]
 
 
+@pytest.mark.parametrize("paced", [False, True], ids=["unpaced", "paced"])
 async def test_four_processes_with_redelivery_count_exactly_and_finalize_once(
+    paced: bool,
     firestore_emulator: EmulatorInfo,
     make_manager: ManagerFactory,
     firestore_client: AsyncClient,
     batch_collection: str,
 ) -> None:
-    """4 x 100 completions plus a redelivery of each by another process: exact, one finalizer."""
+    """4 x 100 completions plus a redelivery of each by another process: exact, one finalizer.
+    Paced (``document_write_rate``) at 20 Commits/s for the fleet: the same outcomes."""
     share = 100  # players per process; each records its own, then the next one's share
     await make_manager().create_batch("b", expected_count=4 * share)
-    reports = await run_workers(firestore_emulator, batch_collection, "b", share, [None] * 4)
+    reports = await run_workers(
+        firestore_emulator,
+        batch_collection,
+        "b",
+        share,
+        [None] * 4,
+        document_write_rate=20.0 if paced else None,
+    )
 
     results = [r for report in reports for r in report["results"]]
     assert 8 * share == len(results)
