@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     loop.add_argument("--max-steps", type=int, help="steps per sweep at most (default 6)")
     loop.add_argument(
+        "--rates",
+        type=_floats,
+        help="fixed offered rates of every sweep, messages/s, comma-separated: each is run "
+        "whatever the SLO says (instead of the search from --start-rate)",
+    )
+    loop.add_argument(
         "--ceilings",
         type=_floats,
         help="writes/s per document of the ceiling cells, comma-separated (default 20,100,400)",
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "strategies",
         "ceilings",
         "ceiling_processes",
+        "rates",
     )
     if not args.open_loop and any(getattr(args, k) is not None for k in tuning):
         parser.error(f"{', '.join('--' + k.replace('_', '-') for k in tuning)} need --open-loop")

@@ -149,7 +149,8 @@ class OpenBench(Bench):
     async def sweep_cell(
         self, cell: _Cell, strategy: str, where: tuple[str, WriteCeilingProxy | None]
     ) -> dict[str, Any]:
-        """Raise the offered rate until a step misses the SLO (see ``next_rate``)."""
+        """Raise the offered rate until a step misses the SLO (see ``next_rate``), or run
+        each of ``rates`` when given."""
         o = self.open_cfg
         start = o.start_rate if not cell.ceiling else max(1.0, min(o.start_rate, cell.ceiling / 2))
         steps: list[dict[str, Any]] = []
@@ -159,9 +160,15 @@ class OpenBench(Bench):
         # sweep stops before (its capacity stays a lower bound, "not reached").
         one_batch = cell.group not in (BATCHES, FIRST)
         most = LegacyLimits().players * (1 + o.redeliver) / o.step_s * 0.95
+        fixed = list(o.rates)
+        if fixed:
+            rate = fixed.pop(0)
         while rate is not None and not (one_batch and rate > most):
             steps.append(await self.step(cell, strategy, rate, where))
-            rate = next_rate([(s["offered_per_s"], s["ok"]) for s in steps], o)
+            if o.rates:  # a grid: every rate, whatever the SLO says
+                rate = fixed.pop(0) if fixed else None
+            else:
+                rate = next_rate([(s["offered_per_s"], s["ok"]) for s in steps], o)
         steps.sort(key=lambda s: s["offered_per_s"])
         self._done()
         return {
@@ -230,6 +237,7 @@ class OpenBench(Bench):
                 o.drain_s,
                 o.cancel_grace,
                 warm=cell.group == BATCHES,
+                ceiling=cell.ceiling,
             )
             for part in parts
         ]

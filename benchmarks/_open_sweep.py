@@ -38,6 +38,7 @@ class OpenConfig:
     ceiling_processes: tuple[int, ...]  # W values of the ceiling cells (the fleet-size model)
     strategies: tuple[str, ...] = OPEN_LOOP
     groups: tuple[str, ...] = GROUPS
+    rates: tuple[float, ...] = ()  # fixed offered rates, every one run (no search): a grid
     redeliver: float = 0.1
     redeliver_delay: tuple[float, float] = (0.05, 0.5)  # seconds after the first delivery
     ceiling_max_wait: float = 1.0  # WriteCeilingProxy's max_wait

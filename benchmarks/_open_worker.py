@@ -55,6 +55,7 @@ async def open_loop(
     drain: float,
     grace: float,
     warm: bool = False,
+    ceiling: float = 0.0,
 ) -> OpenLoad:
     """Dispatch ``arrivals`` on their schedule, each its own task; cut at ``drain`` s after.
 
@@ -64,7 +65,7 @@ async def open_loop(
     batches, every one of which this process has written to before).
     """
     loop = asyncio.get_running_loop()
-    recorder = STRATEGIES[strategy].open(client, collection)
+    recorder = STRATEGIES[strategy].recorder(client, collection, ceiling)
     if warm:
         await recorder.prepare(sorted({a[1] for a in arrivals}))
     rpcs = RpcCounter().attach(client)
@@ -135,6 +136,7 @@ class OpenJob:
     drain: float
     grace: float
     warm: bool = False
+    ceiling: float = 0.0
 
 
 def open_worker(job: OpenJob) -> OpenLoad:
@@ -152,4 +154,5 @@ async def _open_worker_load(job: OpenJob) -> OpenLoad:
             drain=job.drain,
             grace=job.grace,
             warm=job.warm,
+            ceiling=job.ceiling,
         )

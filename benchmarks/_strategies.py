@@ -272,6 +272,14 @@ class Strategy:
     key: str
     label: str
     open: Callable[[AsyncClient, str], Recorder]
+    pace: float | None = None
+    """``document_write_rate`` as a share of a ceiling cell's modelled writes/s per document."""
+
+    def recorder(self, client: AsyncClient, collection: str, ceiling: float = 0.0) -> Recorder:
+        """A recorder for one process; a pacing strategy paces to ``ceiling`` (0: none)."""
+        if self.pace is None or ceiling <= 0:
+            return self.open(client, collection)
+        return ManagerRecorder(client, collection, document_write_rate=self.pace * ceiling)
 
 
 def _plain(write: PlainWrite) -> Callable[[AsyncClient, str], Recorder]:
@@ -318,6 +326,14 @@ STRATEGIES: dict[str, Strategy] = {
             "manager_one_in_flight",
             "(d) manager, max_in_flight_per_batch=1",
             _managed(max_in_flight_per_batch=1),
+        ),
+        # Fleet pacing: each process spaces its writes of a batch so that the fleet's
+        # stay at 0.8 of the cell's modelled ceiling (outside ceiling cells: defaults).
+        Strategy(
+            "manager_paced",
+            "(d) manager, document_write_rate=0.8 C",
+            _managed(),
+            pace=0.8,
         ),
         # The defaults include sampled validation (10 % of completions start a background
         # scan of the batch); this variant shows what it costs.
