@@ -31,7 +31,7 @@ async def test_paced_processes_record_every_player_once_and_finish_once(
     batch_collection: str,
 ) -> None:
     players = [f"p{i}" for i in range(240)]
-    finished: list[str] = []
+    finished: list[str | None] = []
     clients = [make_client(firestore_emulator) for _ in range(3)]
     managers = [
         AsyncBatchStateManager(
