@@ -391,10 +391,15 @@ def test_settings_refuse_oidc_without_an_audience_and_read_the_seeds_flags() -> 
         "USE_SUBCOLLECTION_READS": "true",
     }
     assert MigrationMode.SUBCOLLECTION_ONLY == main.Settings.from_env(flags).mode
+    assert main.Settings.from_env({"PUSH_AUTH": "none"}).document_write_rate is None
+    paced = main.Settings.from_env({"PUSH_AUTH": "none", "DOCUMENT_WRITE_RATE": "80"})
+    assert 80.0 == paced.document_write_rate
     bad_values = [
         {"PUSH_AUTH": "basic"},
         {"PUSH_AUTH": "none", "MAX_CONCURRENCY": "0"},
         {"PUSH_AUTH": "none", "RECORD_TIMEOUT": "inf"},
+        {"PUSH_AUTH": "none", "DOCUMENT_WRITE_RATE": "-1"},
+        {"PUSH_AUTH": "none", "DOCUMENT_WRITE_RATE": "fast"},
         {"PUSH_AUTH": "none", "DUAL_WRITE_MODE": "maybe"},
     ]
     for bad in bad_values:

@@ -86,6 +86,7 @@ class Settings:
     record_timeout: float = RECORD_TIMEOUT
     shutdown_budget: float = SHUTDOWN_BUDGET
     retain_days: int = RETAIN_DAYS
+    document_write_rate: float | None = None
     next_stage_topic: str = ""
     stage_markers: str = "next_stage_markers"
     log_level: str = "INFO"
@@ -125,6 +126,8 @@ class Settings:
             record_timeout=_number(env, "RECORD_TIMEOUT", RECORD_TIMEOUT, float, least=0.1),
             shutdown_budget=_number(env, "SHUTDOWN_BUDGET", SHUTDOWN_BUDGET, float, least=0.0),
             retain_days=_number(env, "RETAIN_DAYS", RETAIN_DAYS, int, least=0),
+            # 0 or unset: no pacing; else the fleet's Commits/s on one batch document.
+            document_write_rate=_number(env, "DOCUMENT_WRITE_RATE", 0.0, float, least=0.0) or None,
             next_stage_topic=env.get("NEXT_STAGE_TOPIC", "").strip(),
             stage_markers=env.get("STAGE_MARKERS_COLLECTION", "next_stage_markers"),
             log_level=level,
@@ -312,6 +315,7 @@ class Coordinator:
                 client, settings.stage_markers, self._publisher, topic, retain_for
             ),
             retain_for=retain_for,
+            document_write_rate=settings.document_write_rate,
         )
         auth = None
         if settings.push_auth == "oidc":

@@ -25,6 +25,7 @@ ENABLE_SUBCOLLECTION_COMPLETIONS="${ENABLE_SUBCOLLECTION_COMPLETIONS:-true}"
 DUAL_WRITE_MODE="${DUAL_WRITE_MODE:-true}"
 USE_SUBCOLLECTION_READS="${USE_SUBCOLLECTION_READS:-false}"
 RETAIN_DAYS="${RETAIN_DAYS:-30}"
+DOCUMENT_WRITE_RATE="${DOCUMENT_WRITE_RATE:-}" # empty: no fleet pacing (main.py, README)
 
 # The numbers, from the code's defaults (tests/test_cloud_run_example.py checks them):
 MAX_CONCURRENCY="${MAX_CONCURRENCY:-50}" # main.py MAX_CONCURRENCY = Cloud Run --concurrency
@@ -117,6 +118,7 @@ env_vars=(
   "NEXT_STAGE_TOPIC=${NEXT_STAGE_TOPIC}"
   "STAGE_MARKERS_COLLECTION=${STAGE_MARKERS_COLLECTION}"
   "RETAIN_DAYS=${RETAIN_DAYS}"
+  "DOCUMENT_WRITE_RATE=${DOCUMENT_WRITE_RATE}"
 )
 gcloud run deploy "$SERVICE" \
   --source=. \
