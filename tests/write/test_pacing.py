@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from async_batchstate import CompletionStatus
-from async_batchstate._write.lanes import Lane
+from async_batchstate import CompletionStatus, RetryPolicy
+from async_batchstate._clock import SystemClock
+from async_batchstate._write.group import PlayerCompletion
+from async_batchstate._write.lanes import Lane, Pending
 from async_batchstate._write.limits import AdaptiveLimit
 from async_batchstate._write.pacing import MAX_INTERVAL, Pacer
+from async_batchstate._write.runner import GroupRunner
 from async_batchstate.testing import FakeClock
 
 from .test_lanes import FakeRunner, submit
@@ -201,11 +204,12 @@ def test_the_fleets_rate_sets_the_group_and_the_own_rate_the_interval() -> None:
     clock.advance(0.5)
     pacer.landed(500, 0)  # the fleet: 1,000 completions/s -> groups of 10 for 100 Commits/s
     assert pacer.group == pytest.approx(10.0)
-    for _ in range(300):  # this process: about 100 completions/s -> 10 every 0.1 s
+    for _ in range(100):  # this process: about 100 completions/s -> 10 every 0.1 s
         pacer.arrived()
         clock.advance(0.01)
     pacer.started()
-    assert pacer.interval == pytest.approx(0.1, rel=0.1)
+    assert pacer.group == pytest.approx(10.0)  # refreshed 1 s ago: not faded yet
+    assert pacer.interval == pytest.approx(0.1, rel=0.2)  # own rate: 86/s after 1 s
     assert pacer.delay(3) == pytest.approx(pacer.interval)
     assert 0.0 == pacer.delay(20)  # twice the group: arrivals outran the estimate
 
@@ -247,6 +251,35 @@ def test_answers_that_say_nothing_new_change_nothing() -> None:
     clock.advance(1.0)
     pacer.landed(205, 0)
     assert pacer.group == pytest.approx(2.0, rel=0.1)
+
+
+def test_a_batch_that_went_quiet_holds_nothing_back() -> None:
+    """Hot (groups of 24), then 60 s without a write of this process, then a trickle far
+    under the rate: its writes go at once (the old rate fades; the span replaces it)."""
+    clock = FakeClock()
+    pacer = Pacer(100.0, clock)
+    pacer.landed(0, 0)
+    clock.advance(1.0)
+    pacer.landed(2_400, 0)
+    assert pacer.group == pytest.approx(24.0)
+    clock.advance(60.0)
+    pacer.arrived()
+    pacer.started()
+    assert pacer.group < 1e-6
+    assert 0.0 == pacer.delay(1)
+    clock.advance(0.3)
+    pacer.landed(2_420, 1)  # 20 completions in 60 s
+    pacer.arrived()
+    assert pacer.group < 0.01
+    assert 0.0 == pacer.delay(1)
+
+
+def test_a_clock_below_zero_is_no_overflow() -> None:
+    clock = FakeClock(start=-1_000.0)
+    pacer = Pacer(10.0, clock)
+    pacer.arrived()
+    pacer.arrived()
+    assert pacer.interval == 0.0
 
 
 def test_a_slow_process_waits_at_most_max_interval() -> None:
@@ -344,3 +377,67 @@ async def test_hurry_starts_a_paced_write_now() -> None:
 
     assert [["a"]] == runner.groups
     assert CompletionStatus.RECORDED is waiting[0].future.result().status
+
+
+async def test_linger_still_gathers_a_group_with_pacing_on() -> None:
+    """Pacing on but not binding (nothing measured): linger waits its whole time, as
+    without pacing, and ten completions 5 ms apart go out as one group."""
+    runner = FakeRunner(hold=False)
+    lane = Lane(
+        "b",
+        runner,
+        max_group_size=100,
+        limit=AdaptiveLimit(1, initial=1),
+        linger=0.5,
+        on_idle=lambda lane: None,
+        pacer=Pacer(80.0, SystemClock()),
+    )
+    for i in range(10):
+        submit(lane, f"p{i}")
+        await asyncio.sleep(0.005)
+    await lane.drain()
+
+    assert [[f"p{i}" for i in range(10)]] == runner.groups
+
+
+async def test_a_pause_leaves_the_earliest_caller_half_its_time() -> None:
+    """Paced for 1 s, a caller with 0.2 s left: the writer waits 0.1 s, not 1 s."""
+    clock = FakeClock()
+    pacer = Pacer(1.0, clock)
+    pacer.landed(0, 0)
+    clock.advance(1.0)
+    pacer.landed(100, 0)  # groups of 100 for 1 Commit/s: an interval of 1 s
+    runner = FakeRunner(hold=False)
+    lane = paced_lane(runner, clock, pacer)
+    submit(lane, "a")
+    await runner.started(1)
+    start = clock.monotonic()
+    lane.submit(Pending(PlayerCompletion("b", 1), deadline=start + 0.2))
+    await lane.drain()
+
+    assert [["a"], ["b"]] == runner.groups
+    assert clock.monotonic() - start == pytest.approx(0.1)
+
+
+def test_the_pacer_of_a_batch_being_written_outlives_the_bound() -> None:
+    """Past 10,000 batches the runner forgets pacers, but never one a lane is using."""
+    runner = GroupRunner(
+        None,  # type: ignore[arg-type]  # no write happens here
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        retry=RetryPolicy(),
+        clock=FakeClock(),
+        rng=random.Random(0),
+        rate=None,
+        max_group_size=10,
+        max_in_flight=1,
+        linger=0.0,
+        expected_count=None,  # type: ignore[arg-type]
+        write_rate=10.0,
+    )
+    lane = runner._lane("hot")
+    for i in range(10_000):
+        runner._pacer(f"b{i}")
+    assert lane.pacer is runner._pacers["hot"]
+    assert len(runner._pacers) < 10_000

@@ -14,9 +14,21 @@ from collections import Counter
 import pytest
 from google.cloud.firestore_v1.async_client import AsyncClient
 
-from async_batchstate import AsyncBatchStateManager, CompletionStatus, MigrationMode
+from async_batchstate import (
+    AsyncBatchStateManager,
+    CompletionStatus,
+    ConfigurationError,
+    MigrationMode,
+    SystemClock,
+)
 from async_batchstate._store import names as f
-from async_batchstate.testing import EmulatorInfo, LostAnswers, aclose_client, make_client
+from async_batchstate.testing import (
+    EmulatorInfo,
+    LostAnswers,
+    RpcCounter,
+    aclose_client,
+    make_client,
+)
 
 from ..helpers import read_completions
 
@@ -83,3 +95,76 @@ async def test_paced_processes_record_every_player_once_and_finish_once(
     # The fleet's rate (about 500 completions/s against 40 Commits/s) was measured from
     # the counts the writes read back: each process was pacing, in groups of more than one.
     assert all(m._runner._pacers["hot"].group > 1 for m in managers)
+
+
+async def _commits_for(
+    client: AsyncClient, collection: str, batch_id: str, rate: float | None
+) -> int:
+    """Commits one manager sends for 600 completions arriving at 300/s."""
+    manager = AsyncBatchStateManager(
+        client, collection=collection, validation_rate=0.0, document_write_rate=rate
+    )
+    try:
+        await manager.create_batch(batch_id, expected_count=1_000)
+        with RpcCounter().attach(client) as rpcs:
+
+            async def deliver(i: int) -> None:
+                await asyncio.sleep(i / 300)
+                await manager.record_completion(batch_id, f"p{i}", 1)
+
+            await asyncio.gather(*(deliver(i) for i in range(600)))
+    finally:
+        await manager.aclose()
+    return rpcs.counts["Commit"]
+
+
+async def test_pacing_holds_writes_back_and_groups_grow(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    """The same load paced at 10 Commits/s and unpaced: once the rate is measured, the
+    paced process writes a few large groups where the unpaced one writes one group per
+    round trip (tens of Commits on loopback)."""
+    unpaced = await _commits_for(firestore_client, batch_collection, "unpaced", None)
+    paced = await _commits_for(firestore_client, batch_collection, "paced", 10.0)
+    assert paced < unpaced / 2, (paced, unpaced)
+
+
+class PausesForever(SystemClock):
+    """Real time, but a pause (linger, pacing) never ends by itself."""
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_close_ends_a_pacing_pause_and_the_caller_is_recorded(
+    firestore_client: AsyncClient, batch_collection: str
+) -> None:
+    manager = AsyncBatchStateManager(
+        firestore_client,
+        collection=batch_collection,
+        validation_rate=0.0,
+        document_write_rate=1.0,
+        clock=PausesForever(),
+        callback_sweep_interval=None,
+    )
+    await manager.create_batch("b", expected_count=1_000)
+    for i in range(200):  # sequential: unpaced until the fleet's rate is measured
+        await manager.record_completion("b", f"warm{i}", 1)
+        if manager._runner._pacers["b"].group > 1:
+            break
+        await asyncio.sleep(0.005)
+    assert manager._runner._pacers["b"].group > 1
+    held = asyncio.ensure_future(manager.record_completion("b", "held", 1))
+    await asyncio.sleep(0.2)
+    assert not held.done()  # paused, with a sleep that never ends
+    async with asyncio.timeout(30):
+        await manager.aclose(drain_timeout=10.0)
+    assert CompletionStatus.RECORDED is (await held).status
+
+
+@pytest.mark.parametrize("rate", [10**400, -(10**400)])
+def test_a_rate_beyond_floats_is_a_configuration_error(
+    rate: int, firestore_client: AsyncClient
+) -> None:
+    with pytest.raises(ConfigurationError, match="document_write_rate"):
+        AsyncBatchStateManager(firestore_client, document_write_rate=rate)

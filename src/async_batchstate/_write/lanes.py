@@ -74,10 +74,10 @@ class Lane:
         self._on_idle = on_idle
         self._clock = clock
         self.pacer = pacer
-        self._hurried = False
-        """A close: writers stop lingering and pacing."""
+        self._closing = asyncio.Event()
+        """Set by a close: writers stop lingering and pacing."""
         self._wake = asyncio.Event()
-        """Ends a writer's pause: a close, or a paced group filled."""
+        """Ends a writer's pacing pause: a close, or twice a paced group queued."""
         self.queue: deque[Pending] = deque()
         self.tasks: set[asyncio.Task[bool]] = set()
         self._writing: set[str] = set()
@@ -96,8 +96,9 @@ class Lane:
         self.queue.append(pending)
         if self.pacer is not None:
             self.pacer.arrived()
-            if len(self.queue) >= min(2.0 * self.pacer.group, self._max_group_size):
-                self._wake.set()  # a paced group is full: its writer goes now
+            group = self.pacer.group
+            if group > 1.0 and len(self.queue) >= min(2.0 * group, self._max_group_size):
+                self._wake.set()  # arrivals outran the pacer's estimate: its writer goes now
         self._pump()
 
     def withdraw(self, pending: Pending) -> bool:
@@ -157,12 +158,7 @@ class Lane:
     async def _write_next(self) -> bool:
         """Write one group; False if every queued completion had to wait."""
         try:
-            pause = self._linger
-            if self.pacer is not None and len(self.queue) < self._max_group_size:
-                pause = max(pause, self.pacer.delay(len(self.queue)))
-            if pause > 0 and not self._hurried:
-                self._wake.clear()
-                await wait_event(self._clock, self._wake, pause)
+            await self._pause()
         finally:
             self._starting -= 1
         group: list[Pending] = []
@@ -189,6 +185,22 @@ class Lane:
             self._writing -= players
         return True
 
+    async def _pause(self) -> None:
+        """Linger, and pace: never past half the earliest queued caller's time left."""
+        begun = self._clock.monotonic()
+        if self.pacer is not None and 0 < len(self.queue) < self._max_group_size:
+            pace = self.pacer.delay(len(self.queue))
+            if pace > self._linger:
+                # A pause must not be what times a caller out: leave the write half the time.
+                left = min(p.deadline for p in self.queue) - begun
+                pace = min(pace, left / 2)
+            if pace > self._linger and not self._closing.is_set():
+                self._wake.clear()
+                await wait_event(self._clock, self._wake, pace)
+        rest = self._linger - (self._clock.monotonic() - begun)
+        if rest > 0 and not self._closing.is_set():
+            await wait_event(self._clock, self._closing, rest)
+
     def _done(self, task: asyncio.Task[bool]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -203,7 +215,7 @@ class Lane:
 
     def hurry(self) -> None:
         """Writers waiting to start (linger, pacing) start now: the manager is closing."""
-        self._hurried = True
+        self._closing.set()
         self._wake.set()
 
     async def drain(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import math
@@ -895,15 +896,18 @@ def _check_settings(
     if max_in_flight_per_batch is not None:
         validate_count("max_in_flight_per_batch", max_in_flight_per_batch, minimum=1, error=bad)
     validate_seconds("linger", linger, error=bad)
-    if document_write_rate is not None and not (
-        not isinstance(document_write_rate, bool)
-        and isinstance(document_write_rate, int | float)
-        and 0 < document_write_rate < math.inf
-    ):
-        raise bad(
-            "document_write_rate must be a finite number of writes per second > 0 "
-            f"(or None), not {document_write_rate!r}"
-        )
+    if document_write_rate is not None:
+        rate = math.inf
+        if not isinstance(document_write_rate, bool) and isinstance(
+            document_write_rate, int | float
+        ):
+            with contextlib.suppress(OverflowError):  # an int beyond float's range
+                rate = float(document_write_rate)
+        if not 0 < rate < math.inf:
+            raise bad(
+                "document_write_rate must be a finite number of Commits per second > 0 "
+                f"(or None), not {document_write_rate!r}"
+            )
     if retry is not None:
         validate_instance("retry", retry, RetryPolicy, error=bad)
     for name, value in (

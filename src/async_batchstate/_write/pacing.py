@@ -38,7 +38,12 @@ _WINDOW = 0.25
 """Least seconds between two measurements of the fleet's completions per second."""
 _ARRIVALS_TAU = 0.5
 """Time constant (s) of this process's arrival rate: a burst after a quiet spell shows
-within a few arrivals, and the group target (``g``) starts its write at once anyway."""
+within a few arrivals, and twice the group target (``g``) starts its write at once anyway."""
+_FLEET_TAU = 1.0
+"""Time constant (s) of the fleet's rate: a measurement over a long span (a quiet spell)
+replaces the estimate rather than averaging with it, and an estimate no write of this
+process has refreshed for longer than ``MAX_INTERVAL`` fades: a batch that went quiet
+holds nothing back."""
 
 
 class Pacer:
@@ -63,12 +68,18 @@ class Pacer:
         self._arrived_at = 0.0
         self._queued = 0
         self._counted = 0
+        self._refreshed = 0.0
+        """When a write of this process last landed (``monotonic``)."""
 
     @property
     def group(self) -> float:
         """Queued completions a Commit should carry for the fleet to stay at the rate."""
+        if self._fleet == 0.0:
+            return 0.0
         per_counted = self._queued / self._counted if self._counted else 1.0
-        return self._fleet * per_counted * self._commits / self._rate
+        stale = self._clock.monotonic() - self._refreshed - MAX_INTERVAL
+        fleet = self._fleet * math.exp(-stale / _FLEET_TAU) if stale > 0 else self._fleet
+        return fleet * per_counted * self._commits / self._rate
 
     @property
     def interval(self) -> float:
@@ -87,7 +98,9 @@ class Pacer:
 
     def _own(self, now: float) -> float:
         """This process's completions of the batch per second (decayed to ``now``)."""
-        return self._arrivals * math.exp((self._arrived_at - now) / _ARRIVALS_TAU)
+        if self._arrivals == 0.0:
+            return 0.0
+        return self._arrivals * math.exp(min(0.0, self._arrived_at - now) / _ARRIVALS_TAU)
 
     def arrived(self) -> None:
         """A completion of the batch was queued in this process."""
@@ -114,17 +127,21 @@ class Pacer:
         self._commits = 0.9 * self._commits + 0.1 * max(self._sent, 1)
         self._sent = 0
         self._counted += counted
-        if self._counted > 10_000:  # follow a change in the share of redeliveries
+        if self._counted > 1_000:  # follow a change in the share of redeliveries
             self._queued //= 2
             self._counted //= 2
         if count is None:
             return
         now = self._clock.monotonic()
+        self._refreshed = now
         if self._mark is None or count < self._mark[1]:
             self._mark = (now, count)  # the first count, or a batch made again
+            self._fleet = 0.0
             return
         since, before = self._mark
-        if now - since >= _WINDOW:
-            fleet = (count - before) / (now - since)
-            self._fleet = fleet if self._fleet == 0.0 else 0.5 * (self._fleet + fleet)
+        span = now - since
+        if span >= _WINDOW:
+            fleet = (count - before) / span
+            weight = 1.0 if self._fleet == 0.0 else 1.0 - math.exp(-span / _FLEET_TAU)
+            self._fleet = weight * fleet + (1.0 - weight) * self._fleet
             self._mark = (now, count)

@@ -203,7 +203,8 @@ class GroupRunner:
         completions = [p.completion for p in group]
         started = self._clock.monotonic()
         budget = max(p.deadline for p in group) - started
-        pacer = self._pacers.get(batch_id)
+        lane = self._lanes.get(batch_id)  # the lane writing this group: it is not idle
+        pacer = lane.pacer if lane is not None else None
 
         async def attempt() -> Any:
             if self._rate is not None:
@@ -443,8 +444,8 @@ class GroupRunner:
             return None
         pacer = self._pacers.get(batch_id)
         if pacer is None:
-            if len(self._pacers) >= 10_000:  # bounded: forgetting one only pauses its pacing
-                self._pacers.clear()
+            if len(self._pacers) >= 10_000:  # bounded: keep those of batches being written
+                self._pacers = {b: p for b, p in self._pacers.items() if b in self._lanes}
             pacer = self._pacers[batch_id] = Pacer(self._write_rate, self._clock)
         return pacer
 
