@@ -331,7 +331,7 @@ STRATEGIES: dict[str, Strategy] = {
         # stay at 0.8 of the cell's modelled ceiling (outside ceiling cells: defaults).
         Strategy(
             "manager_paced",
-            "(d) manager, document_write_rate=0.8 C",
+            "(d) manager, document_write_rate=0.8 C (ceiling cells; elsewhere unpaced)",
             _managed(),
             pace=0.8,
         ),

@@ -78,9 +78,14 @@ SLOTS = 3
 LEASE = 5.0
 MODES = list(MigrationMode)
 STAGGER = st.sampled_from([0.0, 0.001, 0.003])
-PACED_RATE = 1e6
 """Seconds between the starts of a race's calls: at once, or one after another while the
 earlier ones' writes (a first touch's Commit beside its settings read) are in flight."""
+PACED_RATE = 1e6
+"""A paced process's ``document_write_rate``: so high that no write is ever held (a pause
+would move the fake time every process shares, and with it the deadlines the model
+checks). The model runs pacing's bookkeeping on every write of a paced process, lost
+answers and refused Commits included; the pauses themselves are pinned by
+``test_pacing.py`` and ``test_pacing_emulator.py``."""
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.01, deadline=120.0, attempt_timeout=30.0)
 LOSABLE = ("Commit", "BeginTransaction", "Rollback")
 
@@ -184,8 +189,6 @@ class Fleet(RuleBasedStateMachine):
             callback_lease=LEASE,
             callback_sweep_interval=None,
             write_path=write_path,  # type: ignore[arg-type]
-            # Pacing only delays writes: a rate this high makes its pauses microseconds of
-            # the shared fake time (no deadline moves), and runs its code on every write.
             document_write_rate=PACED_RATE if paced else None,
         )
         return Process(client, manager, mode, write_path, paced)

@@ -117,14 +117,18 @@ class AsyncBatchStateManager:
             from the whole fleet (set it in every process, below what the document
             sustains, e.g. 0.8 of it). Each process measures the fleet's completions
             per second on the batch from the counts its writes read back, and its own
-            as they arrive; while the fleet would need more Commits than this rate,
-            it writes a batch's group when ``fleet rate / document_write_rate``
-            completions are queued (refused Commits counted too), or when its share
-            of the rate allows, at most 1 s after its previous write: N processes of
-            equal load each write about every ``N / rate`` s, completions join larger
-            groups, and no queue of N Commits stands at the document. It only delays
-            writes; outcomes are the same. None (default): no pacing; each process
-            keeps one write in flight per batch.
+            as they arrive; while the fleet would need more Commits than this rate
+            (``g > 1``, with ``g = fleet rate x queued per counted x Commits per
+            landed write / document_write_rate``), it starts a batch's write
+            ``g / its own rate`` seconds after the previous one (at most 1 s, and at
+            once when ``2g`` are queued): N processes of equal load each write about
+            every ``N * k / rate`` s (k: Commits per landed write, refused ones
+            included), completions join larger groups, and no queue of N Commits
+            stands at the document. A pause never takes more than half the time the
+            earliest queued caller has left, and a close ends it; a completion held
+            across its batch's deadline is LATE, as one queued at the document would
+            be. Nothing to pace with ``coalesce=False`` (groups of one). None
+            (default): no pacing; each process keeps one write in flight per batch.
         on_complete: ``on_complete(batch_id, progress)`` (sync or async), run after a
             batch completes: at least once per batch across processes, in a
             background task of the manager (never inside a caller's
