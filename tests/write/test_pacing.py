@@ -412,11 +412,37 @@ async def test_a_pause_leaves_the_earliest_caller_half_its_time() -> None:
     submit(lane, "a")
     await runner.started(1)
     start = clock.monotonic()
-    lane.submit(Pending(PlayerCompletion("b", 1), deadline=start + 0.2))
+    lane.submit(Pending(PlayerCompletion("b", 1), deadline=start + 60.0))
+    lane.submit(Pending(PlayerCompletion("c", 1), deadline=start + 0.2))  # the earliest
     await lane.drain()
 
-    assert [["a"], ["b"]] == runner.groups
+    assert [["a"], ["b", "c"]] == runner.groups
     assert clock.monotonic() - start == pytest.approx(0.1)
+
+
+async def test_a_caller_arriving_during_a_pause_with_little_time_left_ends_it() -> None:
+    """Paused for 1 s for a caller with a minute left; one with 0.3 s left arrives: the
+    pause would take more than half its time, so the group goes now (the clock's sleeps
+    never end here: only a wake-up ends the pause)."""
+    clock = StuckClock()
+    pacer = Pacer(1.0, clock)
+    pacer.landed(0, 0)
+    clock.advance(1.0)
+    pacer.landed(100, 0)  # an interval of 1 s
+    runner = FakeRunner(hold=False)
+    lane = paced_lane(runner, clock, pacer)
+    submit(lane, "a")
+    await runner.started(1)
+    now = clock.monotonic()
+    lane.submit(Pending(PlayerCompletion("b", 1), deadline=now + 60.0))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the writer is pausing
+    assert 1 == len(runner.groups)
+    lane.submit(Pending(PlayerCompletion("c", 1), deadline=now + 0.3))
+    async with asyncio.timeout(5):
+        await lane.drain()
+
+    assert [["a"], ["b", "c"]] == runner.groups
 
 
 def test_the_pacer_of_a_batch_being_written_outlives_the_bound() -> None:

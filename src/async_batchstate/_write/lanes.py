@@ -77,7 +77,10 @@ class Lane:
         self._closing = asyncio.Event()
         """Set by a close: writers stop lingering and pacing."""
         self._wake = asyncio.Event()
-        """Ends a writer's pacing pause: a close, or twice a paced group queued."""
+        """Ends a writer's pacing pause: a close, twice a paced group queued, or a caller
+        with less time left than twice what remains of the pause."""
+        self._paused_until: float | None = None
+        """When the pacing pause in progress ends (``monotonic``), if one is."""
         self.queue: deque[Pending] = deque()
         self.tasks: set[asyncio.Task[bool]] = set()
         self._writing: set[str] = set()
@@ -99,6 +102,11 @@ class Lane:
             group = self.pacer.group
             if group > 1.0 and len(self.queue) >= min(2.0 * group, self._max_group_size):
                 self._wake.set()  # arrivals outran the pacer's estimate: its writer goes now
+            until = self._paused_until
+            if until is not None:
+                now = self._clock.monotonic()
+                if pending.deadline - now < 2.0 * (until - now):
+                    self._wake.set()  # the pause would take more than half its time left
         self._pump()
 
     def withdraw(self, pending: Pending) -> bool:
@@ -196,7 +204,11 @@ class Lane:
                 pace = min(pace, left / 2)
             if pace > self._linger and not self._closing.is_set():
                 self._wake.clear()
-                await wait_event(self._clock, self._wake, pace)
+                self._paused_until = begun + pace
+                try:
+                    await wait_event(self._clock, self._wake, pace)
+                finally:
+                    self._paused_until = None
         rest = self._linger - (self._clock.monotonic() - begun)
         if rest > 0 and not self._closing.is_set():
             await wait_event(self._clock, self._closing, rest)
