@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from google.cloud.firestore_v1.async_client import AsyncClient
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from async_batchstate import (
@@ -129,6 +129,11 @@ def valid_count(value: Any) -> bool:
     return type(value) is int and 0 <= value <= 2**32
 
 
+def valid_expected(value: Any) -> bool:
+    """What ``expected_count`` may be: an int in [1, 2**63 - 1] (a Firestore integer)."""
+    return type(value) is int and 1 <= value <= 2**63 - 1
+
+
 async def assert_nothing_written(
     client: AsyncClient, collection: str, batch_id: str, mode: MigrationMode
 ) -> None:
@@ -200,6 +205,8 @@ async def test_player_and_count_stored_faithfully_or_rejected_before_any_write(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(batch_id=player_ids, expected=counts.filter(lambda c: c is not None))  # None: not given
+@example(batch_id="big", expected=231_477_650_399_995_008)  # above 2**32: a valid expected count
+@example(batch_id="biggest", expected=2**63 - 1)
 async def test_batch_id_and_expected_count_stored_faithfully_or_rejected(
     batch_id: Any,
     expected: Any,
@@ -215,12 +222,12 @@ async def test_batch_id_and_expected_count_stored_faithfully_or_rejected(
     try:
         created = await manager.create_batch(batch_id, expected_count=expected)
     except InvalidInputError:
-        assert not (valid_id(batch_id) and valid_count(expected) and expected >= 1)
+        assert not (valid_id(batch_id) and valid_expected(expected))
         after = {d.id async for d in firestore_client.collection(batch_collection).stream()}
         assert before == after
         return
 
-    assert valid_id(batch_id) and valid_count(expected) and expected >= 1
+    assert valid_id(batch_id) and valid_expected(expected)
     assert created
     doc = await read_batch(firestore_client, batch_collection, batch_id)
     assert (expected, "in_progress") == (doc["expected_count"], doc["status"])
