@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from async_batchstate import CompletionStatus, RetryPolicy
-from async_batchstate._clock import SystemClock
+from async_batchstate._clock import Clock, SystemClock
 from async_batchstate._write.group import PlayerCompletion
 from async_batchstate._write.lanes import Lane, Pending
 from async_batchstate._write.limits import AdaptiveLimit
@@ -293,13 +293,13 @@ def test_a_slow_process_waits_at_most_max_interval() -> None:
     assert pacer.delay(1) == MAX_INTERVAL
 
 
-def paced_lane(runner: FakeRunner, clock: FakeClock, pacer: Pacer) -> Lane:
+def paced_lane(runner: FakeRunner, clock: Clock, pacer: Pacer, *, linger: float = 0.0) -> Lane:
     return Lane(
         "b",
         runner,
         max_group_size=100,
         limit=AdaptiveLimit(1, initial=1),
-        linger=0.0,
+        linger=linger,
         on_idle=lambda lane: None,
         clock=clock,
         pacer=pacer,
@@ -383,15 +383,8 @@ async def test_linger_still_gathers_a_group_with_pacing_on() -> None:
     """Pacing on but not binding (nothing measured): linger waits its whole time, as
     without pacing, and ten completions 5 ms apart go out as one group."""
     runner = FakeRunner(hold=False)
-    lane = Lane(
-        "b",
-        runner,
-        max_group_size=100,
-        limit=AdaptiveLimit(1, initial=1),
-        linger=0.5,
-        on_idle=lambda lane: None,
-        pacer=Pacer(80.0, SystemClock()),
-    )
+    clock = SystemClock()
+    lane = paced_lane(runner, clock, Pacer(80.0, clock), linger=0.5)
     for i in range(10):
         submit(lane, f"p{i}")
         await asyncio.sleep(0.005)

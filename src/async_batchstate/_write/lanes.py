@@ -166,7 +166,8 @@ class Lane:
     async def _write_next(self) -> bool:
         """Write one group; False if every queued completion had to wait."""
         try:
-            await self._pause()
+            if self.pacer is not None or self._linger > 0:  # no coroutine on the hot path
+                await self._pause()
         finally:
             self._starting -= 1
         group: list[Pending] = []
